@@ -1,0 +1,89 @@
+"""Evaluate a finished run on named test sets: eval/<dataset>_<split>.json and a ROC PNG each."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import yaml
+from sklearn.metrics import roc_curve
+
+from dpmammo.config import parse_config
+from dpmammo.data.images import load_images, load_labels
+from dpmammo.data.sets import load_set, resolve_root
+from dpmammo.evaluate.metrics import binary_metrics, check_both_classes, youden_threshold
+from dpmammo.models import create_model, load_weights
+from dpmammo.train import TrainConfig
+from dpmammo.train import run_dir as rd
+from dpmammo.train.predict import predict_proba, resolve_device
+
+
+def load_run_model(run_dir: Path):
+    """The run's config and its selected model (weights loaded strictly)."""
+    if not rd.is_finished(run_dir):
+        raise FileNotFoundError
+    cfg = parse_config(TrainConfig, yaml.safe_load((run_dir / rd.CONFIG).read_text()), str(run_dir / rd.CONFIG))
+    # The run's own weight file is the whole model: skip the sources it was initialised from.
+    sources = {"weights": None, "backbone_weights": None, "pretrained": False, "freeze_backbone": False}
+    model_cfg = cfg.model.model_copy(update={k: v for k, v in sources.items() if k in type(cfg.model).model_fields})
+    model = create_model(model_cfg)
+    load_weights(model, run_dir / rd.WEIGHTS)
+    return cfg, model
+
+
+def evaluate_run(run_dir: str | Path, on: list[str], *, data_root: str | Path | None = None,
+                 n_boot: int = 1000, device: str = "auto") -> dict[str, dict]:
+    """Metrics of the run's model on each set in `on` (e.g. `cbis-ddsm/test`, `bcdr/test`).
+
+    The decision threshold is chosen on the run's validation set (Youden's J) and reported
+    beside the 0.5 threshold.
+    """
+    from dpmammo.errors import DpMammoError
+
+    run_dir = Path(run_dir)
+    try:
+        cfg, model = load_run_model(run_dir)
+    except FileNotFoundError:
+        raise DpMammoError(f"{run_dir} is not a finished run (no {rd.METRICS}); train it first") from None
+    dev = resolve_device(device)
+    model.to(dev)
+    root = resolve_root(data_root if data_root is not None else cfg.data.root)
+    val = load_set(root, cfg.data.val)
+    yv = load_labels(val).numpy()
+    check_both_classes(yv, cfg.data.val)
+    threshold = youden_threshold(yv, predict_proba(model, load_images(val, model.input_size), device=dev))
+    out_dir = run_dir / "eval"
+    out_dir.mkdir(exist_ok=True)
+    results = {}
+    for name in on:
+        records = load_set(root, name)
+        y = load_labels(records).numpy()
+        p = predict_proba(model, load_images(records, model.input_size), device=dev)
+        m = binary_metrics(y, p, val_threshold=threshold, n_boot=n_boot)
+        m.update(set=name, threshold_from=cfg.data.val)
+        stem = name.replace("/", "_")
+        fpr, tpr, _ = roc_curve(y, p)
+        m["roc"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
+        tmp = out_dir / f"{stem}.json.tmp"
+        tmp.write_text(json.dumps(m, indent=2))
+        tmp.replace(out_dir / f"{stem}.json")
+        plot_roc(fpr, tpr, m["auroc"], f"{run_dir.name} on {name}", out_dir / f"{stem}_roc.png")
+        results[name] = m
+    return results
+
+
+def plot_roc(fpr: np.ndarray, tpr: np.ndarray, auroc: float, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    ax.plot(fpr, tpr, label=f"AUROC {auroc:.3f}")
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
+    ax.set(xlabel="1 − specificity", ylabel="sensitivity (malignant)", title=title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,60 @@
+"""Noise calibration and ε accounting for Poisson-sampled Gaussian DP-SGD (Abadi et al., 2016).
+
+Thin, validated wrappers over Opacus's accountants, so every stage calibrates and reports the
+same way and a ledger can compose stages exactly (RDP composes by adding curves).
+"""
+
+from __future__ import annotations
+
+from opacus.accountants import create_accountant
+from opacus.accountants.utils import get_noise_multiplier
+
+from dpmammo.errors import DpMammoError
+
+# Opacus's default RDP orders stop at 63; short or low-ε runs have their optimum beyond that,
+# which only loosens the bound. A wider grid gives the tighter (still valid) ε.
+RDP_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(11, 64)) + [80, 96, 128, 192, 256, 384, 512, 1024]
+
+
+def accountant_kwargs(accountant: str) -> dict:
+    return {"alphas": RDP_ORDERS} if accountant == "rdp" else {}
+
+
+def check_delta(delta: float, dataset_size: int) -> None:
+    """δ must be below 1/N: at δ ≥ 1/N, 'release one random record' would satisfy (ε, δ)-DP."""
+    if not 0 < delta < 1.0 / dataset_size:
+        raise DpMammoError(
+            f"delta={delta:g} must be in (0, 1/N) = (0, {1.0 / dataset_size:.3g}) for N={dataset_size} "
+            "private patches; choose a smaller delta"
+        )
+
+
+def steps_for(epochs: int, sample_rate: float) -> int:
+    """Opacus's convention: an epoch is 1/q Poisson steps."""
+    return int(round(epochs / sample_rate))
+
+
+def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, steps: int,
+                    accountant: str) -> float:
+    """Smallest σ (to 0.01 in ε) with ε(σ, q, steps, δ) ≤ target_epsilon."""
+    if target_epsilon <= 0:
+        raise DpMammoError(f"target_epsilon={target_epsilon} must be > 0")
+    if not 0 < sample_rate <= 1:
+        raise DpMammoError(f"sample_rate={sample_rate} must be in (0, 1]")
+    try:
+        return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
+                                          sample_rate=sample_rate, steps=steps, accountant=accountant,
+                                          epsilon_tolerance=0.01, **accountant_kwargs(accountant)))
+    except ValueError as e:
+        raise DpMammoError(f"cannot reach epsilon={target_epsilon} with {steps} steps at q={sample_rate:.4g}: {e}") from None
+
+
+def epsilon_of(history: list[tuple[float, float, int]], delta: float, accountant: str = "rdp") -> float:
+    """ε after the given (noise_multiplier, sample_rate, steps) segments, composed."""
+    acc = create_accountant(mechanism=accountant)
+    acc.history = list(history)
+    return float(acc.get_epsilon(delta=delta, **accountant_kwargs(accountant)))
+
+
+def new_accountant(name: str):
+    return create_accountant(mechanism=name)

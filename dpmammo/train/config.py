@@ -1,0 +1,57 @@
+"""The training config: one YAML file per run, every key validated (unknown keys are errors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+from pydantic import Field, model_validator
+from typing_extensions import Annotated
+
+from dpmammo.config import StrictModel
+from dpmammo.models import CnnSmallConfig, SwinTConfig
+from dpmammo.privacy import PrivacyConfig
+
+ModelConfig = Annotated[Union[CnnSmallConfig, SwinTConfig], Field(discriminator="name")]
+
+
+class DataConfig(StrictModel):
+    root: Optional[Path] = Field(None, description="data folder; default $DPMAMMO_DATA, then the fetch cache")
+    train: list[str] = Field(["cbis-ddsm/train"], min_length=1,
+                             description="training sets (`dataset/split` or a synthetic folder path); their union")
+    val: str = Field("cbis-ddsm/val", description="validation set for model selection")
+
+
+class OptimConfig(StrictModel):
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: Optional[float] = Field(None, ge=0, lt=1, description="sgd only (default 0.9 there)")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+
+    @model_validator(mode="after")
+    def _momentum_only_for_sgd(self):
+        if self.name != "sgd" and self.momentum is not None:
+            raise ValueError("momentum applies to sgd only; remove it or set name: sgd")
+        return self
+
+
+class TrainSettings(StrictModel):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(64, ge=1, description="logical batch; under DP the expected Poisson batch")
+    physical_batch_size: int = Field(256, ge=1, description="most samples per forward pass (virtual batches)")
+    augment: Literal["flips", "none"] = "flips"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    select: Literal["best-val-auroc", "last"] = Field(
+        "best-val-auroc", description="which epoch's weights to keep; validation data is not DP-accounted")
+
+
+class TrainConfig(StrictModel):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = CnnSmallConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainSettings = TrainSettings()
+    privacy: Optional[PrivacyConfig] = Field(None, description="absent: non-private training")
+    init_from: Optional[Path] = Field(
+        None, description="a finished run directory: its weights are loaded strictly and its privacy chain extended")

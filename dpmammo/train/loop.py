@@ -1,0 +1,244 @@
+"""One training stage: fit a classifier on a set of patches, with DP-SGD or without.
+
+Read it top to bottom: data → model → (privacy) → epochs of steps → selection → outputs.
+DP-SGD follows Abadi et al. (2016), "Deep Learning with Differential Privacy": Poisson-sampled
+logical batches, per-sample clipping to `max_grad_norm`, Gaussian noise, RDP/PRV accounting.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sklearn.metrics import roc_auc_score
+
+from dpmammo import __version__
+from dpmammo.data.images import N_VIEWS, apply_views, load_images, load_labels, to_float
+from dpmammo.data.sets import load_set, resolve_root, synthetic_provenance
+from dpmammo.errors import DpMammoError
+from dpmammo.models import create_model, load_weights, save_weights
+from dpmammo.privacy import StageSpend, check_delta, make_private, read_chain, write_privacy_json
+from dpmammo.train import run_dir as rd
+from dpmammo.train.config import TrainConfig
+from dpmammo.train.predict import predict_proba, resolve_device
+
+
+def fit(cfg: TrainConfig, out: str | Path, *, force: bool = False, progress: bool = True) -> dict:
+    """Train one run into `out` and return its metrics. Resumes an interrupted run in `out`."""
+    t0 = time.time()
+    run_dir, resuming = rd.prepare(out, cfg, force)
+    log = open(run_dir / rd.LOG, "a")
+    say = lambda msg: (log.write(msg + "\n"), log.flush())  # noqa: E731
+    say(f"{'resume' if resuming else 'start'} {run_dir} dpmammo {__version__}")
+    device = resolve_device(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+
+    # Data: the union of the training sets, the validation set, all in memory as uint8.
+    root = resolve_root(cfg.data.root)
+    train_records = [r for name in cfg.data.train for r in load_set(root, name)]
+    val_records = load_set(root, cfg.data.val)
+    n_private = sum(r.source == "real" for r in train_records)
+
+    # Model, optionally starting from a finished run (strict load; its privacy chain carries on).
+    model = create_model(cfg.model)
+    upstream = [provenance_stage(p) for p in synthetic_provenance(train_records)]
+    upstream = [s for stages in upstream for s in stages]
+    if cfg.init_from is not None:
+        parent = Path(cfg.init_from)
+        if not rd.is_finished(parent):
+            raise DpMammoError(f"init_from: {parent} is not a finished run (no {rd.METRICS})")
+        load_weights(model, parent / rd.WEIGHTS)
+        upstream = read_chain(parent / rd.PRIVACY) + upstream
+        if cfg.model.freeze_backbone:
+            model.freeze_backbone()  # re-freeze: loading does not touch requires_grad, but be explicit
+    images = load_images(train_records, model.input_size)
+    labels = load_labels(train_records)
+    val_images = load_images(val_records, model.input_size)
+    val_labels = load_labels(val_records).numpy()
+    model.to(device)
+
+    # Optimiser, then DP-SGD around it.
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(cfg, params)
+    trainable = model
+    dp = None
+    epochs, batch_size = cfg.train.epochs, cfg.train.batch_size
+    if cfg.privacy is not None:
+        if n_private:
+            check_delta(cfg.privacy.delta, n_private)
+        dp = make_private(model=model, optimizer=optimizer, dataset_size=len(images), batch_size=batch_size,
+                          epochs=epochs, config=cfg.privacy)
+        trainable, optimizer = dp.model, dp.optimizer
+        say(f"DP-SGD: sigma={dp.noise_multiplier:.4f} q={dp.sample_rate:.5f} steps={dp.planned_steps} "
+            f"target eps={cfg.privacy.target_epsilon} delta={cfg.privacy.delta:g}")
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+
+    state = {"epoch": 0, "history": [], "best": None, "best_auroc": -1.0, "best_epoch": None, "wall_s": 0.0}
+    if resuming:
+        state = load_checkpoint(run_dir, model, optimizer, dp, gen)
+        t0 = time.time()  # time before the interruption is in state["wall_s"]
+        say(f"resumed after epoch {state['epoch']}")
+
+    steps_per_epoch = epoch_steps(len(images), batch_size, epochs, dp)
+    bar = make_progress(progress)
+    with bar:
+        task = bar.add_task("train", total=sum(steps_per_epoch), completed=sum(steps_per_epoch[:state["epoch"]]))
+        for epoch in range(state["epoch"], epochs):
+            trainable.train()
+            losses = []
+            for _ in range(steps_per_epoch[epoch]):
+                idx = dp.sample_batch(gen) if dp else None
+                if dp is None:
+                    idx = next_batch(gen, len(images), batch_size, state, epoch)
+                views = torch.randint(0, N_VIEWS, (len(idx),), generator=gen) if cfg.train.augment == "flips" else None
+                losses.append(train_step(trainable, optimizer, dp, images, labels, idx, views, cfg, device))
+                bar.advance(task)
+            val_auroc = float(roc_auc_score(val_labels, predict_proba(model, val_images, device=device)))
+            eps = dp.epsilon() if dp else None
+            loss = sum(losses) / max(1, len(losses))
+            state["history"].append({"epoch": epoch + 1, "loss": loss, "val_auroc": val_auroc, "epsilon": eps})
+            if cfg.train.select == "last" or val_auroc > state["best_auroc"]:
+                state.update(best=copy.deepcopy(model.state_dict()), best_auroc=val_auroc, best_epoch=epoch + 1)
+            state["epoch"] = epoch + 1
+            state["wall_s"] += time.time() - t0
+            t0 = time.time()
+            eps_txt = f" ε={eps:.2f}" if eps is not None else ""
+            bar.update(task, description=f"epoch {epoch + 1}/{epochs} loss={loss:.3f} val AUROC={val_auroc:.3f}{eps_txt}")
+            say(f"epoch {epoch + 1} loss {loss:.4f} val_auroc {val_auroc:.4f}" + (f" eps {eps:.3f}" if dp else ""))
+            save_checkpoint(run_dir, model, optimizer, dp, gen, state)
+
+    # Outputs: selected weights, privacy record, metrics (written last: it marks the run finished).
+    model.load_state_dict(state["best"])
+    save_weights(model, run_dir / rd.WEIGHTS)
+    own = own_stage(cfg, run_dir, dp, len(images), n_private)
+    privacy = write_privacy_json(run_dir / rd.PRIVACY, own, upstream)
+    metrics = {
+        "val": {"set": cfg.data.val, "auroc": state["best_auroc"], "epoch": state["best_epoch"], "n": len(val_records)},
+        "selection": (f"{cfg.train.select} on {cfg.data.val}; the validation set is used without DP accounting "
+                      "(selection leaks a little about it, nothing about the training set beyond the stated ε)"),
+        "history": state["history"],
+        "train_size": len(train_records), "n_private": n_private,
+        "epsilon": privacy["epsilon"], "privacy_total": privacy["total"],
+        "wall_time_s": state["wall_s"] + (time.time() - t0),
+        "device": str(device), "dpmammo_version": __version__,
+    }
+    rd.write_json_atomic(run_dir / rd.METRICS, metrics)
+    (run_dir / rd.CHECKPOINT).unlink(missing_ok=True)
+    say(f"done: val auroc {state['best_auroc']:.4f} (epoch {state['best_epoch']})")
+    log.close()
+    return metrics
+
+
+def build_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if not params:
+        raise DpMammoError("the model has no trainable parameters (is everything frozen?)")
+    o = cfg.optim
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=0.9 if o.momentum is None else o.momentum, weight_decay=o.weight_decay)
+    return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+
+
+def epoch_steps(n: int, batch_size: int, epochs: int, dp) -> list[int]:
+    """Steps in each epoch. Under DP the total equals the planned (calibrated) step count."""
+    if dp is None:
+        return [-(-n // batch_size)] * epochs
+    base, extra = divmod(dp.planned_steps, epochs)
+    return [base + (1 if e < extra else 0) for e in range(epochs)]
+
+
+def next_batch(gen: torch.Generator, n: int, batch_size: int, state: dict, epoch: int) -> torch.Tensor:
+    """Non-private sampling: a fresh permutation each epoch, consumed in fixed-size batches."""
+    if state.get("perm_epoch") != epoch:
+        state["perm"], state["perm_epoch"], state["perm_pos"] = torch.randperm(n, generator=gen), epoch, 0
+    pos = state["perm_pos"]
+    state["perm_pos"] = pos + batch_size
+    return state["perm"][pos:pos + batch_size]
+
+
+def train_step(trainable, optimizer, dp, images, labels, idx, views, cfg: TrainConfig, device) -> float:
+    """One logical step over batch `idx`, split into physical chunks (virtual batches)."""
+    if dp is not None and len(idx) == 0:
+        dp.step_empty()
+        return 0.0
+    x_all, y_all = images[idx], labels[idx]
+    if views is not None:
+        x_all = apply_views(x_all, views)
+    n, physical = len(idx), cfg.train.physical_batch_size
+    chunks = dp.physical_chunks(n, physical) if dp else plain_chunks(n, physical)
+    total = 0.0
+    for part, last in chunks:
+        x, y = to_float(x_all[part].to(device)), y_all[part].to(device)
+        loss = F.cross_entropy(trainable(x), y, label_smoothing=cfg.optim.label_smoothing)
+        total += loss.item() * len(y)
+        if dp is None:
+            (loss * len(y) / n).backward()  # plain accumulation is exact when nothing is clipped
+            if last:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        else:
+            loss.backward()
+            optimizer.step()  # on non-last chunks: clip and accumulate only (signal_skip_step)
+            optimizer.zero_grad(set_to_none=True)
+    return total / n
+
+
+def plain_chunks(n: int, max_physical: int):
+    starts = list(range(0, n, max_physical))
+    return ((slice(s, s + max_physical), i == len(starts) - 1) for i, s in enumerate(starts))
+
+
+def own_stage(cfg: TrainConfig, run_dir: Path, dp, n: int, n_private: int) -> StageSpend:
+    common = dict(stage="classifier", run=run_dir.name, data=list(cfg.data.train), dataset_size=n)
+    if dp is not None:
+        p = cfg.privacy
+        return StageSpend(**common, guarantee="dp", epsilon=dp.epsilon(), delta=p.delta,
+                          target_epsilon=p.target_epsilon, noise_multiplier=dp.noise_multiplier,
+                          sample_rate=dp.sample_rate, steps=dp.steps_taken, accountant=p.accountant,
+                          max_grad_norm=p.max_grad_norm)
+    if n_private:
+        return StageSpend(**common, guarantee="none", note="trained on private data without DP")
+    return StageSpend(**common, guarantee="public", note="no private data in the training sets")
+
+
+def provenance_stage(prov: dict) -> list[StageSpend]:
+    """The privacy chain a synthetic folder carries (see dpmammo.gan sample)."""
+    if prov.get("chain"):
+        return [StageSpend.model_validate(s) for s in prov["chain"]]
+    return [StageSpend(stage="generator", run=Path(prov["folder"]).name, data=["unknown"], guarantee="none",
+                       note="synthetic folder without provenance.json: its generator's training is unaccounted "
+                            "(the shipped c-dcgan set came from a GAN trained on CBIS-DDSM without DP)")]
+
+
+def make_progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    disable=not enabled, transient=False)
+
+
+def save_checkpoint(run_dir: Path, model, optimizer, dp, gen: torch.Generator, state: dict) -> None:
+    """Everything a resume needs, privacy state included: a resume never re-spends or forgets ε."""
+    ckpt = {
+        "state": {k: v for k, v in state.items() if k not in ("perm",)},
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "accountant_history": list(dp.accountant.history) if dp else None,
+        "gen": gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    tmp = run_dir / (rd.CHECKPOINT + ".tmp")
+    torch.save(ckpt, tmp)
+    tmp.replace(run_dir / rd.CHECKPOINT)
+
+
+def load_checkpoint(run_dir: Path, model, optimizer, dp, gen: torch.Generator) -> dict:
+    ckpt = torch.load(run_dir / rd.CHECKPOINT, map_location="cpu", weights_only=False)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if dp is not None:
+        dp.accountant.history = [tuple(h) for h in ckpt["accountant_history"]]
+    gen.set_state(ckpt["gen"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    return ckpt["state"]

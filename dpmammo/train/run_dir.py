@@ -1,0 +1,68 @@
+"""A run directory's life: new → training (checkpoint.pt) → finished (metrics.json written last).
+
+A finished run is never overwritten without `force`; an interrupted one resumes from its
+checkpoint, but only with the same resolved config.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel
+
+from dpmammo.errors import DpMammoError
+
+CONFIG, METRICS, PRIVACY, WEIGHTS, LOG, CHECKPOINT = (
+    "config.yaml", "metrics.json", "privacy.json", "model.safetensors", "log.txt", "checkpoint.pt")
+RUN_FILES = (CONFIG, METRICS, PRIVACY, WEIGHTS, LOG, CHECKPOINT)
+
+
+def is_finished(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / METRICS).is_file()
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+def read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise DpMammoError(f"missing {path.name} in {path.parent}: not a finished dpmammo run")
+    return json.loads(path.read_text())
+
+
+def prepare(run_dir: str | Path, cfg: BaseModel, force: bool) -> tuple[Path, bool]:
+    """Make `run_dir` ready for `cfg`. Returns (path, resuming).
+
+    Refuses a finished run unless `force`, and refuses to resume a checkpoint written under a
+    different config (that would mix two recipes in one run).
+    """
+    run_dir = Path(run_dir)
+    resolved = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise DpMammoError(f"run directory {run_dir} is a file")
+    if is_finished(run_dir):
+        if not force:
+            raise DpMammoError(f"{run_dir} already holds a finished run; choose another --out or pass --force")
+        clear(run_dir)
+    elif (run_dir / CONFIG).is_file() and (run_dir / CONFIG).read_text() != resolved:
+        if not force:
+            raise DpMammoError(f"{run_dir} holds an unfinished run with another config; "
+                               "choose another --out or pass --force to discard it")
+        clear(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resuming = (run_dir / CHECKPOINT).is_file()
+    (run_dir / CONFIG).write_text(resolved)
+    return run_dir, resuming
+
+
+def clear(run_dir: Path) -> None:
+    """Remove dpmammo's own files from a run directory (and its eval/), nothing else."""
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "eval", ignore_errors=True)
