@@ -1,0 +1,37 @@
+"""Shared fixtures: the real patch data beside the repository, and phantom data made once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def real_data_root() -> Path:
+    """The published patch set: ../shared/data/mammo_dp beside the repository (as in CI)."""
+    return Path(os.environ.get("DPMAMMO_TEST_DATA", REPO.parent / "shared" / "data" / "mammo_dp"))
+
+
+@pytest.fixture(scope="session")
+def real_root() -> Path:
+    root = real_data_root()
+    assert root.is_dir(), f"real test data missing at {root}: set DPMAMMO_TEST_DATA"
+    return root
+
+
+@pytest.fixture(scope="session")
+def phantom_root(tmp_path_factory) -> Path:
+    """400 train / 200 val / 200 test phantom patches, made once per session."""
+    from dpmammo.data.phantoms import make_phantoms
+
+    return make_phantoms(tmp_path_factory.mktemp("phantoms"), n=400, seed=0, size=128)
+
+
+@pytest.fixture(autouse=True)
+def _two_threads():
+    torch.set_num_threads(2)
+    yield

@@ -1,0 +1,72 @@
+"""Registry and strict weight loading."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dpmammo.errors import DpMammoError
+from dpmammo.models import create_model, list_models, load_weights, save_weights
+
+
+def test_registry_lists_models_and_refuses_unknown_names():
+    assert {"cnn-small", "swin_t"} <= set(list_models())
+    with pytest.raises(DpMammoError, match="unknown model 'resnet'.*cnn-small"):
+        create_model("resnet")
+    with pytest.raises(DpMammoError, match="widht: unknown key"):
+        create_model("cnn-small", widht=8)
+
+
+def test_cnn_small_outputs_two_logits_and_has_no_batchnorm():
+    m = create_model("cnn-small", input_size=32, width=8)
+    assert m(torch.rand(3, 1, 32, 32)).shape == (3, 2)
+    assert m.forward_features(torch.rand(3, 1, 32, 32)).shape == (3, m.num_features)
+    assert not any(isinstance(x, torch.nn.modules.batchnorm._BatchNorm) for x in m.modules())
+
+
+def test_swin_t_random_init_has_paper_head_and_freezes():
+    m = create_model("swin_t", head="mlp", freeze_backbone=True)
+    assert [tuple(p.shape) for p in m.head.parameters()] == [(384, 768), (384,), (2, 384), (2,)]
+    assert all(not p.requires_grad for p in m.backbone.parameters())
+    assert all(p.requires_grad for p in m.head.parameters())
+    m.train()
+    assert not m.backbone.training  # frozen backbone stays in eval mode
+    assert m(torch.rand(1, 1, 224, 224)).shape == (1, 2)
+
+
+def test_weights_round_trip_exactly(tmp_path):
+    a = create_model("cnn-small", input_size=32, width=8)
+    save_weights(a, tmp_path / "w.safetensors")
+    b = create_model("cnn-small", input_size=32, width=8, weights=tmp_path / "w.safetensors")
+    x = torch.rand(2, 1, 32, 32)
+    assert torch.equal(a(x), b(x))
+
+
+def test_missing_weight_file_is_an_error(tmp_path):
+    with pytest.raises(DpMammoError, match="weight file not found: .*nope.safetensors"):
+        create_model("cnn-small", weights=tmp_path / "nope.safetensors")
+
+
+def test_shape_mismatch_is_an_error_not_a_partial_load(tmp_path):
+    save_weights(create_model("cnn-small", width=8), tmp_path / "w8.safetensors")
+    with pytest.raises(DpMammoError, match="another shape"):
+        load_weights(create_model("cnn-small", width=16), tmp_path / "w8.safetensors")
+
+
+def test_missing_and_unexpected_keys_are_errors(tmp_path):
+    m = create_model("cnn-small", width=8)
+    state = m.state_dict()
+    state.pop("head.bias")
+    torch.save(state, tmp_path / "missing.pt")
+    with pytest.raises(DpMammoError, match="1 missing .*head.bias"):
+        load_weights(m, tmp_path / "missing.pt")
+    state = {**m.state_dict(), "extra.weight": torch.zeros(1)}
+    torch.save(state, tmp_path / "extra.pt")
+    with pytest.raises(DpMammoError, match="1 unexpected .*extra.weight"):
+        load_weights(m, tmp_path / "extra.pt")
+
+
+def test_corrupt_weight_file_is_an_error(tmp_path):
+    (tmp_path / "bad.safetensors").write_bytes(b"not a tensor file")
+    with pytest.raises(DpMammoError, match="cannot read weight file"):
+        create_model("cnn-small", weights=tmp_path / "bad.safetensors")

@@ -1,0 +1,77 @@
+"""Accounting: calibrated noise never overshoots; ε matches Google's dp-accounting; ledger rules."""
+
+from __future__ import annotations
+
+import dp_accounting
+import pytest
+
+from dpmammo.errors import DpMammoError
+from dpmammo.privacy import StageSpend, calibrate_noise, check_delta, compose, epsilon_of, steps_for
+from dpmammo.privacy.accounting import RDP_ORDERS
+
+
+def dp_accounting_epsilon(sigma: float, q: float, steps: int, delta: float) -> float:
+    """Independent RDP computation (Mironov et al. 2019) with Google's library."""
+    acc = dp_accounting.rdp.RdpAccountant(orders=RDP_ORDERS)
+    acc.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
+    return acc.get_epsilon(delta)
+
+
+@pytest.mark.parametrize("target", [0.5, 1.0, 6.0, 20.0, 60.0])
+@pytest.mark.parametrize("q,epochs", [(128 / 1104, 30), (64 / 4104, 5)])
+def test_calibrated_noise_meets_but_does_not_overshoot_target(target, q, epochs):
+    steps = steps_for(epochs, q)
+    sigma = calibrate_noise(target_epsilon=target, delta=1e-4, sample_rate=q, steps=steps, accountant="rdp")
+    eps = epsilon_of([(sigma, q, steps)], 1e-4)
+    assert eps <= target
+    assert eps >= target - 0.011  # binary search tolerance 0.01: not wastefully noisy
+
+
+@pytest.mark.parametrize("sigma,q,steps", [(0.7, 0.058, 34), (1.1, 0.116, 260), (3.0, 0.01, 1000)])
+def test_epsilon_matches_dp_accounting_within_one_percent(sigma, q, steps):
+    ours = epsilon_of([(sigma, q, steps)], 1e-4)
+    theirs = dp_accounting_epsilon(sigma, q, steps, 1e-4)
+    assert ours == pytest.approx(theirs, rel=0.01)
+
+
+def test_prv_accountant_is_at_most_rdp():
+    h = [(1.0, 0.1, 200)]
+    assert epsilon_of(h, 1e-4, "prv") <= epsilon_of(h, 1e-4, "rdp")
+
+
+@pytest.mark.parametrize("delta,n", [(0.0, 1104), (-1e-5, 1104), (1 / 1104, 1104), (0.01, 1104)])
+def test_delta_must_be_below_one_over_n(delta, n):
+    with pytest.raises(DpMammoError, match="delta"):
+        check_delta(delta, n)
+
+
+def test_epsilon_must_be_positive():
+    with pytest.raises(DpMammoError, match="target_epsilon"):
+        calibrate_noise(target_epsilon=0, delta=1e-4, sample_rate=0.1, steps=10, accountant="rdp")
+
+
+def _dp(run, sigma, q, steps, eps):
+    return StageSpend(stage="s", run=run, data=["cbis-ddsm/train"], guarantee="dp", epsilon=eps, delta=1e-4,
+                      noise_multiplier=sigma, sample_rate=q, steps=steps, accountant="rdp")
+
+
+def test_chain_composes_rdp_tighter_than_adding_epsilons():
+    a, b = (1.0, 0.1, 100), (1.5, 0.05, 300)
+    ea, eb = epsilon_of([a], 1e-4), epsilon_of([b], 1e-4)
+    total = compose([_dp("gan", *a, ea), _dp("clf", *b, eb)], delta=1e-4)
+    assert total.guarantee == "dp"
+    assert max(ea, eb) < total.epsilon < ea + eb
+    assert total.epsilon == pytest.approx(epsilon_of([a, b], 1e-4))
+
+
+def test_chain_with_a_non_private_stage_has_no_guarantee():
+    none = StageSpend(stage="generator", run="c-dcgan", data=["cbis-ddsm/train"], guarantee="none")
+    total = compose([none, _dp("clf", 1.0, 0.1, 100, 3.0)], delta=1e-4)
+    assert total.guarantee == "none" and total.epsilon is None
+
+
+def test_public_stages_add_nothing():
+    pub = StageSpend(stage="pretrain", run="p", data=["synthetic/x"], guarantee="public")
+    assert compose([pub]).guarantee == "public"
+    eps = epsilon_of([(1.0, 0.1, 100)], 1e-4)
+    assert compose([pub, _dp("clf", 1.0, 0.1, 100, eps)], delta=1e-4).epsilon == pytest.approx(eps)
