@@ -16,3 +16,6 @@ class PrivacyConfig(StrictModel):
     delta: float = Field(DEFAULT_DELTA, gt=0, lt=1, description="δ; must be < 1/N for N private patches")
     max_grad_norm: float = Field(1.0, gt=0, description="per-sample clipping norm C")
     accountant: Literal["rdp", "prv"] = "rdp"
+    grad_sample_mode: Literal["auto", "hooks", "functorch", "ghost"] = Field(
+        "auto", description="how per-sample gradients are clipped: hooks/functorch instantiate them, ghost "
+                            "(fast gradient clipping) computes only their norms; auto picks the fastest for the model")

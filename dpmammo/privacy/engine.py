@@ -10,26 +10,35 @@ accumulation, which would clip the sum instead of each sample.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
-from opacus import GradSampleModule
+from opacus.grad_sample import AbstractGradSampleModule, GradSampleModuleFastGradientClipping
 from opacus.grad_sample.utils import wrap_model
-from opacus.optimizers import DPOptimizer
+from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 from opacus.validators import ModuleValidator
 from torch import nn
 
 from dpmammo.errors import DpMammoError
 from dpmammo.privacy.accounting import accountant_kwargs, calibrate_noise, check_delta, new_accountant, steps_for
 from dpmammo.privacy.config import PrivacyConfig
+from dpmammo.privacy.grad_samplers import prepare_for_dp
 
 
 @dataclass
 class DPSetup:
-    """What a DP training loop needs: the wrapped model and optimizer and the accounting."""
+    """What a DP training loop needs: the wrapped model and optimizer and the accounting.
 
-    model: GradSampleModule
+    `criterion(logits, y)` returns a loss whose `.backward()` does what the mode needs (one
+    backward pass for hooks/functorch; two for ghost clipping), so a loop reads the same for
+    every mode: loss = dp.criterion(dp.model(x), y); loss.backward(); dp.optimizer.step().
+    """
+
+    model: AbstractGradSampleModule
     optimizer: DPOptimizer
+    criterion: Callable
+    grad_sample_mode: str
     accountant: object
     noise_multiplier: float
     sample_rate: float
@@ -58,7 +67,10 @@ class DPSetup:
     def step_empty(self) -> None:
         """A logical batch with no sample still releases a noisy (all-noise) step."""
         for p in self.optimizer.params:
-            p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+            if self.grad_sample_mode == "ghost":  # that optimizer reads the (already clipped) summed p.grad
+                p.grad = torch.zeros_like(p)
+            else:
+                p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -79,19 +91,40 @@ def validate_for_dp(model: nn.Module) -> None:
         raise DpMammoError(f"model cannot be trained with DP: {errors[0]}")
 
 
+def choose_grad_sample_mode(model: nn.Module) -> str:
+    """The fastest correct mode for `model`: ghost when most trainable weights sit in layers with
+    a ghost norm (linear layers: Swin, MLP heads), hooks otherwise (convolutions: cnn-small).
+
+    Why: ghost clipping saves instantiating per-sample gradients only for layers with a norm
+    sampler; every other layer is instantiated anyway and then pays a second backward pass.
+    Measured with benchmarks/dp_speed.py (2-core CPU shared with other jobs, batch 32, see
+    benchmarks/README.md): cnn-small 128 px, hooks never slower than ghost (1.6×/2.1× and 2.10×/2.04×
+    of the non-private step in two runs); swin_t 224, ghost the fastest DP mode (52 s vs 106 s
+    hooks, 111 s functorch per step) and +5.8 GB peak vs +8.2 GB for hooks, which stores a
+    B × 28M per-sample gradient tensor. functorch computes what hooks does and was never faster.
+    """
+    ghostable = sum(p.numel() for m in model.modules() if type(m) in GradSampleModuleFastGradientClipping.NORM_SAMPLERS
+                    for p in m.parameters(recurse=False) if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return "ghost" if ghostable * 2 >= total else "hooks"
+
+
 def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer, dataset_size: int,
                  batch_size: int, epochs: int, config: PrivacyConfig,
-                 grad_sample_mode: str = "hooks") -> DPSetup:
+                 criterion: nn.Module | None = None) -> DPSetup:
     """Wrap `model` and `optimizer` for DP-SGD at `config.target_epsilon` over `epochs`.
 
     Args:
-        model: the module to train; its trainable parameters get per-sample gradients.
+        model: the module to train; its trainable parameters get per-sample gradients. Modules
+            that need another layout for that (Swin window attention) are converted in place,
+            keeping their state-dict keys (see dpmammo.privacy.grad_samplers).
         optimizer: a plain torch optimizer over those parameters.
         dataset_size: N, the number of private training patches.
         batch_size: expected logical batch size; the Poisson sample rate is batch_size / N.
         epochs: planned epochs; the noise is calibrated so that ε after epochs·N/batch_size
             steps is ≤ target_epsilon.
-        config: the privacy block (target ε, δ, clipping norm, accountant).
+        config: the privacy block (target ε, δ, clipping norm, accountant, grad-sample mode).
+        criterion: the loss with mean reduction (default cross-entropy); DPSetup.criterion wraps it.
 
     Returns:
         a DPSetup. Its accountant is attached to the optimizer and counts every real step.
@@ -100,14 +133,45 @@ def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer, dataset_
     if batch_size > dataset_size:
         raise DpMammoError(f"batch_size={batch_size} exceeds the {dataset_size} private training patches")
     validate_for_dp(model)
+    criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
+    if getattr(criterion, "reduction", "mean") != "mean":
+        raise DpMammoError(f"the DP loss must use reduction='mean' (got {criterion.reduction!r})")
     sample_rate = batch_size / dataset_size
     steps = steps_for(epochs, sample_rate)
     sigma = calibrate_noise(target_epsilon=config.target_epsilon, delta=config.delta,
                             sample_rate=sample_rate, steps=steps, accountant=config.accountant)
-    gsm = wrap_model(model, grad_sample_mode=grad_sample_mode, batch_first=True, loss_reduction="mean")
-    dp_opt = DPOptimizer(optimizer, noise_multiplier=sigma, max_grad_norm=config.max_grad_norm,
-                         expected_batch_size=batch_size, loss_reduction="mean")
+    prepare_for_dp(model)
+    mode = choose_grad_sample_mode(model) if config.grad_sample_mode == "auto" else config.grad_sample_mode
+    gsm, dp_opt, dp_criterion = _WRAPPERS[mode](model, optimizer, criterion, sigma, batch_size, config.max_grad_norm)
     accountant = new_accountant(config.accountant)
     dp_opt.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
-    return DPSetup(model=gsm, optimizer=dp_opt, accountant=accountant, noise_multiplier=sigma,
-                   sample_rate=sample_rate, planned_steps=steps, dataset_size=dataset_size, config=config)
+    return DPSetup(model=gsm, optimizer=dp_opt, criterion=dp_criterion, grad_sample_mode=mode,
+                   accountant=accountant, noise_multiplier=sigma, sample_rate=sample_rate, planned_steps=steps,
+                   dataset_size=dataset_size, config=config)
+
+
+def _per_sample(mode: str):
+    """hooks / functorch: instantiate per-sample gradients, clip them in the optimizer."""
+
+    def wrap(model, optimizer, criterion, sigma, batch_size, max_grad_norm):
+        gsm = wrap_model(model, grad_sample_mode=mode, batch_first=True, loss_reduction="mean")
+        opt = DPOptimizer(optimizer, noise_multiplier=sigma, max_grad_norm=max_grad_norm,
+                          expected_batch_size=batch_size, loss_reduction="mean")
+        return gsm, opt, criterion
+
+    return wrap
+
+
+def _ghost(model, optimizer, criterion, sigma, batch_size, max_grad_norm):
+    """Fast gradient clipping (Lee & Kifer 2021; Li et al. 2022 "ghost clipping"): a first
+    backward pass computes only per-sample gradient norms, a second one back-propagates the
+    per-sample losses scaled by their clipping factors, giving the sum of clipped gradients."""
+    gsm = wrap_model(model, grad_sample_mode="ghost", batch_first=True, loss_reduction="mean",
+                     max_grad_norm=max_grad_norm)
+    opt = DPOptimizerFastGradientClipping(optimizer, noise_multiplier=sigma, max_grad_norm=max_grad_norm,
+                                          expected_batch_size=batch_size, loss_reduction="mean")
+    return gsm, opt, DPLossFastGradientClipping(gsm, opt, criterion, loss_reduction="mean")
+
+
+# grad_sample_mode → builder of (grad-sample module, DP optimizer, DP criterion).
+_WRAPPERS = {"hooks": _per_sample("hooks"), "functorch": _per_sample("functorch"), "ghost": _ghost}

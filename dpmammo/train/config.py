@@ -43,6 +43,9 @@ class TrainSettings(StrictModel):
     augment: Literal["flips", "none"] = "flips"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    feature_cache: bool = Field(
+        True, description="frozen backbone: compute its features once per image and flip view, cache them on disk "
+                          "and train the head on them (same result as recomputing, far faster)")
     select: Literal["best-val-auroc", "last"] = Field(
         "best-val-auroc", description="which epoch's weights to keep; validation data is not DP-accounted")
 

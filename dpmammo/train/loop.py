@@ -1,6 +1,8 @@
 """One training stage: fit a classifier on a set of patches, with DP-SGD or without.
 
-Read it top to bottom: data → model → (privacy) → epochs of steps → selection → outputs.
+Read it top to bottom: data → model → (cached features) → (privacy) → epochs of steps → selection
+→ outputs. With a frozen backbone the head trains on backbone features computed once per image and
+flip view (dpmammo.train.features): the same procedure, without recomputing the backbone each step.
 DP-SGD follows Abadi et al. (2016), "Deep Learning with Differential Privacy": Poisson-sampled
 logical batches, per-sample clipping to `max_grad_norm`, Gaussian noise, RDP/PRV accounting.
 """
@@ -12,7 +14,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sklearn.metrics import roc_auc_score
 
@@ -22,6 +23,7 @@ from dpmammo.data.sets import load_set, resolve_root, synthetic_provenance
 from dpmammo.errors import DpMammoError
 from dpmammo.models import create_model, load_weights, save_weights
 from dpmammo.privacy import StageSpend, check_delta, make_private, read_chain, write_privacy_json
+from dpmammo.train import features as fc
 from dpmammo.train import run_dir as rd
 from dpmammo.train.config import TrainConfig
 from dpmammo.train.predict import predict_proba, resolve_device
@@ -61,19 +63,28 @@ def fit(cfg: TrainConfig, out: str | Path, *, force: bool = False, progress: boo
     val_labels = load_labels(val_records).numpy()
     model.to(device)
 
+    # Frozen backbone: its features per image and flip view, once (disk-cached); train the head on them.
+    cached = model.is_backbone_frozen and cfg.train.feature_cache
+    inputs, trainable, score_val = images, model, lambda: predict_proba(model, val_images, device=device)
+    if cached:
+        n_views = N_VIEWS if cfg.train.augment == "flips" else 1
+        inputs = fc.cached_features(model, train_records, images, n_views, device=device, say=say)
+        val_feats = fc.cached_features(model, val_records, val_images, 1, device=device, say=say)
+        trainable, score_val = model.head, lambda: fc.head_proba(model, val_feats, device=device)
+
     # Optimiser, then DP-SGD around it.
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in trainable.parameters() if p.requires_grad]
     optimizer = build_optimizer(cfg, params)
-    trainable = model
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
     dp = None
     epochs, batch_size = cfg.train.epochs, cfg.train.batch_size
     if cfg.privacy is not None:
         if n_private:
             check_delta(cfg.privacy.delta, n_private)
-        dp = make_private(model=model, optimizer=optimizer, dataset_size=len(images), batch_size=batch_size,
-                          epochs=epochs, config=cfg.privacy)
-        trainable, optimizer = dp.model, dp.optimizer
-        say(f"DP-SGD: sigma={dp.noise_multiplier:.4f} q={dp.sample_rate:.5f} steps={dp.planned_steps} "
+        dp = make_private(model=trainable, optimizer=optimizer, dataset_size=len(images), batch_size=batch_size,
+                          epochs=epochs, config=cfg.privacy, criterion=criterion)
+        trainable, optimizer, criterion = dp.model, dp.optimizer, dp.criterion
+        say(f"DP-SGD ({dp.grad_sample_mode}): sigma={dp.noise_multiplier:.4f} q={dp.sample_rate:.5f} steps={dp.planned_steps} "
             f"target eps={cfg.privacy.target_epsilon} delta={cfg.privacy.delta:g}")
     gen = torch.Generator().manual_seed(cfg.train.seed)
 
@@ -95,9 +106,10 @@ def fit(cfg: TrainConfig, out: str | Path, *, force: bool = False, progress: boo
                 if dp is None:
                     idx = next_batch(gen, len(images), batch_size, state, epoch)
                 views = torch.randint(0, N_VIEWS, (len(idx),), generator=gen) if cfg.train.augment == "flips" else None
-                losses.append(train_step(trainable, optimizer, dp, images, labels, idx, views, cfg, device))
+                x = fc.take_views(inputs, idx, views) if cached else image_batch(images, idx, views)
+                losses.append(train_step(trainable, optimizer, criterion, dp, x, labels[idx], cfg, device))
                 bar.advance(task)
-            val_auroc = float(roc_auc_score(val_labels, predict_proba(model, val_images, device=device)))
+            val_auroc = float(roc_auc_score(val_labels, score_val()))
             eps = dp.epsilon() if dp else None
             loss = sum(losses) / max(1, len(losses))
             state["history"].append({"epoch": epoch + 1, "loss": loss, "val_auroc": val_auroc, "epsilon": eps})
@@ -159,20 +171,24 @@ def next_batch(gen: torch.Generator, n: int, batch_size: int, state: dict, epoch
     return state["perm"][pos:pos + batch_size]
 
 
-def train_step(trainable, optimizer, dp, images, labels, idx, views, cfg: TrainConfig, device) -> float:
-    """One logical step over batch `idx`, split into physical chunks (virtual batches)."""
-    if dp is not None and len(idx) == 0:
+def image_batch(images: torch.Tensor, idx: torch.Tensor, views: torch.Tensor | None) -> torch.Tensor:
+    """Float inputs of batch `idx`, each image flipped to its drawn view."""
+    x = images[idx]
+    return to_float(apply_views(x, views) if views is not None else x)
+
+
+def train_step(trainable, optimizer, criterion, dp, x_all, y_all, cfg: TrainConfig, device) -> float:
+    """One logical step over inputs x_all (images or cached features), split into physical chunks
+    (virtual batches). Under DP, `criterion` is DPSetup.criterion: the same code for every mode."""
+    n, physical = len(y_all), cfg.train.physical_batch_size
+    if dp is not None and n == 0:
         dp.step_empty()
         return 0.0
-    x_all, y_all = images[idx], labels[idx]
-    if views is not None:
-        x_all = apply_views(x_all, views)
-    n, physical = len(idx), cfg.train.physical_batch_size
     chunks = dp.physical_chunks(n, physical) if dp else plain_chunks(n, physical)
     total = 0.0
     for part, last in chunks:
-        x, y = to_float(x_all[part].to(device)), y_all[part].to(device)
-        loss = F.cross_entropy(trainable(x), y, label_smoothing=cfg.optim.label_smoothing)
+        x, y = x_all[part].to(device), y_all[part].to(device)
+        loss = criterion(trainable(x), y)
         total += loss.item() * len(y)
         if dp is None:
             (loss * len(y) / n).backward()  # plain accumulation is exact when nothing is clipped

@@ -1,0 +1,154 @@
+"""Per-sample gradients Opacus does not provide out of the box: Swin window attention, and
+ghost-clipping norms of linear layers on inputs with more than one token dimension.
+
+Swin (Liu et al., 2021) runs attention on windows: timm's `WindowAttention` sees a tensor of
+shape (B·nW, N, C), one row per *window*. Opacus takes dim 0 as the sample dimension, so the
+`qkv`/`proj` layers would get per-window gradients (clipping windows, not patches: a privacy
+bug) and the raw `relative_position_bias_table` parameter has no grad sampler at all.
+`prepare_for_dp` swaps each WindowAttention for `DPWindowAttention`: the same arithmetic
+(tested against timm's module), with the linear layers fed batch-first (B, nW·N, C) and the
+bias lookup in a small `RelativePositionBias` module whose per-sample gradient is a
+scatter-add of the attention-logit gradients (`compute_rel_pos_bias_grad_sample`). It never
+uses the fused attention kernel, whose internals per-sample hooks cannot see. State-dict keys
+stay timm's, so weights move freely between private and non-private models.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from opacus.grad_sample import register_grad_sampler, register_norm_sampler
+from opacus.grad_sample.linear import compute_linear_norm_sample
+from timm.models.swin_transformer import SwinTransformerBlock, WindowAttention
+from torch import nn
+
+
+class RelativePositionBias(nn.Module):
+    """Adds the relative position bias table, looked up per head, to attention logits.
+
+    Input and output: logits (B, nW, heads, N, N), batch-first so per-sample gradients are per
+    image. The index is a plain tensor, not a buffer: Opacus refuses trainable modules with
+    buffers (BatchNorm-style state), and the index is a constant, not state.
+    """
+
+    def __init__(self, table: nn.Parameter, index: torch.Tensor):
+        super().__init__()
+        self.relative_position_bias_table = table
+        self.index = index.reshape(-1).clone()
+
+    def bias(self) -> torch.Tensor:
+        if self.index.device != self.relative_position_bias_table.device:
+            self.index = self.index.to(self.relative_position_bias_table.device)
+        n = int(round(self.index.numel() ** 0.5))
+        return self.relative_position_bias_table[self.index].view(n, n, -1).permute(2, 0, 1)  # heads, N, N
+
+    def forward(self, attn: torch.Tensor) -> torch.Tensor:
+        return attn + self.bias()
+
+
+@register_grad_sampler(RelativePositionBias)
+def compute_rel_pos_bias_grad_sample(layer: RelativePositionBias, activations, backprops: torch.Tensor):
+    """d loss_b / d table = Σ over windows of the logit gradients, scattered by the index."""
+    g = backprops.sum(dim=1)  # B, heads, N, N: the same bias is added in every window
+    b, heads = g.shape[:2]
+    g = g.reshape(b, heads, -1).transpose(1, 2)  # B, N·N, heads
+    table = layer.relative_position_bias_table
+    out = torch.zeros((b, *table.shape), device=g.device, dtype=g.dtype)
+    out.index_add_(1, layer.index.to(g.device), g)
+    return {table: out}
+
+
+class DPWindowAttention(nn.Module):
+    """timm's WindowAttention, rearranged so that every trainable layer sees one row per image."""
+
+    def __init__(self, attn: WindowAttention, num_windows: int):
+        super().__init__()
+        self.num_heads, self.scale, self.num_windows = attn.num_heads, attn.scale, num_windows
+        self.qkv, self.proj = attn.qkv, attn.proj
+        self.attn_drop, self.proj_drop = attn.attn_drop, attn.proj_drop
+        self.rel_pos = RelativePositionBias(attn.relative_position_bias_table, attn.relative_position_index)
+        # Keep timm's state-dict key `<prefix>relative_position_bias_table` (strict loading both ways).
+        self.register_state_dict_post_hook(_table_key_out)
+        self.register_load_state_dict_pre_hook(_table_key_in)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        b_, n, c = x.shape
+        nw = self.num_windows
+        if b_ % nw or (mask is not None and mask.shape[0] != nw):
+            raise RuntimeError(f"DPWindowAttention built for {nw} windows per image got {b_} windows "
+                               f"(mask {None if mask is None else tuple(mask.shape)}); input size changed?")
+        b = b_ // nw
+        qkv = self.qkv(x.reshape(b, nw * n, c))  # batch-first: Opacus sees one row per image
+        q, k, v = qkv.reshape(b, nw, n, 3, self.num_heads, -1).permute(3, 0, 1, 4, 2, 5).unbind(0)
+        attn = (q * self.scale) @ k.transpose(-2, -1)  # B, nW, heads, N, N
+        attn = self.rel_pos(attn)
+        if mask is not None:
+            attn = attn + mask.view(1, nw, 1, n, n)
+        attn = self.attn_drop(attn.softmax(dim=-1))
+        out = (attn @ v).permute(0, 1, 3, 2, 4).reshape(b, nw * n, -1)
+        out = self.proj_drop(self.proj(out))
+        return out.reshape(b_, n, -1)
+
+
+_TABLE_INNER, _TABLE_OUTER = "rel_pos.relative_position_bias_table", "relative_position_bias_table"
+
+
+def _table_key_out(module, state_dict, prefix, local_metadata):
+    if prefix + _TABLE_INNER in state_dict:
+        state_dict[prefix + _TABLE_OUTER] = state_dict.pop(prefix + _TABLE_INNER)
+
+
+def _table_key_in(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    if prefix + _TABLE_OUTER in state_dict:
+        state_dict[prefix + _TABLE_INNER] = state_dict.pop(prefix + _TABLE_OUTER)
+
+
+def _windows_per_image(block: SwinTransformerBlock) -> int:
+    (h, w), (wh, ww) = block.input_resolution, block.window_size
+    return -(-h // wh) * -(-w // ww)
+
+
+def _convert_swin_block(block: SwinTransformerBlock) -> None:
+    if isinstance(block.attn, WindowAttention):
+        block.attn = DPWindowAttention(block.attn, _windows_per_image(block))
+
+
+# Module type → in-place conversion making it DP-trainable (a registry, after Opacus's fixers).
+DP_CONVERSIONS: dict[type[nn.Module], Callable[[nn.Module], None]] = {SwinTransformerBlock: _convert_swin_block}
+
+
+def prepare_for_dp(model: nn.Module) -> nn.Module:
+    """Convert, in place, the modules of `model` whose per-sample gradients need another layout."""
+    for module in list(model.modules()):
+        convert = DP_CONVERSIONS.get(type(module))
+        if convert is not None and any(p.requires_grad for p in module.parameters()):
+            convert(module)
+    return model
+
+
+@register_norm_sampler(nn.Linear)
+def compute_linear_norm_sample_mixed(layer: nn.Linear, activations, backprops: torch.Tensor):
+    """Per-sample gradient norms of a linear layer for any number of token dimensions.
+
+    Opacus's ghost norm handles (B, F) and (B, T, F) only, and its (B, T, F) path builds T×T
+    Gram matrices: cheap for short sequences, ruinous for Swin's first stage (T = 3136 tokens,
+    a 3136² matrix per image per layer). Following the mixed ghost clipping of Bu et al. (2022,
+    "Scalable and Efficient Training of Large Convolutional Neural Networks with Differential
+    Privacy"), each layer takes the cheaper of the ghost norm (≈T² work) and the instantiated
+    per-sample gradient (≈d_in·d_out).
+    """
+    a = activations[0].to(backprops.dtype)
+    if backprops.dim() <= 2:
+        return compute_linear_norm_sample(layer, [a], backprops)
+    a = a.reshape(a.shape[0], -1, a.shape[-1])
+    g = backprops.reshape(backprops.shape[0], -1, backprops.shape[-1])
+    tokens = g.shape[1]
+    if tokens * tokens <= layer.in_features * layer.out_features:
+        return compute_linear_norm_sample(layer, [a], g)
+    ret = {}
+    if layer.weight.requires_grad:
+        ret[layer.weight] = torch.einsum("nti,ntj->nij", g, a).flatten(1).norm(2, dim=1)
+    if layer.bias is not None and layer.bias.requires_grad:
+        ret[layer.bias] = g.sum(dim=1).norm(2, dim=1)
+    return ret
