@@ -1,0 +1,64 @@
+"""The GAN config: one YAML file per generator run, every key validated (unknown keys are errors).
+
+Defaults follow the reference MCGAN (Osuala et al., 2024): a conditional DCGAN (Radford et al.,
+2016) for 128×128 grayscale patches, Adam with lr 1e-4 and betas (0.5, 0.999).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import Field, field_validator
+
+from dpmammo.config import StrictModel
+from dpmammo.privacy import PrivacyConfig
+
+
+class GanDataConfig(StrictModel):
+    root: Optional[Path] = Field(None, description="data folder; default $DPMAMMO_DATA, then the fetch cache")
+    train: list[str] = Field(["cbis-ddsm/train"], min_length=1,
+                             description="training sets (`dataset/split` or a folder path); their union")
+
+
+class GanModelConfig(StrictModel):
+    image_size: int = Field(128, ge=16, le=256, description="patch side in pixels; a power of two")
+    latent_dim: int = Field(100, ge=1, description="length of the noise vector z")
+    embed_dim: int = Field(50, ge=1, description="label embedding size (generator and discriminator)")
+    cond_dim: int = Field(50, ge=1, description="generator: the embedded label's linear map, concatenated with z")
+    g_width: int = Field(64, ge=4, le=512, description="generator channels at the last upsampling; doubles per level up to 8×")
+    d_width: int = Field(64, ge=4, le=512, description="discriminator channels at the first conv; doubles per level up to 8×")
+    d_norm: Literal["group", "none"] = Field(
+        "group", description="discriminator normalisation; never BatchNorm (it mixes samples, which DP forbids)")
+
+    @field_validator("image_size")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v & (v - 1):
+            raise ValueError(f"must be a power of two (16, 32, 64, 128, 256), got {v}")
+        return v
+
+
+class GanOptimConfig(StrictModel):
+    lr_g: float = Field(1e-4, gt=0)
+    lr_d: float = Field(1e-4, gt=0)
+    beta1: float = Field(0.5, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+
+
+class GanTrainSettings(StrictModel):
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(64, ge=1, description="real patches per discriminator step; under DP the expected Poisson batch")
+    physical_batch_size: int = Field(256, ge=1, description="most samples per forward pass (virtual batches)")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    sample_every: int = Field(5, ge=0, description="write samples/epoch_XXX.png every N epochs (0: never)")
+
+
+class GanConfig(StrictModel):
+    data: GanDataConfig = GanDataConfig()
+    model: GanModelConfig = GanModelConfig()
+    optim: GanOptimConfig = GanOptimConfig()
+    train: GanTrainSettings = GanTrainSettings()
+    privacy: Optional[PrivacyConfig] = Field(
+        None, description="absent: non-private GAN; present: DP discriminator (the generator is post-processing)")

@@ -1,0 +1,113 @@
+"""The malignancy-conditioned DCGAN (MCGAN) of the reference study, scaled to any power-of-two size.
+
+Conditioning as in the reference design (Osuala et al., 2024): in the generator the label goes
+through an embedding and a linear layer and is concatenated with the latent vector; in the
+discriminator it becomes an extra image channel. Architecture after DCGAN (Radford et al., 2016):
+transposed convolutions up to the patch size with tanh in the generator, strided convolutions in
+the discriminator. Pixels live in [-1, 1] inside the models (see `to_model_range`).
+
+The discriminator has no BatchNorm: under DP-SGD each sample's gradient must depend on that
+sample alone (GroupNorm normalises within a sample). The generator is post-processing of the
+DP discriminator's outputs, so BatchNorm is fine there.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from dpmammo.gan.config import GanModelConfig
+
+N_CLASSES = 2
+BASE = 4  # spatial side of the generator's first feature map and the discriminator's last
+
+
+def _levels(image_size: int) -> int:
+    """Number of 2× resolution steps between BASE and image_size."""
+    return int(math.log2(image_size // BASE))
+
+
+def _channels(width: int, level: int) -> int:
+    """DCGAN channel ladder: width·2^level, capped at 8·width (keeps 128 px affordable)."""
+    return width * min(2 ** level, 8)
+
+
+class Generator(nn.Module):
+    """(z, label) → patch in [-1, 1], shape (N, 1, S, S)."""
+
+    def __init__(self, cfg: GanModelConfig):
+        super().__init__()
+        self.latent_dim = cfg.latent_dim
+        self.embed = nn.Embedding(N_CLASSES, cfg.embed_dim)
+        self.cond = nn.Linear(cfg.embed_dim, cfg.cond_dim)
+        n = _levels(cfg.image_size)
+        w = cfg.g_width
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(cfg.latent_dim + cfg.cond_dim, _channels(w, n - 1), BASE, 1, 0, bias=False),
+            nn.BatchNorm2d(_channels(w, n - 1)), nn.ReLU(True),
+        ]
+        for level in range(n - 1, 0, -1):
+            cin, cout = _channels(w, level), _channels(w, level - 1)
+            layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
+        layers += [nn.ConvTranspose2d(_channels(w, 0), 1, 4, 2, 1, bias=False), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        c = self.cond(self.embed(labels))
+        return self.net(torch.cat([z, c], dim=1)[:, :, None, None])
+
+
+class Discriminator(nn.Module):
+    """(patch in [-1, 1], label) → one real/fake logit per sample."""
+
+    def __init__(self, cfg: GanModelConfig):
+        super().__init__()
+        self.image_size = cfg.image_size
+        self.embed = nn.Embedding(N_CLASSES, cfg.embed_dim)
+        self.cond = nn.Linear(cfg.embed_dim, cfg.image_size * cfg.image_size)
+        n = _levels(cfg.image_size)
+        w = cfg.d_width
+        layers: list[nn.Module] = [nn.Conv2d(2, _channels(w, 0), 4, 2, 1), nn.LeakyReLU(0.2)]
+        for level in range(1, n):
+            cin, cout = _channels(w, level - 1), _channels(w, level)
+            layers += [nn.Conv2d(cin, cout, 4, 2, 1, bias=cfg.d_norm == "none"), *_norm(cfg.d_norm, cout),
+                       nn.LeakyReLU(0.2)]
+        layers += [nn.Conv2d(_channels(w, n - 1), 1, BASE, 1, 0), nn.Flatten()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        c = self.cond(self.embed(labels)).view(-1, 1, self.image_size, self.image_size)
+        return self.net(torch.cat([x, c], dim=1)).squeeze(1)
+
+
+def _norm(kind: str, channels: int) -> list[nn.Module]:
+    return [nn.GroupNorm(min(8, channels // 4), channels)] if kind == "group" else []
+
+
+def init_weights(module: nn.Module) -> None:
+    """DCGAN initialisation: N(0, 0.02) for convolutions, N(1, 0.02) for norm scales."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+    elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+def to_model_range(x_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] → float [-1, 1], the generator's tanh range."""
+    return x_uint8.float().div(127.5).sub(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] → uint8 [0, 255], clipped (tanh never quite reaches ±1; rounding may overshoot)."""
+    return x.detach().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def build(cfg: GanModelConfig, seed: int) -> tuple[Generator, Discriminator]:
+    torch.manual_seed(seed)
+    g, d = Generator(cfg), Discriminator(cfg)
+    g.apply(init_weights)
+    d.apply(init_weights)
+    return g, d

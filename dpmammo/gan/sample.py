@@ -1,0 +1,109 @@
+"""Sample a trained generator into a labelled folder that plugs into training and evaluation.
+
+The folder holds PNGs, a manifest.csv (labels live there, not only in file names; paths are
+relative so the folder can move) and provenance.json: which generator run made it, on which
+data, and the generator's privacy chain ("chain", read by dpmammo.train when a classifier
+trains on the folder, so the GAN's spend is composed into that classifier's total).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from dpmammo import __version__
+from dpmammo.config import parse_config, read_yaml
+from dpmammo.data.manifest import SAMPLED_MANIFEST, PatchRecord, write_manifest
+from dpmammo.data.sets import PROVENANCE_FILE
+from dpmammo.errors import DpMammoError
+from dpmammo.gan.config import GanConfig
+from dpmammo.gan.models import Generator, to_uint8
+from dpmammo.models import load_weights
+from dpmammo.privacy import describe
+from dpmammo.train import run_dir as rd
+
+CLASS_NAMES = {0: "benign", 1: "malignant"}
+BATCH = 256
+
+
+def load_generator(run_dir: str | Path) -> tuple[Generator, GanConfig]:
+    """The finished run's generator (weights loaded strictly) and its config."""
+    run_dir = Path(run_dir)
+    if not rd.is_finished(run_dir):
+        raise DpMammoError(f"{run_dir} is not a finished GAN run (no {rd.METRICS}); train it with `dpmammo gan train`")
+    cfg = parse_config(GanConfig, read_yaml(run_dir / rd.CONFIG), str(run_dir / rd.CONFIG))
+    gen = Generator(cfg.model)
+    load_weights(gen, run_dir / rd.WEIGHTS)
+    return gen.eval(), cfg
+
+
+def intended_labels(n: int, balance: float) -> torch.Tensor:
+    """round(n·balance) malignant (1) then the rest benign (0)."""
+    if not 0 <= balance <= 1:
+        raise DpMammoError(f"balance={balance} must be in [0, 1] (the malignant fraction)")
+    n_mal = int(round(n * balance))
+    return torch.cat([torch.ones(n_mal, dtype=torch.long), torch.zeros(n - n_mal, dtype=torch.long)])
+
+
+@torch.no_grad()
+def generate(gen: Generator, labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """uint8 patches (N, 1, S, S) for `labels`; the same seed gives the same patches."""
+    rng = torch.Generator().manual_seed(seed)
+    out = []
+    for y in labels.split(BATCH):
+        z = torch.randn(len(y), gen.latent_dim, generator=rng)
+        out.append(to_uint8(gen(z, y)))
+    return torch.cat(out)
+
+
+def sample(run_dir: str | Path, n: int, out: str | Path, *, balance: float = 0.5, seed: int = 0,
+           force: bool = False) -> dict:
+    """Write `n` patches from the generator in `run_dir` to folder `out`; return its provenance.
+
+    Example:
+        >>> sample("runs/gan", 3000, "synthetic/mcgan-dp10", balance=0.5)  # doctest: +SKIP
+    """
+    if n < 2:
+        raise DpMammoError(f"--n {n}: need at least 2 patches (one per class)")
+    run_dir, out = Path(run_dir).resolve(), Path(out).resolve()
+    gen, cfg = load_generator(run_dir)
+    labels = intended_labels(n, balance)
+    if labels.min() == labels.max():
+        raise DpMammoError(f"balance={balance} with n={n} gives one class only; training and AUROC need both")
+    prepare_out(out, force)
+    images = generate(gen, labels, seed)
+    records = []
+    for i, (img, y) in enumerate(zip(images, labels.tolist())):
+        name = f"{i:05d}_{CLASS_NAMES[y]}.png"
+        Image.fromarray(img[0].numpy(), mode="L").save(out / name)
+        records.append(PatchRecord(name, y, "", "synthetic", out.name, "synthetic"))
+    write_manifest(records, out / SAMPLED_MANIFEST)
+    privacy = json.loads((run_dir / rd.PRIVACY).read_text())
+    prov = {
+        "folder": str(out),
+        "generator_run": str(run_dir),
+        "training_data": list(cfg.data.train),
+        "n": n, "n_malignant": int(labels.sum()), "balance": balance, "seed": seed,
+        "image_size": cfg.model.image_size,
+        "guarantee": describe(privacy["total"]),
+        "total": privacy["total"],
+        "chain": privacy["chain"],
+        "dpmammo_version": __version__,
+    }
+    (out / PROVENANCE_FILE).write_text(json.dumps(prov, indent=2))
+    return prov
+
+
+def prepare_out(out: Path, force: bool) -> None:
+    """An empty (or new) folder; a folder with files is replaced only with `force`."""
+    if out.exists() and not out.is_dir():
+        raise DpMammoError(f"--out {out} is a file")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise DpMammoError(f"--out {out} is not empty; choose another folder or pass --force to replace it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,267 @@
+"""Train the conditional GAN on real patches, optionally with a DP discriminator. Entry: `train_gan`.
+
+Read it top to bottom: data → models → (privacy) → epochs of (D step, G step) → outputs.
+
+DP (Xie et al., 2018, "Differentially Private GAN"; Opacus's DCGAN example): only the
+discriminator sees real data, so only its update is DP-SGD (Abadi et al., 2016): a Poisson
+sample of real patches (rate q = batch_size / N, as the accountant assumes) plus a fixed number
+(batch_size) of generated patches form one logical batch; every row's gradient is clipped to
+C, the sum is noised and divided by batch_size. The number of fake rows does not depend on the
+data, so adding or removing one real patch changes the sum by at most C: the sensitivity the
+noise is calibrated for. The generator learns only through the released discriminator, which
+is post-processing and spends no budget.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torchvision.utils import save_image
+
+from dpmammo import __version__
+from dpmammo.data.images import load_images
+from dpmammo.data.sets import load_set, resolve_root
+from dpmammo.errors import DpMammoError
+from dpmammo.gan.config import GanConfig
+from dpmammo.gan.models import N_CLASSES, build, to_model_range
+from dpmammo.models import save_weights
+from dpmammo.privacy import StageSpend, make_private, write_privacy_json
+from dpmammo.train import run_dir as rd
+from dpmammo.train.predict import resolve_device
+
+SAMPLES_DIR = "samples"
+GRID_COLUMNS = 8
+
+
+def train_gan(cfg: GanConfig, out: str | Path, *, force: bool = False, progress: bool = True) -> dict:
+    """Train one generator run into `out` and return its metrics. Resumes an interrupted run in `out`.
+
+    Writes config.yaml, model.safetensors (the generator), privacy.json, metrics.json (last: it
+    marks the run finished), log.txt, and samples/epoch_XXX.png (a row per class) every
+    `train.sample_every` epochs.
+    """
+    t0 = time.time()
+    run_dir, resuming = rd.prepare(out, cfg, force)
+    log = open(run_dir / rd.LOG, "a")
+    say = lambda msg: (log.write(msg + "\n"), log.flush())  # noqa: E731
+    say(f"{'resume' if resuming else 'start'} {run_dir} dpmammo {__version__} (gan)")
+    device = resolve_device(cfg.train.device)
+
+    # Data: real patches (all private) as uint8 in memory, scaled to [-1, 1] per batch.
+    root = resolve_root(cfg.data.root)
+    records = [r for name in cfg.data.train for r in load_set(root, name)]
+    images = load_images(records, cfg.model.image_size)
+    labels = torch.tensor([r.label for r in records], dtype=torch.long)
+    n_private = sum(r.source == "real" for r in records)
+    n, batch_size = len(records), cfg.train.batch_size
+    if batch_size > n:
+        raise DpMammoError(f"train.batch_size={batch_size} exceeds the {n} training patches")
+
+    # Models and optimisers; DP wraps the discriminator only.
+    gen_model, disc = build(cfg.model, cfg.train.seed)
+    gen_model.to(device), disc.to(device)
+    o = cfg.optim
+    opt_g = torch.optim.Adam(gen_model.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2))
+    d_train, dp = disc, None
+    if cfg.privacy is not None:
+        dp = make_private(model=disc, optimizer=opt_d, dataset_size=n, batch_size=batch_size,
+                          epochs=cfg.train.epochs, config=cfg.privacy, criterion=nn.BCEWithLogitsLoss())
+        d_train, opt_d = dp.model, dp.optimizer
+        say(f"DP discriminator: sigma={dp.noise_multiplier:.4f} q={dp.sample_rate:.5f} steps={dp.planned_steps} "
+            f"target eps={cfg.privacy.target_epsilon} delta={cfg.privacy.delta:g}")
+    rng = torch.Generator().manual_seed(cfg.train.seed)
+    fixed_z, fixed_y = grid_inputs(cfg)
+
+    state = {"epoch": 0, "history": [], "wall_s": 0.0}
+    if resuming:
+        state = load_checkpoint(run_dir, gen_model, disc, opt_g, opt_d, dp, rng)
+        t0 = time.time()
+        say(f"resumed after epoch {state['epoch']}")
+
+    steps = epoch_steps(n, batch_size, cfg.train.epochs, dp)
+    bar = make_progress(progress)
+    with bar:
+        task = bar.add_task("gan", total=sum(steps), completed=sum(steps[:state["epoch"]]))
+        for epoch in range(state["epoch"], cfg.train.epochs):
+            gen_model.train(), d_train.train()
+            perm = torch.randperm(n, generator=rng) if dp is None else None
+            sums = {"loss_d": 0.0, "loss_g": 0.0}
+            for step in range(steps[epoch]):
+                idx = dp.sample_batch(rng) if dp else perm[step * batch_size:(step + 1) * batch_size]
+                sums["loss_d"] += d_step(d_train, opt_d, dp, gen_model, images, labels, idx, cfg, rng, device)
+                sums["loss_g"] += g_step(d_train, opt_g, gen_model, dp, cfg, rng, device)
+                bar.advance(task)
+            eps = dp.epsilon() if dp else None
+            row = {"epoch": epoch + 1, **{k: v / max(1, steps[epoch]) for k, v in sums.items()}, "epsilon": eps}
+            state["history"].append(row)
+            state["epoch"] = epoch + 1
+            state["wall_s"] += time.time() - t0
+            t0 = time.time()
+            eps_txt = f" ε={eps:.2f}" if eps is not None else ""
+            bar.update(task, description=f"epoch {epoch + 1}/{cfg.train.epochs} D={row['loss_d']:.3f} "
+                                         f"G={row['loss_g']:.3f}{eps_txt}")
+            say(f"epoch {epoch + 1} loss_d {row['loss_d']:.4f} loss_g {row['loss_g']:.4f}"
+                + (f" eps {eps:.3f}" if dp else ""))
+            every = cfg.train.sample_every
+            if every and ((epoch + 1) % every == 0 or epoch + 1 == cfg.train.epochs):
+                write_grid(gen_model, fixed_z, fixed_y, run_dir / SAMPLES_DIR / f"epoch_{epoch + 1:03d}.png", device)
+            save_checkpoint(run_dir, gen_model, disc, opt_g, opt_d, dp, rng, state)
+
+    # Outputs: generator weights, privacy record, metrics (written last: it marks the run finished).
+    save_weights(gen_model, run_dir / rd.WEIGHTS)
+    privacy = write_privacy_json(run_dir / rd.PRIVACY, own_stage(cfg, run_dir, dp, n, n_private), [])
+    metrics = {
+        "history": state["history"], "train_size": n, "n_private": n_private,
+        "epsilon": privacy["epsilon"], "privacy_total": privacy["total"],
+        "wall_time_s": state["wall_s"] + (time.time() - t0),
+        "device": str(device), "dpmammo_version": __version__,
+    }
+    rd.write_json_atomic(run_dir / rd.METRICS, metrics)
+    (run_dir / rd.CHECKPOINT).unlink(missing_ok=True)
+    say(f"done after {state['epoch']} epochs")
+    log.close()
+    return metrics
+
+
+def epoch_steps(n: int, batch_size: int, epochs: int, dp) -> list[int]:
+    """Steps in each epoch. Under DP the total equals the planned (calibrated) step count."""
+    if dp is None:
+        return [-(-n // batch_size)] * epochs
+    base, extra = divmod(dp.planned_steps, epochs)
+    return [base + (1 if e < extra else 0) for e in range(epochs)]
+
+
+def random_inputs(count: int, cfg: GanConfig, rng: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latent vectors and uniformly drawn labels: data-independent, so free under DP."""
+    z = torch.randn(count, cfg.model.latent_dim, generator=rng)
+    y = torch.randint(0, N_CLASSES, (count,), generator=rng)
+    return z.to(device), y.to(device)
+
+
+def d_step(d_train, opt_d, dp, gen_model, images, labels, idx, cfg: GanConfig, rng, device) -> float:
+    """One discriminator update on real rows `idx` (target 1) plus batch_size fake rows (target 0).
+
+    Loss = (sum of per-row BCE) / batch_size, so the non-DP and the DP update (clipped sum,
+    noise, divided by the expected batch) have the same scale.
+    """
+    b = cfg.train.batch_size
+    z, y_fake = random_inputs(b, cfg, rng, device)
+    with torch.no_grad():
+        fake = gen_model(z, y_fake)
+    x_all = torch.cat([to_model_range(images[idx]).to(device), fake])
+    y_all = torch.cat([labels[idx].to(device), y_fake])
+    target = torch.cat([torch.ones(len(idx)), torch.zeros(b)]).to(device)
+    total_rows = len(x_all)
+    chunks = dp.physical_chunks(total_rows, cfg.train.physical_batch_size) if dp else \
+        plain_chunks(total_rows, cfg.train.physical_batch_size)
+    criterion = dp.criterion if dp else nn.BCEWithLogitsLoss()  # dp.criterion: whatever the clipping mode needs
+    opt_d.zero_grad(set_to_none=True)
+    total = 0.0
+    for part, last in chunks:
+        logits = d_train(x_all[part], y_all[part])
+        loss = criterion(logits, target[part])
+        total += loss.item() * len(logits)
+        if dp is None:
+            (loss * len(logits) / b).backward()  # plain accumulation is exact when nothing is clipped
+            if last:
+                opt_d.step()
+                opt_d.zero_grad(set_to_none=True)
+        else:
+            loss.backward()  # Opacus rescales the mean to per-row gradients; the optimizer divides by b
+            opt_d.step()  # non-last chunks: clip and accumulate only (signal_skip_step)
+            opt_d.zero_grad(set_to_none=True)
+    return total / b
+
+
+def g_step(d_train, opt_g, gen_model, dp, cfg: GanConfig, rng, device) -> float:
+    """Non-saturating generator loss through the (released) discriminator; touches no real data."""
+    z, y = random_inputs(cfg.train.batch_size, cfg, rng, device)
+    if dp is not None:
+        d_train.disable_hooks()  # no per-sample gradients for D here: they would leak into its next step
+    try:
+        logits = d_train(gen_model(z, y), y)
+        loss = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+        opt_g.zero_grad(set_to_none=True)
+        loss.backward(inputs=list(gen_model.parameters()))
+        opt_g.step()
+    finally:
+        if dp is not None:
+            d_train.enable_hooks()
+    return loss.item()
+
+
+def plain_chunks(n: int, max_physical: int):
+    starts = list(range(0, n, max_physical))
+    return ((slice(s, s + max_physical), i == len(starts) - 1) for i, s in enumerate(starts))
+
+
+def grid_inputs(cfg: GanConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed latents for the progress grids: row c holds class c (0 benign, 1 malignant)."""
+    g = torch.Generator().manual_seed(cfg.train.seed + 1)
+    z = torch.randn(N_CLASSES * GRID_COLUMNS, cfg.model.latent_dim, generator=g)
+    y = torch.arange(N_CLASSES).repeat_interleave(GRID_COLUMNS)
+    return z, y
+
+
+@torch.no_grad()
+def write_grid(gen_model, z, y, path: Path, device) -> None:
+    was = gen_model.training
+    gen_model.eval()
+    x = gen_model(z.to(device), y.to(device)).cpu()
+    gen_model.train(was)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(x.add(1).div(2).clamp(0, 1), path, nrow=GRID_COLUMNS, padding=2)
+
+
+def own_stage(cfg: GanConfig, run_dir: Path, dp, n: int, n_private: int) -> StageSpend:
+    common = dict(stage="gan", run=run_dir.name, data=list(cfg.data.train), dataset_size=n)
+    if dp is not None:
+        p = cfg.privacy
+        return StageSpend(**common, guarantee="dp", epsilon=dp.epsilon(), delta=p.delta,
+                          target_epsilon=p.target_epsilon, noise_multiplier=dp.noise_multiplier,
+                          sample_rate=dp.sample_rate, steps=dp.steps_taken, accountant=p.accountant,
+                          max_grad_norm=p.max_grad_norm, note="DP discriminator; the generator is post-processing")
+    if n_private:
+        return StageSpend(**common, guarantee="none", note="GAN trained on private data without DP")
+    return StageSpend(**common, guarantee="public", note="no private data in the training sets")
+
+
+def make_progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    disable=not enabled, transient=False)
+
+
+def save_checkpoint(run_dir: Path, gen_model, disc, opt_g, opt_d, dp, rng: torch.Generator, state: dict) -> None:
+    """Everything a resume needs, privacy state included: a resume never re-spends or forgets ε."""
+    ckpt = {
+        "state": state,
+        "generator": gen_model.state_dict(),
+        "discriminator": disc.state_dict(),
+        "opt_g": opt_g.state_dict(),
+        "opt_d": opt_d.state_dict(),
+        "accountant_history": list(dp.accountant.history) if dp else None,
+        "rng": rng.get_state(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    tmp = run_dir / (rd.CHECKPOINT + ".tmp")
+    torch.save(ckpt, tmp)
+    tmp.replace(run_dir / rd.CHECKPOINT)
+
+
+def load_checkpoint(run_dir: Path, gen_model, disc, opt_g, opt_d, dp, rng: torch.Generator) -> dict:
+    ckpt = torch.load(run_dir / rd.CHECKPOINT, map_location="cpu", weights_only=False)
+    gen_model.load_state_dict(ckpt["generator"])
+    disc.load_state_dict(ckpt["discriminator"])
+    opt_g.load_state_dict(ckpt["opt_g"])
+    opt_d.load_state_dict(ckpt["opt_d"])
+    if dp is not None:
+        dp.accountant.history = [tuple(h) for h in ckpt["accountant_history"]]
+    rng.set_state(ckpt["rng"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    return ckpt["state"]
