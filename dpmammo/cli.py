@@ -89,6 +89,90 @@ def evaluate(run_dir: Path, on: List[str] = typer.Option(["cbis-ddsm/test", "bcd
     console.print(table)
 
 
+@app.command("study")
+def study(config: Optional[Path] = typer.Argument(None, help="study config YAML (or use --preset)"),
+          preset: Optional[str] = typer.Option(None, "--preset", help="packaged study: quick | paper"),
+          out: Optional[Path] = typer.Option(None, "--out", help="study directory (default runs/<study name>)"),
+          set_: List[str] = typer.Option([], "--set", help="override a key: --set seeds=[0,1]"),
+          executor: str = typer.Option("local", "--executor", help="local (sequential) | ray"),
+          address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (executor ray)")):
+    """Run a privacy-utility study (conditions × ε × seeds): resumable; writes results and report.html."""
+    from dpmammo.report import build_report
+    from dpmammo.study import load_study, run_study
+
+    cfg = load_study(config, preset=preset, overrides=set_)
+    out = out or Path("runs") / cfg.name
+    result = run_study(cfg, out, executor=executor, address=address, progress=sys.stderr.isatty(), console=console)
+    report = build_report(result.study_dir)
+    counts = {s: sum(o.status == s for o in result.outcomes.values()) for s in ("done", "cached", "failed", "skipped")}
+    console.print(f"{result.study_dir}: {len(result.outcomes)} runs ({', '.join(f'{v} {k}' for k, v in counts.items())})")
+    for o in result.failed:
+        console.print(f"[red]{o.run_id}: {o.status}: {o.error}[/red]")
+    console.print(f"results: {result.study_dir / 'results.md'}, report: {report}")
+    if result.failed:
+        sys.exit(1)
+
+
+gan_app = typer.Typer(no_args_is_help=True, help="Malignancy-conditioned GAN: train (optionally DP), sample, score.")
+app.add_typer(gan_app, name="gan")
+
+
+@gan_app.command("train")
+def gan_train(config: Path,
+              out: Optional[Path] = typer.Option(None, "--out", help="run directory (default runs/<config name>)"),
+              set_: List[str] = typer.Option([], "--set", help="override a config key: --set train.epochs=5"),
+              force: bool = typer.Option(False, "--force", help="replace a finished run in --out")):
+    """Train the conditional GAN on real patches (DP discriminator when the config has a privacy: block)."""
+    from dpmammo.config import load_config
+    from dpmammo.gan import GanConfig, train_gan
+    from dpmammo.privacy import describe
+
+    cfg = load_config(GanConfig, config, set_)
+    out = out or Path("runs") / config.stem
+    metrics = train_gan(cfg, out, force=force, progress=sys.stderr.isatty())
+    console.print(f"{out}: {len(metrics['history'])} epochs in {metrics['wall_time_s']:.0f} s, "
+                  f"{describe(metrics['privacy_total'])}; sample grids in {out / 'samples'}")
+
+
+@gan_app.command("sample")
+def gan_sample(run_dir: Path, out: Path = typer.Option(..., "--out", help="folder to write (PNGs, manifest.csv, provenance.json)"),
+               n: int = typer.Option(3000, "--n", help="number of patches"),
+               balance: float = typer.Option(0.5, "--balance", help="malignant fraction"),
+               seed: int = typer.Option(0, "--seed"),
+               force: bool = typer.Option(False, "--force", help="replace a non-empty --out")):
+    """Sample labelled patches from a trained generator; provenance.json carries its privacy chain."""
+    from dpmammo.gan import sample
+
+    prov = sample(run_dir, n, out, balance=balance, seed=seed, force=force)
+    console.print(f"wrote {prov['n']} patches ({prov['n_malignant']} malignant) to {out}: {prov['guarantee']}")
+
+
+@gan_app.command("score")
+def gan_score(folder: Path, ref: str = typer.Option("cbis-ddsm/train", "--ref", help="real set to compare with"),
+              classifier: Optional[Path] = typer.Option(None, "--classifier", help="finished classifier run trained on real data (default: train a quick cnn-small on --ref)"),
+              val: str = typer.Option("cbis-ddsm/val", "--val", help="validation set for that quick classifier"),
+              classifier_out: Optional[Path] = typer.Option(None, "--classifier-out", help="where the quick classifier goes (reused if finished)"),
+              data_root: Optional[Path] = typer.Option(None, "--data-root", help="data folder (default $DPMAMMO_DATA)"),
+              max_images: Optional[int] = typer.Option(None, "--max-images", help="at most this many patches per set"),
+              frd: bool = typer.Option(True, "--frd/--no-frd", help="Fréchet Radiomics Distance (needs the frd extra)"),
+              json_out: Optional[Path] = typer.Option(None, "--json", help="also write the scores to this JSON file")):
+    """FRD, classifier-feature Fréchet distance and class fidelity of a synthetic folder, each timed."""
+    from dpmammo.gan import score, train_score_classifier
+
+    if classifier is None:
+        classifier = classifier_out or Path("runs") / "gan-score" / f"cnn-small-{ref.replace('/', '-')}"
+        classifier = train_score_classifier(ref, val, classifier, root=data_root, progress=sys.stderr.isatty())
+    s = score(folder, ref, classifier=classifier, root=data_root, max_images=max_images, frd=frd, out=json_out)
+    table = Table("score", "value", "seconds")
+    f = s["frd"]
+    table.add_row("FRD v0 (lower is better)", f"{f['value']:.2f}" if f["value"] is not None else f["note"],
+                  f"{f['seconds']:.1f}" if "seconds" in f else "")
+    table.add_row("classifier-feature Fréchet distance", f"{s['classifier_fd']['value']:.3f}", f"{s['classifier_fd']['seconds']:.1f}")
+    table.add_row("class fidelity (AUROC of intended labels)", f"{s['class_fidelity']['auroc']:.3f}", f"{s['class_fidelity']['seconds']:.1f}")
+    console.print(f"{folder} ({s['n_synthetic']} patches) vs {ref} ({s['n_ref']}), classifier {classifier}")
+    console.print(table)
+
+
 def main() -> None:
     try:
         app()

@@ -1,0 +1,98 @@
+"""report.html: one self-contained file (images inlined as base64) with the study's tables,
+plots, the privacy spend of every run, failures and caveats."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+from dpmammo.privacy import UNIT
+from dpmammo.report.reference import CITATION
+from dpmammo.report.tables import html_tables
+from dpmammo.study.config import StudyConfig
+from dpmammo.study.recipes import expand
+from dpmammo.train import run_dir as rd
+
+CAVEATS = (
+    f"Unit of privacy: {UNIT}. A patient with k patches is protected only by group privacy (roughly k·ε).",
+    "Model selection uses the validation set (best validation AUROC by default); that use is not DP-accounted.",
+    "Synthetic data from a generator trained without DP carries no formal guarantee: every run that used "
+    "such data has total guarantee \"none\", whatever its own stage ε.",
+    "ε is the target of each run's own DP stage; the chain total composes every stage that touched private data.",
+    "AUPRC and sensitivity/specificity are malignant-positive; the threshold is chosen on validation (Youden's J).",
+)
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #bbb;padding:3px 8px;font-size:14px}
+th{background:#eee}img{max-width:100%}code{background:#f4f4f4}.fail{color:#a00}"""
+
+
+def embed_png(path: Optional[Path], alt: str) -> str:
+    if path is None or not path.is_file():
+        return f"<p><em>{html.escape(alt)}: no data to plot.</em></p>"
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _fmt(v, spec=".3g") -> str:
+    return "" if v is None else (f"{v:{spec}}" if isinstance(v, float) else str(v))
+
+
+def privacy_table(cfg: StudyConfig, study_dir: Path) -> str:
+    """Every run of the study: its own stage's spend and the composed guarantee of its chain."""
+    head = ("run", "stage", "stage guarantee", "stage ε", "δ", "σ", "q", "steps", "chain total", "total ε")
+    rows = []
+    for run_id in expand(cfg).runs:
+        p = study_dir / run_id / rd.PRIVACY
+        if not p.is_file():
+            rows.append([run_id, "", "not finished", *[""] * 7])
+            continue
+        d = json.loads(p.read_text())
+        t = d["total"]
+        rows.append([run_id, d["stage"], d["guarantee"], _fmt(d.get("epsilon"), ".3f"), _fmt(d.get("delta"), ".0e"),
+                     _fmt(d.get("noise_multiplier"), ".3f"), _fmt(d.get("sample_rate"), ".4f"), _fmt(d.get("steps")),
+                     t["guarantee"], _fmt(t.get("epsilon"), ".3f")])
+    return _table(head, rows, "privacy")
+
+
+def _table(head, rows, table_id: str) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<table id="{table_id}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def failures(summary: dict) -> str:
+    bad = {rid: r for rid, r in summary.get("runs", {}).items() if r["status"] in ("failed", "skipped")}
+    if not bad:
+        return "<p>All runs finished.</p>"
+    items = "".join(f'<li class="fail"><code>{html.escape(rid)}</code>: {html.escape(r["status"])}: '
+                    f'{html.escape(r["error"])}</li>' for rid, r in bad.items())
+    return f"<ul>{items}</ul>"
+
+
+def render(cfg: StudyConfig, rows: list[dict], study_dir: Path, plots: dict[str, Optional[Path]],
+           summary: dict) -> str:
+    eps = ", ".join("∞" if math.isinf(e) else f"{e:g}" for e in cfg.epsilons)
+    ref = (f"<p>(ref …) cells: published AUROC, {html.escape(CITATION[cfg.compare_with])}.</p>"
+           if cfg.compare_with else "")
+    caveats = "".join(f"<li>{html.escape(c)}</li>" for c in CAVEATS)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>dpmammo study {html.escape(cfg.name)}</title>
+<style>{STYLE}</style></head><body>
+<h1>Privacy-utility study <code>{html.escape(cfg.name)}</code></h1>
+<p>Conditions: {html.escape(', '.join(cfg.conditions))}. ε: {eps}. Seeds: {', '.join(map(str, cfg.seeds))}.
+Model: {html.escape(cfg.model.name)}. Test sets: {html.escape(', '.join(cfg.test_sets))}.</p>
+<h2>AUROC, mean ± std over seeds</h2>{ref}
+{html_tables(cfg, rows)}
+<h2>Privacy-utility curve</h2>{embed_png(plots.get('privacy_utility'), 'privacy-utility curve')}
+<h2>ROC curves</h2>{embed_png(plots.get('roc'), 'ROC curves')}
+<h2>Privacy spend of every run</h2>{privacy_table(cfg, study_dir)}
+<h2>Run status</h2>{failures(summary)}
+<h2>Caveats</h2><ul>{caveats}</ul>
+<p>Per-run metrics (AUPRC, accuracy, sensitivity, specificity, CI, wall time): <code>results.csv</code>.</p>
+</body></html>
+"""

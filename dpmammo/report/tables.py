@@ -1,0 +1,84 @@
+"""The study tables: AUROC mean ± std over seeds per condition × ε, one table per test set."""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Optional
+
+from dpmammo.report.reference import CITATION, reference_auroc
+from dpmammo.study.config import StudyConfig, epsilon_label
+from dpmammo.study.results import aggregate
+
+
+def eps_columns(cfg: StudyConfig) -> list[float]:
+    """The study's ε values, finite ascending then ∞ (the reference table's order); ∞ is always
+    a column, because ε-independent conditions (synthetic only) are reported there."""
+    finite = sorted(e for e in cfg.epsilons if not math.isinf(e))
+    return finite + [math.inf]
+
+
+def eps_header(eps: float) -> str:
+    return "ε=∞" if math.isinf(eps) else f"ε={epsilon_label(eps)}"
+
+
+def cell(stats: Optional[dict], ref: Optional[float]) -> str:
+    if stats is None:
+        ours = ""
+    elif stats["mean"] is None:
+        ours = f"failed ({stats['missing']})"
+    else:
+        ours = f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+        if stats["missing"]:
+            ours += f" ({stats['missing']} failed)"
+    if ref is not None:
+        ours = f"{ours} (ref {ref:.3f})" if ours else f"(ref {ref:.3f})"
+    return ours
+
+
+def grid(cfg: StudyConfig, rows: list[dict], test_set: str) -> list[list[str]]:
+    """Rows: conditions; columns: ε; cells: our AUROC and, for the paper setup, the published one."""
+    agg = aggregate(rows, "auroc")
+    out = []
+    for cond in cfg.conditions:
+        line = [cond]
+        for eps in eps_columns(cfg):
+            line.append(cell(agg.get((cond, eps, test_set)), reference_auroc(cfg.compare_with, cond, eps, test_set)))
+        out.append(line)
+    return out
+
+
+def markdown(cfg: StudyConfig, rows: list[dict]) -> str:
+    seeds = ", ".join(str(s) for s in cfg.seeds)
+    lines = [f"# Study `{cfg.name}`: AUROC (malignant positive)", "",
+             f"Mean ± population std over seeds {seeds}. Model {cfg.model.name}; unit of privacy: one lesion patch.",
+             "ε is the target of the DP stage; ε=∞ is non-private. `synthetic` touches no private patch in training "
+             "and is shown under ε=∞."]
+    if cfg.compare_with:
+        lines.append(f"(ref …): published AUROC, {CITATION[cfg.compare_with]}.")
+    for test_set in cfg.test_sets:
+        header = ["condition", *(eps_header(e) for e in eps_columns(cfg))]
+        lines += ["", f"## {test_set}", "", "| " + " | ".join(header) + " |",
+                  "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in grid(cfg, rows, test_set)]
+    failed = [r for r in rows if r["status"] != "ok"]
+    if failed:
+        lines += ["", "## Runs without results", ""]
+        seen = set()
+        for r in failed:
+            if r["run_id"] not in seen:
+                seen.add(r["run_id"])
+                lines.append(f"- `{r['run_id']}`: {r['status']}: {r['error']}")
+    return "\n".join(lines) + "\n"
+
+
+def html_tables(cfg: StudyConfig, rows: list[dict]) -> str:
+    parts = []
+    for i, test_set in enumerate(cfg.test_sets):
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in ["condition", *map(eps_header, eps_columns(cfg))])
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                       for r in grid(cfg, rows, test_set))
+        table_id = "results" if i == 0 else f"results-{i}"
+        parts.append(f"<h3>{html.escape(test_set)}</h3><table id=\"{table_id}\" class=\"results\">"
+                     f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+    return "\n".join(parts)

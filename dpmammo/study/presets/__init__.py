@@ -1,0 +1,29 @@
+"""Packaged study presets: `quick` (CPU, minutes) and `paper` (the published setup, for a GPU)."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+
+from dpmammo.config import apply_overrides, parse_config, read_yaml
+from dpmammo.errors import DpMammoError
+from dpmammo.study.config import StudyConfig
+
+PRESETS = ("quick", "paper")
+
+
+def preset_path(name: str) -> Path:
+    if name not in PRESETS:
+        raise DpMammoError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    return Path(str(resources.files(__package__) / f"{name}.yaml"))
+
+
+def load_study(config: Optional[str | Path] = None, *, preset: Optional[str] = None,
+               overrides: Optional[list[str]] = None) -> StudyConfig:
+    """A study from a YAML file or a preset (exactly one), with `--set key=value` overrides."""
+    if (config is None) == (preset is None):
+        raise DpMammoError("give a study config file or --preset quick|paper (exactly one)")
+    path = Path(config) if config is not None else preset_path(preset)
+    data = apply_overrides(read_yaml(path), overrides or [])
+    return parse_config(StudyConfig, data, f"preset {preset}" if preset else str(path))

@@ -1,0 +1,196 @@
+"""Execute a study: every run of the plan, locally in order or as Ray tasks, then collect results.
+
+A study directory is resumable: a run whose metrics.json and eval files exist is not touched
+again, an interrupted run resumes from its checkpoint (dpmammo.train), and the results are
+written atomically at the end. A run that fails is recorded with its error; the other runs go
+on, and the runs that start from it are reported as skipped.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal, Optional
+
+import yaml
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+
+from dpmammo.data.sets import resolve_root
+from dpmammo.errors import DpMammoError
+from dpmammo.study.config import StudyConfig
+from dpmammo.study.recipes import Plan, RunSpec, expand
+from dpmammo.study.results import write_results
+from dpmammo.train import run_dir as rd
+
+STUDY_FILE = "study.yaml"
+Executor = Literal["local", "ray"]
+EXECUTORS = ("local", "ray")
+
+
+@dataclass
+class Outcome:
+    """What happened to one run in this invocation (plain data: it crosses Ray's wire)."""
+
+    run_id: str
+    status: Literal["done", "cached", "failed", "skipped"]
+    error: str = ""
+    epsilon: Optional[float] = None
+    wall_s: float = 0.0
+
+
+@dataclass
+class StudyResult:
+    study_dir: Path
+    plan: Plan
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes.values() if o.status in ("failed", "skipped")]
+
+
+def eval_path(run_dir: Path, test_set: str) -> Path:
+    return run_dir / "eval" / f"{test_set.replace('/', '_')}.json"
+
+
+def is_complete(run_dir: Path, test_sets: list[str]) -> bool:
+    """Trained and evaluated on every test set: nothing left to do."""
+    return rd.is_finished(run_dir) and all(eval_path(run_dir, s).is_file() for s in test_sets)
+
+
+def execute_run(spec: RunSpec, study_dir: str, test_sets: list[str], *, num_threads: int,
+                parent: Optional[Outcome] = None, n_boot: int = 1000) -> Outcome:
+    """Train (or resume) and evaluate one run; never raises: an error becomes a failed Outcome."""
+    import torch
+
+    from dpmammo.evaluate import evaluate_run
+    from dpmammo.train import fit
+
+    if parent is not None and parent.status in ("failed", "skipped"):
+        return Outcome(spec.run_id, "skipped", error=f"parent run {parent.run_id} {parent.status}")
+    run_dir = Path(study_dir) / spec.run_id
+    t0 = time.time()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(num_threads)  # one run per requested CPU budget; also fixes reduction order
+    try:
+        if is_complete(run_dir, test_sets):
+            return Outcome(spec.run_id, "cached", epsilon=_spent(run_dir))
+        cfg = spec.config
+        if spec.parent is not None:
+            cfg = cfg.model_copy(update={"init_from": (Path(study_dir) / spec.parent).resolve()})
+        if not rd.is_finished(run_dir):
+            fit(cfg, run_dir, progress=False)
+        missing = [s for s in test_sets if not eval_path(run_dir, s).is_file()]
+        evaluate_run(run_dir, missing, n_boot=n_boot, device=cfg.train.device)
+        return Outcome(spec.run_id, "done", epsilon=_spent(run_dir), wall_s=time.time() - t0)
+    except Exception as e:  # noqa: BLE001 — one run's failure must not stop the study
+        msg = str(e).splitlines()[0] if str(e) else ""
+        if not isinstance(e, DpMammoError):  # a bug: say where, the full traceback is one re-run away
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            msg += f" (at {Path(where.filename).name}:{where.lineno})"
+        return Outcome(spec.run_id, "failed", error=f"{type(e).__name__}: {msg}"[:500],
+                       wall_s=time.time() - t0)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _spent(run_dir: Path) -> Optional[float]:
+    return rd.read_json(run_dir / rd.METRICS).get("epsilon")
+
+
+def prepare_study(cfg: StudyConfig, out: Path) -> tuple[StudyConfig, Path]:
+    """Resolve paths (Ray workers run elsewhere), and refuse a study dir made with another config."""
+    cfg = cfg.model_copy(update={"data_root": resolve_root(cfg.data_root)})
+    if cfg.synthetic.startswith(("./", "../", "~")):
+        cfg = cfg.model_copy(update={"synthetic": str(Path(cfg.synthetic).expanduser().resolve())})
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    path = out / STUDY_FILE
+    if path.is_file() and path.read_text() != resolved:
+        raise DpMammoError(f"{out} holds a study with another config; choose another --out "
+                           f"(or delete it to start over)")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(resolved)
+    tmp.replace(path)
+    return cfg, out
+
+
+def run_study(cfg: StudyConfig, out: str | Path, *, executor: Executor = "local", address: Optional[str] = None,
+              progress: bool = True, console: Optional[Console] = None) -> StudyResult:
+    """Run every run of `cfg` into `out` (skipping finished ones) and write results.csv.
+
+    Example:
+        >>> run_study(load_config(StudyConfig, "study.yaml"), "runs/study")  # doctest: +SKIP
+    """
+    if executor not in EXECUTORS:
+        raise DpMammoError(f"unknown executor {executor!r}; use one of: {', '.join(EXECUTORS)}")
+    cfg, out = prepare_study(cfg, Path(out))
+    plan = expand(cfg)
+    result = StudyResult(out, plan)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("runs"),
+                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                   disable=not progress, console=console, transient=False)
+    with bar:
+        task = bar.add_task(f"study {cfg.name}", total=len(plan.runs))
+
+        def report(o: Outcome, running: str = "") -> None:
+            result.outcomes[o.run_id] = o
+            eps = f" ε spent {o.epsilon:.2f}" if o.epsilon is not None else ""
+            nxt = f" | running {running}" if running else ""
+            bar.update(task, advance=1, description=f"{o.run_id}: {o.status}{eps}{nxt}")
+
+        run = _run_local if executor == "local" else _run_ray
+        kwargs = {} if executor == "local" else {"address": address}
+        run(cfg, plan, out, report, lambda rid: bar.update(task, description=f"running {rid}"), **kwargs)
+    write_results(cfg, plan, out, result.outcomes)
+    return result
+
+
+def _run_local(cfg: StudyConfig, plan: Plan, out: Path, report: Callable, announce: Callable) -> None:
+    done: dict[str, Outcome] = {}
+    for run_id, spec in plan.runs.items():
+        announce(run_id)
+        parent = None if spec.parent is None else done[spec.parent]
+        done[run_id] = execute_run(spec, str(out), cfg.test_sets, num_threads=cfg.resources.num_cpus, parent=parent)
+        report(done[run_id])
+
+
+def _run_ray(cfg: StudyConfig, plan: Plan, out: Path, report: Callable, announce: Callable, *,
+             address: Optional[str]) -> None:
+    """One Ray task per run with the config's resource request; a chained run takes its parent's
+    result as an argument, so Ray starts it only when the parent has finished."""
+    try:
+        import ray
+    except ImportError:
+        raise DpMammoError("executor ray needs Ray: pip install 'dpmammo[ray]'") from None
+    started = not ray.is_initialized()
+    if started:
+        try:
+            ray.init(address=address, log_to_driver=False, include_dashboard=False)
+        except ConnectionError as e:
+            raise DpMammoError(f"cannot reach the Ray cluster at {address}: {e}; start it with `ray start --head`") from None
+    try:
+        res = cfg.resources
+        task = ray.remote(execute_run).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_retries=0)
+        refs: dict[str, object] = {}
+        for run_id, spec in plan.runs.items():
+            parent_ref = refs.get(spec.parent) if spec.parent is not None else None
+            refs[run_id] = task.remote(spec, str(out), cfg.test_sets, num_threads=res.num_cpus, parent=parent_ref)
+        pending = {ref: rid for rid, ref in refs.items()}
+        announce(f"{len(pending)} Ray tasks")
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            rid = pending.pop(ready[0])
+            try:
+                outcome = ray.get(ready[0])
+            except Exception as e:  # noqa: BLE001 — a dead worker is one failed run, not a dead study
+                outcome = Outcome(rid, "failed", error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
+            report(outcome, running=f"{len(pending)} left")
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,275 @@
+"""Studies: expansion into runs, results and report, resume after SIGKILL, failures, Ray = local.
+
+One tiny phantom study (2 conditions × 2 ε, 5 runs) is run once through the CLI and reused: the
+killed-and-resumed study and the Ray study must reproduce its metrics to 3 decimals.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dpmammo.errors import DpMammoError
+from dpmammo.study import expand, load_study
+from dpmammo.study.config import StudyConfig
+from dpmammo.config import parse_config
+
+ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONWARNINGS": "ignore"}
+METRIC_COLUMNS = ("auroc", "auprc", "accuracy", "sensitivity", "specificity", "epsilon_spent")
+
+
+def tiny_study(data: Path, **over) -> dict:
+    d = {
+        "name": "tiny",
+        "data_root": str(data / "real"),
+        "train_set": "phantom/train", "val_set": "phantom/val", "test_sets": ["phantom/test"],
+        "synthetic": str(data / "phantom-gan"),
+        "conditions": ["real", "synthetic->real"],
+        "epsilons": [4, "inf"],
+        "seeds": [0],
+        "model": {"name": "cnn-small", "input_size": 32, "width": 8},
+        "optim": {"lr": 3e-3},
+        "train": {"epochs": 2, "batch_size": 32, "device": "cpu"},
+        "resources": {"num_cpus": 2},
+    }
+    d.update(over)
+    return d
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """Small phantoms as the private set, and a phantom 'synthetic' folder (no provenance.json)."""
+    from dpmammo.data.phantoms import make_phantoms
+
+    root = tmp_path_factory.mktemp("study-data")
+    make_phantoms(root / "real", n=96, seed=0, size=64)
+    make_phantoms(root / "gan", n=96, seed=1, size=64)
+    dst = root / "phantom-gan"
+    dst.mkdir()
+    for i, p in enumerate(sorted((root / "gan" / "phantom" / "train").rglob("*.png"))):
+        shutil.copy(p, dst / f"s{i}_{'malignant' if p.parent.name == 'is_benign_false' else 'benign'}.png")
+    shutil.rmtree(root / "gan")
+    return root
+
+
+def write_study(path: Path, d: dict) -> Path:
+    path.write_text(yaml.safe_dump(d, allow_unicode=True))
+    return path
+
+
+def study_cmd(config: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "dpmammo.cli", "study", str(config), "--out", str(out), *extra]
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def metrics_of(study_dir: Path) -> dict[tuple[str, str], tuple]:
+    """(run, test set) → metrics rounded to 3 decimals."""
+    return {(r["run_id"], r["test_set"]): tuple(round(float(r[c]), 3) if r[c] else None for c in METRIC_COLUMNS)
+            for r in read_csv(study_dir / "results.csv")}
+
+
+@pytest.fixture(scope="module")
+def local_study(data, tmp_path_factory) -> Path:
+    """The reference: the tiny study, uninterrupted, local executor, through the CLI."""
+    tmp = tmp_path_factory.mktemp("local")
+    cfg = write_study(tmp / "tiny.yaml", tiny_study(data))
+    proc = subprocess.run(study_cmd(cfg, tmp / "study"), env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return tmp / "study"
+
+
+# --- config and plan (no training) -----------------------------------------------------------
+
+def test_epsilons_accept_inf_spellings_and_refuse_bad_values(data):
+    cfg = parse_config(StudyConfig, tiny_study(data, epsilons=[1, "∞", 6.5]), "t")
+    assert cfg.epsilons[1] == math.inf and cfg.epsilons[2] == 6.5
+    for bad, what in (([0], "ε must be > 0"), (["lots"], "ε must be a number"), ([1, 1.0], "twice")):
+        with pytest.raises(DpMammoError, match=what):
+            parse_config(StudyConfig, tiny_study(data, epsilons=bad), "t")
+    with pytest.raises(DpMammoError, match="conditions"):
+        parse_config(StudyConfig, tiny_study(data, conditions=["real", "synthetic-only"]), "t")
+    with pytest.raises(DpMammoError, match="privacy: .*unknown key"):
+        parse_config(StudyConfig, tiny_study(data, privacy={"delt": 1e-5}), "t")
+    with pytest.raises(DpMammoError, match="epsilons"):
+        parse_config(StudyConfig, tiny_study(data, privacy={"target_epsilon": 3}), "t")
+
+
+def test_quick_preset_plan_shares_the_pretrain_run_and_chains_by_id():
+    cfg = load_study(preset="quick")
+    plan = expand(cfg)
+    assert cfg.conditions == ["real", "real+synthetic", "synthetic", "synthetic→real"]
+    # 3 ε × (real, real+synthetic, fine-tune) + one pretrain shared by `synthetic` and every fine-tune.
+    assert len(plan.runs) == 10 and len(plan.results) == 10
+    pre = plan.runs["synthetic/pretrain/seed0"]
+    assert pre.config.privacy is None and pre.config.data.train == ["synthetic/c-dcgan"]
+    assert not pre.config.model.freeze_backbone
+    ids = list(plan.runs)
+    for eps, tag in ((1.0, "eps1"), (6.0, "eps6"), (math.inf, "epsinf")):
+        ft = plan.runs[f"synthetic-to-real/{tag}/seed0"]
+        assert ft.parent == pre.run_id and ids.index(pre.run_id) < ids.index(ft.run_id)
+        assert ft.config.init_from is None and ft.config.model.freeze_backbone  # head only by default
+        assert ft.config.data.train == ["cbis-ddsm/train"]
+        assert (ft.config.privacy is None) == math.isinf(eps)
+        if not math.isinf(eps):
+            assert ft.config.privacy.target_epsilon == eps and ft.config.privacy.delta == 1e-4
+        real = plan.runs[f"real/{tag}/seed0"].config
+        assert real.train.batch_size == (64 if math.isinf(eps) else 128)  # the `dp` block, DP stages only
+        union = plan.runs[f"real+synthetic/{tag}/seed0"].config
+        assert union.data.train == ["cbis-ddsm/train", "synthetic/c-dcgan"]
+        assert union.train.epochs < plan.runs[f"real/{tag}/seed0"].config.train.epochs
+    full = load_study(preset="quick", overrides=["stages.finetune.model.freeze_backbone=false"])
+    assert not expand(full).runs["synthetic-to-real/eps1/seed0"].config.model.freeze_backbone
+
+
+def test_paper_preset_is_the_published_setup():
+    cfg = load_study(preset="paper")
+    plan = expand(cfg)
+    assert cfg.epsilons == [1, 6, 12, 20, 60, math.inf] and cfg.seeds == [42, 43, 44]
+    real = plan.runs["real/eps6/seed43"].config
+    assert real.model.name == "swin_t" and real.model.pretrained and real.model.freeze_backbone
+    assert real.optim.lr == 1e-5 and real.train.epochs == 300 and real.train.batch_size == 128
+    assert len(plan.runs) == 3 * (6 + 6 + 1 + 6)
+    with pytest.raises(DpMammoError, match="compare_with"):
+        load_study(preset="paper", overrides=["model={name: cnn-small}"])
+
+
+# --- running studies -----------------------------------------------------------------------
+
+def test_local_study_results_privacy_and_report(local_study):
+    rows = read_csv(local_study / "results.csv")
+    by_run = {r["run_id"]: r for r in rows}
+    assert sorted(by_run) == ["real/eps4/seed0", "real/epsinf/seed0", "synthetic-to-real/eps4/seed0",
+                              "synthetic-to-real/epsinf/seed0"]
+    assert all(r["status"] == "ok" and r["test_set"] == "phantom/test" and int(r["n"]) == 48 for r in rows)
+    for r in rows:
+        assert 0.0 <= float(r["auroc_ci_low"]) <= float(r["auroc"]) <= float(r["auroc_ci_high"]) <= 1.0
+    dp = by_run["real/eps4/seed0"]
+    assert 3.0 < float(dp["epsilon_spent"]) <= 4.0 and dp["guarantee_total"] == "dp"
+    assert by_run["real/epsinf/seed0"]["epsilon_spent"] == "" and by_run["real/epsinf/seed0"]["guarantee_total"] == "none"
+    # The synthetic folder has no provenance: its generator is unaccounted, so no chain guarantee,
+    # even though the fine-tune stage itself spent ≤ 4.
+    ft = by_run["synthetic-to-real/eps4/seed0"]
+    assert float(ft["epsilon_spent"]) <= 4.0 and ft["guarantee_total"] == "none"
+    # The shared pretrain ran once and is the parent of both fine-tunes.
+    assert (local_study / "synthetic/pretrain/seed0/metrics.json").is_file()
+    md = (local_study / "results.md").read_text()
+    assert "| condition | ε=4 | ε=∞ |" in md
+    assert f"| real | {float(dp['auroc']):.3f} ± 0.000 |" in md
+    html = (local_study / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2 and 'id="results"' in html and "unit of privacy" in html.lower()
+    assert not list(local_study.rglob("*.tmp"))
+
+
+def test_report_renders_in_headless_chromium(local_study, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "chromium is required for this test (apt-get install chromium)"
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'p'}"]
+    url = (local_study / "report.html").as_uri()
+    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    assert '<table id="results"' in dom and "synthetic→real" in dom and "ε=∞" in dom
+    shot = tmp_path / "shot.png"
+    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1200,900", url], capture_output=True, timeout=120)
+    from PIL import Image
+    import numpy as np
+
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert pixels.std() > 10  # text, tables and plots, not a blank page
+
+
+def test_study_killed_mid_run_resumes_to_the_same_results(local_study, data, tmp_path):
+    cfg = write_study(tmp_path / "tiny.yaml", tiny_study(data))
+    out = tmp_path / "study"
+    proc = subprocess.Popen(study_cmd(cfg, out), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not list(out.rglob("metrics.json")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the study finished before it could be killed"
+    finished = list(out.rglob("metrics.json"))
+    assert 1 <= len(finished) < 5 and not (out / "results.csv").exists()
+    done = subprocess.run(study_cmd(cfg, out), env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert metrics_of(out) == metrics_of(local_study)
+    # A finished study is not recomputed: every run is reused and the table stays the same.
+    again = subprocess.run(study_cmd(cfg, out), env=ENV, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "5 cached" in again.stdout
+    assert metrics_of(out) == metrics_of(local_study)
+
+
+def test_failed_run_is_reported_and_the_others_go_on(data, tmp_path):
+    from dpmammo.study import run_study
+
+    cfg = parse_config(StudyConfig, tiny_study(
+        data, synthetic=str(tmp_path / "no-such-folder"), conditions=["real", "synthetic→real"], epsilons=["inf"],
+        train={"epochs": 1, "batch_size": 32, "device": "cpu"}), "t")
+    result = run_study(cfg, tmp_path / "study", progress=False)
+    status = {rid: o.status for rid, o in result.outcomes.items()}
+    assert status == {"real/epsinf/seed0": "done", "synthetic/pretrain/seed0": "failed",
+                      "synthetic-to-real/epsinf/seed0": "skipped"}
+    assert "no-such-folder" in result.outcomes["synthetic/pretrain/seed0"].error
+    rows = {r["run_id"]: r for r in read_csv(tmp_path / "study" / "results.csv")}
+    assert rows["real/epsinf/seed0"]["status"] == "ok"
+    ft = rows["synthetic-to-real/epsinf/seed0"]
+    assert ft["status"] == "skipped" and "synthetic/pretrain/seed0 failed" in ft["error"]
+    summary = yaml.safe_load((tmp_path / "study" / "summary.json").read_text())
+    assert summary["counts"] == {"done": 1, "cached": 0, "failed": 1, "skipped": 1}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_executor_gives_the_same_runs_as_local(local_study, data, tmp_path):
+    ray_bin = Path(sys.executable).with_name("ray")
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    port = free_port()
+    head = subprocess.Popen(
+        [str(ray_bin), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", f"--port={port}",
+         "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard=false", "--disable-usage-stats",
+         f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+         f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+         f"--ray-client-server-port={free_port()}", f"--temp-dir={ray_tmp}"],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and head.poll() is None:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.5)
+        assert head.poll() is None, "ray start --head exited"
+        cfg = write_study(tmp_path / "tiny.yaml", tiny_study(data))
+        out = tmp_path / "study"
+        cmd = study_cmd(cfg, out, "--executor", "ray", "--address", f"127.0.0.1:{port}")
+        proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=400)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert sorted(p.parent.relative_to(out).as_posix() for p in out.rglob("metrics.json")) == sorted(
+            p.parent.relative_to(local_study).as_posix() for p in local_study.rglob("metrics.json"))
+        assert metrics_of(out) == metrics_of(local_study)
+    finally:
+        # The head and everything it spawned share the session started above: stop exactly those
+        # (a SIGTERM makes the head wait 30 s to drain; nothing here needs draining).
+        if head.poll() is None:
+            os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
