@@ -31,6 +31,16 @@ def phantom_root(tmp_path_factory) -> Path:
     return make_phantoms(tmp_path_factory.mktemp("phantoms"), n=400, seed=0, size=128)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Feature caches and fetched data go to a temporary cache, never the user's."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DPMAMMO_CACHE", str(tmp_path_factory.mktemp("cache")))
+    mp.delenv("DPMAMMO_DATA", raising=False)
+    yield
+    mp.undo()
+
+
 @pytest.fixture(autouse=True)
 def _two_threads():
     torch.set_num_threads(2)

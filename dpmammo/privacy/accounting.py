@@ -6,6 +6,8 @@ same way and a ledger can compose stages exactly (RDP composes by adding curves)
 
 from __future__ import annotations
 
+import warnings
+
 from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 
@@ -14,6 +16,11 @@ from dpmammo.errors import DpMammoError
 # Opacus's default RDP orders stop at 63; short or low-ε runs have their optimum beyond that,
 # which only loosens the bound. A wider grid gives the tighter (still valid) ε.
 RDP_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(11, 64)) + [80, 96, 128, 192, 256, 384, 512, 1024]
+
+
+# At very large or very small ε the best RDP order sits at an end of the grid; the ε reported is
+# then a valid but slightly loose bound. Opacus warns on every call, which floods the log.
+warnings.filterwarnings("ignore", message="Optimal order is the (largest|smallest) alpha", category=UserWarning)
 
 
 def accountant_kwargs(accountant: str) -> dict:

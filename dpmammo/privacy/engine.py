@@ -9,6 +9,7 @@ accumulation, which would clip the sum instead of each sample.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -24,6 +25,12 @@ from dpmammo.errors import DpMammoError
 from dpmammo.privacy.accounting import accountant_kwargs, calibrate_noise, check_delta, new_accountant, steps_for
 from dpmammo.privacy.config import PrivacyConfig
 from dpmammo.privacy.grad_samplers import prepare_for_dp
+
+# Opacus hooks every trainable layer; for the first one (its input is data, which needs no
+# gradient) torch warns on every step that the hook sees output gradients only. That is all
+# per-sample gradients need, so the warning says nothing here and floods the log.
+warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with respect "
+                                          "to module outputs", category=UserWarning)
 
 
 @dataclass
