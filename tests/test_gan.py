@@ -155,3 +155,32 @@ def test_config_is_strict_and_discriminator_is_dp_ready(phantoms):
         gan_config(phantoms, model={"image_size": 96})
     disc = Discriminator(gan_config(phantoms).model)
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in disc.modules())
+
+
+def test_interrupted_dp_gan_resumes_to_identical_generator_and_spend(phantoms, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from dpmammo.gan import train as gan_train
+
+    cfg = gan_config(phantoms, train={"epochs": 3, "batch_size": 32, "sample_every": 0},
+                     privacy={"target_epsilon": 3.0, "delta": 1e-3, "grad_sample_mode": "functorch"})
+    train_gan(cfg, tmp_path / "straight", progress=False)
+
+    real_save = gan_train.save_checkpoint
+
+    def crash_after_first_epoch(run_dir, *args):
+        real_save(run_dir, *args)
+        if args[-1]["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(gan_train, "save_checkpoint", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_gan(cfg, tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(gan_train, "save_checkpoint", real_save)
+    train_gan(cfg, tmp_path / "resumed", progress=False)
+
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    pa, pb = (json.loads((tmp_path / d / "privacy.json").read_text()) for d in ("straight", "resumed"))
+    assert pb["steps"] == pa["steps"] and pb["epsilon"] == pytest.approx(pa["epsilon"]) and pb["epsilon"] <= 3.0
