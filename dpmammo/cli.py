@@ -81,11 +81,13 @@ def evaluate(run_dir: Path, on: List[str] = typer.Option(["cbis-ddsm/test", "bcd
     from dpmammo.evaluate import evaluate_run
 
     results = evaluate_run(run_dir, on, data_root=data_root)
-    table = Table("set", "n", "AUROC", "95% CI", "AUPRC (malignant)", "sens@val-thr", "spec@val-thr")
+    table = Table("set", "n", "AUROC (95% CI)", "AUPRC", "sens", "spec", title="malignant = positive; "
+                  "sens/spec at the validation-chosen threshold")
     for name, m in results.items():
         t = m["at_val_threshold"]
-        table.add_row(name, str(m["n"]), f"{m['auroc']:.3f}", f"{m['auroc_ci95'][0]:.3f}–{m['auroc_ci95'][1]:.3f}",
-                      f"{m['auprc']:.3f}", f"{t['sensitivity']:.3f}", f"{t['specificity']:.3f}")
+        lo, hi = m["auroc_ci95"]
+        table.add_row(name, str(m["n"]), f"{m['auroc']:.3f} ({lo:.3f}–{hi:.3f})", f"{m['auprc']:.3f}",
+                      f"{t['sensitivity']:.3f}", f"{t['specificity']:.3f}")
     console.print(table)
 
 

@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torchvision.utils import save_image
 
 from dpmammo import __version__
@@ -30,9 +29,10 @@ from dpmammo.errors import DpMammoError
 from dpmammo.gan.config import GanConfig
 from dpmammo.gan.models import N_CLASSES, build, to_model_range
 from dpmammo.models import save_weights
-from dpmammo.privacy import StageSpend, make_private, write_privacy_json
+from dpmammo.privacy import make_private, stage_spend, write_privacy_json
 from dpmammo.train import run_dir as rd
 from dpmammo.train.predict import resolve_device
+from dpmammo.train.schedule import epoch_steps, make_progress, plain_chunks
 
 SAMPLES_DIR = "samples"
 GRID_COLUMNS = 8
@@ -115,7 +115,9 @@ def train_gan(cfg: GanConfig, out: str | Path, *, force: bool = False, progress:
 
     # Outputs: generator weights, privacy record, metrics (written last: it marks the run finished).
     save_weights(gen_model, run_dir / rd.WEIGHTS)
-    privacy = write_privacy_json(run_dir / rd.PRIVACY, own_stage(cfg, run_dir, dp, n, n_private), [])
+    privacy = write_privacy_json(run_dir / rd.PRIVACY, stage_spend(
+        stage="gan", run=run_dir.name, data=cfg.data.train, dp=dp, dataset_size=n, n_private=n_private,
+        note="DP discriminator; the generator is post-processing" if dp else ""), [])
     metrics = {
         "history": state["history"], "train_size": n, "n_private": n_private,
         "epsilon": privacy["epsilon"], "privacy_total": privacy["total"],
@@ -127,14 +129,6 @@ def train_gan(cfg: GanConfig, out: str | Path, *, force: bool = False, progress:
     say(f"done after {state['epoch']} epochs")
     log.close()
     return metrics
-
-
-def epoch_steps(n: int, batch_size: int, epochs: int, dp) -> list[int]:
-    """Steps in each epoch. Under DP the total equals the planned (calibrated) step count."""
-    if dp is None:
-        return [-(-n // batch_size)] * epochs
-    base, extra = divmod(dp.planned_steps, epochs)
-    return [base + (1 if e < extra else 0) for e in range(epochs)]
 
 
 def random_inputs(count: int, cfg: GanConfig, rng: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,11 +190,6 @@ def g_step(d_train, opt_g, gen_model, dp, cfg: GanConfig, rng, device) -> float:
     return loss.item()
 
 
-def plain_chunks(n: int, max_physical: int):
-    starts = list(range(0, n, max_physical))
-    return ((slice(s, s + max_physical), i == len(starts) - 1) for i, s in enumerate(starts))
-
-
 def grid_inputs(cfg: GanConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Fixed latents for the progress grids: row c holds class c (0 benign, 1 malignant)."""
     g = torch.Generator().manual_seed(cfg.train.seed + 1)
@@ -217,24 +206,6 @@ def write_grid(gen_model, z, y, path: Path, device) -> None:
     gen_model.train(was)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(x.add(1).div(2).clamp(0, 1), path, nrow=GRID_COLUMNS, padding=2)
-
-
-def own_stage(cfg: GanConfig, run_dir: Path, dp, n: int, n_private: int) -> StageSpend:
-    common = dict(stage="gan", run=run_dir.name, data=list(cfg.data.train), dataset_size=n)
-    if dp is not None:
-        p = cfg.privacy
-        return StageSpend(**common, guarantee="dp", epsilon=dp.epsilon(), delta=p.delta,
-                          target_epsilon=p.target_epsilon, noise_multiplier=dp.noise_multiplier,
-                          sample_rate=dp.sample_rate, steps=dp.steps_taken, accountant=p.accountant,
-                          max_grad_norm=p.max_grad_norm, note="DP discriminator; the generator is post-processing")
-    if n_private:
-        return StageSpend(**common, guarantee="none", note="GAN trained on private data without DP")
-    return StageSpend(**common, guarantee="public", note="no private data in the training sets")
-
-
-def make_progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    disable=not enabled, transient=False)
 
 
 def save_checkpoint(run_dir: Path, gen_model, disc, opt_g, opt_d, dp, rng: torch.Generator, state: dict) -> None:

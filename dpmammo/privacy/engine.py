@@ -99,21 +99,22 @@ def validate_for_dp(model: nn.Module) -> None:
 
 
 def choose_grad_sample_mode(model: nn.Module) -> str:
-    """The fastest correct mode for `model`: ghost when most trainable weights sit in layers with
-    a ghost norm (linear layers: Swin, MLP heads), hooks otherwise (convolutions: cnn-small).
+    """The fastest correct mode for `model` on its device, as measured (benchmarks/README.md).
 
-    Why: ghost clipping saves instantiating per-sample gradients only for layers with a norm
-    sampler; every other layer is instantiated anyway and then pays a second backward pass.
-    Measured with benchmarks/dp_speed.py (2-core CPU shared with other jobs, batch 32, see
-    benchmarks/README.md): cnn-small 128 px, hooks never slower than ghost (1.6×/2.1× and 2.10×/2.04×
-    of the non-private step in two runs); swin_t 224, ghost the fastest DP mode (52 s vs 106 s
-    hooks, 111 s functorch per step) and +5.8 GB peak vs +8.2 GB for hooks, which stores a
-    B × 28M per-sample gradient tensor. functorch computes what hooks does and was never faster.
+    CPU: hooks. Measured on an idle 2-core CPU, batch 32, DP step time over the non-private one:
+    cnn-small 128 px hooks 1.69×, functorch 1.86×, ghost 2.32×; swin_t 224 px hooks 1.51×,
+    functorch 2.04×, ghost 1.93×. Ghost clipping pays a second backward pass and saves only the
+    per-sample gradients of layers with a norm sampler, which does not pay off on a CPU.
+    CUDA (not measured here): ghost when most trainable weights sit in layers with a ghost norm
+    (linear layers: Swin, MLP heads), because there hooks' B × params per-sample gradients
+    (swin_t: +8.1 GB at batch 32 vs +5.4 GB for ghost on the CPU) bound the physical batch.
     """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params or params[0].device.type != "cuda":
+        return "hooks"
     ghostable = sum(p.numel() for m in model.modules() if type(m) in GradSampleModuleFastGradientClipping.NORM_SAMPLERS
                     for p in m.parameters(recurse=False) if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return "ghost" if ghostable * 2 >= total else "hooks"
+    return "ghost" if ghostable * 2 >= sum(p.numel() for p in params) else "hooks"
 
 
 def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer, dataset_size: int,

@@ -57,6 +57,21 @@ class ChainTotal(BaseModel):
     stages: list[str]
 
 
+def stage_spend(*, stage: str, run: str, data: list[str], dp, dataset_size: int, n_private: int,
+                note: str = "") -> StageSpend:
+    """The record of one stage: its DP spend (`dp` is a DPSetup), or what touching data without DP means."""
+    common = dict(stage=stage, run=run, data=list(data), dataset_size=dataset_size)
+    if dp is not None:
+        p = dp.config
+        return StageSpend(**common, guarantee="dp", epsilon=dp.epsilon(), delta=p.delta,
+                          target_epsilon=p.target_epsilon, noise_multiplier=dp.noise_multiplier,
+                          sample_rate=dp.sample_rate, steps=dp.steps_taken, accountant=p.accountant,
+                          max_grad_norm=p.max_grad_norm, note=note)
+    if n_private:
+        return StageSpend(**common, guarantee="none", note=f"{stage} trained on private data without DP")
+    return StageSpend(**common, guarantee="public", note="no private data in the training sets")
+
+
 def compose(stages: list[StageSpend], delta: Optional[float] = None) -> ChainTotal:
     """The guarantee of running all `stages` on the same private data set."""
     names = [f"{s.stage}:{s.run}" for s in stages]

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sklearn.metrics import roc_auc_score
 
 from dpmammo import __version__
@@ -22,11 +21,12 @@ from dpmammo.data.images import N_VIEWS, apply_views, load_images, load_labels, 
 from dpmammo.data.sets import load_set, resolve_root, synthetic_provenance
 from dpmammo.errors import DpMammoError
 from dpmammo.models import create_model, load_weights, save_weights
-from dpmammo.privacy import StageSpend, check_delta, make_private, read_chain, write_privacy_json
+from dpmammo.privacy import StageSpend, check_delta, make_private, read_chain, stage_spend, write_privacy_json
 from dpmammo.train import features as fc
 from dpmammo.train import run_dir as rd
 from dpmammo.train.config import TrainConfig
 from dpmammo.train.predict import predict_proba, resolve_device
+from dpmammo.train.schedule import epoch_steps, make_progress, plain_chunks
 
 
 def fit(cfg: TrainConfig, out: str | Path, *, force: bool = False, progress: bool = True) -> dict:
@@ -126,7 +126,8 @@ def fit(cfg: TrainConfig, out: str | Path, *, force: bool = False, progress: boo
     # Outputs: selected weights, privacy record, metrics (written last: it marks the run finished).
     model.load_state_dict(state["best"])
     save_weights(model, run_dir / rd.WEIGHTS)
-    own = own_stage(cfg, run_dir, dp, len(images), n_private)
+    own = stage_spend(stage="classifier", run=run_dir.name, data=cfg.data.train, dp=dp,
+                      dataset_size=len(images), n_private=n_private)
     privacy = write_privacy_json(run_dir / rd.PRIVACY, own, upstream)
     metrics = {
         "val": {"set": cfg.data.val, "auroc": state["best_auroc"], "epoch": state["best_epoch"], "n": len(val_records)},
@@ -152,14 +153,6 @@ def build_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch
     if o.name == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=0.9 if o.momentum is None else o.momentum, weight_decay=o.weight_decay)
     return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
-
-
-def epoch_steps(n: int, batch_size: int, epochs: int, dp) -> list[int]:
-    """Steps in each epoch. Under DP the total equals the planned (calibrated) step count."""
-    if dp is None:
-        return [-(-n // batch_size)] * epochs
-    base, extra = divmod(dp.planned_steps, epochs)
-    return [base + (1 if e < extra else 0) for e in range(epochs)]
 
 
 def next_batch(gen: torch.Generator, n: int, batch_size: int, state: dict, epoch: int) -> torch.Tensor:
@@ -202,24 +195,6 @@ def train_step(trainable, optimizer, criterion, dp, x_all, y_all, cfg: TrainConf
     return total / n
 
 
-def plain_chunks(n: int, max_physical: int):
-    starts = list(range(0, n, max_physical))
-    return ((slice(s, s + max_physical), i == len(starts) - 1) for i, s in enumerate(starts))
-
-
-def own_stage(cfg: TrainConfig, run_dir: Path, dp, n: int, n_private: int) -> StageSpend:
-    common = dict(stage="classifier", run=run_dir.name, data=list(cfg.data.train), dataset_size=n)
-    if dp is not None:
-        p = cfg.privacy
-        return StageSpend(**common, guarantee="dp", epsilon=dp.epsilon(), delta=p.delta,
-                          target_epsilon=p.target_epsilon, noise_multiplier=dp.noise_multiplier,
-                          sample_rate=dp.sample_rate, steps=dp.steps_taken, accountant=p.accountant,
-                          max_grad_norm=p.max_grad_norm)
-    if n_private:
-        return StageSpend(**common, guarantee="none", note="trained on private data without DP")
-    return StageSpend(**common, guarantee="public", note="no private data in the training sets")
-
-
 def provenance_stage(prov: dict) -> list[StageSpend]:
     """The privacy chain a synthetic folder carries (see dpmammo.gan sample)."""
     if prov.get("chain"):
@@ -227,11 +202,6 @@ def provenance_stage(prov: dict) -> list[StageSpend]:
     return [StageSpend(stage="generator", run=Path(prov["folder"]).name, data=["unknown"], guarantee="none",
                        note="synthetic folder without provenance.json: its generator's training is unaccounted "
                             "(the shipped c-dcgan set came from a GAN trained on CBIS-DDSM without DP)")]
-
-
-def make_progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    disable=not enabled, transient=False)
 
 
 def save_checkpoint(run_dir: Path, model, optimizer, dp, gen: torch.Generator, state: dict) -> None:
