@@ -124,8 +124,7 @@ def train_gan(cfg: GanConfig, out: str | Path, *, force: bool = False, progress:
         "wall_time_s": state["wall_s"] + (time.time() - t0),
         "device": str(device), "dpmammo_version": __version__,
     }
-    rd.write_json_atomic(run_dir / rd.METRICS, metrics)
-    (run_dir / rd.CHECKPOINT).unlink(missing_ok=True)
+    rd.finish(run_dir, metrics)
     say(f"done after {state['epoch']} epochs")
     log.close()
     return metrics

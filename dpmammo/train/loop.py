@@ -139,8 +139,7 @@ def fit(cfg: TrainConfig, out: str | Path, *, force: bool = False, progress: boo
         "wall_time_s": state["wall_s"] + (time.time() - t0),
         "device": str(device), "dpmammo_version": __version__,
     }
-    rd.write_json_atomic(run_dir / rd.METRICS, metrics)
-    (run_dir / rd.CHECKPOINT).unlink(missing_ok=True)
+    rd.finish(run_dir, metrics)
     say(f"done: val auroc {state['best_auroc']:.4f} (epoch {state['best_epoch']})")
     log.close()
     return metrics

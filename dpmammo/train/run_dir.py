@@ -36,6 +36,12 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def finish(run_dir: Path, metrics: dict) -> None:
+    """Mark a run finished: metrics.json is written last (atomically), then the checkpoint goes."""
+    write_json_atomic(run_dir / METRICS, metrics)
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)
+
+
 def prepare(run_dir: str | Path, cfg: BaseModel, force: bool) -> tuple[Path, bool]:
     """Make `run_dir` ready for `cfg`. Returns (path, resuming).
 
