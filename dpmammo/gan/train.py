@@ -208,30 +208,10 @@ def write_grid(gen_model, z, y, path: Path, device) -> None:
 
 
 def save_checkpoint(run_dir: Path, gen_model, disc, opt_g, opt_d, dp, rng: torch.Generator, state: dict) -> None:
-    """Everything a resume needs, privacy state included: a resume never re-spends or forgets ε."""
-    ckpt = {
-        "state": state,
-        "generator": gen_model.state_dict(),
-        "discriminator": disc.state_dict(),
-        "opt_g": opt_g.state_dict(),
-        "opt_d": opt_d.state_dict(),
-        "accountant_history": list(dp.accountant.history) if dp else None,
-        "rng": rng.get_state(),
-        "torch_rng": torch.get_rng_state(),
-    }
-    tmp = run_dir / (rd.CHECKPOINT + ".tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(run_dir / rd.CHECKPOINT)
+    rd.save_training_state(run_dir, {"generator": gen_model, "discriminator": disc, "opt_g": opt_g, "opt_d": opt_d},
+                           dp, rng, state)
 
 
 def load_checkpoint(run_dir: Path, gen_model, disc, opt_g, opt_d, dp, rng: torch.Generator) -> dict:
-    ckpt = torch.load(run_dir / rd.CHECKPOINT, map_location="cpu", weights_only=False)
-    gen_model.load_state_dict(ckpt["generator"])
-    disc.load_state_dict(ckpt["discriminator"])
-    opt_g.load_state_dict(ckpt["opt_g"])
-    opt_d.load_state_dict(ckpt["opt_d"])
-    if dp is not None:
-        dp.accountant.history = [tuple(h) for h in ckpt["accountant_history"]]
-    rng.set_state(ckpt["rng"])
-    torch.set_rng_state(ckpt["torch_rng"])
-    return ckpt["state"]
+    return rd.load_training_state(run_dir, {"generator": gen_model, "discriminator": disc, "opt_g": opt_g,
+                                            "opt_d": opt_d}, dp, rng)

@@ -204,26 +204,9 @@ def provenance_stage(prov: dict) -> list[StageSpend]:
 
 
 def save_checkpoint(run_dir: Path, model, optimizer, dp, gen: torch.Generator, state: dict) -> None:
-    """Everything a resume needs, privacy state included: a resume never re-spends or forgets ε."""
-    ckpt = {
-        "state": {k: v for k, v in state.items() if k not in ("perm",)},
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "accountant_history": list(dp.accountant.history) if dp else None,
-        "gen": gen.get_state(),
-        "torch_rng": torch.get_rng_state(),
-    }
-    tmp = run_dir / (rd.CHECKPOINT + ".tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(run_dir / rd.CHECKPOINT)
+    rd.save_training_state(run_dir, {"model": model, "optimizer": optimizer}, dp, gen,
+                           {k: v for k, v in state.items() if k != "perm"})
 
 
 def load_checkpoint(run_dir: Path, model, optimizer, dp, gen: torch.Generator) -> dict:
-    ckpt = torch.load(run_dir / rd.CHECKPOINT, map_location="cpu", weights_only=False)
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    if dp is not None:
-        dp.accountant.history = [tuple(h) for h in ckpt["accountant_history"]]
-    gen.set_state(ckpt["gen"])
-    torch.set_rng_state(ckpt["torch_rng"])
-    return ckpt["state"]
+    return rd.load_training_state(run_dir, {"model": model, "optimizer": optimizer}, dp, gen)

@@ -10,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+import torch
 import yaml
 from pydantic import BaseModel
 
@@ -34,6 +35,33 @@ def read_json(path: Path) -> dict:
     if not path.is_file():
         raise DpMammoError(f"missing {path.name} in {path.parent}: not a finished dpmammo run")
     return json.loads(path.read_text())
+
+
+def save_training_state(run_dir: Path, parts: dict, dp, gen: torch.Generator, state: dict) -> None:
+    """checkpoint.pt: every part's state_dict (models, optimisers), the accountant's history, the
+    sampling generator and torch's RNG. Privacy state included: a resume never re-spends or forgets ε."""
+    ckpt = {
+        "state": state,
+        "parts": {name: part.state_dict() for name, part in parts.items()},
+        "accountant_history": list(dp.accountant.history) if dp else None,
+        "gen": gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    tmp = run_dir / (CHECKPOINT + ".tmp")
+    torch.save(ckpt, tmp)
+    tmp.replace(run_dir / CHECKPOINT)
+
+
+def load_training_state(run_dir: Path, parts: dict, dp, gen: torch.Generator) -> dict:
+    """Restore what save_training_state wrote into `parts`, `dp` and `gen`; returns the loop state."""
+    ckpt = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)
+    for name, part in parts.items():
+        part.load_state_dict(ckpt["parts"][name])
+    if dp is not None:
+        dp.accountant.history = [tuple(h) for h in ckpt["accountant_history"]]
+    gen.set_state(ckpt["gen"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    return ckpt["state"]
 
 
 def finish(run_dir: Path, metrics: dict) -> None:
