@@ -67,10 +67,12 @@ def train(config: Path,
 
     cfg = load_config(TrainConfig, config, set_)
     out = out or Path("runs") / config.stem
+    from dpmammo.privacy import read_privacy
+    from dpmammo.train.run_dir import PRIVACY
+
     metrics = fit(cfg, out, force=force, progress=sys.stderr.isatty())
-    eps = metrics["epsilon"]
     console.print(f"{out}: val AUROC {metrics['val']['auroc']:.3f} (epoch {metrics['val']['epoch']}), "
-                  + (f"ε = {eps:.2f}" if eps is not None else "non-private"))
+                  f"{read_privacy(out / PRIVACY).describe()}", highlight=False)
 
 
 @app.command("evaluate")
@@ -127,13 +129,14 @@ def gan_train(config: Path,
     """Train the conditional GAN on real patches (DP discriminator when the config has a privacy: block)."""
     from dpmammo.config import load_config
     from dpmammo.gan import GanConfig, train_gan
-    from dpmammo.privacy import describe
+    from dpmammo.privacy import read_privacy
+    from dpmammo.train.run_dir import PRIVACY
 
     cfg = load_config(GanConfig, config, set_)
     out = out or Path("runs") / config.stem
     metrics = train_gan(cfg, out, force=force, progress=sys.stderr.isatty())
     console.print(f"{out}: {len(metrics['history'])} epochs in {metrics['wall_time_s']:.0f} s, "
-                  f"{describe(metrics['privacy_total'])}; sample grids in {out / 'samples'}")
+                  f"{read_privacy(out / PRIVACY).describe()}; sample grids in {out / 'samples'}", highlight=False)
 
 
 @gan_app.command("sample")

@@ -54,7 +54,7 @@ def test_train_then_evaluate_then_refuse_overwrite(tmp_path, phantom_root):
                    "privacy:\n  target_epsilon: 3\n")
     r = dpmammo("train", cfg, "--out", tmp_path / "run")
     assert r.returncode == 0, r.stderr
-    assert "ε = " in r.stdout
+    assert "ε = " in r.stdout and "-DP per patient" in r.stdout
     r = dpmammo("evaluate", tmp_path / "run", "--on", "phantom/test")
     assert r.returncode == 0, r.stderr
     import json

@@ -16,7 +16,8 @@ from dpmammo.data.phantoms import make_phantoms
 from dpmammo.models import create_model
 from dpmammo.models.classifier import Classifier
 from dpmammo.models.swin import SwinBackbone
-from dpmammo.privacy import PrivacyConfig, make_private
+from dpmammo.errors import DpMammoError
+from dpmammo.privacy import Batch, PoissonUnits, PrivacyConfig, make_private, read_privacy
 from dpmammo.privacy.grad_samplers import DPWindowAttention, compute_linear_norm_sample_mixed, prepare_for_dp
 from dpmammo.train import TrainConfig, fit
 
@@ -37,7 +38,8 @@ def frozen_cnn_config(root, cache: bool, dp: bool) -> TrainConfig:
                   "feature_cache": cache},
     }
     if dp:
-        data["privacy"] = {"target_epsilon": 4.0, "delta": 1e-3, "max_grad_norm": 0.5}
+        # Seeded noise (test-only) so that the cached and the uncached run can be compared.
+        data["privacy"] = {"target_epsilon": 4.0, "delta": 1e-3, "max_grad_norm": 0.5, "seeded_noise_for_tests": True}
     return TrainConfig.model_validate(data)
 
 
@@ -67,9 +69,9 @@ def test_cached_features_train_the_same_head(phantom_root, tmp_path, monkeypatch
         fit(frozen_cnn_config(phantom_root, True, dp), tmp_path / "again", progress=False)
         assert (tmp_path / "again" / "log.txt").read_text().count("features: reused") == 2
     else:
-        privacy = json.loads((runs[True] / "privacy.json").read_text())
-        assert 0 < privacy["epsilon"] <= 4.0
-        assert privacy["steps"] == 2 * 4  # epochs / q = 2 / (10 / 40)
+        own = read_privacy(runs[True] / "privacy.json").own
+        assert 0 < own.epsilon <= 4.0
+        assert own.steps == 2 * 4  # epochs / q = 2 / (10 / 40)
 
 
 def tiny_swin() -> nn.Module:
@@ -102,34 +104,92 @@ def per_sample_norms(dp) -> torch.Tensor:
     return torch.stack([p.grad_sample.flatten(1).norm(dim=1) for p in dp.optimizer.params]).norm(dim=0)
 
 
+def private(model, params, *, units: torch.Tensor, expected_units: int, mode: str, clip: float = 1.0,
+            unit: str = "patch", target: float = 10.0, delta: float = 1e-5):
+    """make_private over a Poisson sampler of `units` (one unit number per record)."""
+    sampler = PoissonUnits(units, expected_units, torch.Generator().manual_seed(0))
+    return make_private(model=model, optimizer=torch.optim.SGD(params, lr=1.0), sampler=sampler, epochs=1,
+                        config=PrivacyConfig(target_epsilon=target, delta=delta, max_grad_norm=clip,
+                                             grad_sample_mode=mode, unit=unit),
+                        noise_generator=torch.Generator().manual_seed(1))
+
+
+# Five samples of three patients (2 + 1 + 2 patches): patient-level clipping clips each patient's sum.
+PATIENT_GROUPS = torch.tensor([0, 0, 1, 2, 2])
+
+
+@pytest.mark.parametrize("unit", ["patch", "patient"])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("build,shape", [(tiny_cnn, (5, 1, 32, 32)), (tiny_swin, (5, 3, 56, 56))], ids=["cnn", "swin"])
-def test_per_sample_gradients_match_a_per_example_loop(build, shape, mode):
+def test_per_sample_gradients_match_a_per_example_loop(build, shape, mode, unit):
     torch.manual_seed(0)
     model = prepare_for_dp(build())  # the reference runs the same (converted) function
     x, y = torch.rand(shape), torch.randint(0, 2, (shape[0],))
     ref = per_example_grads(copy.deepcopy(model), x, y)
-    ref_norms = ref.norm(dim=1)
-    clip = float(ref_norms.median())  # about half of the samples get clipped
-    clipped_mean = (ref * (clip / ref_norms[:, None]).clamp(max=1.0)).sum(0) / len(x)
+    groups = PATIENT_GROUPS if unit == "patient" else torch.arange(len(x))
+    n_units = int(groups.max()) + 1
+    ref_units = torch.zeros(n_units, ref.shape[1]).index_add_(0, groups, ref)
+    ref_norms = ref_units.norm(dim=1)
+    clip = float(ref_norms.median())  # about half of the units get clipped
+    clipped_mean = (ref_units * (clip / ref_norms[:, None]).clamp(max=1.0)).sum(0) / n_units
 
     params = [p for p in model.parameters() if p.requires_grad]
     before = torch.cat([p.detach().flatten() for p in params]).clone()
-    dp = make_private(model=model, optimizer=torch.optim.SGD(params, lr=1.0), dataset_size=1000, batch_size=len(x),
-                      epochs=1, config=PrivacyConfig(target_epsilon=10, max_grad_norm=clip, grad_sample_mode=mode))
+    if unit == "patient" and mode == "ghost":
+        with pytest.raises(DpMammoError, match="ghost cannot clip per patient"):
+            private(model, params, units=groups, expected_units=n_units, mode=mode, clip=clip, unit=unit)
+        return
+    dp = private(model, params, units=groups, expected_units=n_units, mode=mode, clip=clip, unit=unit)
     assert dp.grad_sample_mode == mode
     dp.optimizer.noise_multiplier = 0.0  # isolate clipping; noise is Opacus's own, tested there
     dp.model.train()
     norms = []
-    for part, _ in dp.physical_chunks(len(x), 3):  # two virtual-batch chunks: 3 + 2
+    batch = Batch(torch.arange(len(x)), groups if unit == "patient" else None)
+    for part, _ in dp.chunks(batch, 3):  # two virtual-batch chunks that do not split a patient
         loss = dp.criterion(dp.model(x[part]), y[part])
         loss.backward()
-        norms.append(per_sample_norms(dp).detach().clone())
+        if unit == "patch":
+            norms.append(per_sample_norms(dp).detach().clone())
         dp.optimizer.step()
         dp.optimizer.zero_grad(set_to_none=True)
-    torch.testing.assert_close(torch.cat(norms), ref_norms, rtol=1e-4, atol=1e-6)
+    if unit == "patch":
+        torch.testing.assert_close(torch.cat(norms), ref_norms, rtol=1e-4, atol=1e-6)
     after = torch.cat([p.detach().flatten() for p in params])
     torch.testing.assert_close(before - after, clipped_mean, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["hooks", "functorch"])
+def test_one_patient_moves_the_clipped_sum_by_at_most_c(mode):
+    """Sensitivity: a patient with 14 patches changes the clipped sum (before noise) by at most C at
+    patient level, and by up to 14·C at patch level, where each of its patches is clipped alone."""
+    torch.manual_seed(0)
+    clip = 0.1
+    x = torch.rand(20, 1, 32, 32)
+    x[:14] = x[0] + 0.01 * torch.rand(14, 1, 32, 32)  # one patient: 14 near-identical patches, same label
+    y = torch.cat([torch.ones(14, dtype=torch.long), torch.randint(0, 2, (6,))])
+    patients = torch.cat([torch.zeros(14, dtype=torch.long), torch.arange(1, 7)])
+
+    def clipped_sum(with_patient: bool, unit: str) -> torch.Tensor:
+        model = tiny_cnn()  # the same initialisation every time
+        keep = torch.arange(20) if with_patient else torch.arange(14, 20)
+        groups = torch.unique_consecutive(patients[keep], return_inverse=True)[1]
+        units = groups if unit == "patient" else torch.arange(len(keep))
+        params = [p for p in model.parameters() if p.requires_grad]
+        dp = private(model, params, units=units, expected_units=1, mode=mode, clip=clip, unit=unit)
+        dp.optimizer.noise_multiplier = 0.0
+        batch = Batch(torch.arange(len(keep)), groups if unit == "patient" else None)
+        for part, _ in dp.chunks(batch, 64):
+            dp.criterion(dp.model(x[keep][part]), y[keep][part]).backward()
+            dp.optimizer.pre_step()  # clip, sum, (zero) noise, divide by the expected batch of 1: the clipped sum
+        return torch.cat([p.grad.flatten() for p in params])
+
+    for unit, low, high in (("patient", 0.0, clip), ("patch", 10 * clip, 14 * clip)):
+        torch.manual_seed(0)
+        with_p = clipped_sum(True, unit)
+        torch.manual_seed(0)
+        without = clipped_sum(False, unit)
+        moved = (with_p - without).norm().item()
+        assert low <= moved <= high * (1 + 1e-4), f"{unit}: one patient moved the clipped sum by {moved:.4f}"
 
 
 def test_dp_window_attention_is_timm_window_attention():
@@ -172,13 +232,12 @@ def test_full_network_dp_step_on_swin(mode):
         depths=(2, 2), num_heads=(2, 4), window_size=7)), nn.Linear(32, 2), input_size=56, num_features=32)
     params = [p for p in model.parameters() if p.requires_grad]
     start = [p.detach().clone() for p in params]
-    dp = make_private(model=model, optimizer=torch.optim.SGD(params, lr=0.1), dataset_size=100, batch_size=8,
-                      epochs=1, config=PrivacyConfig(target_epsilon=8.0, delta=1e-3, grad_sample_mode=mode))
+    dp = private(model, params, units=torch.arange(100), expected_units=8, mode=mode, target=8.0, delta=1e-3)
+    dp.optimizer.original_optimizer.param_groups[0]["lr"] = 0.1
     dp.model.train()
-    gen = torch.Generator().manual_seed(0)
-    idx = dp.sample_batch(gen)
-    x, y = torch.rand(len(idx), 1, 56, 56), torch.randint(0, 2, (len(idx),))
-    for part, _ in dp.physical_chunks(len(idx), 3):
+    batch = dp.sampler.next_batch()
+    x, y = torch.rand(len(batch), 1, 56, 56), torch.randint(0, 2, (len(batch),))
+    for part, _ in dp.chunks(batch, 3):
         dp.criterion(dp.model(x[part]), y[part]).backward()
         dp.optimizer.step()
         dp.optimizer.zero_grad(set_to_none=True)

@@ -20,6 +20,7 @@ from dpmammo.gan.models import Discriminator
 from dpmammo.gan.sample import generate, intended_labels, load_generator
 from dpmammo.gan.score import frechet_distance
 from dpmammo.models import CnnSmallConfig
+from dpmammo.privacy import read_privacy
 from dpmammo.privacy.accounting import RDP_ORDERS
 from dpmammo.train import DataConfig, OptimConfig, TrainConfig, TrainSettings, fit
 from dpmammo.train.predict import predict_proba
@@ -80,22 +81,27 @@ def test_condition_is_honoured(gan_run, classifier):
     auroc = roc_auc_score(labels.numpy(), predict_proba(model, images))
     assert auroc >= 0.8, f"a phantom classifier recovers the intended label with AUROC {auroc:.3f} only"
     assert (gan_run / "samples" / "epoch_030.png").is_file()
-    assert json.loads((gan_run / "privacy.json").read_text())["guarantee"] == "none"  # real data, no DP
+    assert read_privacy(gan_run / "privacy.json").total.reason == "non-private"  # real data, no DP
 
 
 def test_dp_gan_spends_at_most_target_and_matches_dp_accounting(dp_gan_run):
     from dp_accounting import dp_event, rdp
 
-    rec = json.loads((dp_gan_run / "privacy.json").read_text())
-    assert rec["stage"] == "gan" and rec["guarantee"] == "dp"
-    assert 0 < rec["epsilon"] <= rec["target_epsilon"] == 3.0
-    assert rec["steps"] == round(2 / rec["sample_rate"])  # every planned Poisson step was taken and counted
+    record = read_privacy(dp_gan_run / "privacy.json")
+    rec = record.own
+    assert rec.stage == "gan" and rec.guarantee == "dp" and rec.unit == "patient" and record.total.unit == "patient"
+    assert 0 < rec.epsilon <= rec.target_epsilon == 3.0
+    assert rec.steps == round(2 / rec.sample_rate)  # every planned Poisson step was taken and counted
     acc = rdp.RdpAccountant(orders=RDP_ORDERS)
-    acc.compose(dp_event.PoissonSampledDpEvent(rec["sample_rate"], dp_event.GaussianDpEvent(rec["noise_multiplier"])),
-                rec["steps"])
-    independent = acc.get_epsilon(rec["delta"])
-    assert independent == pytest.approx(rec["epsilon"], rel=0.03)
+    acc.compose(dp_event.PoissonSampledDpEvent(rec.sample_rate, dp_event.GaussianDpEvent(rec.noise_multiplier)),
+                rec.steps)
+    independent = acc.get_epsilon(rec.delta)
+    assert independent == pytest.approx(rec.epsilon, rel=0.01)
     assert independent <= 3.0 * 1.01
+    # The discriminator's loss on private rows is not released; the generator's may be.
+    history = json.loads((dp_gan_run / "metrics.json").read_text())["history"]
+    assert all("loss_d" not in row and "loss_g" in row for row in history)
+    assert "loss_d" not in (dp_gan_run / "log.txt").read_text()
 
 
 def test_sampling_is_deterministic_and_provenance_flows_into_a_classifier(dp_gan_run, phantoms, tmp_path):
@@ -111,7 +117,7 @@ def test_sampling_is_deterministic_and_provenance_flows_into_a_classifier(dp_gan
     assert len(records) == 40 and sum(r.label for r in records) == 10 == a["n_malignant"]
     assert {r.source for r in records} == {"synthetic"} and {r.split for r in records} == {"a"}
     prov = json.loads((tmp_path / "a" / "provenance.json").read_text())
-    gan_eps = json.loads((dp_gan_run / "privacy.json").read_text())["epsilon"]
+    gan_eps = read_privacy(dp_gan_run / "privacy.json").own.epsilon
     assert [s["stage"] for s in prov["chain"]] == ["gan"] and prov["chain"][0]["epsilon"] == gan_eps
 
     # A classifier trained on the folder alone inherits the generator's spend as its total.
@@ -119,9 +125,9 @@ def test_sampling_is_deterministic_and_provenance_flows_into_a_classifier(dp_gan
                       model=CnnSmallConfig(input_size=SIZE, width=8),
                       train=TrainSettings(epochs=1, batch_size=20, device="cpu"))
     fit(cfg, tmp_path / "clf", progress=False)
-    rec = json.loads((tmp_path / "clf" / "privacy.json").read_text())
-    assert [s["stage"] for s in rec["chain"]] == ["gan", "classifier"]
-    assert rec["total"]["guarantee"] == "dp" and rec["total"]["epsilon"] == pytest.approx(gan_eps, rel=1e-6)
+    rec = read_privacy(tmp_path / "clf" / "privacy.json")
+    assert [s.stage for s in rec.stages] == ["gan", "classifier"]
+    assert rec.total.guarantee == "dp" and rec.total.epsilon == pytest.approx(gan_eps, rel=1e-6)
 
 
 def test_non_dp_generator_says_no_guarantee(gan_run, tmp_path):
@@ -162,25 +168,31 @@ def test_interrupted_dp_gan_resumes_to_identical_generator_and_spend(phantoms, t
 
     from dpmammo.gan import train as gan_train
 
+    from dpmammo.privacy import sampling
+    from dpmammo.train import run_dir as rd
+
+    # The secret generator's OS seed pinned: only a correctly restored secret state repeats the run.
+    monkeypatch.setattr(sampling.secrets, "randbits", lambda bits: 24681357)
     cfg = gan_config(phantoms, train={"epochs": 3, "batch_size": 32, "sample_every": 0},
                      privacy={"target_epsilon": 3.0, "delta": 1e-3, "grad_sample_mode": "functorch"})
     train_gan(cfg, tmp_path / "straight", progress=False)
 
-    real_save = gan_train.save_checkpoint
+    real_save = rd.save_training_state
 
     def crash_after_first_epoch(run_dir, *args):
         real_save(run_dir, *args)
         if args[-1]["epoch"] == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(gan_train, "save_checkpoint", crash_after_first_epoch)
+    monkeypatch.setattr(rd, "save_training_state", crash_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         train_gan(cfg, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(gan_train, "save_checkpoint", real_save)
+    monkeypatch.setattr(rd, "save_training_state", real_save)
+    monkeypatch.setattr(sampling.secrets, "randbits", lambda bits: 13572468)
     train_gan(cfg, tmp_path / "resumed", progress=False)
 
     a = load_file(tmp_path / "straight" / "model.safetensors")
     b = load_file(tmp_path / "resumed" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    pa, pb = (json.loads((tmp_path / d / "privacy.json").read_text()) for d in ("straight", "resumed"))
-    assert pb["steps"] == pa["steps"] and pb["epsilon"] == pytest.approx(pa["epsilon"]) and pb["epsilon"] <= 3.0
+    pa, pb = (read_privacy(tmp_path / d / "privacy.json").own for d in ("straight", "resumed"))
+    assert pb.steps == pa.steps and pb.epsilon == pytest.approx(pa.epsilon) and pb.epsilon <= 3.0

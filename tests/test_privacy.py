@@ -52,7 +52,7 @@ def test_epsilon_must_be_positive():
 
 def _dp(run, sigma, q, steps, eps):
     return StageSpend(stage="s", run=run, data=["cbis-ddsm/train"], guarantee="dp", epsilon=eps, delta=1e-4,
-                      noise_multiplier=sigma, sample_rate=q, steps=steps, accountant="rdp")
+                      noise_multiplier=sigma, sample_rate=q, steps=steps, accountant="rdp", unit="patient")
 
 
 def test_chain_composes_rdp_tighter_than_adding_epsilons():
@@ -65,7 +65,8 @@ def test_chain_composes_rdp_tighter_than_adding_epsilons():
 
 
 def test_chain_with_a_non_private_stage_has_no_guarantee():
-    none = StageSpend(stage="generator", run="c-dcgan", data=["cbis-ddsm/train"], guarantee="none")
+    none = StageSpend(stage="generator", run="c-dcgan", data=["cbis-ddsm/train"], guarantee="none",
+                      reason="non-private")
     total = compose([none, _dp("clf", 1.0, 0.1, 100, 3.0)], delta=1e-4)
     assert total.guarantee == "none" and total.epsilon is None
 

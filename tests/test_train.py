@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from dpmammo.config import parse_config
 from dpmammo.errors import DpMammoError
+from dpmammo.privacy import read_privacy
+from dpmammo.privacy import sampling
 from dpmammo.train import TrainConfig, fit
-from dpmammo.train import loop
+from dpmammo.train import run_dir as rd
 from tests.test_privacy import dp_accounting_epsilon
+
+SEEDED = {"seeded_noise_for_tests": True}
 
 
 def phantom_config(root, **over) -> TrainConfig:
@@ -35,27 +37,51 @@ def phantom_config(root, **over) -> TrainConfig:
 def test_non_private_cnn_learns_phantoms(phantom_root, tmp_path):
     m = fit(phantom_config(phantom_root), tmp_path / "run", progress=False)
     assert m["val"]["auroc"] >= 0.9
-    assert m["epsilon"] is None and m["privacy_total"]["guarantee"] == "none"
+    total = read_privacy(tmp_path / "run" / "privacy.json").total
+    assert total.guarantee == "none" and total.reason == "non-private" and total.epsilon is None
+    assert "epsilon" not in m and all("loss" in row for row in m["history"])
 
 
 def test_dp_cnn_learns_phantoms_within_budget(phantom_root, tmp_path):
     cfg = phantom_config(phantom_root, privacy__={"target_epsilon": 8.0, "delta": 1e-4},
                          train__epochs=20, train__batch_size=100, optim__lr=5e-3)
     m = fit(cfg, tmp_path / "run", progress=False)
-    p = json.loads((tmp_path / "run" / "privacy.json").read_text())
+    rec = read_privacy(tmp_path / "run" / "privacy.json")
+    p = rec.own
     assert m["val"]["auroc"] >= 0.75
-    assert p["epsilon"] <= 8.0
-    assert p["steps"] == round(20 * 400 / 100) and p["dataset_size"] == 400
+    assert p.guarantee == "dp" and p.epsilon <= 8.0 and p.unit == "patient"
+    # Phantom patients have one patch each: 400 units.
+    assert p.steps == round(20 * 400 / 100) and p.n_units == p.n_private == 400
     # The recorded ε is what an independent accountant computes from the recorded parameters.
-    theirs = dp_accounting_epsilon(p["noise_multiplier"], p["sample_rate"], p["steps"], p["delta"])
-    assert p["epsilon"] == pytest.approx(theirs, rel=0.01)
-    assert set(p) >= {"epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "accountant",
-                      "max_grad_norm", "dataset_size"}
+    theirs = dp_accounting_epsilon(p.noise_multiplier, p.sample_rate, p.steps, p.delta)
+    assert p.epsilon == pytest.approx(theirs, rel=0.01)
+    assert rec.total.guarantee == "dp" and rec.total.epsilon == pytest.approx(p.epsilon) and rec.total.unit == "patient"
+    # Nothing computed from private batches without noise is released: no training loss.
+    assert all("loss" not in row for row in m["history"]) and any("not recorded" in n for n in rec.notes)
+    assert "loss" not in (tmp_path / "run" / "log.txt").read_text()
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()  # the secret generator's state is gone
+
+
+def test_dp_noise_is_secret_unless_the_test_switch_is_on(phantom_root, tmp_path):
+    """Same config and seed: secret noise gives different weights; the seeded switch repeats exactly
+    and its run is reported as having no guarantee."""
+    def weights(name, **privacy):
+        cfg = phantom_config(phantom_root, privacy__={"target_epsilon": 4.0, **privacy}, train__epochs=1)
+        fit(cfg, tmp_path / name, progress=False)
+        return load_file(tmp_path / name / "model.safetensors")
+
+    a, b = weights("a"), weights("b")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) > 1e-4
+    c, d = weights("c", **SEEDED), weights("d", **SEEDED)
+    assert all(torch.equal(c[k], d[k]) for k in c)
+    total = read_privacy(tmp_path / "c" / "privacy.json").total
+    assert total.guarantee == "none" and total.reason == "seeded-noise"
+    assert "no guarantee (seeded noise" in read_privacy(tmp_path / "c" / "privacy.json").describe()
 
 
 def test_virtual_batches_match_one_physical_batch(phantom_root, tmp_path):
     """Splitting the logical batch into physical chunks must not change the update."""
-    base = dict(privacy__={"target_epsilon": 4.0}, train__epochs=1, train__batch_size=64)
+    base = dict(privacy__={"target_epsilon": 4.0, **SEEDED}, train__epochs=1, train__batch_size=64)
     fit(phantom_config(phantom_root, **base, train__physical_batch_size=256), tmp_path / "a", progress=False)
     fit(phantom_config(phantom_root, **base, train__physical_batch_size=16), tmp_path / "b", progress=False)
     wa, wb = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
@@ -64,27 +90,31 @@ def test_virtual_batches_match_one_physical_batch(phantom_root, tmp_path):
 
 
 def test_interrupted_run_resumes_to_identical_weights(phantom_root, tmp_path, monkeypatch):
+    """The secret generator's state is checkpointed: with its OS seed pinned, a resumed run ends
+    bit-identical to an uninterrupted one (a resume that re-drew the secret would not)."""
+    monkeypatch.setattr(sampling.secrets, "randbits", lambda bits: 123456789)
     cfg = phantom_config(phantom_root, privacy__={"target_epsilon": 4.0}, train__epochs=3)
     fit(cfg, tmp_path / "straight", progress=False)
 
-    real_save = loop.save_checkpoint
+    real_save = rd.save_training_state
 
-    def crash_after_first_epoch(run_dir, model, optimizer, dp, gen, state):
-        real_save(run_dir, model, optimizer, dp, gen, state)
+    def crash_after_first_epoch(run_dir, parts, dp, gen, secret, state):
+        real_save(run_dir, parts, dp, gen, secret, state)
         if state["epoch"] == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop, "save_checkpoint", crash_after_first_epoch)
+    monkeypatch.setattr(rd, "save_training_state", crash_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         fit(cfg, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    monkeypatch.setattr(rd, "save_training_state", real_save)
     assert not (tmp_path / "resumed" / "metrics.json").exists()
+    monkeypatch.setattr(sampling.secrets, "randbits", lambda bits: 987654321)  # a fresh draw would differ
     m = fit(cfg, tmp_path / "resumed", progress=False)
     a = load_file(tmp_path / "straight" / "model.safetensors")
     b = load_file(tmp_path / "resumed" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    p = json.loads((tmp_path / "resumed" / "privacy.json").read_text())
-    assert p["steps"] == json.loads((tmp_path / "straight" / "privacy.json").read_text())["steps"]
+    pa, pb = (read_privacy(tmp_path / d / "privacy.json").own for d in ("straight", "resumed"))
+    assert pb.steps == pa.steps and pb.epsilon == pytest.approx(pa.epsilon)
     assert len(m["history"]) == 3
 
 
@@ -99,6 +129,8 @@ def test_finished_run_is_not_overwritten(phantom_root, tmp_path):
 
 @pytest.mark.parametrize("over,message", [
     ({"privacy__": {"target_epsilon": 0}}, "target_epsilon: Input should be greater than 0"),
+    ({"privacy__": {"target_epsilon": "inf"}}, "drop the privacy block for non-private training"),
+    ({"privacy__": {"target_epsilon": 1, "unit": "hospital"}}, "privacy.unit: Input should be 'patient' or 'patch'"),
     ({"privacy__": {"target_epsilon": 1, "delta": 0}}, "delta: Input should be greater than 0"),
     ({"model__": {"name": "resnet"}}, "does not match any of the expected tags: 'cnn-small', 'swin_t'"),
     ({"train__epochz": 3}, "train.epochz: unknown key"),
@@ -113,3 +145,8 @@ def test_delta_at_or_above_one_over_n_is_refused_before_training(phantom_root, t
     cfg = phantom_config(phantom_root, privacy__={"target_epsilon": 1, "delta": 1 / 400})
     with pytest.raises(DpMammoError, match=r"delta=0.0025 must be in \(0, 1/N\)"):
         fit(cfg, tmp_path / "run", progress=False)
+    # A refused start leaves nothing behind, so the corrected command is not "another config".
+    assert not (tmp_path / "run").exists()
+    fit(phantom_config(phantom_root, privacy__={"target_epsilon": 1, "delta": 1e-4}, train__epochs=1),
+        tmp_path / "run", progress=False)
+

@@ -8,7 +8,6 @@ trains on the folder, so the GAN's spend is composed into that classifier's tota
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -20,10 +19,11 @@ from dpmammo.config import parse_config, read_yaml
 from dpmammo.data.manifest import SAMPLED_MANIFEST, PatchRecord, write_manifest
 from dpmammo.data.sets import PROVENANCE_FILE
 from dpmammo.errors import DpMammoError
+from dpmammo.files import write_json_atomic
 from dpmammo.gan.config import GanConfig
 from dpmammo.gan.models import Generator, to_uint8
 from dpmammo.models import load_weights
-from dpmammo.privacy import describe
+from dpmammo.privacy import read_privacy
 from dpmammo.train import run_dir as rd
 
 CLASS_NAMES = {0: "benign", 1: "malignant"}
@@ -82,19 +82,19 @@ def sample(run_dir: str | Path, n: int, out: str | Path, *, balance: float = 0.5
         Image.fromarray(img[0].numpy(), mode="L").save(out / name)
         records.append(PatchRecord(name, y, "", "synthetic", out.name, "synthetic"))
     write_manifest(records, out / SAMPLED_MANIFEST)
-    privacy = json.loads((run_dir / rd.PRIVACY).read_text())
+    privacy = read_privacy(run_dir / rd.PRIVACY)
     prov = {
         "folder": str(out),
         "generator_run": str(run_dir),
         "training_data": list(cfg.data.train),
         "n": n, "n_malignant": int(labels.sum()), "balance": balance, "seed": seed,
         "image_size": cfg.model.image_size,
-        "guarantee": describe(privacy["total"]),
-        "total": privacy["total"],
-        "chain": privacy["chain"],
+        "guarantee": privacy.describe(),
+        "total": privacy.total.model_dump(mode="json"),
+        "chain": [s.model_dump(mode="json") for s in privacy.stages],
         "dpmammo_version": __version__,
     }
-    (out / PROVENANCE_FILE).write_text(json.dumps(prov, indent=2))
+    write_json_atomic(out / PROVENANCE_FILE, prov)
     return prov
 
 

@@ -4,12 +4,14 @@ Read it top to bottom: data → models → (privacy) → epochs of (D step, G st
 
 DP (Xie et al., 2018, "Differentially Private GAN"; Opacus's DCGAN example): only the
 discriminator sees real data, so only its update is DP-SGD (Abadi et al., 2016): a Poisson
-sample of real patches (rate q = batch_size / N, as the accountant assumes) plus a fixed number
-(batch_size) of generated patches form one logical batch; every row's gradient is clipped to
-C, the sum is noised and divided by batch_size. The number of fake rows does not depend on the
-data, so adding or removing one real patch changes the sum by at most C: the sensitivity the
-noise is calibrated for. The generator learns only through the released discriminator, which
-is post-processing and spends no budget.
+sample of real units (patients by default, rate q = batch_size / N, as the accountant assumes;
+a sampled patient brings all of its patches) plus a fixed number (batch_size) of generated
+patches form one logical batch; every unit's summed gradient (a patient's real rows; each fake
+row alone) is clipped to C, the sum is noised and divided by batch_size. The number of fake
+rows does not depend on the data, so adding or removing one patient changes the sum by at most
+C: the sensitivity the noise is calibrated for. The generator learns only through the released
+discriminator, which is post-processing and spends no budget; so its loss may be logged, the
+discriminator's loss (computed on private rows without noise) is not.
 """
 
 from __future__ import annotations
@@ -25,14 +27,17 @@ from torchvision.utils import save_image
 from dpmammo import __version__
 from dpmammo.data.images import load_images
 from dpmammo.data.sets import load_set, resolve_root
-from dpmammo.errors import DpMammoError
 from dpmammo.gan.config import GanConfig
 from dpmammo.gan.models import N_CLASSES, build, to_model_range
 from dpmammo.models import save_weights
-from dpmammo.privacy import make_private, stage_spend, write_privacy_json
+from dpmammo.privacy import (Batch, PoissonUnits, ShuffledBatches, check_delta, dp_stage, make_private,
+                             noise_generator, non_dp_stage, unit_ids, write_privacy)
 from dpmammo.train import run_dir as rd
 from dpmammo.train.predict import resolve_device
-from dpmammo.train.schedule import epoch_steps, make_progress, plain_chunks
+from dpmammo.train.schedule import epoch_steps, make_progress
+
+DP_LOSS_NOTE = ("the discriminator's loss is not recorded: it is computed from private rows without noise; "
+                "the generator's loss is post-processing of the released discriminator")
 
 SAMPLES_DIR = "samples"
 GRID_COLUMNS = 8
@@ -46,81 +51,95 @@ def train_gan(cfg: GanConfig, out: str | Path, *, force: bool = False, progress:
     `train.sample_every` epochs.
     """
     t0 = time.time()
-    run_dir, resuming = rd.prepare(out, cfg, force)
-    log = open(run_dir / rd.LOG, "a")
-    say = lambda msg: (log.write(msg + "\n"), log.flush())  # noqa: E731
-    say(f"{'resume' if resuming else 'start'} {run_dir} dpmammo {__version__} (gan)")
-    device = resolve_device(cfg.train.device)
+    with rd.start(out, cfg, force) as (run_dir, resuming):
+        log = open(run_dir / rd.LOG, "a")
+        say = lambda msg: (log.write(msg + "\n"), log.flush())  # noqa: E731
+        say(f"{'resume' if resuming else 'start'} {run_dir} dpmammo {__version__} (gan)")
+        device = resolve_device(cfg.train.device)
 
-    # Data: real patches (all private) as uint8 in memory, scaled to [-1, 1] per batch.
-    root = resolve_root(cfg.data.root)
-    records = [r for name in cfg.data.train for r in load_set(root, name)]
-    images = load_images(records, cfg.model.image_size)
-    labels = torch.tensor([r.label for r in records], dtype=torch.long)
-    n_private = sum(r.source == "real" for r in records)
-    n, batch_size = len(records), cfg.train.batch_size
-    if batch_size > n:
-        raise DpMammoError(f"train.batch_size={batch_size} exceeds the {n} training patches")
+        # Data: real patches (all private) as uint8 in memory, scaled to [-1, 1] per batch.
+        root = resolve_root(cfg.data.root)
+        records = [r for name in cfg.data.train for r in load_set(root, name)]
+        images = load_images(records, cfg.model.image_size)
+        labels = torch.tensor([r.label for r in records], dtype=torch.long)
+        n_private = sum(r.source == "real" for r in records)
+        n, batch_size = len(records), cfg.train.batch_size
 
-    # Models and optimisers; DP wraps the discriminator only.
-    gen_model, disc = build(cfg.model, cfg.train.seed)
-    gen_model.to(device), disc.to(device)
-    o = cfg.optim
-    opt_g = torch.optim.Adam(gen_model.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2))
-    opt_d = torch.optim.Adam(disc.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2))
-    d_train, dp = disc, None
-    if cfg.privacy is not None:
-        dp = make_private(model=disc, optimizer=opt_d, dataset_size=n, batch_size=batch_size,
-                          epochs=cfg.train.epochs, config=cfg.privacy, criterion=nn.BCEWithLogitsLoss())
-        d_train, opt_d = dp.model, dp.optimizer
-        say(f"DP discriminator: sigma={dp.noise_multiplier:.4f} q={dp.sample_rate:.5f} steps={dp.planned_steps} "
-            f"target eps={cfg.privacy.target_epsilon} delta={cfg.privacy.delta:g}")
-    rng = torch.Generator().manual_seed(cfg.train.seed)
-    fixed_z, fixed_y = grid_inputs(cfg)
+        # Models and optimisers; DP wraps the discriminator only, fed by Poisson-sampled units.
+        gen_model, disc = build(cfg.model, cfg.train.seed)
+        gen_model.to(device), disc.to(device)
+        o = cfg.optim
+        opt_g = torch.optim.Adam(gen_model.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2))
+        opt_d = torch.optim.Adam(disc.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2))
+        rng = torch.Generator().manual_seed(cfg.train.seed)  # latents, labels, non-private sampling
+        d_train, dp, secret = disc, None, None
+        if cfg.privacy is None:
+            sampler = ShuffledBatches(n, batch_size, rng)
+        else:
+            p = cfg.privacy
+            units = unit_ids([r.patient for r in records], [r.source == "real" for r in records], p.unit,
+                             ", ".join(cfg.data.train))
+            n_private_units = len({int(u) for u, r in zip(units, records) if r.source == "real"})
+            if n_private_units:
+                check_delta(p.delta, n_private_units, p.unit)
+            secret = noise_generator(p, cfg.train.seed)
+            sampler = PoissonUnits(units, batch_size, secret)
+            dp = make_private(model=disc, optimizer=opt_d, sampler=sampler, epochs=cfg.train.epochs, config=p,
+                              noise_generator=secret, criterion=nn.BCEWithLogitsLoss())
+            d_train, opt_d = dp.model, dp.optimizer
+            say(f"DP discriminator (unit {p.unit}, {sampler.n_units} units): sigma={dp.noise_multiplier:.4f} "
+                f"q={dp.sample_rate:.5f} steps={dp.planned_steps} target eps={p.target_epsilon} delta={p.delta:g}"
+                + (" SEEDED NOISE (tests only): no guarantee" if p.seeded_noise_for_tests else ""))
+        fixed_z, fixed_y = grid_inputs(cfg)
 
-    state = {"epoch": 0, "history": [], "wall_s": 0.0}
-    if resuming:
-        state = load_checkpoint(run_dir, gen_model, disc, opt_g, opt_d, dp, rng)
-        t0 = time.time()
-        say(f"resumed after epoch {state['epoch']}")
+        state = {"epoch": 0, "history": [], "wall_s": 0.0}
+        parts = {"generator": gen_model, "discriminator": disc, "opt_g": opt_g, "opt_d": opt_d}
+        if resuming:
+            state = rd.load_training_state(run_dir, parts, dp, rng, secret)
+            t0 = time.time()
+            say(f"resumed after epoch {state['epoch']}")
 
-    steps = epoch_steps(n, batch_size, cfg.train.epochs, dp)
+    steps = epoch_steps(sampler, cfg.train.epochs, dp)
     bar = make_progress(progress)
     with bar:
         task = bar.add_task("gan", total=sum(steps), completed=sum(steps[:state["epoch"]]))
         for epoch in range(state["epoch"], cfg.train.epochs):
             gen_model.train(), d_train.train()
-            perm = torch.randperm(n, generator=rng) if dp is None else None
             sums = {"loss_d": 0.0, "loss_g": 0.0}
             for step in range(steps[epoch]):
-                idx = dp.sample_batch(rng) if dp else perm[step * batch_size:(step + 1) * batch_size]
-                sums["loss_d"] += d_step(d_train, opt_d, dp, gen_model, images, labels, idx, cfg, rng, device)
+                batch = sampler.next_batch()
+                sums["loss_d"] += d_step(d_train, opt_d, dp, gen_model, images, labels, batch, cfg, rng, device)
                 sums["loss_g"] += g_step(d_train, opt_g, gen_model, dp, cfg, rng, device)
                 bar.advance(task)
             eps = dp.epsilon() if dp else None
+            if dp is not None:  # the discriminator's loss on private rows is not released (DP_LOSS_NOTE)
+                del sums["loss_d"]
             row = {"epoch": epoch + 1, **{k: v / max(1, steps[epoch]) for k, v in sums.items()}, "epsilon": eps}
             state["history"].append(row)
             state["epoch"] = epoch + 1
             state["wall_s"] += time.time() - t0
             t0 = time.time()
             eps_txt = f" ε={eps:.2f}" if eps is not None else ""
-            bar.update(task, description=f"epoch {epoch + 1}/{cfg.train.epochs} D={row['loss_d']:.3f} "
-                                         f"G={row['loss_g']:.3f}{eps_txt}")
-            say(f"epoch {epoch + 1} loss_d {row['loss_d']:.4f} loss_g {row['loss_g']:.4f}"
+            d_txt = "" if dp else f" D={row['loss_d']:.3f}"
+            bar.update(task, description=f"epoch {epoch + 1}/{cfg.train.epochs}{d_txt} G={row['loss_g']:.3f}{eps_txt}")
+            say(f"epoch {epoch + 1}" + ("" if dp else f" loss_d {row['loss_d']:.4f}") + f" loss_g {row['loss_g']:.4f}"
                 + (f" eps {eps:.3f}" if dp else ""))
             every = cfg.train.sample_every
             if every and ((epoch + 1) % every == 0 or epoch + 1 == cfg.train.epochs):
                 write_grid(gen_model, fixed_z, fixed_y, run_dir / SAMPLES_DIR / f"epoch_{epoch + 1:03d}.png", device)
-            save_checkpoint(run_dir, gen_model, disc, opt_g, opt_d, dp, rng, state)
+            rd.save_training_state(run_dir, parts, dp, rng, secret, state)
 
     # Outputs: generator weights, privacy record, metrics (written last: it marks the run finished).
     save_weights(gen_model, run_dir / rd.WEIGHTS)
-    privacy = write_privacy_json(run_dir / rd.PRIVACY, stage_spend(
-        stage="gan", run=run_dir.name, data=cfg.data.train, dp=dp, dataset_size=n, n_private=n_private,
-        note="DP discriminator; the generator is post-processing" if dp else ""), [])
+    if dp is not None:
+        own = dp_stage(stage="gan", run=run_dir.name, data=cfg.data.train, dp=dp, n_private=n_private,
+                       note="DP discriminator; the generator is post-processing")
+    else:
+        own = non_dp_stage(stage="gan", run=run_dir.name, data=cfg.data.train, n_private=n_private)
+    privacy = write_privacy(run_dir / rd.PRIVACY, own, [], notes=[DP_LOSS_NOTE] if dp else [])
     metrics = {
         "history": state["history"], "train_size": n, "n_private": n_private,
-        "epsilon": privacy["epsilon"], "privacy_total": privacy["total"],
+        "privacy_total": privacy.total.model_dump(mode="json"),
         "wall_time_s": state["wall_s"] + (time.time() - t0),
         "device": str(device), "dpmammo_version": __version__,
     }
@@ -137,13 +156,15 @@ def random_inputs(count: int, cfg: GanConfig, rng: torch.Generator, device) -> t
     return z.to(device), y.to(device)
 
 
-def d_step(d_train, opt_d, dp, gen_model, images, labels, idx, cfg: GanConfig, rng, device) -> float:
-    """One discriminator update on real rows `idx` (target 1) plus batch_size fake rows (target 0).
+def d_step(d_train, opt_d, dp, gen_model, images, labels, batch: Batch, cfg: GanConfig, rng, device) -> float:
+    """One discriminator update on the real rows of `batch` (target 1) plus batch_size fake rows (target 0).
 
-    Loss = (sum of per-row BCE) / batch_size, so the non-DP and the DP update (clipped sum,
-    noise, divided by the expected batch) have the same scale.
+    Loss = (sum of per-row BCE) / batch_size, so the non-DP and the DP update (clipped sum of
+    units, noise, divided by the expected batch) have the same scale. Each fake row is its own
+    unit: the rows of one real patient are contiguous and come first.
     """
     b = cfg.train.batch_size
+    idx = batch.idx
     z, y_fake = random_inputs(b, cfg, rng, device)
     with torch.no_grad():
         fake = gen_model(z, y_fake)
@@ -151,8 +172,12 @@ def d_step(d_train, opt_d, dp, gen_model, images, labels, idx, cfg: GanConfig, r
     y_all = torch.cat([labels[idx].to(device), y_fake])
     target = torch.cat([torch.ones(len(idx)), torch.zeros(b)]).to(device)
     total_rows = len(x_all)
-    chunks = dp.physical_chunks(total_rows, cfg.train.physical_batch_size) if dp else \
-        plain_chunks(total_rows, cfg.train.physical_batch_size)
+    if batch.groups is None:
+        rows = Batch(torch.arange(total_rows))
+    else:
+        first_fake = int(batch.groups.max()) + 1 if len(batch.groups) else 0
+        rows = Batch(torch.arange(total_rows), torch.cat([batch.groups, first_fake + torch.arange(b)]))
+    chunks = dp.chunks(rows, cfg.train.physical_batch_size) if dp else rows.chunks(cfg.train.physical_batch_size)
     criterion = dp.criterion if dp else nn.BCEWithLogitsLoss()  # dp.criterion: whatever the clipping mode needs
     opt_d.zero_grad(set_to_none=True)
     total = 0.0
@@ -205,13 +230,3 @@ def write_grid(gen_model, z, y, path: Path, device) -> None:
     gen_model.train(was)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(x.add(1).div(2).clamp(0, 1), path, nrow=GRID_COLUMNS, padding=2)
-
-
-def save_checkpoint(run_dir: Path, gen_model, disc, opt_g, opt_d, dp, rng: torch.Generator, state: dict) -> None:
-    rd.save_training_state(run_dir, {"generator": gen_model, "discriminator": disc, "opt_g": opt_g, "opt_d": opt_d},
-                           dp, rng, state)
-
-
-def load_checkpoint(run_dir: Path, gen_model, disc, opt_g, opt_d, dp, rng: torch.Generator) -> dict:
-    return rd.load_training_state(run_dir, {"generator": gen_model, "discriminator": disc, "opt_g": opt_g,
-                                            "opt_d": opt_d}, dp, rng)

@@ -27,12 +27,12 @@ def accountant_kwargs(accountant: str) -> dict:
     return {"alphas": RDP_ORDERS} if accountant == "rdp" else {}
 
 
-def check_delta(delta: float, dataset_size: int) -> None:
+def check_delta(delta: float, n_units: int, unit: str = "patient") -> None:
     """δ must be below 1/N: at δ ≥ 1/N, 'release one random record' would satisfy (ε, δ)-DP."""
-    if not 0 < delta < 1.0 / dataset_size:
+    if not 0 < delta < 1.0 / n_units:
         raise DpMammoError(
-            f"delta={delta:g} must be in (0, 1/N) = (0, {1.0 / dataset_size:.3g}) for N={dataset_size} "
-            "private patches; choose a smaller delta"
+            f"delta={delta:g} must be in (0, 1/N) = (0, {1.0 / n_units:.3g}) for N={n_units} "
+            f"private units ({unit}s); choose a smaller delta"
         )
 
 

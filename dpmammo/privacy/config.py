@@ -1,21 +1,46 @@
-"""The `privacy:` block shared by every DP stage (classifier and GAN)."""
+"""The `privacy:` block shared by every DP stage (classifier, head on cached features, GAN)."""
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from dpmammo.config import StrictModel
 
 DEFAULT_DELTA = 1e-4
 
+Unit = Literal["patient", "patch"]
+UNIT_WORDS: dict[str, str] = {"patient": "per patient (all of a patient's patches)",
+                              "patch": "per lesion patch (a patient with k patches: group privacy only)"}
 
-class PrivacyConfig(StrictModel):
-    target_epsilon: float = Field(..., gt=0, description="privacy budget ε for this stage")
-    delta: float = Field(DEFAULT_DELTA, gt=0, lt=1, description="δ; must be < 1/N for N private patches")
-    max_grad_norm: float = Field(1.0, gt=0, description="per-sample clipping norm C")
+
+class PrivacySettings(StrictModel):
+    """Everything of a DP stage but its budget (a study varies the budget, see dpmammo.study)."""
+
+    delta: float = Field(DEFAULT_DELTA, gt=0, lt=1, description="δ; must be < 1/N for N private units")
+    unit: Unit = Field(
+        "patient", description="what one unit of privacy is: `patient` (Poisson-sample patients, clip each "
+                               "patient's summed gradient) or `patch` (to compare with published patch-level numbers)")
+    max_grad_norm: float = Field(1.0, gt=0, description="clipping norm C of one unit's gradient")
     accountant: Literal["rdp", "prv"] = "rdp"
     grad_sample_mode: Literal["auto", "hooks", "functorch", "ghost"] = Field(
-        "auto", description="how per-sample gradients are clipped: hooks/functorch instantiate them, ghost "
-                            "(fast gradient clipping) computes only their norms; auto picks the fastest for the model")
+        "auto", description="how per-unit gradients are clipped: hooks/functorch instantiate per-sample gradients, "
+                            "ghost (fast gradient clipping) computes only norms; auto picks by the trainable layers")
+    seeded_noise_for_tests: bool = Field(
+        False, description="TESTS ONLY: draw DP noise and Poisson sampling from train.seed, so runs repeat exactly. "
+                           "Whoever knows the seed can remove the noise: such a run has no guarantee")
+
+
+class PrivacyConfig(PrivacySettings):
+    """The `privacy:` block of a DP stage: its budget and settings."""
+
+    target_epsilon: float = Field(..., gt=0, description="privacy budget ε for this stage")
+
+    @field_validator("target_epsilon")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if math.isinf(v):
+            raise ValueError("ε = inf is not a DP budget; drop the privacy block for non-private training")
+        return v

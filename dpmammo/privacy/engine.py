@@ -1,10 +1,11 @@
-"""DP-SGD on Opacus: per-sample clipping and Gaussian noise, Poisson sampling, virtual batches.
+"""DP-SGD on Opacus: per-unit clipping and Gaussian noise, Poisson sampling, virtual batches.
 
 One entry point, `make_private`, in the spirit of Opacus's `PrivacyEngine.make_private`. It
-differs in one respect: dpmammo draws the Poisson batches itself (`DPSetup.sample_batch`) from
-its own seeded generator, so a resumed run continues the exact sample sequence and the caller
-can split a logical batch into physical chunks (virtual batches) without plain gradient
-accumulation, which would clip the sum instead of each sample.
+differs in two respects. Batches come from a `PoissonUnits` sampler (dpmammo.privacy.sampling)
+that the loop drives, so a logical batch can be split into physical chunks (virtual batches)
+without plain gradient accumulation, which would clip the sum instead of each unit. And the unit
+of privacy can be a patient: the per-sample gradients of one patient's patches are added up
+before Opacus clips, so the noise covers everything one patient contributes.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from opacus.validators import ModuleValidator
 from torch import nn
 
 from dpmammo.errors import DpMammoError
-from dpmammo.privacy.accounting import accountant_kwargs, calibrate_noise, check_delta, new_accountant, steps_for
+from dpmammo.privacy.accounting import accountant_kwargs, calibrate_noise, new_accountant, steps_for
 from dpmammo.privacy.config import PrivacyConfig
 from dpmammo.privacy.grad_samplers import prepare_for_dp
+from dpmammo.privacy.sampling import Batch, PoissonUnits
 
 # Opacus hooks every trainable layer; for the first one (its input is data, which needs no
 # gradient) torch warns on every step that the hook sees output gradients only. That is all
@@ -33,13 +35,32 @@ warnings.filterwarnings("ignore", message="Full backward hook is firing when gra
                                           "to module outputs", category=UserWarning)
 
 
+class UnitDPOptimizer(DPOptimizer):
+    """Opacus's DPOptimizer, clipping one *unit's* gradient: before the per-row clipping, the
+    per-sample gradients of rows that share a unit (a patient's patches) are summed, so each
+    patient's total contribution is clipped to C. Opacus has no user-level clipping of its own;
+    everything after the grouping (clip, sum, noise, scale, accounting hook) is Opacus's."""
+
+    groups: torch.Tensor | None = None  # unit number of each row of the current chunk; None: one row per unit
+
+    def clip_and_accumulate(self):
+        if self.groups is not None:
+            n_units = int(self.groups.max()) + 1 if len(self.groups) else 0
+            for p in self.params:
+                gs = self._get_flat_grad_sample(p)
+                p.grad_sample = torch.zeros((n_units, *gs.shape[1:]), dtype=gs.dtype, device=gs.device).index_add_(
+                    0, self.groups.to(gs.device), gs)
+        super().clip_and_accumulate()
+
+
 @dataclass
 class DPSetup:
-    """What a DP training loop needs: the wrapped model and optimizer and the accounting.
+    """What a DP training loop needs: the wrapped model and optimizer, the sampler and the accounting.
 
     `criterion(logits, y)` returns a loss whose `.backward()` does what the mode needs (one
     backward pass for hooks/functorch; two for ghost clipping), so a loop reads the same for
-    every mode: loss = dp.criterion(dp.model(x), y); loss.backward(); dp.optimizer.step().
+    every mode: for each chunk of `dp.chunks(batch, n)`: loss = dp.criterion(dp.model(x), y);
+    loss.backward(); dp.optimizer.step().
     """
 
     model: AbstractGradSampleModule
@@ -48,31 +69,31 @@ class DPSetup:
     grad_sample_mode: str
     accountant: object
     noise_multiplier: float
-    sample_rate: float
+    sampler: PoissonUnits
     planned_steps: int
-    dataset_size: int
     config: PrivacyConfig
 
-    def sample_batch(self, generator: torch.Generator) -> torch.Tensor:
-        """Indices of one Poisson-sampled logical batch: each sample in with probability q."""
-        mask = torch.rand(self.dataset_size, generator=generator) < self.sample_rate
-        return mask.nonzero().squeeze(1)
+    @property
+    def sample_rate(self) -> float:
+        return self.sampler.sample_rate
 
-    def physical_chunks(self, n: int, max_physical: int) -> Iterator[tuple[slice, bool]]:
-        """Split a logical batch of n samples into chunks of at most `max_physical`.
+    def chunks(self, batch: Batch, max_physical: int) -> Iterator[tuple[slice, bool]]:
+        """Split a logical batch into physical chunks that never split a unit.
 
         Yields (slice, is_last). For every chunk but the last the optimizer clips and
         accumulates without stepping: Opacus's virtual-batch mechanism (BatchMemoryManager)
         made explicit.
         """
-        starts = list(range(0, n, max_physical))
-        for i, start in enumerate(starts):
-            last = i == len(starts) - 1
+        for part, last in batch.chunks(max_physical):
             self.optimizer.signal_skip_step(do_skip=not last)
-            yield slice(start, start + max_physical), last
+            if isinstance(self.optimizer, UnitDPOptimizer):
+                self.optimizer.groups = batch.chunk_groups(part)
+            yield part, last
 
     def step_empty(self) -> None:
         """A logical batch with no sample still releases a noisy (all-noise) step."""
+        if isinstance(self.optimizer, UnitDPOptimizer):
+            self.optimizer.groups = None
         for p in self.optimizer.params:
             if self.grad_sample_mode == "ghost":  # that optimizer reads the (already clipped) summed p.grad
                 p.grad = torch.zeros_like(p)
@@ -117,8 +138,8 @@ def choose_grad_sample_mode(model: nn.Module) -> str:
     return "ghost" if ghostable * 2 >= sum(p.numel() for p in params) else "hooks"
 
 
-def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer, dataset_size: int,
-                 batch_size: int, epochs: int, config: PrivacyConfig,
+def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer, sampler: PoissonUnits, epochs: int,
+                 config: PrivacyConfig, noise_generator: torch.Generator,
                  criterion: nn.Module | None = None) -> DPSetup:
     """Wrap `model` and `optimizer` for DP-SGD at `config.target_epsilon` over `epochs`.
 
@@ -127,57 +148,61 @@ def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer, dataset_
             that need another layout for that (Swin window attention) are converted in place,
             keeping their state-dict keys (see dpmammo.privacy.grad_samplers).
         optimizer: a plain torch optimizer over those parameters.
-        dataset_size: N, the number of private training patches.
-        batch_size: expected logical batch size; the Poisson sample rate is batch_size / N.
-        epochs: planned epochs; the noise is calibrated so that ε after epochs·N/batch_size
-            steps is ≤ target_epsilon.
-        config: the privacy block (target ε, δ, clipping norm, accountant, grad-sample mode).
+        sampler: the Poisson sampler of units (patients or patches); its rate q sets the
+            accounting, its expected batch (in units) the scale of the noisy mean.
+        epochs: planned epochs; the noise is calibrated so that ε after epochs/q steps is
+            ≤ target_epsilon.
+        config: the privacy block (target ε, δ, unit, clipping norm, accountant, grad-sample mode).
+        noise_generator: secret generator of the Gaussian noise (dpmammo.privacy.sampling.noise_generator).
         criterion: the loss with mean reduction (default cross-entropy); DPSetup.criterion wraps it.
 
     Returns:
         a DPSetup. Its accountant is attached to the optimizer and counts every real step.
     """
-    check_delta(config.delta, dataset_size)
-    if batch_size > dataset_size:
-        raise DpMammoError(f"batch_size={batch_size} exceeds the {dataset_size} private training patches")
     validate_for_dp(model)
     criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
     if getattr(criterion, "reduction", "mean") != "mean":
         raise DpMammoError(f"the DP loss must use reduction='mean' (got {criterion.reduction!r})")
-    sample_rate = batch_size / dataset_size
-    steps = steps_for(epochs, sample_rate)
+    steps = steps_for(epochs, sampler.sample_rate)
     sigma = calibrate_noise(target_epsilon=config.target_epsilon, delta=config.delta,
-                            sample_rate=sample_rate, steps=steps, accountant=config.accountant)
+                            sample_rate=sampler.sample_rate, steps=steps, accountant=config.accountant)
     prepare_for_dp(model)
     mode = choose_grad_sample_mode(model) if config.grad_sample_mode == "auto" else config.grad_sample_mode
-    gsm, dp_opt, dp_criterion = _WRAPPERS[mode](model, optimizer, criterion, sigma, batch_size, config.max_grad_norm)
+    if sampler.grouped and mode == "ghost":
+        raise DpMammoError("grad_sample_mode=ghost cannot clip per patient (it sees per-sample norms only); "
+                           "use hooks or functorch, or unit: patch")
+    gsm, dp_opt, dp_criterion = _WRAPPERS[mode](model, optimizer, criterion, sigma, sampler.expected_units,
+                                                config.max_grad_norm, noise_generator)
     accountant = new_accountant(config.accountant)
-    dp_opt.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
+    dp_opt.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=sampler.sample_rate))
     return DPSetup(model=gsm, optimizer=dp_opt, criterion=dp_criterion, grad_sample_mode=mode,
-                   accountant=accountant, noise_multiplier=sigma, sample_rate=sample_rate, planned_steps=steps,
-                   dataset_size=dataset_size, config=config)
+                   accountant=accountant, noise_multiplier=sigma, sampler=sampler, planned_steps=steps, config=config)
 
 
+# secure_mode: Opacus's guard of the Gaussian sampler against floating-point attacks (Mironov 2012;
+# arXiv 2107.10138): four draws per noise value instead of one, negligible next to per-sample gradients.
 def _per_sample(mode: str):
-    """hooks / functorch: instantiate per-sample gradients, clip them in the optimizer."""
+    """hooks / functorch: instantiate per-sample gradients, sum them per unit, clip in the optimizer."""
 
-    def wrap(model, optimizer, criterion, sigma, batch_size, max_grad_norm):
+    def wrap(model, optimizer, criterion, sigma, expected_units, max_grad_norm, generator):
         gsm = wrap_model(model, grad_sample_mode=mode, batch_first=True, loss_reduction="mean")
-        opt = DPOptimizer(optimizer, noise_multiplier=sigma, max_grad_norm=max_grad_norm,
-                          expected_batch_size=batch_size, loss_reduction="mean")
+        opt = UnitDPOptimizer(optimizer, noise_multiplier=sigma, max_grad_norm=max_grad_norm,
+                              expected_batch_size=expected_units, loss_reduction="mean",
+                              generator=generator, secure_mode=True)
         return gsm, opt, criterion
 
     return wrap
 
 
-def _ghost(model, optimizer, criterion, sigma, batch_size, max_grad_norm):
+def _ghost(model, optimizer, criterion, sigma, expected_units, max_grad_norm, generator):
     """Fast gradient clipping (Lee & Kifer 2021; Li et al. 2022 "ghost clipping"): a first
     backward pass computes only per-sample gradient norms, a second one back-propagates the
     per-sample losses scaled by their clipping factors, giving the sum of clipped gradients."""
     gsm = wrap_model(model, grad_sample_mode="ghost", batch_first=True, loss_reduction="mean",
                      max_grad_norm=max_grad_norm)
     opt = DPOptimizerFastGradientClipping(optimizer, noise_multiplier=sigma, max_grad_norm=max_grad_norm,
-                                          expected_batch_size=batch_size, loss_reduction="mean")
+                                          expected_batch_size=expected_units, loss_reduction="mean",
+                                          generator=generator, secure_mode=True)
     return gsm, opt, DPLossFastGradientClipping(gsm, opt, criterion, loss_reduction="mean")
 
 

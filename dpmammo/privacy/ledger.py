@@ -1,13 +1,18 @@
 """The privacy ledger: what each stage spent, and the one guarantee for a chain of stages.
 
-Unit of privacy: one lesion patch of the private training set (cbis-ddsm/train). Patient-level
-privacy follows only by group privacy (a patient with k patches gets k·ε, roughly).
+A run's privacy.json is a `PrivacyRecord`: one `StageSpend` per stage of its chain (every stage
+whose output entered the run: a generator behind a synthetic set, a pretrain run behind
+`init_from`, the origin of a weight file) and one `ChainTotal`. Reports read the total through
+`read_privacy`, never a stage's ε.
 
 Composition of a chain (e.g. DP-GAN → synthetic pretrain → DP fine-tune):
 - stages that touched no private data add nothing;
-- any stage that touched private data without DP makes the total "no guarantee";
+- any stage without a guarantee (private data without DP, seeded noise, weights or synthetic
+  data of unknown origin) makes the total "no guarantee";
 - DP stages on RDP accountants compose exactly by adding their RDP curves (one accountant
-  history); otherwise ε and δ add up (basic composition), which is looser but valid.
+  history); otherwise ε and δ add up (basic composition), which is looser but valid;
+- the unit of the total is the patient only if every DP stage protected patients: patient-level
+  DP implies patch-level DP, not the other way round.
 """
 
 from __future__ import annotations
@@ -16,25 +21,35 @@ import json
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from dpmammo.errors import DpMammoError
+from dpmammo.files import write_json_atomic
 from dpmammo.privacy.accounting import epsilon_of
-
-UNIT = "one lesion patch of the private training set"
+from dpmammo.privacy.config import UNIT_WORDS, Unit
 
 Guarantee = Literal["dp", "none", "public"]
+# Why a stage gives no guarantee.
+NoGuaranteeReason = Literal["non-private", "seeded-noise", "unknown-origin"]
+REASON_WORDS: dict[str, str] = {"non-private": "private data used without DP",
+                                "seeded-noise": "seeded noise (test-only switch)",
+                                "unknown-origin": "an input of unknown origin"}
 
 
-class StageSpend(BaseModel):
-    """One stage's record. guarantee: dp (ε, δ below hold), none (private data without DP),
-    public (touched no private data)."""
-
+class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class StageSpend(_Record):
+    """One stage's record. guarantee: dp (ε, δ below hold for `unit`), none (see `reason`),
+    public (touched no private data)."""
 
     stage: str
     run: str
     data: list[str]
     guarantee: Guarantee
+    reason: Optional[NoGuaranteeReason] = None
+    unit: Optional[Unit] = None
     epsilon: Optional[float] = None
     delta: Optional[float] = None
     target_epsilon: Optional[float] = None
@@ -43,83 +58,140 @@ class StageSpend(BaseModel):
     steps: Optional[int] = None
     accountant: Optional[str] = None
     max_grad_norm: Optional[float] = None
-    dataset_size: Optional[int] = None
+    n_units: Optional[int] = None  # units the Poisson sampler drew from (patients, or patches; public ones too)
+    n_private: Optional[int] = None  # private units among them (δ < 1/n_private)
     note: str = ""
 
+    @model_validator(mode="after")
+    def _consistent(self):
+        if (self.guarantee == "none") != (self.reason is not None):
+            raise ValueError("a stage has a `reason` exactly when its guarantee is none")
+        if self.guarantee == "dp" and (self.unit is None or self.epsilon is None or self.delta is None):
+            raise ValueError("a dp stage records its unit, epsilon and delta")
+        return self
 
-class ChainTotal(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
+class ChainTotal(_Record):
     guarantee: Guarantee
     epsilon: Optional[float] = None
     delta: Optional[float] = None
+    unit: Optional[Unit] = None
+    reason: Optional[NoGuaranteeReason] = None
     method: str
     stages: list[str]
 
 
-def stage_spend(*, stage: str, run: str, data: list[str], dp, dataset_size: int, n_private: int,
-                note: str = "") -> StageSpend:
-    """The record of one stage: its DP spend (`dp` is a DPSetup), or what touching data without DP means."""
-    common = dict(stage=stage, run=run, data=list(data), dataset_size=dataset_size)
-    if dp is not None:
-        p = dp.config
-        return StageSpend(**common, guarantee="dp", epsilon=dp.epsilon(), delta=p.delta,
-                          target_epsilon=p.target_epsilon, noise_multiplier=dp.noise_multiplier,
-                          sample_rate=dp.sample_rate, steps=dp.steps_taken, accountant=p.accountant,
-                          max_grad_norm=p.max_grad_norm, note=note)
+class PrivacyRecord(_Record):
+    """privacy.json: the chain of stages (this run's own stage last), the composed total, and
+    notes on what else the run released (e.g. why no training loss is recorded under DP)."""
+
+    stages: list[StageSpend]
+    total: ChainTotal
+    notes: list[str] = []
+
+    @property
+    def own(self) -> StageSpend:
+        return self.stages[-1]
+
+    def describe(self) -> str:
+        return describe(self.total)
+
+
+def dp_stage(*, stage: str, run: str, data: list[str], dp, n_private: int, note: str = "") -> StageSpend:
+    """The record of a DP stage (`dp` is a DPSetup). A test-only seeded-noise run keeps its
+    numbers for inspection but gives no guarantee."""
+    p = dp.config
+    seeded = p.seeded_noise_for_tests
+    return StageSpend(
+        stage=stage, run=run, data=list(data), guarantee="none" if seeded else "dp",
+        reason="seeded-noise" if seeded else None, unit=p.unit, epsilon=dp.epsilon(), delta=p.delta,
+        target_epsilon=p.target_epsilon, noise_multiplier=dp.noise_multiplier, sample_rate=dp.sample_rate,
+        steps=dp.steps_taken, accountant=p.accountant, max_grad_norm=p.max_grad_norm, n_units=dp.sampler.n_units,
+        n_private=n_private,
+        note=("seeded noise: anyone who knows train.seed can remove it; for tests only. " if seeded else "") + note)
+
+
+def non_dp_stage(*, stage: str, run: str, data: list[str], n_private: int) -> StageSpend:
+    """A stage without DP: no guarantee if it touched private data, public otherwise."""
     if n_private:
-        return StageSpend(**common, guarantee="none", note=f"{stage} trained on private data without DP")
-    return StageSpend(**common, guarantee="public", note="no private data in the training sets")
+        return StageSpend(stage=stage, run=run, data=list(data), guarantee="none", reason="non-private",
+                          n_private=n_private, note=f"{stage} trained on {n_private} private patches without DP")
+    return StageSpend(stage=stage, run=run, data=list(data), guarantee="public", n_private=0,
+                      note="no private data in the training sets")
+
+
+def weights_stages(path: Path, *, declared_public: bool) -> list[StageSpend]:
+    """The chain a weight file brings: its run's chain when it lies in a finished dpmammo run,
+    a public stage when the user declared it public, else an unknown origin (no guarantee)."""
+    path = Path(path).expanduser().resolve()
+    record = path.parent / "privacy.json"
+    if record.is_file() and (path.parent / "metrics.json").is_file():
+        return read_privacy(record).stages
+    if declared_public:
+        return [StageSpend(stage="weights", run=str(path), data=["public"], guarantee="public",
+                           note="weight file declared public (public_weights)")]
+    return [StageSpend(stage="weights", run=str(path), data=["unknown"], guarantee="none", reason="unknown-origin",
+                       note=f"weight file {path} is not in a finished dpmammo run and is not declared public "
+                            "(public_weights): whatever it was trained on is unaccounted")]
 
 
 def compose(stages: list[StageSpend], delta: Optional[float] = None) -> ChainTotal:
     """The guarantee of running all `stages` on the same private data set."""
     names = [f"{s.stage}:{s.run}" for s in stages]
-    if any(s.guarantee == "none" for s in stages):
-        bad = next(s for s in stages if s.guarantee == "none")
-        return ChainTotal(guarantee="none", method=f"stage {bad.stage} ({bad.run}) has no DP guarantee",
+    bad = next((s for s in stages if s.guarantee == "none"), None)
+    if bad is not None:
+        return ChainTotal(guarantee="none", reason=bad.reason,
+                          method=f"stage {bad.stage} ({bad.run}) has no DP guarantee: {REASON_WORDS[bad.reason]}",
                           stages=names)
     dp = [s for s in stages if s.guarantee == "dp"]
     if not dp:
         return ChainTotal(guarantee="public", method="no stage touched private data", stages=names)
+    unit = "patient" if all(s.unit == "patient" for s in dp) else "patch"
     if delta is None:
         delta = sum(s.delta for s in dp)
     if all(s.accountant == "rdp" for s in dp):
-        history = [(s.noise_multiplier, s.sample_rate, s.steps) for s in dp]
-        eps = epsilon_of(history, delta, "rdp")
-        return ChainTotal(guarantee="dp", epsilon=eps, delta=delta,
+        eps = epsilon_of([(s.noise_multiplier, s.sample_rate, s.steps) for s in dp], delta, "rdp")
+        return ChainTotal(guarantee="dp", epsilon=eps, delta=delta, unit=unit,
                           method="RDP composition of all DP stages", stages=names)
-    return ChainTotal(guarantee="dp", epsilon=sum(s.epsilon for s in dp), delta=sum(s.delta for s in dp),
+    return ChainTotal(guarantee="dp", epsilon=sum(s.epsilon for s in dp), delta=sum(s.delta for s in dp), unit=unit,
                       method="basic composition (ε and δ add)", stages=names)
 
 
-def write_privacy_json(path: str | Path, own: StageSpend, upstream: list[StageSpend]) -> dict:
-    """privacy.json: this stage's keys at the top level, the chain, and the composed total."""
+def write_privacy(path: str | Path, own: StageSpend, upstream: list[StageSpend],
+                  notes: list[str] | None = None) -> PrivacyRecord:
+    """privacy.json for a run: its chain (upstream stages, then its own) and the composed total."""
     chain = [*upstream, own]
-    total = compose(chain, delta=own.delta if own.guarantee == "dp" else None)
-    record = {
-        **own.model_dump(),
-        "unit": UNIT,
-        "chain": [s.model_dump() for s in chain],
-        "total": total.model_dump(),
-    }
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(path)
+    # A chain's total is stated at the δ of its last DP stage when there is one (RDP composition
+    # lets the whole chain be converted at one δ); otherwise the δs add.
+    record = PrivacyRecord(stages=chain, total=compose(chain, delta=own.delta if own.guarantee == "dp" else None),
+                           notes=list(notes or []))
+    write_json_atomic(path, record.model_dump(mode="json"))
     return record
 
 
-def read_chain(privacy_json: str | Path) -> list[StageSpend]:
-    """The full chain recorded in a run's privacy.json (to extend it in a later stage)."""
-    data = json.loads(Path(privacy_json).read_text())
-    return [StageSpend.model_validate(s) for s in data["chain"]]
+def read_privacy(path: str | Path) -> PrivacyRecord:
+    """A run's privacy.json as a typed record (the one reader every report uses)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DpMammoError(f"missing {path.name} in {path.parent}: not a finished dpmammo run")
+    try:
+        return PrivacyRecord.model_validate(json.loads(path.read_text()))
+    except (ValueError, ValidationError) as e:
+        raise DpMammoError(f"{path} is not a dpmammo privacy record ({e.__class__.__name__}); "
+                           "was it written by another version? retrain or remove the run") from None
 
 
-def describe(total: dict) -> str:
-    """Human wording for a total: never shows a missing guarantee as ε = 0."""
-    if total["guarantee"] == "dp":
-        return f"(ε = {total['epsilon']:.2f}, δ = {total['delta']:.0e})-DP"
-    if total["guarantee"] == "public":
+def describe(total: ChainTotal) -> str:
+    """Human wording for a total, with its unit: never shows a missing guarantee as ε = 0."""
+    if total.guarantee == "dp":
+        return f"(ε = {total.epsilon:.2f}, δ = {total.delta:.0e})-DP {UNIT_WORDS[total.unit]}"
+    if total.guarantee == "public":
         return "no private data used"
-    return "no guarantee (private data used without DP)"
+    return f"no guarantee ({REASON_WORDS[total.reason]})"
+
+
+def short(total: ChainTotal) -> str:
+    """Compact wording for table cells: `ε=5.99/patient`, `no guarantee`, `public`."""
+    if total.guarantee == "dp":
+        return f"ε={total.epsilon:.2f}/{total.unit}"
+    return "public" if total.guarantee == "public" else "no guarantee"

@@ -10,21 +10,27 @@ import math
 from pathlib import Path
 from typing import Optional
 
-from dpmammo.privacy import UNIT
+from dpmammo.privacy.config import UNIT_WORDS
+from dpmammo.privacy.ledger import read_privacy
 from dpmammo.report.reference import CITATION
 from dpmammo.report.tables import html_tables
 from dpmammo.study.config import StudyConfig
 from dpmammo.study.recipes import expand
 from dpmammo.train import run_dir as rd
 
-CAVEATS = (
-    f"Unit of privacy: {UNIT}. A patient with k patches is protected only by group privacy (roughly k·ε).",
-    "Model selection uses the validation set (best validation AUROC by default); that use is not DP-accounted.",
-    "Synthetic data from a generator trained without DP carries no formal guarantee: every run that used "
-    "such data has total guarantee \"none\", whatever its own stage ε.",
-    "ε is the target of each run's own DP stage; the chain total composes every stage that touched private data.",
-    "AUPRC and sensitivity/specificity are malignant-positive; the threshold is chosen on validation (Youden's J).",
-)
+def caveats(cfg: StudyConfig) -> tuple[str, ...]:
+    return (
+        f"Unit of privacy of the DP stages: {UNIT_WORDS[cfg.privacy.unit]}.",
+        "Every ε shown is the total of the run's chain (generator, pretraining, fine-tuning, weights it started "
+        "from), composed by the ledger; \"target ε\" labels the grid only.",
+        "A chain with a stage that saw private data without DP (e.g. the shipped c-dcgan set, whose GAN was "
+        "trained on CBIS-DDSM without DP) has no guarantee, whatever its DP stage spent.",
+        "DP noise and Poisson sampling come from secret randomness (OS entropy), never from the recorded seed.",
+        "Model selection uses the validation set (best validation AUROC by default); that use is not DP-accounted. "
+        "No value of any preset was chosen on a test set.",
+        "AUPRC and sensitivity/specificity are malignant-positive; the threshold is chosen on validation (Youden's J).",
+    )
+
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #bbb;padding:3px 8px;font-size:14px}
@@ -44,18 +50,18 @@ def _fmt(v, spec=".3g") -> str:
 
 def privacy_table(cfg: StudyConfig, study_dir: Path) -> str:
     """Every run of the study: its own stage's spend and the composed guarantee of its chain."""
-    head = ("run", "stage", "stage guarantee", "stage ε", "δ", "σ", "q", "steps", "chain total", "total ε")
+    head = ("run", "stage", "stage guarantee", "unit", "stage ε", "δ", "σ", "q", "steps", "chain total")
     rows = []
     for run_id in expand(cfg).runs:
         p = study_dir / run_id / rd.PRIVACY
         if not p.is_file():
             rows.append([run_id, "", "not finished", *[""] * 7])
             continue
-        d = json.loads(p.read_text())
-        t = d["total"]
-        rows.append([run_id, d["stage"], d["guarantee"], _fmt(d.get("epsilon"), ".3f"), _fmt(d.get("delta"), ".0e"),
-                     _fmt(d.get("noise_multiplier"), ".3f"), _fmt(d.get("sample_rate"), ".4f"), _fmt(d.get("steps")),
-                     t["guarantee"], _fmt(t.get("epsilon"), ".3f")])
+        rec = read_privacy(p)
+        own = rec.own
+        rows.append([run_id, own.stage, own.guarantee + (f" ({own.reason})" if own.reason else ""), own.unit or "",
+                     _fmt(own.epsilon, ".3f"), _fmt(own.delta, ".0e"), _fmt(own.noise_multiplier, ".3f"),
+                     _fmt(own.sample_rate, ".4f"), _fmt(own.steps), rec.describe()])
     return _table(head, rows, "privacy")
 
 
@@ -79,20 +85,20 @@ def render(cfg: StudyConfig, rows: list[dict], study_dir: Path, plots: dict[str,
     eps = ", ".join("∞" if math.isinf(e) else f"{e:g}" for e in cfg.epsilons)
     ref = (f"<p>(ref …) cells: published AUROC, {html.escape(CITATION[cfg.compare_with])}.</p>"
            if cfg.compare_with else "")
-    caveats = "".join(f"<li>{html.escape(c)}</li>" for c in CAVEATS)
+    caveat_items = "".join(f"<li>{html.escape(c)}</li>" for c in caveats(cfg))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>dpmammo study {html.escape(cfg.name)}</title>
 <style>{STYLE}</style></head><body>
 <h1>Privacy-utility study <code>{html.escape(cfg.name)}</code></h1>
 <p>Conditions: {html.escape(', '.join(cfg.conditions))}. ε: {eps}. Seeds: {', '.join(map(str, cfg.seeds))}.
 Model: {html.escape(cfg.model.name)}. Test sets: {html.escape(', '.join(cfg.test_sets))}.</p>
-<h2>AUROC, mean ± std over seeds</h2>{ref}
+<h2>AUROC, mean ± std over seeds (one seed: 95% bootstrap CI), with each cell's total guarantee</h2>{ref}
 {html_tables(cfg, rows)}
 <h2>Privacy-utility curve</h2>{embed_png(plots.get('privacy_utility'), 'privacy-utility curve')}
 <h2>ROC curves</h2>{embed_png(plots.get('roc'), 'ROC curves')}
 <h2>Privacy spend of every run</h2>{privacy_table(cfg, study_dir)}
 <h2>Run status</h2>{failures(summary)}
-<h2>Caveats</h2><ul>{caveats}</ul>
+<h2>Caveats</h2><ul>{caveat_items}</ul>
 <p>Per-run metrics (AUPRC, accuracy, sensitivity, specificity, CI, wall time): <code>results.csv</code>.</p>
 </body></html>
 """

@@ -12,49 +12,60 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from dpmammo.report.tables import eps_columns  # noqa: E402
+from dpmammo.privacy.config import UNIT_WORDS  # noqa: E402
 from dpmammo.study.config import StudyConfig, epsilon_label  # noqa: E402
 from dpmammo.study.results import aggregate  # noqa: E402
 from dpmammo.study.runner import eval_path  # noqa: E402
 
 
-def x_positions(cfg: StudyConfig) -> dict[float, float]:
-    """ε on a log axis; ∞ drawn one decade-ish right of the largest finite ε."""
-    cols = eps_columns(cfg)
-    finite = [e for e in cols if not math.isinf(e)]
-    top = max(finite) if finite else 1.0
-    return {e: (top * 4.0 if math.isinf(e) else e) for e in cols}
-
-
 def privacy_utility(cfg: StudyConfig, rows: list[dict], path: Path) -> Path:
-    """AUROC vs ε, one line per condition (error bars: std over seeds), one panel per test set.
+    """AUROC vs the *chain-total* ε of each run (log axis), one line per condition (error bars: std
+    over seeds), one panel per test set, shared y axis.
 
-    A condition measured only at ε = ∞ without private data (synthetic only) is drawn as a
-    horizontal line: its utility does not depend on ε.
+    A point sits at the guarantee its model has, not at its DP stage's target. Runs without a
+    guarantee (non-private, or fed by a generator trained without DP) have no ε to sit at: they
+    are drawn hollow at their target ε (non-private at the right end), and the legend says so.
+    A condition that touched no private data (synthetic only) is a horizontal line.
     """
     agg = aggregate(rows, "auroc")
-    xs = x_positions(cfg)
-    fig, axes = plt.subplots(1, len(cfg.test_sets), figsize=(5.2 * len(cfg.test_sets), 4), dpi=100, squeeze=False)
+    finite = sorted(e for e in cfg.epsilons if not math.isinf(e))
+    totals = [s["total_epsilon"] for s in agg.values() if s["total_epsilon"] is not None]
+    top = max(finite + totals) if (finite or totals) else 1.0
+    bottom = min(finite + totals) if (finite or totals) else 1.0
+    x_nonprivate = top * 4.0  # the "non-private" slot, right of every finite ε
+    fig, axes = plt.subplots(1, len(cfg.test_sets), figsize=(5.6 * len(cfg.test_sets), 4.2), dpi=100,
+                             squeeze=False, sharey=True)
+    hollow_used = False
     for ax, test_set in zip(axes[0], cfg.test_sets):
         for i, cond in enumerate(cfg.conditions):
-            pts = [(xs[e], agg[(cond, e, test_set)]) for e in xs if (cond, e, test_set) in agg]
-            pts = [(x, s) for x, s in pts if s["mean"] is not None]
-            if not pts:
-                continue
             color = f"C{i}"
-            if len(pts) == 1 and pts[0][0] == xs[math.inf]:
-                s = pts[0][1]
-                ax.axhline(s["mean"], color=color, ls="--", lw=1.2, label=f"{cond} (ε-independent)")
-                ax.errorbar([pts[0][0]], [s["mean"]], yerr=[s["std"]], fmt="s", color=color, capsize=3)
+            cells = [(e, agg[(cond, e, test_set)]) for e in [*finite, math.inf] if (cond, e, test_set) in agg]
+            cells = [(e, s) for e, s in cells if s["mean"] is not None]
+            if len(cells) == 1 and cells[0][1]["total"] == "public":
+                s = cells[0][1]
+                ax.axhline(s["mean"], color=color, ls="--", lw=1.2, label=f"{cond} (no private data)")
                 continue
-            ax.errorbar([x for x, _ in pts], [s["mean"] for _, s in pts], yerr=[s["std"] for _, s in pts],
-                        marker="o", capsize=3, color=color, label=cond)
+            solid = [(s["total_epsilon"], s) for _, s in cells if s["total_epsilon"] is not None]
+            hollow = [(x_nonprivate if math.isinf(e) else e, s) for e, s in cells if s["total_epsilon"] is None]
+            if solid:
+                solid.sort(key=lambda t: t[0])
+                ax.errorbar([x for x, _ in solid], [s["mean"] for _, s in solid], yerr=[s["std"] for _, s in solid],
+                            marker="o", capsize=3, color=color, label=cond)
+            if hollow:
+                hollow_used = True
+                ax.errorbar([x for x, _ in hollow], [s["mean"] for _, s in hollow], yerr=[s["std"] for _, s in hollow],
+                            fmt="o", mfc="white", capsize=3, color=color, label=None if solid else cond)
         ax.axhline(0.5, color="grey", lw=0.8, ls=":")
         ax.set_xscale("log")
-        ax.set_xticks(list(xs.values()), [("∞" if math.isinf(e) else epsilon_label(e)) for e in xs])
+        ticks = sorted({*finite, *[round(t, 1) for t in totals]})
+        ax.set_xticks([*ticks, x_nonprivate], [*(f"{t:g}" for t in ticks), "non-\nprivate"])
+        ax.set_xlim(bottom / 1.6, x_nonprivate * 1.6)
         ax.minorticks_off()
-        ax.set(xlabel="privacy budget ε (per patch; ∞ = non-private)", ylabel="AUROC (malignant)", title=test_set)
+        ax.set(xlabel=f"total ε of the chain ({UNIT_WORDS[cfg.privacy.unit].split(' (')[0]}; log scale)",
+               ylabel="AUROC (malignant)", title=test_set)
         ax.grid(alpha=0.3)
+    if hollow_used:
+        axes[0][0].plot([], [], "o", mfc="white", color="grey", label="hollow: no guarantee (at target ε)")
     axes[0][0].legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(path)
@@ -88,7 +99,7 @@ def roc_curves(cfg: StudyConfig, rows: list[dict], study_dir: Path, path: Path) 
             drawn += 1
         ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
         ax.set(xlabel="1 − specificity", ylabel="sensitivity (malignant)",
-               title=f"{test_set}, ε={'∞' if math.isinf(eps) else epsilon_label(eps)}, seed {seed}")
+               title=f"{test_set}, {'non-private' if math.isinf(eps) else 'target ε=' + epsilon_label(eps)}, seed {seed}")
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path)

@@ -1,4 +1,6 @@
-"""The study tables: AUROC mean ± std over seeds per condition × ε, one table per test set."""
+"""The study tables: AUROC per condition × target ε (mean ± std over seeds, or one seed's 95%
+bootstrap CI), each cell with the guarantee its runs actually have (the chain total), one table
+per test set."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import html
 import math
 from typing import Optional
 
+from dpmammo.privacy.config import UNIT_WORDS
 from dpmammo.report.reference import CITATION, reference_auroc
 from dpmammo.study.config import StudyConfig, epsilon_label
 from dpmammo.study.results import aggregate
@@ -19,7 +22,7 @@ def eps_columns(cfg: StudyConfig) -> list[float]:
 
 
 def eps_header(eps: float) -> str:
-    return "ε=∞" if math.isinf(eps) else f"ε={epsilon_label(eps)}"
+    return "non-private" if math.isinf(eps) else f"target ε={epsilon_label(eps)}"
 
 
 def cell(stats: Optional[dict], ref: Optional[float]) -> str:
@@ -28,16 +31,22 @@ def cell(stats: Optional[dict], ref: Optional[float]) -> str:
     elif stats["mean"] is None:
         ours = f"failed ({stats['missing']})"
     else:
-        ours = f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+        if stats["ci95"] is not None:  # one seed: its bootstrap CI says more than a std of 0
+            lo, hi = stats["ci95"]
+            ours = f"{stats['mean']:.3f} [{lo:.3f}, {hi:.3f}]"
+        else:
+            ours = f"{stats['mean']:.3f} ± {stats['std']:.3f}"
         if stats["missing"]:
             ours += f" ({stats['missing']} failed)"
+        ours += f" ({stats['total']})"
     if ref is not None:
         ours = f"{ours} (ref {ref:.3f})" if ours else f"(ref {ref:.3f})"
     return ours
 
 
 def grid(cfg: StudyConfig, rows: list[dict], test_set: str) -> list[list[str]]:
-    """Rows: conditions; columns: ε; cells: our AUROC and, for the paper setup, the published one."""
+    """Rows: conditions; columns: target ε; cells: our AUROC, the chain guarantee and, for the
+    paper setup, the published AUROC."""
     agg = aggregate(rows, "auroc")
     out = []
     for cond in cfg.conditions:
@@ -51,9 +60,12 @@ def grid(cfg: StudyConfig, rows: list[dict], test_set: str) -> list[list[str]]:
 def markdown(cfg: StudyConfig, rows: list[dict]) -> str:
     seeds = ", ".join(str(s) for s in cfg.seeds)
     lines = [f"# Study `{cfg.name}`: AUROC (malignant positive)", "",
-             f"Mean ± population std over seeds {seeds}. Model {cfg.model.name}; unit of privacy: one lesion patch.",
-             "ε is the target of the DP stage; ε=∞ is non-private. `synthetic` touches no private patch in training "
-             "and is shown under ε=∞."]
+             f"Mean ± population std over seeds {seeds} (one seed: its 95% bootstrap CI). Model {cfg.model.name}; "
+             f"unit of privacy of the DP stages: {UNIT_WORDS[cfg.privacy.unit]}.",
+             "Columns: the DP stage's target ε. In brackets after each cell: the guarantee the released model "
+             "actually has, the chain total over every stage behind it (generator, pretraining, fine-tuning), "
+             "or `no guarantee` when any stage (e.g. a generator trained without DP) has none. "
+             "`synthetic` touches no private patch in training and is shown under non-private."]
     if cfg.compare_with:
         lines.append(f"(ref …): published AUROC, {CITATION[cfg.compare_with]}.")
     for test_set in cfg.test_sets:

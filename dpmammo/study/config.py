@@ -12,10 +12,10 @@ import math
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from dpmammo.config import StrictModel, format_validation_error
-from dpmammo.privacy import PrivacyConfig
+from dpmammo.config import StrictModel
+from dpmammo.privacy.config import PrivacyConfig, PrivacySettings
 from dpmammo.study.recipes import CONDITION_ALIASES, Condition, STAGES, Stage
 from dpmammo.train.config import ModelConfig, OptimConfig, TrainSettings
 from dpmammo.models import CnnSmallConfig
@@ -74,8 +74,8 @@ class StudyConfig(StrictModel):
     model: ModelConfig = CnnSmallConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainSettings = TrainSettings()
-    privacy: dict[str, Any] = Field(default_factory=dict,
-                                    description="PrivacyConfig keys except target_epsilon (delta, max_grad_norm, ...)")
+    privacy: PrivacySettings = Field(PrivacySettings(),
+                                     description="the privacy block of every DP stage, except target_epsilon (set by `epsilons`)")
     dp: StageOverride = Field(StageOverride(),
                               description="changes for every DP stage (finite ε), applied before `stages`")
     stages: dict[Stage, StageOverride] = Field(default_factory=dict,
@@ -89,6 +89,13 @@ class StudyConfig(StrictModel):
     @classmethod
     def _ascii_aliases(cls, v):
         return [CONDITION_ALIASES.get(c, c) if isinstance(c, str) else c for c in v] if isinstance(v, list) else v
+
+    @field_validator("privacy", mode="before")
+    @classmethod
+    def _budget_not_here(cls, v):
+        if isinstance(v, dict) and "target_epsilon" in v:
+            raise ValueError("target_epsilon: set the budgets in `epsilons`, not here")
+        return v
 
     @field_validator("epsilons", mode="before")
     @classmethod
@@ -105,12 +112,6 @@ class StudyConfig(StrictModel):
         for what, items in (("conditions", self.conditions), ("epsilons", self.epsilons), ("seeds", self.seeds)):
             if len(set(items)) != len(items):
                 raise ValueError(f"{what} lists a value twice: {items}")
-        if "target_epsilon" in self.privacy:
-            raise ValueError("privacy.target_epsilon: set the budgets in `epsilons`, not here")
-        try:
-            PrivacyConfig(target_epsilon=1.0, **self.privacy)
-        except ValidationError as e:
-            raise ValueError(format_validation_error(e, "privacy")) from None
         if self.compare_with == "osuala2024" and self.model.name != "swin_t":
             raise ValueError("compare_with: osuala2024 needs the paper's model (swin_t); remove it for other setups")
         if self.roc_epsilon is not None and self.roc_epsilon not in self.epsilons:
@@ -119,7 +120,7 @@ class StudyConfig(StrictModel):
 
     def privacy_for(self, eps: float) -> Optional[PrivacyConfig]:
         """The privacy block of a stage at target `eps`; None (non-private) for ε = ∞."""
-        return None if math.isinf(eps) else PrivacyConfig(target_epsilon=eps, **self.privacy)
+        return None if math.isinf(eps) else PrivacyConfig(target_epsilon=eps, **self.privacy.model_dump())
 
     def stage(self, name: Stage) -> StageOverride:
         return self.stages.get(name, StageOverride())

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
+from dpmammo.privacy.ledger import read_privacy
 from dpmammo.study.recipes import Plan
 from dpmammo.train import run_dir as rd
 
@@ -25,8 +26,10 @@ if TYPE_CHECKING:
     from dpmammo.study.runner import Outcome
 
 RESULTS_CSV, SUMMARY_JSON = "results.csv", "summary.json"
-COLUMNS = ("condition", "run_id", "stage", "test_set", "status", "epsilon_target", "epsilon_spent", "delta",
-           "guarantee_total", "epsilon_total", "seed", "n", "auroc", "auroc_ci_low", "auroc_ci_high", "auprc",
+# ε columns: the recipe's target (a label of the grid) and the run's chain total, the guarantee
+# that holds for the released model (or "none"), with its δ and unit.
+COLUMNS = ("condition", "run_id", "stage", "test_set", "status", "epsilon_target", "guarantee_total",
+           "epsilon_total", "delta_total", "unit", "seed", "n", "auroc", "auroc_ci_low", "auroc_ci_high", "auprc",
            "accuracy", "sensitivity", "specificity", "threshold", "wall_time_s", "error")
 METRICS = ("auroc", "auprc", "accuracy", "sensitivity", "specificity")
 
@@ -47,15 +50,14 @@ def run_rows(condition: str, spec, run_dir: Path, test_sets: list[str], outcome:
     if status not in ("done", "cached"):
         return [base | {"test_set": s, "status": status, "error": outcome.error if outcome else ""} for s in test_sets]
     metrics = rd.read_json(run_dir / rd.METRICS)
-    privacy = rd.read_json(run_dir / rd.PRIVACY)
-    total = privacy["total"]
+    total = read_privacy(run_dir / rd.PRIVACY).total
     rows = []
     for s in test_sets:
         m = json.loads(eval_path(run_dir, s).read_text())
         t = m["at_val_threshold"]
         rows.append(base | {
-            "test_set": s, "status": "ok", "epsilon_spent": privacy.get("epsilon"), "delta": privacy.get("delta"),
-            "guarantee_total": total["guarantee"], "epsilon_total": total.get("epsilon"), "n": m["n"],
+            "test_set": s, "status": "ok", "guarantee_total": total.guarantee, "epsilon_total": total.epsilon,
+            "delta_total": total.delta, "unit": total.unit, "n": m["n"],
             "auroc": m["auroc"], "auroc_ci_low": m["auroc_ci95"][0], "auroc_ci_high": m["auroc_ci95"][1],
             "auprc": m["auprc"], "accuracy": t["accuracy"], "sensitivity": t["sensitivity"],
             "specificity": t["specificity"], "threshold": t["threshold"],
@@ -87,7 +89,7 @@ def write_results(cfg: "StudyConfig", plan: Plan, study_dir: Path, outcomes: dic
     write_atomic(study_dir / RESULTS_CSV, to_csv(rows))
     summary = {
         "study": cfg.name,
-        "runs": {rid: {"status": o.status, "error": o.error, "epsilon": o.epsilon, "wall_s": round(o.wall_s, 1)}
+        "runs": {rid: {"status": o.status, "error": o.error, "privacy_total": o.privacy, "wall_s": round(o.wall_s, 1)}
                  for rid, o in outcomes.items()},
         "counts": {s: sum(o.status == s for o in outcomes.values()) for s in ("done", "cached", "failed", "skipped")},
     }
@@ -110,18 +112,49 @@ def _num(v: str):
         return v
 
 
+def total_label(rows: list[dict]) -> str:
+    """The guarantee of a group of runs (seeds of one cell), conservatively: `ε≤5.99/patient`
+    (the largest total over the seeds), `no guarantee` if any run has none, `public` if none
+    touched private data."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        return ""
+    if any(r["guarantee_total"] == "none" for r in ok):
+        return "no guarantee"
+    dp = [r for r in ok if r["guarantee_total"] == "dp"]
+    if not dp:
+        return "public"
+    units = {r["unit"] for r in dp}
+    unit = "patient" if units == {"patient"} else "patch"
+    return f"ε≤{max(float(r['epsilon_total']) for r in dp):.2f}/{unit}"
+
+
+def total_epsilon(rows: list[dict]) -> Optional[float]:
+    """The largest chain-total ε of a group of runs, or None if any lacks a DP guarantee."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok or any(r["guarantee_total"] != "dp" for r in ok):
+        return None
+    return max(float(r["epsilon_total"]) for r in ok)
+
+
 def aggregate(rows: list[dict], metric: str = "auroc") -> dict[tuple[str, float, str], dict]:
-    """Mean ± population std (as in the reference table) over seeds per (condition, ε target, test set).
+    """Per (condition, ε target, test set): mean ± population std over seeds (as in the reference
+    table), the 95% bootstrap CI of a single seed, and the chain guarantee of the cell's runs.
 
     Rows without a result (failed runs) are counted in `missing`, never averaged in as NaN.
     """
-    groups: dict[tuple[str, float, str], list] = defaultdict(list)
+    groups: dict[tuple[str, float, str], list[dict]] = defaultdict(list)
     for r in rows:
         eps = math.inf if r["epsilon_target"] in ("inf", math.inf) else float(r["epsilon_target"])
-        groups[(r["condition"], eps, r["test_set"])].append(r.get(metric) if r["status"] == "ok" else None)
+        groups[(r["condition"], eps, r["test_set"])].append(r)
     out = {}
-    for key, vals in groups.items():
-        ok = np.array([v for v in vals if v is not None], dtype=float)
+    for key, group in groups.items():
+        ok_rows = [r for r in group if r["status"] == "ok" and r.get(metric) is not None]
+        ok = np.array([float(r[metric]) for r in ok_rows], dtype=float)
+        ci = None
+        if len(ok_rows) == 1 and metric == "auroc" and ok_rows[0].get("auroc_ci_low") is not None:
+            ci = (float(ok_rows[0]["auroc_ci_low"]), float(ok_rows[0]["auroc_ci_high"]))
         out[key] = {"mean": float(ok.mean()) if ok.size else None, "std": float(ok.std()) if ok.size else None,
-                    "n": int(ok.size), "missing": len(vals) - int(ok.size)}
+                    "n": int(ok.size), "missing": len(group) - int(ok.size), "ci95": ci,
+                    "total": total_label(group), "total_epsilon": total_epsilon(group)}
     return out

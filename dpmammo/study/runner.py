@@ -21,6 +21,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
 
 from dpmammo.data.sets import resolve_root
 from dpmammo.errors import DpMammoError
+from dpmammo.privacy.ledger import read_privacy, short
 from dpmammo.study.config import StudyConfig
 from dpmammo.study.recipes import Plan, RunSpec, expand
 from dpmammo.study.results import write_results
@@ -38,7 +39,7 @@ class Outcome:
     run_id: str
     status: Literal["done", "cached", "failed", "skipped"]
     error: str = ""
-    epsilon: Optional[float] = None
+    privacy: str = ""  # the run's chain total, e.g. "ε=5.99/patient" or "no guarantee"
     wall_s: float = 0.0
 
 
@@ -78,7 +79,7 @@ def execute_run(spec: RunSpec, study_dir: str, test_sets: list[str], *, num_thre
     torch.set_num_threads(num_threads)  # one run per requested CPU budget; also fixes reduction order
     try:
         if is_complete(run_dir, test_sets):
-            return Outcome(spec.run_id, "cached", epsilon=_spent(run_dir))
+            return Outcome(spec.run_id, "cached", privacy=_total(run_dir))
         cfg = spec.config
         if spec.parent is not None:
             cfg = cfg.model_copy(update={"init_from": (Path(study_dir) / spec.parent).resolve()})
@@ -86,7 +87,7 @@ def execute_run(spec: RunSpec, study_dir: str, test_sets: list[str], *, num_thre
             fit(cfg, run_dir, progress=False)
         missing = [s for s in test_sets if not eval_path(run_dir, s).is_file()]
         evaluate_run(run_dir, missing, n_boot=n_boot, device=cfg.train.device)
-        return Outcome(spec.run_id, "done", epsilon=_spent(run_dir), wall_s=time.time() - t0)
+        return Outcome(spec.run_id, "done", privacy=_total(run_dir), wall_s=time.time() - t0)
     except Exception as e:  # noqa: BLE001 — one run's failure must not stop the study
         msg = str(e).splitlines()[0] if str(e) else ""
         if not isinstance(e, DpMammoError):  # a bug: say where, the full traceback is one re-run away
@@ -98,8 +99,8 @@ def execute_run(spec: RunSpec, study_dir: str, test_sets: list[str], *, num_thre
         torch.set_num_threads(threads)
 
 
-def _spent(run_dir: Path) -> Optional[float]:
-    return rd.read_json(run_dir / rd.METRICS).get("epsilon")
+def _total(run_dir: Path) -> str:
+    return short(read_privacy(run_dir / rd.PRIVACY).total)
 
 
 def prepare_study(cfg: StudyConfig, out: Path) -> tuple[StudyConfig, Path]:
@@ -140,7 +141,7 @@ def run_study(cfg: StudyConfig, out: str | Path, *, executor: Executor = "local"
 
         def report(o: Outcome, running: str = "") -> None:
             result.outcomes[o.run_id] = o
-            eps = f" ε spent {o.epsilon:.2f}" if o.epsilon is not None else ""
+            eps = f" ({o.privacy})" if o.privacy else ""
             nxt = f" | running {running}" if running else ""
             bar.update(task, advance=1, description=f"{o.run_id}: {o.status}{eps}{nxt}")
 

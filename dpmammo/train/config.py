@@ -58,3 +58,7 @@ class TrainConfig(StrictModel):
     privacy: Optional[PrivacyConfig] = Field(None, description="absent: non-private training")
     init_from: Optional[Path] = Field(
         None, description="a finished run directory: its weights are loaded strictly and its privacy chain extended")
+    public_weights: list[Path] = Field(
+        [], description="weight files (model.weights, model.backbone_weights) you declare trained on public data only; "
+                        "any other weight file must lie in a finished dpmammo run (its privacy chain is carried on), "
+                        "or the run's total is 'no guarantee'")

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator, Optional
 
 import torch
 import yaml
 from pydantic import BaseModel
 
 from dpmammo.errors import DpMammoError
+from dpmammo.files import write_json_atomic
 
 CONFIG, METRICS, PRIVACY, WEIGHTS, LOG, CHECKPOINT = (
     "config.yaml", "metrics.json", "privacy.json", "model.safetensors", "log.txt", "checkpoint.pt")
@@ -25,26 +28,24 @@ def is_finished(run_dir: str | Path) -> bool:
     return (Path(run_dir) / METRICS).is_file()
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
-
-
 def read_json(path: Path) -> dict:
     if not path.is_file():
         raise DpMammoError(f"missing {path.name} in {path.parent}: not a finished dpmammo run")
     return json.loads(path.read_text())
 
 
-def save_training_state(run_dir: Path, parts: dict, dp, gen: torch.Generator, state: dict) -> None:
+def save_training_state(run_dir: Path, parts: dict, dp, gen: torch.Generator, secret: Optional[torch.Generator],
+                        state: dict) -> None:
     """checkpoint.pt: every part's state_dict (models, optimisers), the accountant's history, the
-    sampling generator and torch's RNG. Privacy state included: a resume never re-spends or forgets ε."""
+    seeded generator, the secret DP generator and torch's RNG. Privacy state included: a resume
+    never re-spends or forgets ε. The secret generator's state exists only here, and `finish`
+    deletes this file."""
     ckpt = {
         "state": state,
         "parts": {name: part.state_dict() for name, part in parts.items()},
         "accountant_history": list(dp.accountant.history) if dp else None,
         "gen": gen.get_state(),
+        "secret_gen": secret.get_state() if secret is not None else None,
         "torch_rng": torch.get_rng_state(),
     }
     tmp = run_dir / (CHECKPOINT + ".tmp")
@@ -52,14 +53,16 @@ def save_training_state(run_dir: Path, parts: dict, dp, gen: torch.Generator, st
     tmp.replace(run_dir / CHECKPOINT)
 
 
-def load_training_state(run_dir: Path, parts: dict, dp, gen: torch.Generator) -> dict:
-    """Restore what save_training_state wrote into `parts`, `dp` and `gen`; returns the loop state."""
+def load_training_state(run_dir: Path, parts: dict, dp, gen: torch.Generator, secret: Optional[torch.Generator]) -> dict:
+    """Restore what save_training_state wrote into `parts`, `dp` and the generators; returns the loop state."""
     ckpt = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)
     for name, part in parts.items():
         part.load_state_dict(ckpt["parts"][name])
     if dp is not None:
         dp.accountant.history = [tuple(h) for h in ckpt["accountant_history"]]
     gen.set_state(ckpt["gen"])
+    if secret is not None:
+        secret.set_state(ckpt["secret_gen"])
     torch.set_rng_state(ckpt["torch_rng"])
     return ckpt["state"]
 
@@ -70,11 +73,14 @@ def finish(run_dir: Path, metrics: dict) -> None:
     (run_dir / CHECKPOINT).unlink(missing_ok=True)
 
 
-def prepare(run_dir: str | Path, cfg: BaseModel, force: bool) -> tuple[Path, bool]:
-    """Make `run_dir` ready for `cfg`. Returns (path, resuming).
+@contextmanager
+def start(run_dir: str | Path, cfg: BaseModel, force: bool) -> Iterator[tuple[Path, bool]]:
+    """Make `run_dir` ready for `cfg` for the set-up phase of a run; yields (path, resuming).
 
     Refuses a finished run unless `force`, and refuses to resume a checkpoint written under a
-    different config (that would mix two recipes in one run).
+    different config (that would mix two recipes in one run). If the set-up refuses to start
+    (a DpMammoError inside the block) a fresh run leaves nothing behind, so the corrected command
+    is not taken for "an unfinished run with another config".
     """
     run_dir = Path(run_dir)
     resolved = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
@@ -89,10 +95,18 @@ def prepare(run_dir: str | Path, cfg: BaseModel, force: bool) -> tuple[Path, boo
             raise DpMammoError(f"{run_dir} holds an unfinished run with another config; "
                                "choose another --out or pass --force to discard it")
         clear(run_dir)
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     resuming = (run_dir / CHECKPOINT).is_file()
     (run_dir / CONFIG).write_text(resolved)
-    return run_dir, resuming
+    try:
+        yield run_dir, resuming
+    except DpMammoError:
+        if not resuming:
+            clear(run_dir)
+            if created and not any(run_dir.iterdir()):
+                run_dir.rmdir()
+        raise
 
 
 def clear(run_dir: Path) -> None:

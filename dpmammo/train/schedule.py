@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Iterator
-
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 
-def epoch_steps(n: int, batch_size: int, epochs: int, dp) -> list[int]:
+def epoch_steps(sampler, epochs: int, dp) -> list[int]:
     """Steps in each epoch. Under DP the total equals the planned (calibrated) step count."""
     if dp is None:
-        return [-(-n // batch_size)] * epochs
+        return [sampler.steps_per_epoch] * epochs
     base, extra = divmod(dp.planned_steps, epochs)
     return [base + (1 if e < extra else 0) for e in range(epochs)]
-
-
-def plain_chunks(n: int, max_physical: int) -> Iterator[tuple[slice, bool]]:
-    """Non-private physical chunks of a batch of n: (slice, is_last)."""
-    starts = list(range(0, n, max_physical))
-    return ((slice(s, s + max_physical), i == len(starts) - 1) for i, s in enumerate(starts))
 
 
 def make_progress(enabled: bool) -> Progress:

@@ -1,0 +1,158 @@
+"""Which records form each training step, and the randomness that decides it.
+
+One object answers "what is the next batch?" for private and non-private training alike (after
+jax_privacy's batch-selection strategies), so training loops do not branch on DP at every phase:
+
+- `ShuffledBatches` (non-private): a fresh permutation per epoch, fixed-size batches, drawn from
+  the run's seeded generator (reproducible, as it should be).
+- `PoissonUnits` (DP-SGD): each unit of privacy (a patient, or a patch) joins a step independently
+  with probability q, exactly as the accountant assumes. A sampled patient brings all of its
+  patches, laid out contiguously, and `Batch.groups` says which unit each record belongs to so
+  the optimizer clips each unit's summed gradient.
+
+Secret randomness: the Poisson draws and the Gaussian noise of a DP stage come from
+`noise_generator`, seeded from the operating system's entropy, never from `train.seed`. If the
+seed decided them, anyone holding config.yaml could replay both neighbouring worlds and remove
+the noise. The generator's state lives only in the training checkpoint (so a resume is exact)
+and is deleted with it when the run finishes.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+import torch
+
+from dpmammo.errors import DpMammoError
+from dpmammo.privacy.config import PrivacyConfig, Unit
+
+# Offset so that the test-only seeded noise stream never coincides with the seed's own stream.
+_SEEDED_NOISE_OFFSET = 0x5EED_0F_D9
+
+
+def noise_generator(privacy: PrivacyConfig, seed: int) -> torch.Generator:
+    """The generator of a DP stage's sampling and noise: OS entropy, or (tests only) the seed.
+
+    torch's Mersenne Twister is not a cryptographic generator, but its 63-bit secret seed is
+    never written anywhere and its outputs are never released (only noisy sums are), which is
+    what the DP argument needs. Opacus's `secure_mode` additionally guards the Gaussian sampler
+    against floating-point attacks; make_private turns it on.
+    """
+    seed_value = seed + _SEEDED_NOISE_OFFSET if privacy.seeded_noise_for_tests else secrets.randbits(63)
+    return torch.Generator().manual_seed(seed_value)
+
+
+def unit_ids(patients: Sequence[str], is_private: Sequence[bool], unit: Unit, what: str = "") -> torch.Tensor:
+    """The unit of privacy of each record, numbered 0..U-1.
+
+    Under `patient`, the private records of one patient share a unit; public (synthetic)
+    records are each their own unit. Under `patch`, every record is its own unit. A private
+    record without a patient id cannot be protected as part of its patient: refused.
+    """
+    keys: list[tuple] = []
+    for i, (patient, private) in enumerate(zip(patients, is_private)):
+        if unit == "patient" and private:
+            if not patient:
+                raise DpMammoError(f"privacy.unit=patient but a private patch of {what or 'the training set'} has no "
+                                   "patient id (file names must start patient<ID>_); name the patients or use unit: patch")
+            keys.append(("patient", patient))
+        else:
+            keys.append(("record", i))
+    number: dict[tuple, int] = {}
+    return torch.tensor([number.setdefault(k, len(number)) for k in keys], dtype=torch.long)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One logical batch: record indices, and (DP) the unit number of each record.
+
+    The records of a unit are contiguous, so physical chunks can be cut between units.
+    `groups` is None when every record is its own unit.
+    """
+
+    idx: torch.Tensor
+    groups: Optional[torch.Tensor] = None
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def chunks(self, max_physical: int) -> Iterator[tuple[slice, bool]]:
+        """(slice, is_last) chunks of at most `max_physical` records that never split a unit:
+        a unit's gradient is clipped as a whole, so all of it must be in one backward pass."""
+        n = len(self.idx)
+        if self.groups is None or n == 0:
+            starts = list(range(0, n, max_physical)) or [0]
+            for i, s in enumerate(starts):
+                yield slice(s, s + max_physical), i == len(starts) - 1
+            return
+        # Boundaries between units; greedily pack whole units into chunks.
+        change = torch.nonzero(self.groups[1:] != self.groups[:-1]).squeeze(1) + 1
+        bounds = [0, *change.tolist(), n]
+        start = 0
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            if b - a > max_physical:
+                raise DpMammoError(f"one unit of privacy has {b - a} patches, more than train.physical_batch_size="
+                                   f"{max_physical}; raise physical_batch_size")
+            if b - start > max_physical:
+                yield slice(start, a), False
+                start = a
+        yield slice(start, n), True
+
+    def chunk_groups(self, part: slice) -> Optional[torch.Tensor]:
+        """The unit numbers of the records in chunk `part`, renumbered from 0."""
+        if self.groups is None:
+            return None
+        return torch.unique_consecutive(self.groups[part], return_inverse=True)[1]
+
+
+class ShuffledBatches:
+    """Non-private sampling: a fresh permutation each epoch, consumed in batches of `batch_size`."""
+
+    private = False
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator):
+        if batch_size > n:
+            raise DpMammoError(f"train.batch_size={batch_size} exceeds the {n} training patches")
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+        self.steps_per_epoch = -(-n // batch_size)
+        self._perm, self._pos = torch.empty(0, dtype=torch.long), 0
+
+    def next_batch(self) -> Batch:
+        if self._pos >= len(self._perm):  # an epoch ends exactly when its permutation is used up
+            self._perm, self._pos = torch.randperm(self.n, generator=self.generator), 0
+        idx = self._perm[self._pos:self._pos + self.batch_size]
+        self._pos += self.batch_size
+        return Batch(idx)
+
+
+class PoissonUnits:
+    """DP sampling: every unit joins a step independently with probability q = expected / n_units."""
+
+    private = True
+
+    def __init__(self, units: torch.Tensor, expected_units: int, generator: torch.Generator):
+        self.n_units = int(units.max()) + 1 if len(units) else 0
+        if not 0 < expected_units <= self.n_units:
+            raise DpMammoError(f"batch_size={expected_units} must be between 1 and the {self.n_units} units of privacy "
+                               "in the training set")
+        self.sample_rate = expected_units / self.n_units
+        self.expected_units = expected_units
+        self.generator = generator
+        self.grouped = self.n_units < len(units)  # some unit has several records
+        order = torch.argsort(units, stable=True)
+        counts = torch.bincount(units, minlength=self.n_units)
+        self._records_of = torch.split(order, counts.tolist())  # unit → its record indices
+        self.max_unit_size = int(counts.max()) if len(units) else 0
+
+    def next_batch(self) -> Batch:
+        chosen = (torch.rand(self.n_units, generator=self.generator) < self.sample_rate).nonzero().squeeze(1).tolist()
+        if not chosen:
+            return Batch(torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long) if self.grouped else None)
+        parts = [self._records_of[u] for u in chosen]
+        idx = torch.cat(parts)
+        if not self.grouped:
+            return Batch(idx)
+        groups = torch.repeat_interleave(torch.arange(len(parts)), torch.tensor([len(p) for p in parts]))
+        return Batch(idx, groups)
