@@ -29,6 +29,7 @@ class UnreadableFile(Exception):
     """`path` could not be used; `reason` says why (goes to skipped.csv)."""
 
     def __init__(self, path: str | Path, reason: str):
+        reason = " ".join(reason.split())  # decoder messages span lines; skipped.csv and errors want one
         super().__init__(f"{path}: {reason}")
         self.path = str(path)
         self.reason = reason
