@@ -142,7 +142,7 @@ def pick_mask(ann: Annotation, shape: tuple[int, int]) -> tuple[str, np.ndarray]
 def _lesions_of(ann: Annotation, image: DisplayImage, recipe: PatchRecipe) -> tuple[str, bool, list[Component], list[str]]:
     if ann.box is not None:
         check_box(ann.box, image.shape)
-        x, y, w, h = ann.box
+        _, _, w, h = ann.box
         return "", False, [Component(ann.box, w * h)], []
     mask_file, values = pick_mask(ann, image.shape)
     mask, resized = _fit_mask(values, image.shape, recipe)
