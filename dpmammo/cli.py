@@ -56,6 +56,71 @@ def data_phantoms(out: Path, n: int = typer.Option(400, "--n", help="training pa
     console.print(f"wrote phantoms to {path}")
 
 
+extract_app = typer.Typer(no_args_is_help=True,
+                          help="Cut patches from your own mammograms (DICOM/PNG/TIFF + annotations) into a patient-disjoint set.")
+data_app.add_typer(extract_app, name="extract")
+
+
+def _extract(source: dict, out: Path, dataset: str, split: str, val_fraction: float, seed: int,
+             workers: Optional[int], set_: List[str], force: bool) -> None:
+    from dpmammo.config import apply_overrides, parse_config
+    from dpmammo.data.extract import ExtractConfig, extract
+
+    if split == "source":
+        split_cfg: dict = {"mode": "source", "val_fraction": val_fraction, "seed": seed}
+    else:
+        try:
+            fractions = [float(x) for x in split.split(",")]
+        except ValueError:
+            fractions = []
+        if len(fractions) != 3:
+            raise DpMammoError(f"--split {split!r}: expected `source` or three fractions train,val,test such as 0.7,0.1,0.2")
+        split_cfg = {"mode": "fractions", "fractions": fractions, "seed": seed}
+    data = {"source": source, "dataset": dataset, "split": split_cfg}
+    if workers is not None:
+        data["workers"] = workers
+    cfg = parse_config(ExtractConfig, apply_overrides(data, set_), "extract options")
+    summary = extract(cfg, out, force=force, progress=True)
+    table = Table("set", "patches", "malignant", "benign", "patients")
+    for row in summary["sets"]:
+        table.add_row(*(str(row[k]) for k in ("set", "patches", "malignant", "benign", "patients")))
+    console.print(table)
+    console.print(f"wrote {summary['patches']} patches to {out} in {summary['seconds']:.0f} s; "
+                  f"{summary['skipped']} skipped (see {out / 'skipped.csv'})")
+
+
+@extract_app.command("cbis-ddsm")
+def extract_cbis_ddsm(
+        csv: List[Path] = typer.Option(..., "--csv", help="case description CSV, repeatable (train and test)"),
+        dicom_root: Path = typer.Option(..., "--dicom-root", help="the TCIA download (holding CBIS-DDSM/ or the series folders)"),
+        out: Path = typer.Option(..., "--out", help="folder to write (published layout + manifest, skipped.csv, extract.json)"),
+        split: str = typer.Option("source", "--split", help="source (TCIA train/test; val drawn from train by patient) or train,val,test fractions, e.g. 0.7,0.1,0.2"),
+        val_fraction: float = typer.Option(0.15, "--val-fraction", help="share of training patients drawn into val (--split source)"),
+        seed: int = typer.Option(0, "--seed"),
+        workers: Optional[int] = typer.Option(None, "--workers", help="decoding processes (default: all cores)"),
+        dataset: str = typer.Option("cbis-ddsm", "--dataset", help="data set folder name in --out"),
+        set_: List[str] = typer.Option([], "--set", help="override a config key: --set recipe.margin=40"),
+        force: bool = typer.Option(False, "--force", help="replace a non-empty --out")):
+    """CBIS-DDSM from TCIA (DICOMs, ROI masks, description CSVs) → patient-disjoint 128 px mass patches."""
+    source = {"kind": "cbis-ddsm", "csv": [str(c) for c in csv], "dicom_root": str(dicom_root)}
+    _extract(source, out, dataset, split, val_fraction, seed, workers, set_, force)
+
+
+@extract_app.command("csv")
+def extract_csv(
+        table: Path = typer.Option(..., "--table", help="one row per lesion: image, patient, label, mask or x,y,width,height[, split]"),
+        out: Path = typer.Option(..., "--out", help="folder to write (published layout + manifest, skipped.csv, extract.json)"),
+        dataset: str = typer.Option(..., "--dataset", help="data set folder name in --out, e.g. hospital-a"),
+        split: str = typer.Option("0.7,0.1,0.2", "--split", help="train,val,test fractions by patient, or source (the table's split column; val drawn from train)"),
+        val_fraction: float = typer.Option(0.15, "--val-fraction", help="share of training patients drawn into val (--split source)"),
+        seed: int = typer.Option(0, "--seed"),
+        workers: Optional[int] = typer.Option(None, "--workers", help="decoding processes (default: all cores)"),
+        set_: List[str] = typer.Option([], "--set", help="override a config key: --set recipe.margin=40"),
+        force: bool = typer.Option(False, "--force", help="replace a non-empty --out")):
+    """A generic annotation table (DICOM/PNG/TIFF images, masks or boxes) → patient-disjoint patches."""
+    _extract({"kind": "csv", "table": str(table)}, out, dataset, split, val_fraction, seed, workers, set_, force)
+
+
 @app.command("train")
 def train(config: Path,
           out: Optional[Path] = typer.Option(None, "--out", help="run directory (default runs/<config name>)"),

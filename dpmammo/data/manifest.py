@@ -37,6 +37,8 @@ IMAGE_SUFFIXES = {".png"}
 _PUBLISHED_NAME = re.compile(r"^patient(?P<patient>.+?)_image.+_is_benign_(?P<is_benign>[01])$")
 _SYNTHETIC_NAME = re.compile(r"^.+_(?P<cls>benign|malignant)$")
 SAMPLED_MANIFEST = "manifest.csv"
+# label → the published class folder (the inverse of CLASS_FOLDERS for that layout)
+PUBLISHED_FOLDER = {MALIGNANT: "is_benign_false", BENIGN: "is_benign_true"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,21 @@ class PatchRecord:
     @property
     def set_name(self) -> str:
         return f"{self.dataset}/{self.split}"
+
+
+def published_name(patient: str, image: str, mass: str, label: int) -> str:
+    """The published file name for a patch, which `index_folder` parses back to `patient`.
+
+    Raises DpMammoError when `patient` would not read back unchanged (e.g. it holds "_image").
+    """
+    if label not in PUBLISHED_FOLDER:
+        raise DpMammoError(f"label must be 1 (malignant) or 0 (benign), got {label!r}")
+    stem = f"patient{patient}_image{image}_mass{mass}_is_benign_{1 if label == BENIGN else 0}"
+    m = _PUBLISHED_NAME.match(stem)
+    if not m or m["patient"] != patient:
+        raise DpMammoError(f"patient id {patient!r} cannot be written in a published file name "
+                           "(it must not contain '_image'); rename it in the annotations")
+    return stem + ".png"
 
 
 def _images_in(folder: Path) -> list[Path]:
