@@ -77,13 +77,18 @@ def _build(name: str, frozen: bool):
     return create_model(name, freeze_backbone=frozen, **kwargs)
 
 
-def _dp_setup(model, batch: int, n: int, mode: str):
-    from dpmammo.privacy import PrivacyConfig, make_private
+def _dp_setup(model, batch: int, n: int, mode: str, units: torch.Tensor | None = None):
+    """DP-SGD over n records; `units` groups them into patients (default: one unit per record)."""
+    from dpmammo.privacy import PoissonUnits, PrivacyConfig, make_private
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
-    cfg = PrivacyConfig(target_epsilon=6.0, delta=1e-4, grad_sample_mode=mode)
-    return make_private(model=model, optimizer=opt, dataset_size=n, batch_size=batch, epochs=300, config=cfg)
+    unit = "patch" if units is None else "patient"
+    units = torch.arange(n) if units is None else units
+    cfg = PrivacyConfig(target_epsilon=6.0, delta=1e-4, grad_sample_mode=mode, unit=unit)
+    sampler = PoissonUnits(units, batch, torch.Generator().manual_seed(0))
+    return make_private(model=model, optimizer=opt, sampler=sampler, epochs=300, config=cfg,
+                        noise_generator=torch.Generator().manual_seed(1))
 
 
 def measure_full(spec: dict) -> dict:
@@ -112,9 +117,11 @@ def measure_full(spec: dict) -> dict:
 
 
 def measure_head(spec: dict) -> dict:
-    """Part 1: a head-only DP step at batch 128 on CBIS-DDSM train, recomputing or cached."""
+    """Part 1: a head-only DP step at batch 128 on CBIS-DDSM train, recomputing or cached, per
+    patch or per patient, in one grad-sample mode."""
     from dpmammo.data.images import N_VIEWS, load_images, load_labels
     from dpmammo.data.sets import load_set, resolve_root
+    from dpmammo.privacy import unit_ids
     from dpmammo.train import features as fc
     from dpmammo.train.config import TrainConfig
     from dpmammo.train.loop import image_batch, train_step
@@ -127,25 +134,31 @@ def measure_head(spec: dict) -> dict:
     images, labels = load_images(records, 224), load_labels(records)
     cfg = TrainConfig.model_validate({"train": {"batch_size": HEAD_BATCH, "physical_batch_size": 256}})
     gen = torch.Generator().manual_seed(0)
+    units = None
+    if spec.get("unit") == "patient":
+        units = unit_ids([r.patient for r in records], [True] * len(records), "patient")
     out = dict(spec)
     if spec["way"] == "cached":
         k = spec["cache_subset"]
-        t = time.perf_counter()
-        fc.compute_features(model, images[:k], N_VIEWS, device=device)
-        _sync(device)
-        out["cache_s_per_image"] = (time.perf_counter() - t) / k
+        if k:
+            t = time.perf_counter()
+            fc.compute_features(model, images[:k], N_VIEWS, device=device)
+            _sync(device)
+            out["cache_s_per_image"] = (time.perf_counter() - t) / k
         feats = torch.randn(len(images), N_VIEWS, model.num_features)  # timing only: values do not matter
-        dp = _dp_setup(model.head, HEAD_BATCH, len(images), "auto")
+        dp = _dp_setup(model.head, HEAD_BATCH, int(units.max()) + 1 if units is not None else len(images),
+                       spec.get("mode", "auto"), units)
         get = lambda idx, views: fc.take_views(feats, idx, views)  # noqa: E731
     else:
-        dp = _dp_setup(model, HEAD_BATCH, len(images), "auto")
+        dp = _dp_setup(model, HEAD_BATCH, len(images), spec.get("mode", "auto"), units)
         get = lambda idx, views: image_batch(images, idx, views)  # noqa: E731
     dp.model.train()
 
     def step():
-        idx = dp.sample_batch(gen)
-        views = torch.randint(0, N_VIEWS, (len(idx),), generator=gen)
-        train_step(dp.model, dp.optimizer, dp.criterion, dp, get(idx, views), labels[idx], cfg, device)
+        batch = dp.sampler.next_batch()
+        views = torch.randint(0, N_VIEWS, (len(batch),), generator=gen)
+        train_step(dp.model, dp.optimizer, dp.criterion, dp, batch, get(batch.idx, views), labels[batch.idx], cfg,
+                   device)
 
     steps = spec["steps"] if spec["way"] == "recompute" else spec["steps"] * 10
     sec, mb = _timed(step, steps, 1, device)
@@ -182,6 +195,21 @@ def part1(args) -> None:
           f"{args.cache_subset} images) → {build:.0f} s for {EPOCH_N} images")
     print(f"   speed-up per epoch: {rec['epoch_s'] / cac['epoch_s']:.0f}×  (target ≥ 50×); over the reference's "
           f"300 epochs including the cache build: {300 * rec['epoch_s'] / (build + 300 * cac['epoch_s']):.0f}×")
+
+
+def part1b(args) -> None:
+    """Head-only DP step on cached swin_t features (768→384→2 head): each clipping mode, per patch
+    and per patient, side by side."""
+    common = {"data": args.data, "device": args.device, "threads": args.threads, "steps": args.steps * 3,
+              "cache_subset": 0, "way": "cached"}
+    print(f"\n1b. head-only DP step on cached swin_t features, batch {HEAD_BATCH} units "
+          f"(min over {common['steps'] * 10} steps)")
+    print(f"   {'unit':<8} {'mode':<10} {'ms/step':>9} {'vs hooks':>9} {'peak MB':>9}")
+    for unit in ("patch", "patient"):
+        res = {m: run_isolated(measure_head, {**common, "unit": unit, "mode": m}) for m in ("hooks", "ghost", "auto")}
+        for m, r in res.items():
+            print(f"   {unit:<8} {m + (' → ' + r['resolved'] if m == 'auto' else ''):<10} {r['step_s'] * 1e3:9.2f} "
+                  f"{res['hooks']['step_s'] / r['step_s']:8.1f}× {r['peak_mb']:9.0f}", flush=True)
 
 
 def part2(args) -> None:
@@ -226,6 +254,7 @@ def main() -> None:
     if not args.skip_head:
         part1(args)
         sys.stdout.flush()
+    part1b(args)
     part2(args)
     print(f"\nload average at end {os.getloadavg()[0]:.1f}; total {time.time() - t:.0f} s")
 

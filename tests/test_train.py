@@ -93,7 +93,8 @@ def test_interrupted_run_resumes_to_identical_weights(phantom_root, tmp_path, mo
     """The secret generator's state is checkpointed: with its OS seed pinned, a resumed run ends
     bit-identical to an uninterrupted one (a resume that re-drew the secret would not)."""
     monkeypatch.setattr(sampling.secrets, "randbits", lambda bits: 123456789)
-    cfg = phantom_config(phantom_root, privacy__={"target_epsilon": 4.0}, train__epochs=3)
+    cfg = phantom_config(phantom_root, privacy__={"target_epsilon": 4.0}, train__epochs=3,
+                         train__checkpoint_every_s=0)
     fit(cfg, tmp_path / "straight", progress=False)
 
     real_save = rd.save_training_state

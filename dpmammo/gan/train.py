@@ -77,13 +77,12 @@ def train_gan(cfg: GanConfig, out: str | Path, *, force: bool = False, progress:
             sampler = ShuffledBatches(n, batch_size, rng)
         else:
             p = cfg.privacy
-            units = unit_ids([r.patient for r in records], [r.source == "real" for r in records], p.unit,
-                             ", ".join(cfg.data.train))
-            n_private_units = len({int(u) for u, r in zip(units, records) if r.source == "real"})
-            if n_private_units:
-                check_delta(p.delta, n_private_units, p.unit)
+            is_private = [r.source == "real" for r in records]
+            units = unit_ids([r.patient for r in records], is_private, p.unit, ", ".join(cfg.data.train))
             secret = noise_generator(p, cfg.train.seed)
-            sampler = PoissonUnits(units, batch_size, secret)
+            sampler = PoissonUnits(units, batch_size, secret, torch.tensor(is_private))
+            if sampler.n_private_units:
+                check_delta(p.delta, sampler.n_private_units, p.unit)
             dp = make_private(model=disc, optimizer=opt_d, sampler=sampler, epochs=cfg.train.epochs, config=p,
                               noise_generator=secret, criterion=nn.BCEWithLogitsLoss())
             d_train, opt_d = dp.model, dp.optimizer
@@ -111,7 +110,7 @@ def train_gan(cfg: GanConfig, out: str | Path, *, force: bool = False, progress:
                 sums["loss_d"] += d_step(d_train, opt_d, dp, gen_model, images, labels, batch, cfg, rng, device)
                 sums["loss_g"] += g_step(d_train, opt_g, gen_model, dp, cfg, rng, device)
                 bar.advance(task)
-            eps = dp.epsilon() if dp else None
+            eps = dp.running_epsilon() if dp else None
             if dp is not None:  # the discriminator's loss on private rows is not released (DP_LOSS_NOTE)
                 del sums["loss_d"]
             row = {"epoch": epoch + 1, **{k: v / max(1, steps[epoch]) for k, v in sums.items()}, "epsilon": eps}
@@ -123,7 +122,7 @@ def train_gan(cfg: GanConfig, out: str | Path, *, force: bool = False, progress:
             d_txt = "" if dp else f" D={row['loss_d']:.3f}"
             bar.update(task, description=f"epoch {epoch + 1}/{cfg.train.epochs}{d_txt} G={row['loss_g']:.3f}{eps_txt}")
             say(f"epoch {epoch + 1}" + ("" if dp else f" loss_d {row['loss_d']:.4f}") + f" loss_g {row['loss_g']:.4f}"
-                + (f" eps {eps:.3f}" if dp else ""))
+                + (f" eps {eps:.3f}" if eps is not None else ""))
             every = cfg.train.sample_every
             if every and ((epoch + 1) % every == 0 or epoch + 1 == cfg.train.epochs):
                 write_grid(gen_model, fixed_z, fixed_y, run_dir / SAMPLES_DIR / f"epoch_{epoch + 1:03d}.png", device)
@@ -132,7 +131,7 @@ def train_gan(cfg: GanConfig, out: str | Path, *, force: bool = False, progress:
     # Outputs: generator weights, privacy record, metrics (written last: it marks the run finished).
     save_weights(gen_model, run_dir / rd.WEIGHTS)
     if dp is not None:
-        own = dp_stage(stage="gan", run=run_dir.name, data=cfg.data.train, dp=dp, n_private=n_private,
+        own = dp_stage(stage="gan", run=run_dir.name, data=cfg.data.train, dp=dp,
                        note="DP discriminator; the generator is post-processing")
     else:
         own = non_dp_stage(stage="gan", run=run_dir.name, data=cfg.data.train, n_private=n_private)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
-from opacus.grad_sample import AbstractGradSampleModule, GradSampleModuleFastGradientClipping
+from opacus.grad_sample import AbstractGradSampleModule
 from opacus.grad_sample.utils import wrap_model
 from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
@@ -23,9 +23,9 @@ from opacus.validators import ModuleValidator
 from torch import nn
 
 from dpmammo.errors import DpMammoError
-from dpmammo.privacy.accounting import accountant_kwargs, calibrate_noise, new_accountant, steps_for
+from dpmammo.privacy.accounting import EpsilonCurve, accountant_kwargs, calibrate_noise, new_accountant, steps_for
 from dpmammo.privacy.config import PrivacyConfig
-from dpmammo.privacy.grad_samplers import prepare_for_dp
+from dpmammo.privacy.grad_samplers import UnitGhostClipping, prepare_for_dp
 from dpmammo.privacy.sampling import Batch, PoissonUnits
 
 # Opacus hooks every trainable layer; for the first one (its input is data, which needs no
@@ -72,6 +72,7 @@ class DPSetup:
     sampler: PoissonUnits
     planned_steps: int
     config: PrivacyConfig
+    curve: EpsilonCurve | None = None  # cheap running ε (RDP stages)
 
     @property
     def sample_rate(self) -> float:
@@ -86,14 +87,19 @@ class DPSetup:
         """
         for part, last in batch.chunks(max_physical):
             self.optimizer.signal_skip_step(do_skip=not last)
+            groups = batch.chunk_groups(part)
             if isinstance(self.optimizer, UnitDPOptimizer):
-                self.optimizer.groups = batch.chunk_groups(part)
+                self.optimizer.groups = groups
+            if isinstance(self.model, UnitGhostClipping):
+                self.model.groups = groups
             yield part, last
 
     def step_empty(self) -> None:
         """A logical batch with no sample still releases a noisy (all-noise) step."""
         if isinstance(self.optimizer, UnitDPOptimizer):
             self.optimizer.groups = None
+        if isinstance(self.model, UnitGhostClipping):
+            self.model.groups = None
         for p in self.optimizer.params:
             if self.grad_sample_mode == "ghost":  # that optimizer reads the (already clipped) summed p.grad
                 p.grad = torch.zeros_like(p)
@@ -103,9 +109,14 @@ class DPSetup:
         self.optimizer.zero_grad(set_to_none=True)
 
     def epsilon(self) -> float:
+        """The stage's ε from its accountant: what privacy.json records."""
         if not self.accountant.history:
             return 0.0
         return float(self.accountant.get_epsilon(delta=self.config.delta, **accountant_kwargs(self.config.accountant)))
+
+    def running_epsilon(self) -> float | None:
+        """ε so far, cheaply, for per-epoch logs (RDP stages; None for PRV, which is computed at the end)."""
+        return self.curve(self.steps_taken) if self.curve is not None else None
 
     @property
     def steps_taken(self) -> int:
@@ -120,22 +131,20 @@ def validate_for_dp(model: nn.Module) -> None:
 
 
 def choose_grad_sample_mode(model: nn.Module) -> str:
-    """The fastest correct mode for `model` on its device, as measured (benchmarks/README.md).
+    """ghost when linear layers hold most of the trainable weights, else hooks.
 
-    CPU: hooks. Measured on an idle 2-core CPU, batch 32, DP step time over the non-private one:
-    cnn-small 128 px hooks 1.69×, functorch 1.86×, ghost 2.32×; swin_t 224 px hooks 1.51×,
-    functorch 2.04×, ghost 1.93×. Ghost clipping pays a second backward pass and saves only the
-    per-sample gradients of layers with a norm sampler, which does not pay off on a CPU.
-    CUDA (not measured here): ghost when most trainable weights sit in layers with a ghost norm
-    (linear layers: Swin, MLP heads), because there hooks' B × params per-sample gradients
-    (swin_t: +8.1 GB at batch 32 vs +5.4 GB for ghost on the CPU) bound the physical batch.
+    What decides the speed is which layers the weights sit in, not the device. Ghost clipping
+    (here mixed: ghost norms for linear layers, per-sample gradients for the rest) never forms a
+    linear layer's per-sample gradients, B × d_in × d_out numbers per layer: for a 768→384→2 head
+    on cached Swin features that is 128 × 295k per step, which hooks materialises (measured on
+    this 2-core CPU, benchmarks/README.md: ghost ≫ hooks there, and ghost also ahead for full
+    swin_t). Convolutions have no ghost norm in Opacus, so a conv net (cnn-small) pays ghost's
+    second backward pass for nothing: hooks.
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    if not params or params[0].device.type != "cuda":
-        return "hooks"
-    ghostable = sum(p.numel() for m in model.modules() if type(m) in GradSampleModuleFastGradientClipping.NORM_SAMPLERS
+    ghostable = sum(p.numel() for m in model.modules() if isinstance(m, nn.Linear)
                     for p in m.parameters(recurse=False) if p.requires_grad)
-    return "ghost" if ghostable * 2 >= sum(p.numel() for p in params) else "hooks"
+    return "ghost" if params and ghostable * 2 >= sum(p.numel() for p in params) else "hooks"
 
 
 def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer, sampler: PoissonUnits, epochs: int,
@@ -168,15 +177,14 @@ def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer, sampler:
                             sample_rate=sampler.sample_rate, steps=steps, accountant=config.accountant)
     prepare_for_dp(model)
     mode = choose_grad_sample_mode(model) if config.grad_sample_mode == "auto" else config.grad_sample_mode
-    if sampler.grouped and mode == "ghost":
-        raise DpMammoError("grad_sample_mode=ghost cannot clip per patient (it sees per-sample norms only); "
-                           "use hooks or functorch, or unit: patch")
     gsm, dp_opt, dp_criterion = _WRAPPERS[mode](model, optimizer, criterion, sigma, sampler.expected_units,
                                                 config.max_grad_norm, noise_generator)
     accountant = new_accountant(config.accountant)
     dp_opt.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=sampler.sample_rate))
+    curve = EpsilonCurve(sigma, sampler.sample_rate, config.delta) if config.accountant == "rdp" else None
     return DPSetup(model=gsm, optimizer=dp_opt, criterion=dp_criterion, grad_sample_mode=mode,
-                   accountant=accountant, noise_multiplier=sigma, sampler=sampler, planned_steps=steps, config=config)
+                   accountant=accountant, noise_multiplier=sigma, sampler=sampler, planned_steps=steps, config=config,
+                   curve=curve)
 
 
 # secure_mode: Opacus's guard of the Gaussian sampler against floating-point attacks (Mironov 2012;
@@ -196,10 +204,10 @@ def _per_sample(mode: str):
 
 def _ghost(model, optimizer, criterion, sigma, expected_units, max_grad_norm, generator):
     """Fast gradient clipping (Lee & Kifer 2021; Li et al. 2022 "ghost clipping"): a first
-    backward pass computes only per-sample gradient norms, a second one back-propagates the
-    per-sample losses scaled by their clipping factors, giving the sum of clipped gradients."""
-    gsm = wrap_model(model, grad_sample_mode="ghost", batch_first=True, loss_reduction="mean",
-                     max_grad_norm=max_grad_norm)
+    backward pass computes only per-unit gradient norms, a second one back-propagates the
+    per-sample losses scaled by their unit's clipping factor, giving the sum of clipped gradients."""
+    gsm = UnitGhostClipping(model, batch_first=True, loss_reduction="mean", max_grad_norm=max_grad_norm,
+                            use_ghost_clipping=True)
     opt = DPOptimizerFastGradientClipping(optimizer, noise_multiplier=sigma, max_grad_norm=max_grad_norm,
                                           expected_batch_size=expected_units, loss_reduction="mean",
                                           generator=generator, secure_mode=True)

@@ -1,5 +1,6 @@
-"""Per-sample gradients Opacus does not provide out of the box: Swin window attention, and
-ghost-clipping norms of linear layers on inputs with more than one token dimension.
+"""Per-sample gradients Opacus does not provide out of the box: Swin window attention,
+ghost-clipping norms of linear layers on inputs with more than one token dimension, and ghost
+clipping per unit of privacy (a patient's rows clipped together, `UnitGhostClipping`).
 
 Swin (Liu et al., 2021) runs attention on windows: timm's `WindowAttention` sees a tensor of
 shape (B·nW, N, C), one row per *window*. Opacus takes dim 0 as the sample dimension, so the
@@ -18,8 +19,10 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from opacus.grad_sample import register_grad_sampler, register_norm_sampler
+from opacus.grad_sample import GradSampleModuleFastGradientClipping, register_grad_sampler, register_norm_sampler
+from opacus.grad_sample.functorch import ft_compute_per_sample_gradient
 from opacus.grad_sample.linear import compute_linear_norm_sample
+from opacus.utils.module_utils import trainable_parameters
 from timm.models.swin_transformer import SwinTransformerBlock, WindowAttention
 from torch import nn
 
@@ -152,3 +155,81 @@ def compute_linear_norm_sample_mixed(layer: nn.Linear, activations, backprops: t
     if layer.bias is not None and layer.bias.requires_grad:
         ret[layer.bias] = g.sum(dim=1).norm(2, dim=1)
     return ret
+
+
+def linear_unit_norms(layer: nn.Linear, activations, backprops: torch.Tensor, groups: torch.Tensor,
+                      n_units: int) -> dict[nn.Parameter, torch.Tensor]:
+    """Gradient norms of a linear layer per *unit* (the sum of the per-sample gradients of a unit's
+    rows), without materialising per-sample gradients where that is cheaper.
+
+    Ghost clipping generalised to groups: for rows i, j of one unit, ⟨g_i a_iᵀ, g_j a_jᵀ⟩ =
+    (a_i·a_j)(g_i·g_j), so ‖Σ_{i∈u} g_i a_iᵀ‖² = Σ_{i,j∈u} (a_i·a_j)(g_i·g_j): two B×B Gram matrices,
+    masked to same-unit pairs (≈B²(d_in + d_out) work). For token inputs (B, T, d) the pairwise
+    sum runs over T² token pairs as well, so there (and whenever it is cheaper, ≈B·d_in·d_out) the
+    per-sample gradients are formed and summed per unit instead (mixed clipping, Bu et al. 2022).
+    """
+    a = activations[0].to(backprops.dtype)
+    b = backprops.shape[0]
+    a3, g3 = a.reshape(b, -1, a.shape[-1]), backprops.reshape(b, -1, backprops.shape[-1])
+    tokens = g3.shape[1]
+    ret = {}
+    if layer.weight.requires_grad:
+        if tokens == 1 and b * (layer.in_features + layer.out_features) <= layer.in_features * layer.out_features:
+            a2, g2 = a3[:, 0], g3[:, 0]
+            same_unit = groups[:, None] == groups[None, :]
+            pair = (a2 @ a2.T) * (g2 @ g2.T) * same_unit
+            sq = torch.zeros(n_units, dtype=pair.dtype, device=pair.device).index_add_(0, groups, pair.sum(1))
+            ret[layer.weight] = sq.clamp_min(0).sqrt()
+        else:
+            per_sample = torch.einsum("nti,ntj->nij", g3, a3).flatten(1)
+            ret[layer.weight] = _unit_sum(per_sample, groups, n_units).norm(2, dim=1)
+    if layer.bias is not None and layer.bias.requires_grad:
+        ret[layer.bias] = _unit_sum(g3.sum(dim=1), groups, n_units).norm(2, dim=1)
+    return ret
+
+
+def _unit_sum(per_sample: torch.Tensor, groups: torch.Tensor, n_units: int) -> torch.Tensor:
+    """(B, ...) → (U, ...): per-sample tensors summed per unit."""
+    out = torch.zeros((n_units, *per_sample.shape[1:]), dtype=per_sample.dtype, device=per_sample.device)
+    return out.index_add_(0, groups, per_sample)
+
+
+class UnitGhostClipping(GradSampleModuleFastGradientClipping):
+    """Opacus's fast-gradient / ghost clipping module, clipping per *unit* when `groups` is set.
+
+    The first backward pass records, for every trainable parameter, the norm of each unit's
+    summed gradient: `linear_unit_norms` for linear layers, per-sample gradients summed per unit
+    for the others (conv, norms, the Swin bias table). The clipping coefficient of a unit then
+    scales each of its rows' losses in Opacus's second backward pass, which yields
+    Σ_units clip(Σ_rows ∇ℓ) without any per-sample gradient kept in memory.
+    """
+
+    groups: torch.Tensor | None = None  # unit number of each row of the current chunk
+
+    def capture_backprops_hook(self, module, _forward_input, forward_output, loss_reduction, batch_first):
+        if self.groups is None:
+            return super().capture_backprops_hook(module, _forward_input, forward_output, loss_reduction, batch_first)
+        if not self.hooks_enabled:
+            return
+        activations, backprops = self.rearrange_grad_samples(
+            module=module, backprops=forward_output[0].detach(), loss_reduction=loss_reduction, batch_first=batch_first)
+        groups = self.groups.to(backprops.device)
+        n_units = int(groups.max()) + 1
+        if isinstance(module, nn.Linear) and self.use_ghost_clipping:
+            norms = linear_unit_norms(module, activations, backprops, groups, n_units)
+        else:
+            sampler = self.GRAD_SAMPLERS.get(type(module)) if not self.force_functorch else None
+            grad_samples = (sampler or ft_compute_per_sample_gradient)(module, activations, backprops)
+            norms = {p: _unit_sum(gs.flatten(1), groups, n_units).norm(2, dim=1) for p, gs in grad_samples.items()}
+        for param, norm in norms.items():
+            if param.requires_grad:
+                param._norm_sample = norm
+        for _, p in trainable_parameters(module):
+            p._forward_counter -= 1
+        if not module.activations and hasattr(module, "max_batch_len"):
+            del module.max_batch_len
+
+    def get_clipping_coef(self) -> torch.Tensor:
+        """Per-row coefficients: each row takes its unit's clipping factor."""
+        coef = super().get_clipping_coef()
+        return coef if self.groups is None else coef[self.groups.to(coef.device)]

@@ -97,7 +97,7 @@ class PrivacyRecord(_Record):
         return describe(self.total)
 
 
-def dp_stage(*, stage: str, run: str, data: list[str], dp, n_private: int, note: str = "") -> StageSpend:
+def dp_stage(*, stage: str, run: str, data: list[str], dp, note: str = "") -> StageSpend:
     """The record of a DP stage (`dp` is a DPSetup). A test-only seeded-noise run keeps its
     numbers for inspection but gives no guarantee."""
     p = dp.config
@@ -107,7 +107,7 @@ def dp_stage(*, stage: str, run: str, data: list[str], dp, n_private: int, note:
         reason="seeded-noise" if seeded else None, unit=p.unit, epsilon=dp.epsilon(), delta=p.delta,
         target_epsilon=p.target_epsilon, noise_multiplier=dp.noise_multiplier, sample_rate=dp.sample_rate,
         steps=dp.steps_taken, accountant=p.accountant, max_grad_norm=p.max_grad_norm, n_units=dp.sampler.n_units,
-        n_private=n_private,
+        n_private=dp.sampler.n_private_units,
         note=("seeded noise: anyone who knows train.seed can remove it; for tests only. " if seeded else "") + note)
 
 

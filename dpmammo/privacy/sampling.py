@@ -132,8 +132,13 @@ class PoissonUnits:
 
     private = True
 
-    def __init__(self, units: torch.Tensor, expected_units: int, generator: torch.Generator):
+    def __init__(self, units: torch.Tensor, expected_units: int, generator: torch.Generator,
+                 is_private: Optional[torch.Tensor] = None):
+        """units: the unit number of each record (see `unit_ids`); is_private: which records are
+        private (default all); the accountant's N and δ < 1/N count private units only."""
         self.n_units = int(units.max()) + 1 if len(units) else 0
+        private = is_private if is_private is not None else torch.ones(len(units), dtype=torch.bool)
+        self.n_private_units = len(torch.unique(units[private]))
         if not 0 < expected_units <= self.n_units:
             raise DpMammoError(f"batch_size={expected_units} must be between 1 and the {self.n_units} units of privacy "
                                "in the training set")

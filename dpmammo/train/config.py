@@ -46,6 +46,9 @@ class TrainSettings(StrictModel):
     feature_cache: bool = Field(
         True, description="frozen backbone: compute its features once per image and flip view, cache them on disk "
                           "and train the head on them (same result as recomputing, far faster)")
+    checkpoint_every_s: float = Field(
+        60.0, ge=0, description="write the resume checkpoint at the end of an epoch once this many seconds have "
+                                "passed since the last one (0: every epoch)")
     select: Literal["best-val-auroc", "last"] = Field(
         "best-val-auroc", description="which epoch's weights to keep; validation data is not DP-accounted")
 

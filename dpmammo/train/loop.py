@@ -89,13 +89,12 @@ def fit(cfg: TrainConfig, out: str | Path, *, force: bool = False, progress: boo
             sampler = ShuffledBatches(len(images), batch_size, gen)
         else:
             p = cfg.privacy
-            units = unit_ids([r.patient for r in train_records], [r.source == "real" for r in train_records], p.unit,
-                             ", ".join(cfg.data.train))
-            n_private_units = len({int(u) for u, r in zip(units, train_records) if r.source == "real"})
-            if n_private_units:
-                check_delta(p.delta, n_private_units, p.unit)
+            is_private = [r.source == "real" for r in train_records]
+            units = unit_ids([r.patient for r in train_records], is_private, p.unit, ", ".join(cfg.data.train))
             secret = noise_generator(p, cfg.train.seed)
-            sampler = PoissonUnits(units, batch_size, secret)
+            sampler = PoissonUnits(units, batch_size, secret, torch.tensor(is_private))
+            if sampler.n_private_units:
+                check_delta(p.delta, sampler.n_private_units, p.unit)
             if sampler.max_unit_size > cfg.train.physical_batch_size:
                 raise DpMammoError(f"a patient has {sampler.max_unit_size} patches, more than train.physical_batch_size="
                                    f"{cfg.train.physical_batch_size}: a patient's gradient is clipped in one pass; "
@@ -103,18 +102,23 @@ def fit(cfg: TrainConfig, out: str | Path, *, force: bool = False, progress: boo
             dp = make_private(model=trainable, optimizer=optimizer, sampler=sampler, epochs=epochs, config=p,
                               noise_generator=secret, criterion=criterion)
             trainable, optimizer, criterion = dp.model, dp.optimizer, dp.criterion
-            say(f"DP-SGD ({dp.grad_sample_mode}, unit {p.unit}: {sampler.n_units} units, {n_private_units} private): "
+            say(f"DP-SGD ({dp.grad_sample_mode}, unit {p.unit}: {sampler.n_units} units, {sampler.n_private_units} private): "
                 f"sigma={dp.noise_multiplier:.4f} q={dp.sample_rate:.5f} steps={dp.planned_steps} "
                 f"target eps={p.target_epsilon} delta={p.delta:g}"
                 + (" SEEDED NOISE (tests only): no guarantee" if p.seeded_noise_for_tests else ""))
 
+        # What changes during training: the head alone when the backbone is frozen. Only that part is
+        # copied at each new best epoch and checkpointed (a frozen Swin-T is 110 MB a copy).
+        changing = model.head if model.is_backbone_frozen else model
+        parts = {"trained": changing, "optimizer": optimizer}
         state = {"epoch": 0, "history": [], "best": None, "best_auroc": -1.0, "best_epoch": None, "wall_s": 0.0}
         if resuming:
-            state = rd.load_training_state(run_dir, {"model": model, "optimizer": optimizer}, dp, gen, secret)
+            state = rd.load_training_state(run_dir, parts, dp, gen, secret)
             t0 = time.time()  # time before the interruption is in state["wall_s"]
             say(f"resumed after epoch {state['epoch']}")
 
     steps_per_epoch = epoch_steps(sampler, epochs, dp)
+    last_checkpoint = time.time()
     bar = make_progress(progress)
     with bar:
         task = bar.add_task("train", total=sum(steps_per_epoch), completed=sum(steps_per_epoch[:state["epoch"]]))
@@ -128,27 +132,32 @@ def fit(cfg: TrainConfig, out: str | Path, *, force: bool = False, progress: boo
                 losses.append(train_step(trainable, optimizer, criterion, dp, batch, x, labels[batch.idx], cfg, device))
                 bar.advance(task)
             val_auroc = float(roc_auc_score(val_labels, score_val()))
-            eps = dp.epsilon() if dp else None
+            eps = dp.running_epsilon() if dp else None
             row = {"epoch": epoch + 1, "val_auroc": val_auroc, "epsilon": eps}
             if dp is None:  # under DP a loss of private batches is not released (see DP_LOSS_NOTE)
                 row["loss"] = sum(losses) / max(1, len(losses))
             state["history"].append(row)
             if cfg.train.select == "last" or val_auroc > state["best_auroc"]:
-                state.update(best=copy.deepcopy(model.state_dict()), best_auroc=val_auroc, best_epoch=epoch + 1)
+                state.update(best=copy.deepcopy(changing.state_dict()), best_auroc=val_auroc, best_epoch=epoch + 1)
             state["epoch"] = epoch + 1
             state["wall_s"] += time.time() - t0
             t0 = time.time()
-            shown = f"ε={eps:.2f}" if dp else f"loss={row['loss']:.3f}"
+            shown = (f"ε={eps:.2f}" if eps is not None else "") if dp else f"loss={row['loss']:.3f}"
             bar.update(task, description=f"epoch {epoch + 1}/{epochs} val AUROC={val_auroc:.3f} {shown}")
-            say(f"epoch {epoch + 1} val_auroc {val_auroc:.4f} " + (f"eps {eps:.3f}" if dp else f"loss {row['loss']:.4f}"))
-            rd.save_training_state(run_dir, {"model": model, "optimizer": optimizer}, dp, gen, secret, state)
+            say(f"epoch {epoch + 1} val_auroc {val_auroc:.4f} " + (f"eps {eps:.3f}" if eps is not None else "")
+                + ("" if dp else f"loss {row['loss']:.4f}"))
+            # Checkpoint by time, not every epoch (300 epochs × 72 runs of the paper grid); a resume
+            # replays the epochs since, with the same random streams, to the same result.
+            if epoch + 1 < epochs and time.time() - last_checkpoint >= cfg.train.checkpoint_every_s:
+                rd.save_training_state(run_dir, parts, dp, gen, secret, state)
+                last_checkpoint = time.time()
 
     # Outputs: selected weights, privacy record, metrics (written last: it marks the run finished;
     # the checkpoint, and with it the secret generator's state, is deleted then).
-    model.load_state_dict(state["best"])
+    changing.load_state_dict(state["best"])
     save_weights(model, run_dir / rd.WEIGHTS)
     if dp is not None:
-        own = dp_stage(stage="classifier", run=run_dir.name, data=cfg.data.train, dp=dp, n_private=n_private)
+        own = dp_stage(stage="classifier", run=run_dir.name, data=cfg.data.train, dp=dp)
     else:
         own = non_dp_stage(stage="classifier", run=run_dir.name, data=cfg.data.train, n_private=n_private)
     privacy = write_privacy(run_dir / rd.PRIVACY, own, upstream, notes=[DP_LOSS_NOTE] if dp else [])
