@@ -132,12 +132,11 @@ def train(config: Path,
 
     cfg = load_config(TrainConfig, config, set_)
     out = out or Path("runs") / config.stem
-    from dpmammo.privacy import read_privacy
-    from dpmammo.train.run_dir import PRIVACY
+    from dpmammo.runs import RunDir
 
     metrics = fit(cfg, out, force=force, progress=sys.stderr.isatty())
     console.print(f"{out}: val AUROC {metrics['val']['auroc']:.3f} (epoch {metrics['val']['epoch']}), "
-                  f"{read_privacy(out / PRIVACY).describe()}", highlight=False)
+                  f"{RunDir(out).read_privacy().describe()}", highlight=False)
 
 
 @app.command("evaluate")
@@ -194,14 +193,13 @@ def gan_train(config: Path,
     """Train the conditional GAN on real patches (DP discriminator when the config has a privacy: block)."""
     from dpmammo.config import load_config
     from dpmammo.gan import GanConfig, train_gan
-    from dpmammo.privacy import read_privacy
-    from dpmammo.train.run_dir import PRIVACY
+    from dpmammo.runs import RunDir
 
     cfg = load_config(GanConfig, config, set_)
     out = out or Path("runs") / config.stem
     metrics = train_gan(cfg, out, force=force, progress=sys.stderr.isatty())
     console.print(f"{out}: {len(metrics['history'])} epochs in {metrics['wall_time_s']:.0f} s, "
-                  f"{read_privacy(out / PRIVACY).describe()}; sample grids in {out / 'samples'}", highlight=False)
+                  f"{RunDir(out).read_privacy().describe()}; sample grids in {out / 'samples'}", highlight=False)
 
 
 @gan_app.command("sample")

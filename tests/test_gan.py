@@ -166,10 +166,9 @@ def test_config_is_strict_and_discriminator_is_dp_ready(phantoms):
 def test_interrupted_dp_gan_resumes_to_identical_generator_and_spend(phantoms, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    from dpmammo.gan import train as gan_train
 
     from dpmammo.privacy import sampling
-    from dpmammo.train import run_dir as rd
+    from dpmammo.runs import RunDir
 
     # The secret generator's OS seed pinned: only a correctly restored secret state repeats the run.
     monkeypatch.setattr(sampling.secrets, "randbits", lambda bits: 24681357)
@@ -177,17 +176,17 @@ def test_interrupted_dp_gan_resumes_to_identical_generator_and_spend(phantoms, t
                      privacy={"target_epsilon": 3.0, "delta": 1e-3, "grad_sample_mode": "functorch"})
     train_gan(cfg, tmp_path / "straight", progress=False)
 
-    real_save = rd.save_training_state
+    real_save = RunDir.save_training_state
 
-    def crash_after_first_epoch(run_dir, *args):
-        real_save(run_dir, *args)
+    def crash_after_first_epoch(run, *args):
+        real_save(run, *args)
         if args[-1]["epoch"] == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(rd, "save_training_state", crash_after_first_epoch)
+    monkeypatch.setattr(RunDir, "save_training_state", crash_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         train_gan(cfg, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(rd, "save_training_state", real_save)
+    monkeypatch.setattr(RunDir, "save_training_state", real_save)
     monkeypatch.setattr(sampling.secrets, "randbits", lambda bits: 13572468)
     train_gan(cfg, tmp_path / "resumed", progress=False)
 

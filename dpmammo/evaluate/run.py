@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
-import yaml
 from sklearn.metrics import roc_curve
 
 from dpmammo.config import parse_config
@@ -15,20 +13,22 @@ from dpmammo.data.sets import load_set, resolve_root
 from dpmammo.evaluate.metrics import binary_metrics, check_both_classes, youden_threshold
 from dpmammo.models import create_model, load_weights
 from dpmammo.train import TrainConfig
-from dpmammo.train import run_dir as rd
+from dpmammo.privacy.ledger import short
+from dpmammo.runs import METRICS, RunDir
 from dpmammo.train.predict import predict_proba, resolve_device
 
 
 def load_run_model(run_dir: Path):
     """The run's config and its selected model (weights loaded strictly)."""
-    if not rd.is_finished(run_dir):
+    run = RunDir(run_dir)
+    if not run.is_finished:
         raise FileNotFoundError
-    cfg = parse_config(TrainConfig, yaml.safe_load((run_dir / rd.CONFIG).read_text()), str(run_dir / rd.CONFIG))
+    cfg = parse_config(TrainConfig, run.read_config(), str(run.config))
     # The run's own weight file is the whole model: skip the sources it was initialised from.
     sources = {"weights": None, "backbone_weights": None, "pretrained": False, "freeze_backbone": False}
     model_cfg = cfg.model.model_copy(update={k: v for k, v in sources.items() if k in type(cfg.model).model_fields})
     model = create_model(model_cfg)
-    load_weights(model, run_dir / rd.WEIGHTS)
+    load_weights(model, run.weights)
     return cfg, model
 
 
@@ -45,7 +45,7 @@ def evaluate_run(run_dir: str | Path, on: list[str], *, data_root: str | Path | 
     try:
         cfg, model = load_run_model(run_dir)
     except FileNotFoundError:
-        raise DpMammoError(f"{run_dir} is not a finished run (no {rd.METRICS}); train it first") from None
+        raise DpMammoError(f"{run_dir} is not a finished run (no {METRICS}); train it first") from None
     dev = resolve_device(device)
     model.to(dev)
     root = resolve_root(data_root if data_root is not None else cfg.data.root)
@@ -53,8 +53,7 @@ def evaluate_run(run_dir: str | Path, on: list[str], *, data_root: str | Path | 
     yv = load_labels(val).numpy()
     check_both_classes(yv, cfg.data.val)
     threshold = youden_threshold(yv, predict_proba(model, load_images(val, model.input_size), device=dev))
-    out_dir = run_dir / "eval"
-    out_dir.mkdir(exist_ok=True)
+    run = RunDir(run_dir)
     results = {}
     for name in on:
         records = load_set(root, name)
@@ -62,15 +61,21 @@ def evaluate_run(run_dir: str | Path, on: list[str], *, data_root: str | Path | 
         p = predict_proba(model, load_images(records, model.input_size), device=dev)
         m = binary_metrics(y, p, val_threshold=threshold, n_boot=n_boot)
         m.update(set=name, threshold_from=cfg.data.val)
-        stem = name.replace("/", "_")
         fpr, tpr, _ = roc_curve(y, p)
         m["roc"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
-        tmp = out_dir / f"{stem}.json.tmp"
-        tmp.write_text(json.dumps(m, indent=2))
-        tmp.replace(out_dir / f"{stem}.json")
-        plot_roc(fpr, tpr, m["auroc"], f"{run_dir.name} on {name}", out_dir / f"{stem}_roc.png")
+        run.write_eval(name, m)
+        plot_roc(fpr, tpr, m["auroc"], f"{run_title(run)}\non {name}", run.eval_roc(name))
         results[name] = m
     return results
+
+
+def run_title(run: RunDir) -> str:
+    """What a ROC title needs to be read alone: the run's path inside its study (condition/ε/seed)
+    when it has one, and its guarantee."""
+    parts = run.path.resolve().parts
+    name = "/".join(parts[-3:]) if len(parts) >= 3 and parts[-1].startswith("seed") else run.name
+    total = run.read_privacy().total if run.privacy.is_file() else None
+    return f"{name} ({short(total)})" if total is not None else name
 
 
 def plot_roc(fpr: np.ndarray, tpr: np.ndarray, auroc: float, title: str, path: Path) -> None:

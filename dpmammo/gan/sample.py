@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from dpmammo import __version__
-from dpmammo.config import parse_config, read_yaml
+from dpmammo.config import parse_config
 from dpmammo.data.manifest import SAMPLED_MANIFEST, PatchRecord, write_manifest
 from dpmammo.data.sets import PROVENANCE_FILE
 from dpmammo.errors import DpMammoError
@@ -23,8 +23,7 @@ from dpmammo.files import write_json_atomic
 from dpmammo.gan.config import GanConfig
 from dpmammo.gan.models import Generator, to_uint8
 from dpmammo.models import load_weights
-from dpmammo.privacy import read_privacy
-from dpmammo.train import run_dir as rd
+from dpmammo.runs import METRICS, RunDir
 
 CLASS_NAMES = {0: "benign", 1: "malignant"}
 BATCH = 256
@@ -32,12 +31,12 @@ BATCH = 256
 
 def load_generator(run_dir: str | Path) -> tuple[Generator, GanConfig]:
     """The finished run's generator (weights loaded strictly) and its config."""
-    run_dir = Path(run_dir)
-    if not rd.is_finished(run_dir):
-        raise DpMammoError(f"{run_dir} is not a finished GAN run (no {rd.METRICS}); train it with `dpmammo gan train`")
-    cfg = parse_config(GanConfig, read_yaml(run_dir / rd.CONFIG), str(run_dir / rd.CONFIG))
+    run = RunDir(run_dir)
+    if not run.is_finished:
+        raise DpMammoError(f"{run.path} is not a finished GAN run (no {METRICS}); train it with `dpmammo gan train`")
+    cfg = parse_config(GanConfig, run.read_config(), str(run.config))
     gen = Generator(cfg.model)
-    load_weights(gen, run_dir / rd.WEIGHTS)
+    load_weights(gen, run.weights)
     return gen.eval(), cfg
 
 
@@ -82,7 +81,7 @@ def sample(run_dir: str | Path, n: int, out: str | Path, *, balance: float = 0.5
         Image.fromarray(img[0].numpy(), mode="L").save(out / name)
         records.append(PatchRecord(name, y, "", "synthetic", out.name, "synthetic"))
     write_manifest(records, out / SAMPLED_MANIFEST)
-    privacy = read_privacy(run_dir / rd.PRIVACY)
+    privacy = RunDir(run_dir).read_privacy()
     prov = {
         "folder": str(out),
         "generator_run": str(run_dir),

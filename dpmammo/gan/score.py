@@ -26,7 +26,7 @@ from dpmammo.data.images import load_images, load_labels, to_float
 from dpmammo.data.manifest import PatchRecord
 from dpmammo.data.sets import load_set, resolve_root
 from dpmammo.errors import DpMammoError
-from dpmammo.train import run_dir as rd
+from dpmammo.runs import METRICS, RunDir
 
 FRD_INSTALL = "pip install 'dpmammo[frd]' (frd-score and pyradiomics-bhklab; needs Python >= 3.10)"
 
@@ -84,8 +84,8 @@ def score(folder: str | Path, ref: str, *, classifier: str | Path, root: Optiona
     folder = Path(folder).expanduser().resolve()
     syn = subsample(load_set(folder, str(folder)), max_images, seed)
     real = subsample(load_set(resolve_root(root), ref), max_images, seed)
-    if not rd.is_finished(classifier):
-        raise DpMammoError(f"--classifier {classifier} is not a finished classifier run (no {rd.METRICS})")
+    if not RunDir(classifier).is_finished:
+        raise DpMammoError(f"--classifier {classifier} is not a finished classifier run (no {METRICS})")
     _, model = load_run_model(Path(classifier))
     result: dict = {"folder": str(folder), "ref": ref, "n_synthetic": len(syn), "n_ref": len(real),
                  "classifier": str(classifier)}
@@ -126,7 +126,7 @@ def train_score_classifier(ref: str, val: str, out: str | Path, *, root: Optiona
     from dpmammo.train import DataConfig, TrainConfig, TrainSettings, fit
 
     out = Path(out)
-    if rd.is_finished(out):
+    if RunDir(out).is_finished:
         return out
     cfg = TrainConfig(data=DataConfig(root=root, train=[ref], val=val),
                       model=CnnSmallConfig(input_size=input_size),

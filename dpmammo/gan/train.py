@@ -30,9 +30,9 @@ from dpmammo.data.sets import load_set, resolve_root
 from dpmammo.gan.config import GanConfig
 from dpmammo.gan.models import N_CLASSES, build, to_model_range
 from dpmammo.models import save_weights
+from dpmammo.runs import RunDir
 from dpmammo.privacy import (Batch, PoissonUnits, ShuffledBatches, check_delta, dp_stage, make_private,
                              noise_generator, non_dp_stage, unit_ids, write_privacy)
-from dpmammo.train import run_dir as rd
 from dpmammo.train.predict import resolve_device
 from dpmammo.train.schedule import epoch_steps, make_progress
 
@@ -50,53 +50,59 @@ def train_gan(cfg: GanConfig, out: str | Path, *, force: bool = False, progress:
     marks the run finished), log.txt, and samples/epoch_XXX.png (a row per class) every
     `train.sample_every` epochs.
     """
+    run = RunDir(out)
+    with run.training(cfg, force) as resuming:  # holds the directory; a refused start leaves nothing
+        return train_gan_run(cfg, run, resuming, progress)
+
+
+def train_gan_run(cfg: GanConfig, run: RunDir, resuming: bool, progress: bool) -> dict:
+    """The body of `train_gan`, inside the run directory's hold."""
     t0 = time.time()
-    with rd.start(out, cfg, force) as (run_dir, resuming):
-        log = open(run_dir / rd.LOG, "a")
-        say = lambda msg: (log.write(msg + "\n"), log.flush())  # noqa: E731
-        say(f"{'resume' if resuming else 'start'} {run_dir} dpmammo {__version__} (gan)")
-        device = resolve_device(cfg.train.device)
+    log = open(run.log, "a")
+    say = lambda msg: (log.write(msg + "\n"), log.flush())  # noqa: E731
+    say(f"{'resume' if resuming else 'start'} {run.path} dpmammo {__version__} (gan)")
+    device = resolve_device(cfg.train.device)
 
-        # Data: real patches (all private) as uint8 in memory, scaled to [-1, 1] per batch.
-        root = resolve_root(cfg.data.root)
-        records = [r for name in cfg.data.train for r in load_set(root, name)]
-        images = load_images(records, cfg.model.image_size)
-        labels = torch.tensor([r.label for r in records], dtype=torch.long)
-        n_private = sum(r.source == "real" for r in records)
-        n, batch_size = len(records), cfg.train.batch_size
+    # Data: real patches (all private) as uint8 in memory, scaled to [-1, 1] per batch.
+    root = resolve_root(cfg.data.root)
+    records = [r for name in cfg.data.train for r in load_set(root, name)]
+    images = load_images(records, cfg.model.image_size)
+    labels = torch.tensor([r.label for r in records], dtype=torch.long)
+    n_private = sum(r.source == "real" for r in records)
+    n, batch_size = len(records), cfg.train.batch_size
 
-        # Models and optimisers; DP wraps the discriminator only, fed by Poisson-sampled units.
-        gen_model, disc = build(cfg.model, cfg.train.seed)
-        gen_model.to(device), disc.to(device)
-        o = cfg.optim
-        opt_g = torch.optim.Adam(gen_model.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2))
-        opt_d = torch.optim.Adam(disc.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2))
-        rng = torch.Generator().manual_seed(cfg.train.seed)  # latents, labels, non-private sampling
-        d_train, dp, secret = disc, None, None
-        if cfg.privacy is None:
-            sampler = ShuffledBatches(n, batch_size, rng)
-        else:
-            p = cfg.privacy
-            is_private = [r.source == "real" for r in records]
-            units = unit_ids([r.patient for r in records], is_private, p.unit, ", ".join(cfg.data.train))
-            secret = noise_generator(p, cfg.train.seed)
-            sampler = PoissonUnits(units, batch_size, secret, torch.tensor(is_private))
-            if sampler.n_private_units:
-                check_delta(p.delta, sampler.n_private_units, p.unit)
-            dp = make_private(model=disc, optimizer=opt_d, sampler=sampler, epochs=cfg.train.epochs, config=p,
-                              noise_generator=secret, criterion=nn.BCEWithLogitsLoss())
-            d_train, opt_d = dp.model, dp.optimizer
-            say(f"DP discriminator (unit {p.unit}, {sampler.n_units} units): sigma={dp.noise_multiplier:.4f} "
-                f"q={dp.sample_rate:.5f} steps={dp.planned_steps} target eps={p.target_epsilon} delta={p.delta:g}"
-                + (" SEEDED NOISE (tests only): no guarantee" if p.seeded_noise_for_tests else ""))
-        fixed_z, fixed_y = grid_inputs(cfg)
+    # Models and optimisers; DP wraps the discriminator only, fed by Poisson-sampled units.
+    gen_model, disc = build(cfg.model, cfg.train.seed)
+    gen_model.to(device), disc.to(device)
+    o = cfg.optim
+    opt_g = torch.optim.Adam(gen_model.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2))
+    rng = torch.Generator().manual_seed(cfg.train.seed)  # latents, labels, non-private sampling
+    d_train, dp, secret = disc, None, None
+    if cfg.privacy is None:
+        sampler = ShuffledBatches(n, batch_size, rng)
+    else:
+        p = cfg.privacy
+        is_private = [r.source == "real" for r in records]
+        units = unit_ids([r.patient for r in records], is_private, p.unit, ", ".join(cfg.data.train))
+        secret = noise_generator(p, cfg.train.seed)
+        sampler = PoissonUnits(units, batch_size, secret, torch.tensor(is_private))
+        if sampler.n_private_units:
+            check_delta(p.delta, sampler.n_private_units, p.unit)
+        dp = make_private(model=disc, optimizer=opt_d, sampler=sampler, epochs=cfg.train.epochs, config=p,
+                          noise_generator=secret, criterion=nn.BCEWithLogitsLoss())
+        d_train, opt_d = dp.model, dp.optimizer
+        say(f"DP discriminator (unit {p.unit}, {sampler.n_units} units): sigma={dp.noise_multiplier:.4f} "
+            f"q={dp.sample_rate:.5f} steps={dp.planned_steps} target eps={p.target_epsilon} delta={p.delta:g}"
+            + (" SEEDED NOISE (tests only): no guarantee" if p.seeded_noise_for_tests else ""))
+    fixed_z, fixed_y = grid_inputs(cfg)
 
-        state = {"epoch": 0, "history": [], "wall_s": 0.0}
-        parts = {"generator": gen_model, "discriminator": disc, "opt_g": opt_g, "opt_d": opt_d}
-        if resuming:
-            state = rd.load_training_state(run_dir, parts, dp, rng, secret)
-            t0 = time.time()
-            say(f"resumed after epoch {state['epoch']}")
+    state = {"epoch": 0, "history": [], "wall_s": 0.0}
+    parts = {"generator": gen_model, "discriminator": disc, "opt_g": opt_g, "opt_d": opt_d}
+    if resuming:
+        state = run.load_training_state(parts, dp, rng, secret)
+        t0 = time.time()
+        say(f"resumed after epoch {state['epoch']}")
 
     steps = epoch_steps(sampler, cfg.train.epochs, dp)
     bar = make_progress(progress)
@@ -125,24 +131,24 @@ def train_gan(cfg: GanConfig, out: str | Path, *, force: bool = False, progress:
                 + (f" eps {eps:.3f}" if eps is not None else ""))
             every = cfg.train.sample_every
             if every and ((epoch + 1) % every == 0 or epoch + 1 == cfg.train.epochs):
-                write_grid(gen_model, fixed_z, fixed_y, run_dir / SAMPLES_DIR / f"epoch_{epoch + 1:03d}.png", device)
-            rd.save_training_state(run_dir, parts, dp, rng, secret, state)
+                write_grid(gen_model, fixed_z, fixed_y, run.path / SAMPLES_DIR / f"epoch_{epoch + 1:03d}.png", device)
+            run.save_training_state(parts, dp, rng, secret, state)
 
     # Outputs: generator weights, privacy record, metrics (written last: it marks the run finished).
-    save_weights(gen_model, run_dir / rd.WEIGHTS)
+    save_weights(gen_model, run.weights)
     if dp is not None:
-        own = dp_stage(stage="gan", run=run_dir.name, data=cfg.data.train, dp=dp,
+        own = dp_stage(stage="gan", run=run.name, data=cfg.data.train, dp=dp,
                        note="DP discriminator; the generator is post-processing")
     else:
-        own = non_dp_stage(stage="gan", run=run_dir.name, data=cfg.data.train, n_private=n_private)
-    privacy = write_privacy(run_dir / rd.PRIVACY, own, [], notes=[DP_LOSS_NOTE] if dp else [])
+        own = non_dp_stage(stage="gan", run=run.name, data=cfg.data.train, n_private=n_private)
+    privacy = write_privacy(run.privacy, own, [], notes=[DP_LOSS_NOTE] if dp else [])
     metrics = {
         "history": state["history"], "train_size": n, "n_private": n_private,
         "privacy_total": privacy.total.model_dump(mode="json"),
         "wall_time_s": state["wall_s"] + (time.time() - t0),
         "device": str(device), "dpmammo_version": __version__,
     }
-    rd.finish(run_dir, metrics)
+    run.finish(metrics)
     say(f"done after {state['epoch']} epochs")
     log.close()
     return metrics

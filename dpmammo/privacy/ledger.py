@@ -120,19 +120,15 @@ def non_dp_stage(*, stage: str, run: str, data: list[str], n_private: int) -> St
                       note="no private data in the training sets")
 
 
-def weights_stages(path: Path, *, declared_public: bool) -> list[StageSpend]:
-    """The chain a weight file brings: its run's chain when it lies in a finished dpmammo run,
-    a public stage when the user declared it public, else an unknown origin (no guarantee)."""
-    path = Path(path).expanduser().resolve()
-    record = path.parent / "privacy.json"
-    if record.is_file() and (path.parent / "metrics.json").is_file():
-        return read_privacy(record).stages
+def weights_stage(path: Path, *, declared_public: bool) -> StageSpend:
+    """The stage of a weight file that does not come from a finished dpmammo run (whose chain it
+    would carry): public if the user declared it so, else of unknown origin (no guarantee)."""
     if declared_public:
-        return [StageSpend(stage="weights", run=str(path), data=["public"], guarantee="public",
-                           note="weight file declared public (public_weights)")]
-    return [StageSpend(stage="weights", run=str(path), data=["unknown"], guarantee="none", reason="unknown-origin",
-                       note=f"weight file {path} is not in a finished dpmammo run and is not declared public "
-                            "(public_weights): whatever it was trained on is unaccounted")]
+        return StageSpend(stage="weights", run=str(path), data=["public"], guarantee="public",
+                          note="weight file declared public (public_weights)")
+    return StageSpend(stage="weights", run=str(path), data=["unknown"], guarantee="none", reason="unknown-origin",
+                      note=f"weight file {path} is not in a finished dpmammo run and is not declared public "
+                           "(public_weights): whatever it was trained on is unaccounted")
 
 
 def compose(stages: list[StageSpend], delta: Optional[float] = None) -> ChainTotal:

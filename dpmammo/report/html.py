@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import base64
 import html
-import json
-import math
 from pathlib import Path
 from typing import Optional
 
+from dpmammo.privacy.budget import format_epsilon
 from dpmammo.privacy.config import UNIT_WORDS
-from dpmammo.privacy.ledger import read_privacy
 from dpmammo.report.reference import CITATION
 from dpmammo.report.tables import html_tables
 from dpmammo.study.config import StudyConfig
 from dpmammo.study.recipes import expand
-from dpmammo.train import run_dir as rd
+from dpmammo.runs import RunDir
 
 def caveats(cfg: StudyConfig) -> tuple[str, ...]:
     return (
@@ -53,11 +51,11 @@ def privacy_table(cfg: StudyConfig, study_dir: Path) -> str:
     head = ("run", "stage", "stage guarantee", "unit", "stage ε", "δ", "σ", "q", "steps", "chain total")
     rows = []
     for run_id in expand(cfg).runs:
-        p = study_dir / run_id / rd.PRIVACY
-        if not p.is_file():
-            rows.append([run_id, "", "not finished", *[""] * 7])
+        run = RunDir(study_dir / run_id)
+        if not run.privacy.is_file():
+            rows.append([run_id, "", "not finished", *[""] * 8])
             continue
-        rec = read_privacy(p)
+        rec = run.read_privacy()
         own = rec.own
         rows.append([run_id, own.stage, own.guarantee + (f" ({own.reason})" if own.reason else ""), own.unit or "",
                      _fmt(own.epsilon, ".3f"), _fmt(own.delta, ".0e"), _fmt(own.noise_multiplier, ".3f"),
@@ -82,7 +80,7 @@ def failures(summary: dict) -> str:
 
 def render(cfg: StudyConfig, rows: list[dict], study_dir: Path, plots: dict[str, Optional[Path]],
            summary: dict) -> str:
-    eps = ", ".join("∞" if math.isinf(e) else f"{e:g}" for e in cfg.epsilons)
+    eps = ", ".join(format_epsilon(e) for e in cfg.epsilons)
     ref = (f"<p>(ref …) cells: published AUROC, {html.escape(CITATION[cfg.compare_with])}.</p>"
            if cfg.compare_with else "")
     caveat_items = "".join(f"<li>{html.escape(c)}</li>" for c in caveats(cfg))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Optional
@@ -13,9 +12,10 @@ matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 from dpmammo.privacy.config import UNIT_WORDS  # noqa: E402
-from dpmammo.study.config import StudyConfig, epsilon_label  # noqa: E402
+from dpmammo.privacy.budget import format_epsilon, parse_epsilon  # noqa: E402
+from dpmammo.study.config import StudyConfig  # noqa: E402
 from dpmammo.study.results import aggregate  # noqa: E402
-from dpmammo.study.runner import eval_path  # noqa: E402
+from dpmammo.runs import RunDir  # noqa: E402
 
 
 def privacy_utility(cfg: StudyConfig, rows: list[dict], path: Path) -> Path:
@@ -94,12 +94,12 @@ def roc_curves(cfg: StudyConfig, rows: list[dict], study_dir: Path, path: Path) 
             at = [r for r in mine if _eps(r) == eps] or [r for r in mine if len({_eps(m) for m in mine}) == 1]
             if not at:
                 continue
-            m = json.loads(eval_path(study_dir / at[0]["run_id"], test_set).read_text())
+            m = RunDir(study_dir / at[0]["run_id"]).read_eval(test_set)
             ax.plot(m["roc"]["fpr"], m["roc"]["tpr"], color=f"C{i}", label=f"{cond} ({m['auroc']:.3f})")
             drawn += 1
         ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
         ax.set(xlabel="1 − specificity", ylabel="sensitivity (malignant)",
-               title=f"{test_set}, {'non-private' if math.isinf(eps) else 'target ε=' + epsilon_label(eps)}, seed {seed}")
+               title=f"{test_set}, {'non-private' if math.isinf(eps) else 'target ε=' + format_epsilon(eps)}, seed {seed}")
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path)
@@ -108,4 +108,4 @@ def roc_curves(cfg: StudyConfig, rows: list[dict], study_dir: Path, path: Path) 
 
 
 def _eps(row: dict) -> float:
-    return math.inf if row["epsilon_target"] in ("inf", math.inf) else float(row["epsilon_target"])
+    return parse_epsilon(row["epsilon_target"])

@@ -10,7 +10,8 @@ from typing import Optional
 
 from dpmammo.privacy.config import UNIT_WORDS
 from dpmammo.report.reference import CITATION, reference_auroc
-from dpmammo.study.config import StudyConfig, epsilon_label
+from dpmammo.privacy.budget import format_epsilon
+from dpmammo.study.config import StudyConfig
 from dpmammo.study.results import aggregate
 
 
@@ -22,7 +23,7 @@ def eps_columns(cfg: StudyConfig) -> list[float]:
 
 
 def eps_header(eps: float) -> str:
-    return "non-private" if math.isinf(eps) else f"target ε={epsilon_label(eps)}"
+    return "non-private" if math.isinf(eps) else f"target ε={format_epsilon(eps)}"
 
 
 def cell(stats: Optional[dict], ref: Optional[float]) -> str:

@@ -8,40 +8,17 @@ training blocks (`model`, `optim`, `train`) are the ones of `dpmammo.train.Train
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
 from dpmammo.config import StrictModel
+from dpmammo.privacy.budget import Epsilon, is_private
 from dpmammo.privacy.config import PrivacyConfig, PrivacySettings
 from dpmammo.study.recipes import CONDITION_ALIASES, Condition, STAGES, Stage
 from dpmammo.train.config import ModelConfig, OptimConfig, TrainSettings
 from dpmammo.models import CnnSmallConfig
-
-INF_SPELLINGS = ("inf", "infinity", "∞", "nonprivate", "non-private")
-
-
-def parse_epsilon(value: Any) -> float:
-    """A finite ε > 0, or ∞ (non-private) spelled `inf`, `∞` or YAML `.inf`."""
-    if isinstance(value, str):
-        if value.strip().lower() in INF_SPELLINGS:
-            return math.inf
-        try:
-            value = float(value)
-        except ValueError:
-            raise ValueError(f"ε must be a number > 0 or inf/∞ (non-private), got {value!r}") from None
-    value = float(value)
-    if not value > 0:
-        raise ValueError(f"ε must be > 0 (use inf or ∞ for non-private), got {value!r}")
-    return value
-
-
-def epsilon_label(eps: float) -> str:
-    """`6`, `0.5`, `inf`: the ε part of run ids and table headers."""
-    return "inf" if math.isinf(eps) else f"{eps:g}"
-
 
 class StageOverride(StrictModel):
     """Per-stage changes to the shared training settings (only what a recipe stage needs)."""
@@ -69,7 +46,7 @@ class StudyConfig(StrictModel):
     synthetic: str = Field("synthetic/c-dcgan",
                            description="synthetic set: `dataset/split` under data_root or a folder from `dpmammo gan sample`")
     conditions: list[Condition] = Field(..., min_length=1)
-    epsilons: list[float] = Field(..., min_length=1, description="target ε per DP stage; inf/∞ = non-private")
+    epsilons: list[Epsilon] = Field(..., min_length=1, description="target ε per DP stage; inf/∞ = non-private")
     seeds: list[int] = Field([0], min_length=1)
     model: ModelConfig = CnnSmallConfig()
     optim: OptimConfig = OptimConfig()
@@ -83,7 +60,7 @@ class StudyConfig(StrictModel):
     resources: Resources = Resources()
     compare_with: Optional[Literal["osuala2024"]] = Field(
         None, description="show the published numbers beside ours (only for the paper's setup)")
-    roc_epsilon: Optional[float] = Field(None, description="ε of the ROC-curve plot; default the largest finite ε")
+    roc_epsilon: Optional[Epsilon] = Field(None, description="ε of the ROC-curve plot; default the largest finite ε")
 
     @field_validator("conditions", mode="before")
     @classmethod
@@ -96,16 +73,6 @@ class StudyConfig(StrictModel):
         if isinstance(v, dict) and "target_epsilon" in v:
             raise ValueError("target_epsilon: set the budgets in `epsilons`, not here")
         return v
-
-    @field_validator("epsilons", mode="before")
-    @classmethod
-    def _parse_epsilons(cls, v):
-        return [parse_epsilon(e) for e in v] if isinstance(v, list) else v
-
-    @field_validator("roc_epsilon", mode="before")
-    @classmethod
-    def _parse_roc_epsilon(cls, v):
-        return None if v is None else parse_epsilon(v)
 
     @model_validator(mode="after")
     def _check(self):
@@ -120,7 +87,7 @@ class StudyConfig(StrictModel):
 
     def privacy_for(self, eps: float) -> Optional[PrivacyConfig]:
         """The privacy block of a stage at target `eps`; None (non-private) for ε = ∞."""
-        return None if math.isinf(eps) else PrivacyConfig(target_epsilon=eps, **self.privacy.model_dump())
+        return None if not is_private(eps) else PrivacyConfig(target_epsilon=eps, **self.privacy.model_dump())
 
     def stage(self, name: Stage) -> StageOverride:
         return self.stages.get(name, StageOverride())

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
 
 from dpmammo.config import parse_config
 from dpmammo.errors import DpMammoError
+from dpmammo.privacy.budget import epsilon_tag
 from dpmammo.train.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -77,10 +78,6 @@ def build_runs(study: "StudyConfig", condition: str, eps: float, seed: int) -> l
     return _RECIPES[condition][1](study, eps, seed)
 
 
-def eps_tag(eps: float) -> str:
-    return "epsinf" if math.isinf(eps) else f"eps{eps:g}"
-
-
 def stage_config(study: "StudyConfig", stage: str, *, train_sets: list[str], eps: float, seed: int,
                  model: Optional[dict[str, Any]] = None) -> TrainConfig:
     """The shared settings of `study`, then its `dp` block (DP stages only), then the stage's
@@ -106,7 +103,7 @@ def stage_config(study: "StudyConfig", stage: str, *, train_sets: list[str], eps
 def _private_run(study: "StudyConfig", condition: str, stage: str, train_sets: list[str], eps: float,
                  seed: int) -> RunSpec:
     cfg = stage_config(study, stage, train_sets=train_sets, eps=eps, seed=seed)
-    return RunSpec(f"{condition_slug(condition)}/{eps_tag(eps)}/seed{seed}", cfg, None, stage, eps, seed)
+    return RunSpec(f"{condition_slug(condition)}/{epsilon_tag(eps)}/seed{seed}", cfg, None, stage, eps, seed)
 
 
 @register_recipe("real", slug="real")
@@ -134,7 +131,7 @@ def synthetic_to_real(study: "StudyConfig", eps: float, seed: int) -> list[RunSp
     sources = {k: v for k, v in WEIGHT_SOURCES.items() if k in type(pretrain.config.model).model_fields}
     model = pretrain.config.model.model_dump() | sources | {"freeze_backbone": True}
     cfg = stage_config(study, "finetune", train_sets=[study.train_set], eps=eps, seed=seed, model=model)
-    run_id = f"{condition_slug('synthetic→real')}/{eps_tag(eps)}/seed{seed}"
+    run_id = f"{condition_slug('synthetic→real')}/{epsilon_tag(eps)}/seed{seed}"
     return [pretrain, RunSpec(run_id, cfg, pretrain.run_id, "finetune", eps, seed)]
 
 

@@ -10,16 +10,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
-from dpmammo.privacy.ledger import read_privacy
+from dpmammo.privacy.budget import is_private, parse_epsilon
 from dpmammo.study.recipes import Plan
-from dpmammo.train import run_dir as rd
+from dpmammo.runs import RunDir
 
 if TYPE_CHECKING:
     from dpmammo.study.config import StudyConfig
@@ -42,18 +41,17 @@ def write_atomic(path: Path, text: str) -> None:
 
 def run_rows(condition: str, spec, run_dir: Path, test_sets: list[str], outcome: Optional["Outcome"]) -> list[dict]:
     """The rows of one run: its metrics per test set, or its status and error if it has none."""
-    from dpmammo.study.runner import eval_path
-
     base = {"condition": condition, "run_id": spec.run_id, "stage": spec.stage, "seed": spec.seed,
-            "epsilon_target": "inf" if math.isinf(spec.epsilon) else spec.epsilon}
+            "epsilon_target": "inf" if not is_private(spec.epsilon) else spec.epsilon}
     status = outcome.status if outcome is not None else "not run"
     if status not in ("done", "cached"):
         return [base | {"test_set": s, "status": status, "error": outcome.error if outcome else ""} for s in test_sets]
-    metrics = rd.read_json(run_dir / rd.METRICS)
-    total = read_privacy(run_dir / rd.PRIVACY).total
+    run = RunDir(run_dir)
+    metrics = run.read_metrics()
+    total = run.read_privacy().total
     rows = []
     for s in test_sets:
-        m = json.loads(eval_path(run_dir, s).read_text())
+        m = run.read_eval(s)
         t = m["at_val_threshold"]
         rows.append(base | {
             "test_set": s, "status": "ok", "guarantee_total": total.guarantee, "epsilon_total": total.epsilon,
@@ -145,7 +143,7 @@ def aggregate(rows: list[dict], metric: str = "auroc") -> dict[tuple[str, float,
     """
     groups: dict[tuple[str, float, str], list[dict]] = defaultdict(list)
     for r in rows:
-        eps = math.inf if r["epsilon_target"] in ("inf", math.inf) else float(r["epsilon_target"])
+        eps = parse_epsilon(r["epsilon_target"])
         groups[(r["condition"], eps, r["test_set"])].append(r)
     out = {}
     for key, group in groups.items():

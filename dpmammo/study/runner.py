@@ -21,11 +21,11 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
 
 from dpmammo.data.sets import resolve_root
 from dpmammo.errors import DpMammoError
-from dpmammo.privacy.ledger import read_privacy, short
+from dpmammo.privacy.ledger import short
 from dpmammo.study.config import StudyConfig
 from dpmammo.study.recipes import Plan, RunSpec, expand
 from dpmammo.study.results import write_results
-from dpmammo.train import run_dir as rd
+from dpmammo.runs import RunDir
 
 STUDY_FILE = "study.yaml"
 Executor = Literal["local", "ray"]
@@ -54,15 +54,6 @@ class StudyResult:
         return [o for o in self.outcomes.values() if o.status in ("failed", "skipped")]
 
 
-def eval_path(run_dir: Path, test_set: str) -> Path:
-    return run_dir / "eval" / f"{test_set.replace('/', '_')}.json"
-
-
-def is_complete(run_dir: Path, test_sets: list[str]) -> bool:
-    """Trained and evaluated on every test set: nothing left to do."""
-    return rd.is_finished(run_dir) and all(eval_path(run_dir, s).is_file() for s in test_sets)
-
-
 def execute_run(spec: RunSpec, study_dir: str, test_sets: list[str], *, num_threads: int,
                 parent: Optional[Outcome] = None, n_boot: int = 1000) -> Outcome:
     """Train (or resume) and evaluate one run; never raises: an error becomes a failed Outcome."""
@@ -78,14 +69,14 @@ def execute_run(spec: RunSpec, study_dir: str, test_sets: list[str], *, num_thre
     threads = torch.get_num_threads()
     torch.set_num_threads(num_threads)  # one run per requested CPU budget; also fixes reduction order
     try:
-        if is_complete(run_dir, test_sets):
+        if RunDir(run_dir).is_evaluated(test_sets):
             return Outcome(spec.run_id, "cached", privacy=_total(run_dir))
         cfg = spec.config
         if spec.parent is not None:
             cfg = cfg.model_copy(update={"init_from": (Path(study_dir) / spec.parent).resolve()})
-        if not rd.is_finished(run_dir):
+        if not RunDir(run_dir).is_finished:
             fit(cfg, run_dir, progress=False)
-        missing = [s for s in test_sets if not eval_path(run_dir, s).is_file()]
+        missing = [s for s in test_sets if not RunDir(run_dir).eval_json(s).is_file()]
         evaluate_run(run_dir, missing, n_boot=n_boot, device=cfg.train.device)
         return Outcome(spec.run_id, "done", privacy=_total(run_dir), wall_s=time.time() - t0)
     except Exception as e:  # noqa: BLE001 — one run's failure must not stop the study
@@ -100,7 +91,7 @@ def execute_run(spec: RunSpec, study_dir: str, test_sets: list[str], *, num_thre
 
 
 def _total(run_dir: Path) -> str:
-    return short(read_privacy(run_dir / rd.PRIVACY).total)
+    return short(RunDir(run_dir).read_privacy().total)
 
 
 def prepare_study(cfg: StudyConfig, out: Path) -> tuple[StudyConfig, Path]:

@@ -28,9 +28,9 @@ from dpmammo.data.sets import load_set, resolve_root, synthetic_provenance
 from dpmammo.errors import DpMammoError
 from dpmammo.models import create_model, load_weights, save_weights
 from dpmammo.privacy import (PoissonUnits, ShuffledBatches, StageSpend, check_delta, dp_stage, make_private,
-                             noise_generator, non_dp_stage, read_privacy, unit_ids, weights_stages, write_privacy)
+                             noise_generator, non_dp_stage, unit_ids, weights_stage, write_privacy)
+from dpmammo.runs import METRICS, RunDir
 from dpmammo.train import features as fc
-from dpmammo.train import run_dir as rd
 from dpmammo.train.config import TrainConfig
 from dpmammo.train.predict import predict_proba, resolve_device
 from dpmammo.train.schedule import epoch_steps, make_progress
@@ -41,81 +41,91 @@ DP_LOSS_NOTE = ("training losses are not recorded: they are computed from privat
 
 
 def fit(cfg: TrainConfig, out: str | Path, *, force: bool = False, progress: bool = True) -> dict:
-    """Train one run into `out` and return its metrics. Resumes an interrupted run in `out`."""
+    """Train one run into `out` and return its metrics. Resumes an interrupted run in `out`.
+
+    Example:
+        >>> fit(load_config(TrainConfig, "configs/cnn-small-dp.yaml"), "runs/cnn-eps6")  # doctest: +SKIP
+    """
+    run = RunDir(out)
+    with run.training(cfg, force) as resuming:  # holds the directory; a refused start leaves nothing
+        return train_run(cfg, run, resuming, progress)
+
+
+def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, progress: bool) -> dict:
+    """The body of `fit`, inside the run directory's hold."""
     t0 = time.time()
-    with rd.start(out, cfg, force) as (run_dir, resuming):
-        log = open(run_dir / rd.LOG, "a")
-        say = lambda msg: (log.write(msg + "\n"), log.flush())  # noqa: E731
-        say(f"{'resume' if resuming else 'start'} {run_dir} dpmammo {__version__}")
-        device = resolve_device(cfg.train.device)
-        torch.manual_seed(cfg.train.seed)
+    log = open(run.log, "a")
+    say = lambda msg: (log.write(msg + "\n"), log.flush())  # noqa: E731
+    say(f"{'resume' if resuming else 'start'} {run.path} dpmammo {__version__}")
+    device = resolve_device(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
 
-        # Data: the union of the training sets, the validation set, all in memory as uint8.
-        root = resolve_root(cfg.data.root)
-        train_records = [r for name in cfg.data.train for r in load_set(root, name)]
-        val_records = load_set(root, cfg.data.val)
-        n_private = sum(r.source == "real" for r in train_records)
+    # Data: the union of the training sets, the validation set, all in memory as uint8.
+    root = resolve_root(cfg.data.root)
+    train_records = [r for name in cfg.data.train for r in load_set(root, name)]
+    val_records = load_set(root, cfg.data.val)
+    n_private = sum(r.source == "real" for r in train_records)
 
-        # Model, and the privacy chain of everything that enters the run: synthetic sets, weights.
-        model = create_model(cfg.model)
-        upstream = input_chain(cfg, train_records)
-        if cfg.init_from is not None:
-            load_weights(model, Path(cfg.init_from) / rd.WEIGHTS)
-            if cfg.model.freeze_backbone:
-                model.freeze_backbone()  # re-freeze: loading does not touch requires_grad, but be explicit
-        images = load_images(train_records, model.input_size)
-        labels = load_labels(train_records)
-        val_images = load_images(val_records, model.input_size)
-        val_labels = load_labels(val_records).numpy()
-        model.to(device)
+    # Model, and the privacy chain of everything that enters the run: synthetic sets, weights.
+    model = create_model(cfg.model)
+    upstream = input_chain(cfg, train_records)
+    if cfg.init_from is not None:
+        load_weights(model, RunDir(cfg.init_from).weights)
+        if cfg.model.freeze_backbone:
+            model.freeze_backbone()  # re-freeze: loading does not touch requires_grad, but be explicit
+    images = load_images(train_records, model.input_size)
+    labels = load_labels(train_records)
+    val_images = load_images(val_records, model.input_size)
+    val_labels = load_labels(val_records).numpy()
+    model.to(device)
 
-        # Frozen backbone: its features per image and flip view, once (disk-cached); train the head on them.
-        cached = model.is_backbone_frozen and cfg.train.feature_cache
-        inputs, trainable, score_val = images, model, lambda: predict_proba(model, val_images, device=device)
-        if cached:
-            n_views = N_VIEWS if cfg.train.augment == "flips" else 1
-            inputs = fc.cached_features(model, train_records, images, n_views, device=device, say=say)
-            val_feats = fc.cached_features(model, val_records, val_images, 1, device=device, say=say)
-            trainable, score_val = model.head, lambda: fc.head_proba(model, val_feats, device=device)
+    # Frozen backbone: its features per image and flip view, once (disk-cached); train the head on them.
+    cached = model.is_backbone_frozen and cfg.train.feature_cache
+    inputs, trainable, score_val = images, model, lambda: predict_proba(model, val_images, device=device)
+    if cached:
+        n_views = N_VIEWS if cfg.train.augment == "flips" else 1
+        inputs = fc.cached_features(model, train_records, images, n_views, device=device, say=say)
+        val_feats = fc.cached_features(model, val_records, val_images, 1, device=device, say=say)
+        trainable, score_val = model.head, lambda: fc.head_proba(model, val_feats, device=device)
 
-        # Batch selection: Poisson-sampled units of privacy under DP (secret randomness), shuffled batches otherwise.
-        params = [p for p in trainable.parameters() if p.requires_grad]
-        optimizer = build_optimizer(cfg, params)
-        criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
-        gen = torch.Generator().manual_seed(cfg.train.seed)  # augmentation and non-private sampling
-        dp, secret = None, None
-        epochs, batch_size = cfg.train.epochs, cfg.train.batch_size
-        if cfg.privacy is None:
-            sampler = ShuffledBatches(len(images), batch_size, gen)
-        else:
-            p = cfg.privacy
-            is_private = [r.source == "real" for r in train_records]
-            units = unit_ids([r.patient for r in train_records], is_private, p.unit, ", ".join(cfg.data.train))
-            secret = noise_generator(p, cfg.train.seed)
-            sampler = PoissonUnits(units, batch_size, secret, torch.tensor(is_private))
-            if sampler.n_private_units:
-                check_delta(p.delta, sampler.n_private_units, p.unit)
-            if sampler.max_unit_size > cfg.train.physical_batch_size:
-                raise DpMammoError(f"a patient has {sampler.max_unit_size} patches, more than train.physical_batch_size="
-                                   f"{cfg.train.physical_batch_size}: a patient's gradient is clipped in one pass; "
-                                   "raise physical_batch_size")
-            dp = make_private(model=trainable, optimizer=optimizer, sampler=sampler, epochs=epochs, config=p,
-                              noise_generator=secret, criterion=criterion)
-            trainable, optimizer, criterion = dp.model, dp.optimizer, dp.criterion
-            say(f"DP-SGD ({dp.grad_sample_mode}, unit {p.unit}: {sampler.n_units} units, {sampler.n_private_units} private): "
-                f"sigma={dp.noise_multiplier:.4f} q={dp.sample_rate:.5f} steps={dp.planned_steps} "
-                f"target eps={p.target_epsilon} delta={p.delta:g}"
-                + (" SEEDED NOISE (tests only): no guarantee" if p.seeded_noise_for_tests else ""))
+    # Batch selection: Poisson-sampled units of privacy under DP (secret randomness), shuffled batches otherwise.
+    params = [p for p in trainable.parameters() if p.requires_grad]
+    optimizer = build_optimizer(cfg, params)
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+    gen = torch.Generator().manual_seed(cfg.train.seed)  # augmentation and non-private sampling
+    dp, secret = None, None
+    epochs, batch_size = cfg.train.epochs, cfg.train.batch_size
+    if cfg.privacy is None:
+        sampler = ShuffledBatches(len(images), batch_size, gen)
+    else:
+        p = cfg.privacy
+        is_private = [r.source == "real" for r in train_records]
+        units = unit_ids([r.patient for r in train_records], is_private, p.unit, ", ".join(cfg.data.train))
+        secret = noise_generator(p, cfg.train.seed)
+        sampler = PoissonUnits(units, batch_size, secret, torch.tensor(is_private))
+        if sampler.n_private_units:
+            check_delta(p.delta, sampler.n_private_units, p.unit)
+        if sampler.max_unit_size > cfg.train.physical_batch_size:
+            raise DpMammoError(f"a patient has {sampler.max_unit_size} patches, more than train.physical_batch_size="
+                               f"{cfg.train.physical_batch_size}: a patient's gradient is clipped in one pass; "
+                               "raise physical_batch_size")
+        dp = make_private(model=trainable, optimizer=optimizer, sampler=sampler, epochs=epochs, config=p,
+                          noise_generator=secret, criterion=criterion)
+        trainable, optimizer, criterion = dp.model, dp.optimizer, dp.criterion
+        say(f"DP-SGD ({dp.grad_sample_mode}, unit {p.unit}: {sampler.n_units} units, {sampler.n_private_units} private): "
+            f"sigma={dp.noise_multiplier:.4f} q={dp.sample_rate:.5f} steps={dp.planned_steps} "
+            f"target eps={p.target_epsilon} delta={p.delta:g}"
+            + (" SEEDED NOISE (tests only): no guarantee" if p.seeded_noise_for_tests else ""))
 
-        # What changes during training: the head alone when the backbone is frozen. Only that part is
-        # copied at each new best epoch and checkpointed (a frozen Swin-T is 110 MB a copy).
-        changing = model.head if model.is_backbone_frozen else model
-        parts = {"trained": changing, "optimizer": optimizer}
-        state = {"epoch": 0, "history": [], "best": None, "best_auroc": -1.0, "best_epoch": None, "wall_s": 0.0}
-        if resuming:
-            state = rd.load_training_state(run_dir, parts, dp, gen, secret)
-            t0 = time.time()  # time before the interruption is in state["wall_s"]
-            say(f"resumed after epoch {state['epoch']}")
+    # What changes during training: the head alone when the backbone is frozen. Only that part is
+    # copied at each new best epoch and checkpointed (a frozen Swin-T is 110 MB a copy).
+    changing = model.head if model.is_backbone_frozen else model
+    parts = {"trained": changing, "optimizer": optimizer}
+    state = {"epoch": 0, "history": [], "best": None, "best_auroc": -1.0, "best_epoch": None, "wall_s": 0.0}
+    if resuming:
+        state = run.load_training_state(parts, dp, gen, secret)
+        t0 = time.time()  # time before the interruption is in state["wall_s"]
+        say(f"resumed after epoch {state['epoch']}")
 
     steps_per_epoch = epoch_steps(sampler, epochs, dp)
     last_checkpoint = time.time()
@@ -149,18 +159,18 @@ def fit(cfg: TrainConfig, out: str | Path, *, force: bool = False, progress: boo
             # Checkpoint by time, not every epoch (300 epochs × 72 runs of the paper grid); a resume
             # replays the epochs since, with the same random streams, to the same result.
             if epoch + 1 < epochs and time.time() - last_checkpoint >= cfg.train.checkpoint_every_s:
-                rd.save_training_state(run_dir, parts, dp, gen, secret, state)
+                run.save_training_state(parts, dp, gen, secret, state)
                 last_checkpoint = time.time()
 
     # Outputs: selected weights, privacy record, metrics (written last: it marks the run finished;
     # the checkpoint, and with it the secret generator's state, is deleted then).
     changing.load_state_dict(state["best"])
-    save_weights(model, run_dir / rd.WEIGHTS)
+    save_weights(model, run.weights)
     if dp is not None:
-        own = dp_stage(stage="classifier", run=run_dir.name, data=cfg.data.train, dp=dp)
+        own = dp_stage(stage="classifier", run=run.name, data=cfg.data.train, dp=dp)
     else:
-        own = non_dp_stage(stage="classifier", run=run_dir.name, data=cfg.data.train, n_private=n_private)
-    privacy = write_privacy(run_dir / rd.PRIVACY, own, upstream, notes=[DP_LOSS_NOTE] if dp else [])
+        own = non_dp_stage(stage="classifier", run=run.name, data=cfg.data.train, n_private=n_private)
+    privacy = write_privacy(run.privacy, own, upstream, notes=[DP_LOSS_NOTE] if dp else [])
     metrics = {
         "val": {"set": cfg.data.val, "auroc": state["best_auroc"], "epoch": state["best_epoch"], "n": len(val_records)},
         "selection": (f"{cfg.train.select} on {cfg.data.val}; the validation set is used without DP accounting "
@@ -171,7 +181,7 @@ def fit(cfg: TrainConfig, out: str | Path, *, force: bool = False, progress: boo
         "wall_time_s": state["wall_s"] + (time.time() - t0),
         "device": str(device), "dpmammo_version": __version__,
     }
-    rd.finish(run_dir, metrics)
+    run.finish(metrics)
     say(f"done: val auroc {state['best_auroc']:.4f} (epoch {state['best_epoch']}); {privacy.describe()}")
     log.close()
     return metrics
@@ -183,14 +193,20 @@ def input_chain(cfg: TrainConfig, train_records) -> list[StageSpend]:
     chain: list[StageSpend] = []
     public = {Path(p).expanduser().resolve() for p in cfg.public_weights}
     if cfg.init_from is not None:
-        parent = Path(cfg.init_from)
-        if not rd.is_finished(parent):
-            raise DpMammoError(f"init_from: {parent} is not a finished run (no {rd.METRICS})")
-        chain += read_privacy(parent / rd.PRIVACY).stages
+        parent = RunDir(cfg.init_from)
+        if not parent.is_finished:
+            raise DpMammoError(f"init_from: {parent.path} is not a finished run (no {METRICS})")
+        chain += parent.read_privacy().stages
     for field in ("weights", "backbone_weights"):
         path = getattr(cfg.model, field, None)
-        if path is not None:
-            chain += weights_stages(path, declared_public=Path(path).expanduser().resolve() in public)
+        if path is None:
+            continue
+        path = Path(path).expanduser().resolve()
+        origin = RunDir(path.parent)
+        if origin.is_finished and origin.privacy.is_file() and origin.weights == path:
+            chain += origin.read_privacy().stages  # weights of a finished run carry its chain
+        else:
+            chain.append(weights_stage(path, declared_public=path in public))
     if getattr(cfg.model, "pretrained", False):
         chain.append(StageSpend(stage="weights", run="timm ImageNet-1k", data=["ImageNet-1k"], guarantee="public",
                                 note="ImageNet weights from timm: public data"))
