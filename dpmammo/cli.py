@@ -63,11 +63,13 @@ def train(config: Path,
           force: bool = typer.Option(False, "--force", help="replace a finished run in --out")):
     """Train a classifier (DP-SGD when the config has a privacy: block)."""
     from dpmammo.config import load_config
-    from dpmammo.train import TrainConfig, fit
+    from dpmammo.train.config import TrainConfig
 
     cfg = load_config(TrainConfig, config, set_)
+    from dpmammo.train import fit
+
     out = out or Path("runs") / config.stem
-    metrics = fit(cfg, out, force=force, progress=sys.stderr.isatty())
+    metrics = fit(cfg, out, force=force, progress=True)
     eps = metrics["epsilon"]
     console.print(f"{out}: val AUROC {metrics['val']['auroc']:.3f} (epoch {metrics['val']['epoch']}), "
                   + (f"ε = {eps:.2f}" if eps is not None else "non-private"))
@@ -99,12 +101,14 @@ def study(config: Optional[Path] = typer.Argument(None, help="study config YAML 
           executor: str = typer.Option("local", "--executor", help="local (sequential) | ray"),
           address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (executor ray)")):
     """Run a privacy-utility study (conditions × ε × seeds): resumable; writes results and report.html."""
-    from dpmammo.report import build_report
-    from dpmammo.study import load_study, run_study
+    from dpmammo.study.presets import load_study
 
     cfg = load_study(config, preset=preset, overrides=set_)
+    from dpmammo.report import build_report
+    from dpmammo.study import run_study
+
     out = out or Path("runs") / cfg.name
-    result = run_study(cfg, out, executor=executor, address=address, progress=sys.stderr.isatty(), console=console)
+    result = run_study(cfg, out, executor=executor, address=address, console=console)
     report = build_report(result.study_dir)
     counts = {s: sum(o.status == s for o in result.outcomes.values()) for s in ("done", "cached", "failed", "skipped")}
     console.print(f"{result.study_dir}: {len(result.outcomes)} runs ({', '.join(f'{v} {k}' for k, v in counts.items())})")
@@ -126,12 +130,14 @@ def gan_train(config: Path,
               force: bool = typer.Option(False, "--force", help="replace a finished run in --out")):
     """Train the conditional GAN on real patches (DP discriminator when the config has a privacy: block)."""
     from dpmammo.config import load_config
-    from dpmammo.gan import GanConfig, train_gan
-    from dpmammo.privacy import describe
+    from dpmammo.gan.config import GanConfig
 
     cfg = load_config(GanConfig, config, set_)
+    from dpmammo.gan import train_gan
+    from dpmammo.privacy import describe
+
     out = out or Path("runs") / config.stem
-    metrics = train_gan(cfg, out, force=force, progress=sys.stderr.isatty())
+    metrics = train_gan(cfg, out, force=force, progress=True)
     console.print(f"{out}: {len(metrics['history'])} epochs in {metrics['wall_time_s']:.0f} s, "
                   f"{describe(metrics['privacy_total'])}; sample grids in {out / 'samples'}")
 

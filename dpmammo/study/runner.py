@@ -16,11 +16,11 @@ from typing import Callable, Literal, Optional
 
 import yaml
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dpmammo.data.sets import resolve_root
 from dpmammo.errors import DpMammoError
+from dpmammo.progress import StepProgress
 from dpmammo.study.config import StudyConfig
 from dpmammo.study.recipes import Plan, RunSpec, expand
 from dpmammo.study.results import write_results
@@ -132,9 +132,10 @@ def run_study(cfg: StudyConfig, out: str | Path, *, executor: Executor = "local"
     cfg, out = prepare_study(cfg, Path(out))
     plan = expand(cfg)
     result = StudyResult(out, plan)
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("runs"),
-                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                   disable=not progress, console=console, transient=False)
+    # A bar on a terminal; in a log file a line when each run starts and when it ends.
+    bar = StepProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("runs"),
+                       TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                       enabled=progress, console=console, every=0, unit="runs")
     with bar:
         task = bar.add_task(f"study {cfg.name}", total=len(plan.runs))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from dpmammo.progress import StepProgress
 
 
 def epoch_steps(n: int, batch_size: int, epochs: int, dp) -> list[int]:
@@ -21,6 +21,6 @@ def plain_chunks(n: int, max_physical: int) -> Iterator[tuple[slice, bool]]:
     return ((slice(s, s + max_physical), i == len(starts) - 1) for i, s in enumerate(starts))
 
 
-def make_progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    disable=not enabled, transient=False)
+def make_progress(enabled: bool) -> StepProgress:
+    """A bar on a terminal, a plain line per 10% of the steps in a log file; nothing when not enabled."""
+    return StepProgress(enabled=enabled)
