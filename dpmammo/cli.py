@@ -1,6 +1,8 @@
 """The `dpmammo` command: parse arguments, load the config, call one API function.
 
 No logic lives here. A DpMammoError becomes `error: <message>` on stderr and exit code 2.
+Each command imports what it needs after its arguments and config are read: torch, timm and
+opacus take seconds to load, and a typo in a config file should not wait for them.
 """
 
 from __future__ import annotations

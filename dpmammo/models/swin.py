@@ -6,39 +6,18 @@ ImageNet weights were trained. The paper's head is an MLP 768→384→2.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Literal, Optional
-
 import torch
-from pydantic import Field, model_validator
 from torch import nn
 
-from dpmammo.config import StrictModel
 from dpmammo.errors import DpMammoError
 from dpmammo.models.classifier import Classifier
+from dpmammo.models.config import SwinTConfig
 from dpmammo.models.registry import register_model
 from dpmammo.models.weights import load_state_dict_strict, read_state_dict
 
 TIMM_NAME = "swin_tiny_patch4_window7_224"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class SwinTConfig(StrictModel):
-    name: Literal["swin_t"] = "swin_t"
-    input_size: Literal[224] = 224
-    pretrained: bool = Field(False, description="ImageNet-1k weights from timm's download cache")
-    backbone_weights: Optional[Path] = Field(
-        None, description="local timm Swin-T checkpoint (ImageNet), loaded strictly; its classifier keys are dropped")
-    weights: Optional[Path] = Field(None, description="whole-model weight file, loaded strictly")
-    head: Literal["mlp", "linear"] = Field("mlp", description="mlp: 768→384→2 as in the paper; linear: 768→2")
-    freeze_backbone: bool = False
-
-    @model_validator(mode="after")
-    def _one_weight_source(self):
-        if self.pretrained and self.backbone_weights is not None:
-            raise ValueError("give either pretrained: true or backbone_weights: PATH, not both")
-        return self
 
 
 class SwinBackbone(nn.Module):

@@ -1,11 +1,14 @@
-"""DP-SGD set-up, noise calibration, accounting, and the ledger that composes stages."""
+"""DP-SGD set-up, noise calibration, accounting, and the ledger that composes stages.
 
-from dpmammo.privacy.accounting import calibrate_noise, check_delta, epsilon_of, steps_for
-from dpmammo.privacy.config import DEFAULT_DELTA, PrivacyConfig
-from dpmammo.privacy.engine import DPSetup, make_private
-from dpmammo.privacy.ledger import (UNIT, StageSpend, compose, describe, read_chain, stage_spend,
-                                    write_privacy_json)
+Exports load on first use (dpmammo.lazy), so `PrivacyConfig` is read without torch or opacus.
+"""
 
-__all__ = ["calibrate_noise", "check_delta", "epsilon_of", "steps_for", "DEFAULT_DELTA", "PrivacyConfig",
-           "DPSetup", "make_private", "UNIT", "StageSpend", "compose", "describe", "read_chain", "stage_spend",
-           "write_privacy_json"]
+from dpmammo.lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "dpmammo.privacy.accounting": ["calibrate_noise", "check_delta", "epsilon_of", "steps_for"],
+    "dpmammo.privacy.config": ["DEFAULT_DELTA", "PrivacyConfig"],
+    "dpmammo.privacy.engine": ["DPSetup", "make_private"],
+    "dpmammo.privacy.ledger": ["UNIT", "StageSpend", "compose", "describe", "read_chain", "stage_spend",
+                               "write_privacy_json"],
+})

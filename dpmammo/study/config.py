@@ -15,10 +15,10 @@ from typing import Any, Literal, Optional
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from dpmammo.config import StrictModel, format_validation_error
-from dpmammo.privacy import PrivacyConfig
+from dpmammo.privacy.config import PrivacyConfig
 from dpmammo.study.recipes import CONDITION_ALIASES, Condition, STAGES, Stage
 from dpmammo.train.config import ModelConfig, OptimConfig, TrainSettings
-from dpmammo.models import CnnSmallConfig
+from dpmammo.models.config import CnnSmallConfig
 
 INF_SPELLINGS = ("inf", "infinity", "∞", "nonprivate", "non-private")
 
