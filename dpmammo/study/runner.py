@@ -129,6 +129,8 @@ def run_study(cfg: StudyConfig, out: str | Path, *, executor: Executor = "local"
     """
     if executor not in EXECUTORS:
         raise DpMammoError(f"unknown executor {executor!r}; use one of: {', '.join(EXECUTORS)}")
+    if executor == "local":
+        check_pretrained_weights(expand(cfg), Path(out))  # before the study directory is written
     cfg, out = prepare_study(cfg, Path(out))
     plan = expand(cfg)
     result = StudyResult(out, plan)
@@ -150,6 +152,17 @@ def run_study(cfg: StudyConfig, out: str | Path, *, executor: Executor = "local"
         run(cfg, plan, out, report, lambda rid: bar.update(task, description=f"running {rid}"), **kwargs)
     write_results(cfg, plan, out, result.outcomes)
     return result
+
+
+def check_pretrained_weights(plan: Plan, out: Path) -> None:
+    """Without ImageNet weights every pretrained run left to train would fail alike: say it once, first."""
+    from dpmammo.models.config import SwinTConfig
+
+    if any(isinstance(s.config.model, SwinTConfig) and s.config.model.pretrained and not rd.is_finished(out / rid)
+           for rid, s in plan.runs.items()):
+        from dpmammo.models.swin import imagenet_weights_file
+
+        imagenet_weights_file()
 
 
 def _run_local(cfg: StudyConfig, plan: Plan, out: Path, report: Callable, announce: Callable) -> None:
