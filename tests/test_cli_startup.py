@@ -55,7 +55,7 @@ def test_help_config_errors_and_index_load_no_torch(tmp_path, phantom_root):
         ("--help",): 0, ("train", "--help"): 0, ("study", "--help"): 0, ("gan", "sample", "--help"): 0,
         ("data", "index", "--help"): 0, ("evaluate", "--help"): 0,
         ("train", "missing.yaml"): 2, ("train", "bad.yaml"): 2, ("train", "key.yaml"): 2,
-        ("train", "value.yaml"): 2, ("train", "key.yaml", "--set", "x"): 2,
+        ("train", "value.yaml"): 2, ("train", "empty.yaml"): 2, ("train", "key.yaml", "--set", "x"): 2,
         ("gan", "train", "gan.yaml"): 2, ("study", "study.yaml"): 2, ("study", "--preset", "nope"): 2,
         ("study", "--preset", "paper", "--set", "epsilons=[0]"): 2,
         ("data", "index", str(phantom_root)): 0, ("data", "index", "missing-folder"): 2,

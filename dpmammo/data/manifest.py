@@ -37,6 +37,7 @@ IMAGE_SUFFIXES = {".png"}
 _PUBLISHED_NAME = re.compile(r"^patient(?P<patient>.+?)_image.+_is_benign_(?P<is_benign>[01])$")
 _SYNTHETIC_NAME = re.compile(r"^.+_(?P<cls>benign|malignant)$")
 SAMPLED_MANIFEST = "manifest.csv"
+PROVENANCE_FILE = "provenance.json"  # beside a sampled manifest (see dpmammo.data.sets)
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,16 @@ def index_folder(root: str | Path) -> list[PatchRecord]:
     check_classes(records)
     check_patient_overlap(records)
     return sorted(records, key=lambda r: r.path)
+
+
+def skipped_files(root: str | Path) -> list[Path]:
+    """Files under `root` that `index_folder` leaves out (not .png, and not dpmammo's own
+    manifest.csv / provenance.json of a sampled folder), sorted; so a user sees a .jpg set aside."""
+    root = Path(root).expanduser()
+    own = {SAMPLED_MANIFEST, PROVENANCE_FILE}
+    return sorted(p for p in root.rglob("*")
+                  if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES
+                  and not (p.name in own and (p.parent / SAMPLED_MANIFEST).is_file()))
 
 
 def check_classes(records: list[PatchRecord]) -> None:

@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import yaml
 from sklearn.metrics import roc_curve
 
-from dpmammo.config import parse_config
+from dpmammo.config import is_valid, parse_config, read_yaml
 from dpmammo.data.images import load_images, load_labels
 from dpmammo.data.sets import load_set, resolve_root
+from dpmammo.errors import DpMammoError
 from dpmammo.evaluate.metrics import binary_metrics, check_both_classes, youden_threshold
 from dpmammo.models import create_model, load_weights
 from dpmammo.train import TrainConfig
@@ -23,7 +23,17 @@ def load_run_model(run_dir: Path):
     """The run's config and its selected model (weights loaded strictly)."""
     if not rd.is_finished(run_dir):
         raise FileNotFoundError
-    cfg = parse_config(TrainConfig, yaml.safe_load((run_dir / rd.CONFIG).read_text()), str(run_dir / rd.CONFIG))
+    data = read_yaml(run_dir / rd.CONFIG)
+    try:
+        cfg = parse_config(TrainConfig, data, str(run_dir / rd.CONFIG))
+    except DpMammoError:
+        from dpmammo.gan.config import GanConfig
+
+        if is_valid(GanConfig, data):
+            raise DpMammoError(f"{run_dir} is a GAN run, not a classifier run (its config.yaml is a GAN config); "
+                               "evaluate a run made by `dpmammo train`, or sample it with `dpmammo gan sample`"
+                               ) from None
+        raise
     # The run's own weight file is the whole model: skip the sources it was initialised from.
     sources = {"weights": None, "backbone_weights": None, "pretrained": False, "freeze_backbone": False}
     model_cfg = cfg.model.model_copy(update={k: v for k, v in sources.items() if k in type(cfg.model).model_fields})
@@ -39,8 +49,6 @@ def evaluate_run(run_dir: str | Path, on: list[str], *, data_root: str | Path | 
     The decision threshold is chosen on the run's validation set (Youden's J) and reported
     beside the 0.5 threshold.
     """
-    from dpmammo.errors import DpMammoError
-
     run_dir = Path(run_dir)
     try:
         cfg, model = load_run_model(run_dir)
@@ -49,6 +57,7 @@ def evaluate_run(run_dir: str | Path, on: list[str], *, data_root: str | Path | 
     dev = resolve_device(device)
     model.to(dev)
     root = resolve_root(data_root if data_root is not None else cfg.data.root)
+    test_sets = {name: load_set(root, name) for name in on}  # every name checked before anything is written
     val = load_set(root, cfg.data.val)
     yv = load_labels(val).numpy()
     check_both_classes(yv, cfg.data.val)
@@ -56,8 +65,7 @@ def evaluate_run(run_dir: str | Path, on: list[str], *, data_root: str | Path | 
     out_dir = run_dir / "eval"
     out_dir.mkdir(exist_ok=True)
     results = {}
-    for name in on:
-        records = load_set(root, name)
+    for name, records in test_sets.items():
         y = load_labels(records).numpy()
         p = predict_proba(model, load_images(records, model.input_size), device=dev)
         m = binary_metrics(y, p, val_threshold=threshold, n_boot=n_boot)

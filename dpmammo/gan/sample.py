@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from dpmammo import __version__
-from dpmammo.config import parse_config, read_yaml
+from dpmammo.config import is_valid, parse_config, read_yaml
 from dpmammo.data.manifest import SAMPLED_MANIFEST, PatchRecord, write_manifest
 from dpmammo.data.sets import PROVENANCE_FILE
 from dpmammo.errors import DpMammoError
@@ -25,6 +25,7 @@ from dpmammo.gan.models import Generator, to_uint8
 from dpmammo.models import load_weights
 from dpmammo.privacy import describe
 from dpmammo.train import run_dir as rd
+from dpmammo.train.config import TrainConfig
 
 CLASS_NAMES = {0: "benign", 1: "malignant"}
 BATCH = 256
@@ -35,7 +36,14 @@ def load_generator(run_dir: str | Path) -> tuple[Generator, GanConfig]:
     run_dir = Path(run_dir)
     if not rd.is_finished(run_dir):
         raise DpMammoError(f"{run_dir} is not a finished GAN run (no {rd.METRICS}); train it with `dpmammo gan train`")
-    cfg = parse_config(GanConfig, read_yaml(run_dir / rd.CONFIG), str(run_dir / rd.CONFIG))
+    data = read_yaml(run_dir / rd.CONFIG)
+    try:
+        cfg = parse_config(GanConfig, data, str(run_dir / rd.CONFIG))
+    except DpMammoError:
+        if is_valid(TrainConfig, data):
+            raise DpMammoError(f"{run_dir} is not a GAN run (its config.yaml is a classifier config); sample from "
+                               "a run made by `dpmammo gan train`") from None
+        raise
     gen = Generator(cfg.model)
     load_weights(gen, run_dir / rd.WEIGHTS)
     return gen.eval(), cfg
