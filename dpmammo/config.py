@@ -28,13 +28,15 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     """One line per problem: `source: key.path: message (got value)`."""
     parts = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        loc = ".".join(str(p) for p in e["loc"])
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see the documented keys)"
+        elif e["type"] == "value_error":  # our validators' own words, without pydantic's prefix
+            msg = msg.removeprefix("Value error, ")
         got = e.get("input")
-        shown = "" if isinstance(got, dict) else f" (got {got!r})"
-        parts.append(f"{loc}: {msg}{shown}")
+        shown = "" if isinstance(got, dict) or e["type"] == "value_error" else f" (got {got!r})"
+        parts.append(f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}")
     return f"{source}: " + "; ".join(parts)
 
 

@@ -300,7 +300,7 @@ CASES: list[tuple[str, Callable[[Ctx], list], str, tuple[str, ...]]] = [
      "is not empty; choose another folder or pass --force", ("gan",)),
     ("gan-score-missing-folder", lambda c: ["gan", "score", c.tmp / "nowhere", "--data-root", c.root, "--ref",
                                             "phantom/train", "--classifier-out", c.tmp / "clf"],
-     "data folder not found", ()),
+     "synthetic folder not found", ()),
     ("gan-score-one-class", lambda c: ["gan", "score", one_class_folder(c), "--data-root", c.root, "--ref",
                                        "phantom/train", "--classifier-out", c.tmp / "clf"],
      "empty class: synthetic/only has no benign patches", ()),

@@ -80,6 +80,8 @@ def score_sets(folder: str | Path, ref: str, *, root: Optional[str | Path] = Non
     """The synthetic and the real patches `score` compares; call it first to check the inputs
     before a scoring classifier is trained."""
     folder = Path(folder).expanduser().resolve()
+    if not folder.is_dir():
+        raise DpMammoError(f"synthetic folder not found: {folder} (make one with `dpmammo gan sample`)")
     syn = subsample(load_set(folder, str(folder)), max_images, seed)
     real = subsample(load_set(resolve_root(root), ref), max_images, seed)
     if len({r.label for r in syn}) < 2:
