@@ -30,7 +30,6 @@ import platform
 import resource
 import sys
 import time
-from pathlib import Path
 
 import torch
 

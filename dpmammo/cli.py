@@ -1,6 +1,8 @@
 """The `dpmammo` command: parse arguments, load the config, call one API function.
 
 No logic lives here. A DpMammoError becomes `error: <message>` on stderr and exit code 2.
+Each command imports what it needs after its arguments and config are read: torch, timm and
+opacus take seconds to load, and a typo in a config file should not wait for them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dpmammo.errors import DpMammoError
@@ -24,14 +27,29 @@ console = Console()
 
 @data_app.command("index")
 def data_index(root: Path, output: Optional[Path] = typer.Option(None, "-o", "--output", help="manifest CSV to write")):
-    """Index a patch folder into a manifest and print counts per set and class."""
-    from dpmammo.data.manifest import index_folder, summarize, write_manifest
+    """Index a patch folder, decode every image, and print counts per set and class."""
+    from dpmammo.data.manifest import index_folder, skipped_files, summarize, write_manifest
+    from dpmammo.data.pixels import check_images
+    from dpmammo.progress import StepProgress
 
     records = index_folder(root)
+    with StepProgress(console=console, every=0.25, unit="images") as bar:
+        task = bar.add_task("decoding every image", total=len(records))
+        problems = check_images([r.path for r in records], on_checked=lambda: bar.advance(task))
+    if problems:
+        shown = "; ".join(f"{path}: {reason}" for path, reason in problems[:3])
+        more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise DpMammoError(f"{len(problems)} of {len(records)} images under {root} cannot be used: {shown}{more}")
     table = Table("set", "patches", "malignant", "benign", "patients", "source")
     for row in summarize(records):
         table.add_row(*(str(row[k]) for k in ("set", "patches", "malignant", "benign", "patients", "source")))
     console.print(table)
+    skipped = skipped_files(root)
+    if skipped:
+        names = ", ".join(str(p.relative_to(Path(root).expanduser())) for p in skipped[:5])
+        more = f", and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        console.print(escape(f"skipped {len(skipped)} file(s) that are not .png patches: {names}{more}"),
+                      soft_wrap=True)
     if output is not None:
         write_manifest(records, output)
         console.print(f"wrote {output} ({len(records)} patches)")
@@ -128,13 +146,14 @@ def train(config: Path,
           force: bool = typer.Option(False, "--force", help="replace a finished run in --out")):
     """Train a classifier (DP-SGD when the config has a privacy: block)."""
     from dpmammo.config import load_config
-    from dpmammo.train import TrainConfig, fit
+    from dpmammo.train.config import TrainConfig
 
     cfg = load_config(TrainConfig, config, set_)
-    out = out or Path("runs") / config.stem
     from dpmammo.runs import RunDir
+    from dpmammo.train import fit
 
-    metrics = fit(cfg, out, force=force, progress=sys.stderr.isatty())
+    out = out or Path("runs") / config.stem
+    metrics = fit(cfg, out, force=force, progress=True)
     console.print(f"{out}: val AUROC {metrics['val']['auroc']:.3f} (epoch {metrics['val']['epoch']}), "
                   f"{RunDir(out).read_privacy().describe()}", highlight=False)
 
@@ -165,17 +184,19 @@ def study(config: Optional[Path] = typer.Argument(None, help="study config YAML 
           executor: str = typer.Option("local", "--executor", help="local (sequential) | ray"),
           address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (executor ray)")):
     """Run a privacy-utility study (conditions × ε × seeds): resumable; writes results and report.html."""
-    from dpmammo.report import build_report
-    from dpmammo.study import load_study, run_study
+    from dpmammo.study.presets import load_study
 
     cfg = load_study(config, preset=preset, overrides=set_)
+    from dpmammo.report import build_report
+    from dpmammo.study import run_study
+
     out = out or Path("runs") / cfg.name
-    result = run_study(cfg, out, executor=executor, address=address, progress=sys.stderr.isatty(), console=console)
+    result = run_study(cfg, out, executor=executor, address=address, console=console)
     report = build_report(result.study_dir)
     counts = {s: sum(o.status == s for o in result.outcomes.values()) for s in ("done", "cached", "failed", "skipped")}
     console.print(f"{result.study_dir}: {len(result.outcomes)} runs ({', '.join(f'{v} {k}' for k, v in counts.items())})")
     for o in result.failed:
-        console.print(f"[red]{o.run_id}: {o.status}: {o.error}[/red]")
+        console.print(f"[red]{escape(f'{o.run_id}: {o.status}: {o.error}')}[/red]")
     console.print(f"results: {result.study_dir / 'results.md'}, report: {report}")
     if result.failed:
         sys.exit(1)
@@ -192,12 +213,14 @@ def gan_train(config: Path,
               force: bool = typer.Option(False, "--force", help="replace a finished run in --out")):
     """Train the conditional GAN on real patches (DP discriminator when the config has a privacy: block)."""
     from dpmammo.config import load_config
-    from dpmammo.gan import GanConfig, train_gan
-    from dpmammo.runs import RunDir
+    from dpmammo.gan.config import GanConfig
 
     cfg = load_config(GanConfig, config, set_)
+    from dpmammo.gan import train_gan
+    from dpmammo.runs import RunDir
+
     out = out or Path("runs") / config.stem
-    metrics = train_gan(cfg, out, force=force, progress=sys.stderr.isatty())
+    metrics = train_gan(cfg, out, force=force, progress=True)
     console.print(f"{out}: {len(metrics['history'])} epochs in {metrics['wall_time_s']:.0f} s, "
                   f"{RunDir(out).read_privacy().describe()}; sample grids in {out / 'samples'}", highlight=False)
 
@@ -226,26 +249,39 @@ def gan_score(folder: Path, ref: str = typer.Option("cbis-ddsm/train", "--ref", 
               json_out: Optional[Path] = typer.Option(None, "--json", help="also write the scores to this JSON file")):
     """FRD, classifier-feature Fréchet distance and class fidelity of a synthetic folder, each timed."""
     from dpmammo.gan import score, train_score_classifier
+    from dpmammo.gan.score import score_sets
+    from dpmammo.runs import RunDir
 
+    score_sets(folder, ref, root=data_root, max_images=max_images)  # bad inputs fail before any training
     if classifier is None:
         classifier = classifier_out or Path("runs") / "gan-score" / f"cnn-small-{ref.replace('/', '-')}"
-        classifier = train_score_classifier(ref, val, classifier, root=data_root, progress=sys.stderr.isatty())
+        if not RunDir(classifier).is_finished:
+            console.print(escape(f"no --classifier given: training a non-private cnn-small on {ref} (selected on "
+                                 f"{val}) into {classifier} first; it is reused next time"), soft_wrap=True)
+        classifier = train_score_classifier(ref, val, classifier, root=data_root, progress=True)
     s = score(folder, ref, classifier=classifier, root=data_root, max_images=max_images, frd=frd, out=json_out)
     table = Table("score", "value", "seconds")
     f = s["frd"]
-    table.add_row("FRD v0 (lower is better)", f"{f['value']:.2f}" if f["value"] is not None else f["note"],
+    table.add_row("FRD v0 (lower is better)", f"{f['value']:.2f}" if f["value"] is not None else escape(f["note"]),
                   f"{f['seconds']:.1f}" if "seconds" in f else "")
     table.add_row("classifier-feature Fréchet distance", f"{s['classifier_fd']['value']:.3f}", f"{s['classifier_fd']['seconds']:.1f}")
     table.add_row("class fidelity (AUROC of intended labels)", f"{s['class_fidelity']['auroc']:.3f}", f"{s['class_fidelity']['seconds']:.1f}")
     console.print(f"{folder} ({s['n_synthetic']} patches) vs {ref} ({s['n_ref']}), classifier {classifier}")
     console.print(table)
+    if "note" in s["classifier_fd"]:
+        console.print(escape(f"classifier-feature Fréchet distance: {s['classifier_fd']['note']}"), soft_wrap=True)
+
+
+def error_line(err: DpMammoError) -> str:
+    """What the user sees for a DpMammoError: one line on stderr."""
+    return "error: " + " ".join(str(err).split("\n"))
 
 
 def main() -> None:
     try:
         app()
     except DpMammoError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

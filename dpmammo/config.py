@@ -6,6 +6,7 @@ key is an error naming the key rather than a silently ignored option.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,29 +28,50 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     """One line per problem: `source: key.path: message (got value)`."""
     parts = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        loc = ".".join(str(p) for p in e["loc"])
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see the documented keys)"
+        elif e["type"] == "value_error":  # our validators' own words, without pydantic's prefix
+            msg = msg.removeprefix("Value error, ")
         got = e.get("input")
-        shown = "" if isinstance(got, dict) else f" (got {got!r})"
-        parts.append(f"{loc}: {msg}{shown}")
+        shown = "" if isinstance(got, dict) or e["type"] == "value_error" else f" (got {got!r})"
+        parts.append(f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}")
     return f"{source}: " + "; ".join(parts)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML file; a missing, unreadable, empty or non-mapping file is a one-line error."""
     path = Path(path)
     if not path.is_file():
         raise DpMammoError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DpMammoError(f"{path}: not UTF-8 text (is it a YAML file?)") from None
+    except OSError as e:
+        raise DpMammoError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise DpMammoError(f"{path}: not valid YAML ({e.__class__.__name__})") from None
+        raise DpMammoError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
     if data is None:
-        data = {}
+        # Every key has a default, so an empty file would silently run the defaults (20 epochs
+        # of a non-private cnn-small) when the user most likely saved the wrong file.
+        raise DpMammoError(f"{path} is empty (or only comments); write the keys to set, e.g. from configs/*.yaml")
     if not isinstance(data, dict):
-        raise DpMammoError(f"{path}: the top level must be a mapping of keys to values")
+        raise DpMammoError(f"{path}: the top level must be a mapping of keys to values, not a {type(data).__name__}")
     return data
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """`<problem> at line L, column C`, on one line."""
+    problem = getattr(e, "problem", None) or e.__class__.__name__
+    mark = getattr(e, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
+_KEY_PATH = re.compile(r"^[^.\s=]+(\.[^.\s=]+)*$")  # dotted, no empty part: train.epochs, stages.real+synthetic.epochs
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -59,12 +81,15 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if "=" not in item:
             raise DpMammoError(f"--set {item!r}: expected key=value, e.g. --set train.epochs=5")
         key, raw = item.split("=", 1)
+        key = key.strip()
+        if not _KEY_PATH.match(key):
+            raise DpMammoError(f"--set {item!r}: {key!r} is not a key path; expected e.g. --set train.epochs=5")
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             value = raw
         node = data
-        parts = key.strip().split(".")
+        parts = key.split(".")
         for p in parts[:-1]:
             child = node.get(p)
             if child is None:
@@ -82,6 +107,15 @@ def parse_config(model: type[M], data: dict[str, Any], source: str) -> M:
         return model.model_validate(data)
     except ValidationError as e:
         raise DpMammoError(format_validation_error(e, source)) from None
+
+
+def is_valid(model: type[BaseModel], data: dict[str, Any]) -> bool:
+    """Whether `data` validates against `model` (to name the kind of a file that fits another model)."""
+    try:
+        model.model_validate(data)
+    except ValidationError:
+        return False
+    return True
 
 
 def load_config(model: type[M], path: str | Path, overrides: list[str] | None = None) -> M:

@@ -25,7 +25,7 @@ import yaml
 from pydantic import BaseModel
 
 from dpmammo.errors import DpMammoError
-from dpmammo.files import write_json_atomic, write_text_atomic
+from dpmammo.files import atomic_path, write_json_atomic, write_text_atomic
 from dpmammo.privacy.ledger import PrivacyRecord, read_privacy
 
 CONFIG, METRICS, PRIVACY, WEIGHTS, LOG, CHECKPOINT, EVAL = (
@@ -122,9 +122,8 @@ class RunDir:
             "secret_gen": secret.get_state() if secret is not None else None,
             "torch_rng": torch.get_rng_state(),
         }
-        tmp = self.path / f"{CHECKPOINT}.{os.getpid()}.tmp"
-        torch.save(ckpt, tmp)
-        tmp.replace(self.checkpoint)
+        with atomic_path(self.checkpoint) as tmp:
+            torch.save(ckpt, tmp)
 
     def load_training_state(self, parts: dict, dp, gen: torch.Generator, secret: Optional[torch.Generator]) -> dict:
         """Restore what save_training_state wrote into `parts`, `dp` and the generators; returns the loop state."""

@@ -1,7 +1,8 @@
 """Load patches as tensors, and the flip views used as augmentation.
 
-Images are decoded once, resized to the model's input size, and kept as uint8 in memory
-(1104 patches at 128 px are 18 MB), so a training step indexes a tensor instead of reading files.
+Images are decoded once (by dpmammo.data.pixels, which names a bad file and says why), resized
+to the model's input size, and kept as uint8 in memory (1104 patches at 128 px are 18 MB), so a
+training step indexes a tensor instead of reading files.
 """
 
 from __future__ import annotations
@@ -10,26 +11,13 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from dpmammo.data.manifest import PatchRecord
-from dpmammo.errors import DpMammoError
+from dpmammo.data.pixels import read_patch
 
 # The four views produced by random horizontal/vertical flips: (flip_h, flip_v).
 VIEWS = ((False, False), (True, False), (False, True), (True, True))
 N_VIEWS = len(VIEWS)
-
-
-def read_patch(path: str, size: int) -> np.ndarray:
-    """One patch as a (size, size) uint8 array; a one-line error names an unreadable file."""
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.Resampling.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise DpMammoError(f"cannot read image {path}: {e.__class__.__name__}") from None
 
 
 @lru_cache(maxsize=16)

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from dpmammo.errors import DpMammoError
+from dpmammo.files import atomic_path
 
 MALIGNANT, BENIGN = 1, 0
 
@@ -39,6 +40,7 @@ _SYNTHETIC_NAME = re.compile(r"^.+_(?P<cls>benign|malignant)$")
 SAMPLED_MANIFEST = "manifest.csv"
 # label → the published class folder (the inverse of CLASS_FOLDERS for that layout)
 PUBLISHED_FOLDER = {MALIGNANT: "is_benign_false", BENIGN: "is_benign_true"}
+PROVENANCE_FILE = "provenance.json"  # beside a sampled manifest (see dpmammo.data.sets)
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,16 @@ def index_folder(root: str | Path) -> list[PatchRecord]:
     return sorted(records, key=lambda r: r.path)
 
 
+def skipped_files(root: str | Path) -> list[Path]:
+    """Files under `root` that `index_folder` leaves out (not .png, and not dpmammo's own
+    manifest.csv / provenance.json of a sampled folder), sorted; so a user sees a .jpg set aside."""
+    root = Path(root).expanduser()
+    own = {SAMPLED_MANIFEST, PROVENANCE_FILE}
+    return sorted(p for p in root.rglob("*")
+                  if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES
+                  and not (p.name in own and (p.parent / SAMPLED_MANIFEST).is_file()))
+
+
 def check_classes(records: list[PatchRecord]) -> None:
     """Every split must hold both classes: an empty class makes AUROC undefined."""
     by_set: dict[str, Counter] = defaultdict(Counter)
@@ -214,13 +226,11 @@ _FIELDS = [f.name for f in fields(PatchRecord)]
 def write_manifest(records: list[PatchRecord], path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=_FIELDS)
         w.writeheader()
         for r in records:
             w.writerow(asdict(r))
-    tmp.replace(path)
 
 
 def read_manifest(path: str | Path) -> list[PatchRecord]:

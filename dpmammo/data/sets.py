@@ -8,10 +8,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
-from dpmammo.data.manifest import PatchRecord, index_folder, select
+from dpmammo.data.manifest import PROVENANCE_FILE, PatchRecord, index_folder, select
 from dpmammo.errors import DpMammoError
-
-PROVENANCE_FILE = "provenance.json"
 
 
 def default_cache_dir() -> Path:

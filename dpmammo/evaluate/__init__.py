@@ -1,6 +1,11 @@
-"""Metrics (malignant-positive) and ROC data for a trained run on named test sets."""
+"""Metrics (malignant-positive) and ROC data for a trained run on named test sets.
 
-from dpmammo.evaluate.metrics import binary_metrics, bootstrap_auroc_ci, youden_threshold
-from dpmammo.evaluate.run import evaluate_run
+Exports load on first use (dpmammo.lazy), like every dpmammo package.
+"""
 
-__all__ = ["binary_metrics", "bootstrap_auroc_ci", "youden_threshold", "evaluate_run"]
+from dpmammo.lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "dpmammo.evaluate.metrics": ["binary_metrics", "bootstrap_auroc_ci", "youden_threshold"],
+    "dpmammo.evaluate.run": ["evaluate_run"],
+})

@@ -7,15 +7,17 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from dpmammo.config import parse_config
+from dpmammo.config import is_valid, parse_config
 from dpmammo.data.images import load_images, load_labels
 from dpmammo.data.sets import load_set, resolve_root
+from dpmammo.errors import DpMammoError
 from dpmammo.evaluate.metrics import binary_metrics, check_both_classes, youden_threshold
 from dpmammo.models import create_model, load_weights
 from dpmammo.train import TrainConfig
 from dpmammo.privacy.ledger import short
 from dpmammo.runs import METRICS, RunDir
-from dpmammo.train.predict import predict_proba, resolve_device
+from dpmammo.device import resolve_device
+from dpmammo.train.predict import predict_proba
 
 
 def load_run_model(run_dir: Path):
@@ -23,7 +25,17 @@ def load_run_model(run_dir: Path):
     run = RunDir(run_dir)
     if not run.is_finished:
         raise FileNotFoundError
-    cfg = parse_config(TrainConfig, run.read_config(), str(run.config))
+    data = run.read_config()
+    try:
+        cfg = parse_config(TrainConfig, data, str(run.config))
+    except DpMammoError:
+        from dpmammo.gan.config import GanConfig
+
+        if is_valid(GanConfig, data):
+            raise DpMammoError(f"{run_dir} is a GAN run, not a classifier run (its config.yaml is a GAN config); "
+                               "evaluate a run made by `dpmammo train`, or sample it with `dpmammo gan sample`"
+                               ) from None
+        raise
     # The run's own weight file is the whole model: skip the sources it was initialised from.
     sources = {"weights": None, "backbone_weights": None, "pretrained": False, "freeze_backbone": False}
     model_cfg = cfg.model.model_copy(update={k: v for k, v in sources.items() if k in type(cfg.model).model_fields})
@@ -39,8 +51,6 @@ def evaluate_run(run_dir: str | Path, on: list[str], *, data_root: str | Path | 
     The decision threshold is chosen on the run's validation set (Youden's J) and reported
     beside the 0.5 threshold.
     """
-    from dpmammo.errors import DpMammoError
-
     run_dir = Path(run_dir)
     try:
         cfg, model = load_run_model(run_dir)
@@ -49,14 +59,14 @@ def evaluate_run(run_dir: str | Path, on: list[str], *, data_root: str | Path | 
     dev = resolve_device(device)
     model.to(dev)
     root = resolve_root(data_root if data_root is not None else cfg.data.root)
+    test_sets = {name: load_set(root, name) for name in on}  # every name checked before anything is written
     val = load_set(root, cfg.data.val)
     yv = load_labels(val).numpy()
     check_both_classes(yv, cfg.data.val)
     threshold = youden_threshold(yv, predict_proba(model, load_images(val, model.input_size), device=dev))
     run = RunDir(run_dir)
     results = {}
-    for name in on:
-        records = load_set(root, name)
+    for name, records in test_sets.items():
         y = load_labels(records).numpy()
         p = predict_proba(model, load_images(records, model.input_size), device=dev)
         m = binary_metrics(y, p, val_threshold=threshold, n_boot=n_boot)

@@ -1,9 +1,14 @@
 """The malignancy-conditioned GAN (MCGAN): train (optionally with a DP discriminator), sample to
-a labelled folder with provenance, score against real data."""
+a labelled folder with provenance, score against real data.
 
-from dpmammo.gan.config import GanConfig
-from dpmammo.gan.sample import sample
-from dpmammo.gan.score import score, train_score_classifier
-from dpmammo.gan.train import train_gan
+Exports load on first use (dpmammo.lazy): `GanConfig` needs pydantic only, the rest torch.
+"""
 
-__all__ = ["GanConfig", "sample", "score", "train_gan", "train_score_classifier"]
+from dpmammo.lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "dpmammo.gan.config": ["GanConfig"],
+    "dpmammo.gan.sample": ["sample"],
+    "dpmammo.gan.score": ["score", "train_score_classifier"],
+    "dpmammo.gan.train": ["train_gan"],
+})

@@ -12,7 +12,7 @@ from typing import Literal, Optional
 from pydantic import Field, field_validator
 
 from dpmammo.config import StrictModel
-from dpmammo.privacy import PrivacyConfig
+from dpmammo.privacy.config import PrivacyConfig
 
 
 class GanDataConfig(StrictModel):

@@ -14,11 +14,19 @@ DP discriminator's outputs, so BatchNorm is fine there.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
 
 from dpmammo.gan.config import GanModelConfig
+
+# Under DP, Opacus's functorch per-sample gradients see the discriminator's label embedding take
+# integer labels, take that for mixed precision, and open a CPU autocast of dtype int64; torch
+# then warns that it disables that autocast. Nothing here uses autocast, so nothing is lost, and
+# the warning says nothing to a user and floods GAN logs.
+warnings.filterwarnings("ignore", message="In CPU autocast, but the target dtype is not supported",
+                        category=UserWarning)
 
 N_CLASSES = 2
 BASE = 4  # spatial side of the generator's first feature map and the discriminator's last

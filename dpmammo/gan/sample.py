@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from dpmammo import __version__
-from dpmammo.config import parse_config
+from dpmammo.config import is_valid, parse_config
 from dpmammo.data.manifest import SAMPLED_MANIFEST, PatchRecord, write_manifest
 from dpmammo.data.sets import PROVENANCE_FILE
 from dpmammo.errors import DpMammoError
@@ -24,6 +24,7 @@ from dpmammo.gan.config import GanConfig
 from dpmammo.gan.models import Generator, to_uint8
 from dpmammo.models import load_weights
 from dpmammo.runs import METRICS, RunDir
+from dpmammo.train.config import TrainConfig
 
 CLASS_NAMES = {0: "benign", 1: "malignant"}
 BATCH = 256
@@ -34,7 +35,14 @@ def load_generator(run_dir: str | Path) -> tuple[Generator, GanConfig]:
     run = RunDir(run_dir)
     if not run.is_finished:
         raise DpMammoError(f"{run.path} is not a finished GAN run (no {METRICS}); train it with `dpmammo gan train`")
-    cfg = parse_config(GanConfig, run.read_config(), str(run.config))
+    data = run.read_config()
+    try:
+        cfg = parse_config(GanConfig, data, str(run.config))
+    except DpMammoError:
+        if is_valid(TrainConfig, data):
+            raise DpMammoError(f"{run.path} is not a GAN run (its config.yaml is a classifier config); sample from "
+                               "a run made by `dpmammo gan train`") from None
+        raise
     gen = Generator(cfg.model)
     load_weights(gen, run.weights)
     return gen.eval(), cfg

@@ -19,7 +19,6 @@ from typing import Optional
 
 import numpy as np
 import torch
-from scipy import linalg
 from sklearn.metrics import roc_auc_score
 
 from dpmammo.data.images import load_images, load_labels, to_float
@@ -32,15 +31,28 @@ FRD_INSTALL = "pip install 'dpmammo[frd]' (frd-score and pyradiomics-bhklab; nee
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """‖μa − μb‖² + Tr(Σa + Σb − 2(ΣaΣb)^½) between Gaussians fitted to rows of `a` and `b`."""
+    """‖μa − μb‖² + Tr(Σa + Σb − 2(ΣaΣb)^½) between Gaussians fitted to rows of `a` and `b`.
+
+    Tr((ΣaΣb)^½) is the sum of √λ over the eigenvalues of Σa^½ Σb Σa^½ (symmetric, positive
+    semi-definite, and similar to ΣaΣb), as torchmetrics computes it: no matrix square root, so a
+    singular covariance (a feature that never fires, fewer patches than features) needs no ε·I
+    offset (pytorch-fid's fix) and raises no SciPy warning.
+    """
     mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
-    if not np.isfinite(covmean).all():  # near-singular product: regularise, as pytorch-fid does
-        off = np.eye(len(cov_a)) * 1e-6
-        covmean = linalg.sqrtm((cov_a + off) @ (cov_b + off))
-    covmean = covmean.real
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
+    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    w, v = np.linalg.eigh(cov_a)
+    sqrt_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    lam = np.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a)
+    tr_covmean = np.sqrt(np.clip(lam, 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * tr_covmean)
+
+
+def fd_conditioning_note(n_a: int, n_b: int, dims: int) -> Optional[str]:
+    """A warning, in words, when a set has no more patches than features (its covariance is singular)."""
+    if min(n_a, n_b) > dims:
+        return None
+    return (f"only {min(n_a, n_b)} patches for {dims} features: the covariance is singular and the distance "
+            "ill-conditioned (noisy, biased upwards); use more patches for a value to compare")
 
 
 @torch.no_grad()
@@ -63,6 +75,20 @@ def timed(fn, *args, **kwargs) -> tuple[object, float]:
     return out, time.perf_counter() - t
 
 
+def score_sets(folder: str | Path, ref: str, *, root: Optional[str | Path] = None, max_images: Optional[int] = None,
+               seed: int = 0) -> tuple[list[PatchRecord], list[PatchRecord]]:
+    """The synthetic and the real patches `score` compares; call it first to check the inputs
+    before a scoring classifier is trained."""
+    folder = Path(folder).expanduser().resolve()
+    if not folder.is_dir():
+        raise DpMammoError(f"synthetic folder not found: {folder} (make one with `dpmammo gan sample`)")
+    syn = subsample(load_set(folder, str(folder)), max_images, seed)
+    real = subsample(load_set(resolve_root(root), ref), max_images, seed)
+    if len({r.label for r in syn}) < 2:
+        raise DpMammoError(f"{folder} holds one class only: class fidelity (AUROC) is undefined")
+    return syn, real
+
+
 def score(folder: str | Path, ref: str, *, classifier: str | Path, root: Optional[str | Path] = None,
           max_images: Optional[int] = None, frd: bool = True, frd_size: int = 128, seed: int = 0,
           out: Optional[str | Path] = None) -> dict:
@@ -82,8 +108,7 @@ def score(folder: str | Path, ref: str, *, classifier: str | Path, root: Optiona
     out_path = out
 
     folder = Path(folder).expanduser().resolve()
-    syn = subsample(load_set(folder, str(folder)), max_images, seed)
-    real = subsample(load_set(resolve_root(root), ref), max_images, seed)
+    syn, real = score_sets(folder, ref, root=root, max_images=max_images, seed=seed)
     if not RunDir(classifier).is_finished:
         raise DpMammoError(f"--classifier {classifier} is not a finished classifier run (no {METRICS})")
     _, model = load_run_model(Path(classifier))
@@ -91,8 +116,6 @@ def score(folder: str | Path, ref: str, *, classifier: str | Path, root: Optiona
                  "classifier": str(classifier)}
 
     labels = load_labels(syn).numpy()
-    if labels.min() == labels.max():
-        raise DpMammoError(f"{folder} holds one class only: class fidelity (AUROC) is undefined")
     from dpmammo.train.predict import predict_proba
 
     p, secs = timed(lambda: predict_proba(model, load_images(syn, model.input_size)))
@@ -100,6 +123,9 @@ def score(folder: str | Path, ref: str, *, classifier: str | Path, root: Optiona
                              "meaning": "AUROC of the intended labels under a classifier trained on real data"}
     fd, secs = timed(lambda: frechet_distance(classifier_features(model, real), classifier_features(model, syn)))
     result["classifier_fd"] = {"value": fd, "seconds": secs, "features": f"{model.num_features}-d forward_features"}
+    note = fd_conditioning_note(len(real), len(syn), model.num_features)
+    if note:
+        result["classifier_fd"]["note"] = note
     result["frd"] = frd_score(real, syn, frd_size) if frd else {"value": None, "note": "not requested"}
     if out_path is not None:
         Path(out_path).write_text(json.dumps(result, indent=2))

@@ -25,16 +25,17 @@ from torch import nn
 from torchvision.utils import save_image
 
 from dpmammo import __version__
+from dpmammo.device import resolve_device
 from dpmammo.data.images import load_images
 from dpmammo.data.sets import load_set, resolve_root
 from dpmammo.gan.config import GanConfig
 from dpmammo.gan.models import N_CLASSES, build, to_model_range
 from dpmammo.models import save_weights
-from dpmammo.runs import RunDir
+from dpmammo.privacy.sampling import epoch_steps
 from dpmammo.privacy import (Batch, PoissonUnits, ShuffledBatches, check_delta, dp_stage, make_private,
                              noise_generator, non_dp_stage, unit_ids, write_privacy)
-from dpmammo.train.predict import resolve_device
-from dpmammo.train.schedule import epoch_steps, make_progress
+from dpmammo.progress import StepProgress
+from dpmammo.runs import RunDir
 
 DP_LOSS_NOTE = ("the discriminator's loss is not recorded: it is computed from private rows without noise; "
                 "the generator's loss is post-processing of the released discriminator")
@@ -104,8 +105,8 @@ def train_gan_run(cfg: GanConfig, run: RunDir, resuming: bool, progress: bool) -
         t0 = time.time()
         say(f"resumed after epoch {state['epoch']}")
 
-    steps = epoch_steps(sampler, cfg.train.epochs, dp)
-    bar = make_progress(progress)
+    steps = epoch_steps(sampler, cfg.train.epochs, dp.planned_steps if dp else None)
+    bar = StepProgress(enabled=progress)
     with bar:
         task = bar.add_task("gan", total=sum(steps), completed=sum(steps[:state["epoch"]]))
         for epoch in range(state["epoch"], cfg.train.epochs):

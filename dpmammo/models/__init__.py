@@ -1,14 +1,13 @@
-"""Models: a registry of name → classifier (backbone + head). See `create_model`."""
+"""Models: a registry of name → classifier (backbone + head). See `create_model`.
 
-from dpmammo.models import cnn as _cnn  # noqa: F401  (registers cnn-small)
-from dpmammo.models import swin as _swin  # noqa: F401  (registers swin_t)
-from dpmammo.models.classifier import Classifier
-from dpmammo.models.cnn import CnnSmallConfig
-from dpmammo.models.registry import create_model, list_models, model_config_class, register_model
-from dpmammo.models.swin import SwinTConfig
-from dpmammo.models.weights import load_weights, save_weights
+Exports load on first use (dpmammo.lazy): the config classes need pydantic only, the rest torch.
+"""
 
-ModelConfig = CnnSmallConfig | SwinTConfig
+from dpmammo.lazy import lazy_exports
 
-__all__ = ["Classifier", "CnnSmallConfig", "SwinTConfig", "ModelConfig", "create_model", "list_models",
-           "model_config_class", "register_model", "load_weights", "save_weights"]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "dpmammo.models.config": ["CnnSmallConfig", "SwinTConfig", "ModelConfig"],
+    "dpmammo.models.classifier": ["Classifier"],
+    "dpmammo.models.registry": ["create_model", "list_models", "model_config_class", "register_model"],
+    "dpmammo.models.weights": ["load_weights", "save_weights"],
+})

@@ -6,30 +6,11 @@ BatchNorm mixes samples in a batch. GroupNorm normalises within a sample.
 
 from __future__ import annotations
 
-from typing import Literal, Optional
-
-from pydantic import Field, field_validator
 from torch import nn
 
-from dpmammo.config import StrictModel
 from dpmammo.models.classifier import Classifier
+from dpmammo.models.config import CnnSmallConfig
 from dpmammo.models.registry import register_model
-from pathlib import Path
-
-
-class CnnSmallConfig(StrictModel):
-    name: Literal["cnn-small"] = "cnn-small"
-    input_size: int = Field(64, ge=32, le=256, description="patch side in pixels (resized on load)")
-    width: int = Field(16, ge=4, le=256, description="channels of the first block; doubles twice")
-    weights: Optional[Path] = Field(None, description="whole-model weight file, loaded strictly")
-    freeze_backbone: bool = False
-
-    @field_validator("input_size")
-    @classmethod
-    def _multiple_of_16(cls, v: int) -> int:
-        if v % 16:
-            raise ValueError(f"must be a multiple of 16, got {v}")
-        return v
 
 
 def _block(cin: int, cout: int, pool: bool) -> nn.Sequential:

@@ -7,6 +7,7 @@ and an unknown name fails listing the registered ones.
 
 from __future__ import annotations
 
+import importlib
 from typing import Callable
 
 from pydantic import ValidationError
@@ -16,6 +17,15 @@ from dpmammo.errors import DpMammoError
 from dpmammo.models.classifier import Classifier
 
 _REGISTRY: dict[str, tuple[type[StrictModel], Callable[[StrictModel], Classifier]]] = {}
+# Modules that register the built-in models when imported; imported on the registry's first use
+# (not by `import dpmammo.models`, which must stay free of torch and timm for the CLI).
+BUILTIN_MODULES = ("dpmammo.models.cnn", "dpmammo.models.swin")
+
+
+def _registry() -> dict[str, tuple[type[StrictModel], Callable[[StrictModel], Classifier]]]:
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
+    return _REGISTRY
 
 
 def register_model(name: str, config_cls: type[StrictModel]):
@@ -31,11 +41,11 @@ def register_model(name: str, config_cls: type[StrictModel]):
 
 
 def list_models() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(_registry())
 
 
 def model_config_class(name: str) -> type[StrictModel]:
-    if name not in _REGISTRY:
+    if name not in _registry():
         raise DpMammoError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
     return _REGISTRY[name][0]
 
@@ -54,7 +64,7 @@ def create_model(name_or_cfg: str | StrictModel, **kwargs) -> Classifier:
             raise DpMammoError(format_validation_error(e, f"model {name_or_cfg}")) from None
     else:
         cfg = name_or_cfg
-    _, build = _REGISTRY[cfg.name]
+    _, build = _registry()[cfg.name]
     model = build(cfg)
     if cfg.weights is not None:
         from dpmammo.models.weights import load_weights

@@ -7,38 +7,19 @@ ImageNet weights were trained. The paper's head is an MLP 768→384→2.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
 
 import torch
-from pydantic import Field, model_validator
 from torch import nn
 
-from dpmammo.config import StrictModel
 from dpmammo.errors import DpMammoError
 from dpmammo.models.classifier import Classifier
+from dpmammo.models.config import SwinTConfig
 from dpmammo.models.registry import register_model
 from dpmammo.models.weights import load_state_dict_strict, read_state_dict
 
 TIMM_NAME = "swin_tiny_patch4_window7_224"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class SwinTConfig(StrictModel):
-    name: Literal["swin_t"] = "swin_t"
-    input_size: Literal[224] = 224
-    pretrained: bool = Field(False, description="ImageNet-1k weights from timm's download cache")
-    backbone_weights: Optional[Path] = Field(
-        None, description="local timm Swin-T checkpoint (ImageNet), loaded strictly; its classifier keys are dropped")
-    weights: Optional[Path] = Field(None, description="whole-model weight file, loaded strictly")
-    head: Literal["mlp", "linear"] = Field("mlp", description="mlp: 768→384→2 as in the paper; linear: 768→2")
-    freeze_backbone: bool = False
-
-    @model_validator(mode="after")
-    def _one_weight_source(self):
-        if self.pretrained and self.backbone_weights is not None:
-            raise ValueError("give either pretrained: true or backbone_weights: PATH, not both")
-        return self
 
 
 class SwinBackbone(nn.Module):
@@ -53,16 +34,49 @@ class SwinBackbone(nn.Module):
         return self.net(x)
 
 
+WEIGHTS_FILE = "model.safetensors"  # what timm downloads for this model from the Hugging Face Hub
+PROBE_TIMEOUT_S = 10
+
+
+def imagenet_weights_file() -> Path:
+    """The local file of timm's ImageNet Swin-T weights: from the Hugging Face cache, else one
+    download attempt.
+
+    huggingface_hub retries a failed download with backoff (about a minute and a warning per try
+    when offline), so the Hub is asked once, with a short timeout, before downloading; without
+    network this is a one-line DpMammoError that says how to provide the file instead.
+    """
+    import timm
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
+
+    hub_id = timm.models.get_pretrained_cfg(TIMM_NAME).hf_hub_id
+    cached = try_to_load_from_cache(hub_id, WEIGHTS_FILE)
+    if isinstance(cached, str):
+        return Path(cached)
+    url = hf_hub_url(hub_id, WEIGHTS_FILE)
+    try:
+        if constants.HF_HUB_OFFLINE:
+            raise ConnectionError("HF_HUB_OFFLINE is set")
+        get_hf_file_metadata(url, timeout=PROBE_TIMEOUT_S)
+        return Path(hf_hub_download(hub_id, WEIGHTS_FILE))
+    except Exception as e:  # no network, a proxy, a firewall: say how to provide the file instead
+        reason = f"{e.__class__.__name__}: {str(e).splitlines()[0][:120]}" if str(e) else e.__class__.__name__
+        raise DpMammoError(
+            f"ImageNet weights for {TIMM_NAME} are not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
+            f"cannot be downloaded ({reason}); run once with internet access to cache them, or download {url} "
+            "and set model.pretrained: false and model.backbone_weights: /path/to/model.safetensors"
+        ) from None
+
+
 def _timm_swin(cfg: SwinTConfig) -> nn.Module:
     import timm
 
-    try:
-        net = timm.create_model(TIMM_NAME, pretrained=cfg.pretrained, num_classes=0)
-    except Exception as e:  # no network, no cache: say what to do instead
-        raise DpMammoError(
-            f"cannot get ImageNet weights for {TIMM_NAME} from timm ({e.__class__.__name__}); "
-            "connect to the internet once, or set model.backbone_weights to a local checkpoint"
-        ) from None
+    if cfg.pretrained:
+        # timm loads the local file strictly (its classifier keys are dropped for num_classes=0).
+        overlay = {"file": str(imagenet_weights_file())}
+        net = timm.create_model(TIMM_NAME, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=0)
+    else:
+        net = timm.create_model(TIMM_NAME, pretrained=False, num_classes=0)
     if cfg.backbone_weights is not None:
         state = {k: v for k, v in read_state_dict(cfg.backbone_weights).items() if not k.startswith("head.")}
         load_state_dict_strict(net, state, str(cfg.backbone_weights))

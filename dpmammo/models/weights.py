@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dpmammo.errors import DpMammoError
+from dpmammo.files import atomic_path
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -59,8 +60,6 @@ def load_weights(module: nn.Module, path: str | Path) -> None:
 
 def save_weights(module: nn.Module, path: str | Path) -> None:
     """safetensors, written atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    save_file(state, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp))

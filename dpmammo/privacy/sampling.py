@@ -107,6 +107,15 @@ class Batch:
         return torch.unique_consecutive(self.groups[part], return_inverse=True)[1]
 
 
+def epoch_steps(sampler, epochs: int, planned_steps: Optional[int] = None) -> list[int]:
+    """Steps in each epoch: the sampler's own epoch length, or (DP) the planned, calibrated number
+    of Poisson steps spread over the epochs, so that exactly the accounted steps are taken."""
+    if planned_steps is None:
+        return [sampler.steps_per_epoch] * epochs
+    base, extra = divmod(planned_steps, epochs)
+    return [base + (1 if e < extra else 0) for e in range(epochs)]
+
+
 class ShuffledBatches:
     """Non-private sampling: a fresh permutation each epoch, consumed in batches of `batch_size`."""
 

@@ -13,7 +13,8 @@ from dpmammo.report import html as report_html
 from dpmammo.report import plots
 from dpmammo.report.tables import markdown
 from dpmammo.study.config import StudyConfig
-from dpmammo.study.results import SUMMARY_JSON, read_results, write_atomic
+from dpmammo.files import write_text_atomic
+from dpmammo.study.results import SUMMARY_JSON, read_results
 from dpmammo.study.runner import STUDY_FILE
 
 REPORT_HTML, RESULTS_MD = "report.html", "results.md"
@@ -27,10 +28,10 @@ def build_report(study_dir: str | Path) -> Path:
     rows = read_results(study_dir)
     summary_path = study_dir / SUMMARY_JSON
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    write_atomic(study_dir / RESULTS_MD, markdown(cfg, rows))
+    write_text_atomic(study_dir / RESULTS_MD, markdown(cfg, rows))
     figs = {"privacy_utility": plots.privacy_utility(cfg, rows, study_dir / PLOT_CURVE),
             "roc": plots.roc_curves(cfg, rows, study_dir, study_dir / PLOT_ROC)}
-    write_atomic(study_dir / REPORT_HTML, report_html.render(cfg, rows, study_dir, figs, summary))
+    write_text_atomic(study_dir / REPORT_HTML, report_html.render(cfg, rows, study_dir, figs, summary))
     return study_dir / REPORT_HTML
 
 

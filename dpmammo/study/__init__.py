@@ -1,11 +1,14 @@
 """Privacy-utility studies: conditions × ε × seeds, run locally or on Ray, collected into results.
 
 Entry points: `StudyConfig`, `load_study` (a YAML file or a packaged preset), `run_study`.
+Exports load on first use (dpmammo.lazy): configs and presets need no torch, running does.
 """
 
-from dpmammo.study.config import StudyConfig
-from dpmammo.study.presets import PRESETS, load_study
-from dpmammo.study.recipes import RunSpec, expand, list_conditions
-from dpmammo.study.runner import run_study
+from dpmammo.lazy import lazy_exports
 
-__all__ = ["StudyConfig", "PRESETS", "load_study", "RunSpec", "expand", "list_conditions", "run_study"]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "dpmammo.study.config": ["StudyConfig"],
+    "dpmammo.study.presets": ["PRESETS", "load_study"],
+    "dpmammo.study.recipes": ["RunSpec", "expand", "list_conditions"],
+    "dpmammo.study.runner": ["run_study"],
+})

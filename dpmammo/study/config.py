@@ -18,7 +18,7 @@ from dpmammo.privacy.budget import Epsilon, is_private
 from dpmammo.privacy.config import PrivacyConfig, PrivacySettings
 from dpmammo.study.recipes import CONDITION_ALIASES, Condition, STAGES, Stage
 from dpmammo.train.config import ModelConfig, OptimConfig, TrainSettings
-from dpmammo.models import CnnSmallConfig
+from dpmammo.models.config import CnnSmallConfig
 
 class StageOverride(StrictModel):
     """Per-stage changes to the shared training settings (only what a recipe stage needs)."""

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
+from dpmammo.files import write_json_atomic, write_text_atomic
 from dpmammo.privacy.budget import is_private, parse_epsilon
 from dpmammo.study.recipes import Plan
 from dpmammo.runs import RunDir
@@ -31,12 +31,6 @@ COLUMNS = ("condition", "run_id", "stage", "test_set", "status", "epsilon_target
            "epsilon_total", "delta_total", "unit", "seed", "n", "auroc", "auroc_ci_low", "auroc_ci_high", "auprc",
            "accuracy", "sensitivity", "specificity", "threshold", "wall_time_s", "error")
 METRICS = ("auroc", "auprc", "accuracy", "sensitivity", "specificity")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def run_rows(condition: str, spec, run_dir: Path, test_sets: list[str], outcome: Optional["Outcome"]) -> list[dict]:
@@ -84,14 +78,14 @@ def to_csv(rows: list[dict]) -> str:
 def write_results(cfg: "StudyConfig", plan: Plan, study_dir: Path, outcomes: dict[str, "Outcome"]) -> list[dict]:
     """results.csv and summary.json (every run's status and error), both atomically."""
     rows = collect(cfg, plan, study_dir, outcomes)
-    write_atomic(study_dir / RESULTS_CSV, to_csv(rows))
+    write_text_atomic(study_dir / RESULTS_CSV, to_csv(rows))
     summary = {
         "study": cfg.name,
         "runs": {rid: {"status": o.status, "error": o.error, "privacy_total": o.privacy, "wall_s": round(o.wall_s, 1)}
                  for rid, o in outcomes.items()},
         "counts": {s: sum(o.status == s for o in outcomes.values()) for s in ("done", "cached", "failed", "skipped")},
     }
-    write_atomic(study_dir / SUMMARY_JSON, json.dumps(summary, indent=2, ensure_ascii=False))
+    write_json_atomic(study_dir / SUMMARY_JSON, summary)
     return rows
 
 

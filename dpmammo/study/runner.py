@@ -16,12 +16,13 @@ from typing import Callable, Literal, Optional
 
 import yaml
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dpmammo.data.sets import resolve_root
 from dpmammo.errors import DpMammoError
+from dpmammo.files import write_text_atomic
 from dpmammo.privacy.ledger import short
+from dpmammo.progress import StepProgress
 from dpmammo.study.config import StudyConfig
 from dpmammo.study.recipes import Plan, RunSpec, expand
 from dpmammo.study.results import write_results
@@ -106,9 +107,7 @@ def prepare_study(cfg: StudyConfig, out: Path) -> tuple[StudyConfig, Path]:
     if path.is_file() and path.read_text() != resolved:
         raise DpMammoError(f"{out} holds a study with another config; choose another --out "
                            f"(or delete it to start over)")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(resolved)
-    tmp.replace(path)
+    write_text_atomic(path, resolved)
     return cfg, out
 
 
@@ -121,12 +120,15 @@ def run_study(cfg: StudyConfig, out: str | Path, *, executor: Executor = "local"
     """
     if executor not in EXECUTORS:
         raise DpMammoError(f"unknown executor {executor!r}; use one of: {', '.join(EXECUTORS)}")
+    if executor == "local":
+        check_pretrained_weights(expand(cfg), Path(out))  # before the study directory is written
     cfg, out = prepare_study(cfg, Path(out))
     plan = expand(cfg)
     result = StudyResult(out, plan)
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("runs"),
-                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                   disable=not progress, console=console, transient=False)
+    # A bar on a terminal; in a log file a line when each run starts and when it ends.
+    bar = StepProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("runs"),
+                       TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                       enabled=progress, console=console, every=0, unit="runs")
     with bar:
         task = bar.add_task(f"study {cfg.name}", total=len(plan.runs))
 
@@ -141,6 +143,17 @@ def run_study(cfg: StudyConfig, out: str | Path, *, executor: Executor = "local"
         run(cfg, plan, out, report, lambda rid: bar.update(task, description=f"running {rid}"), **kwargs)
     write_results(cfg, plan, out, result.outcomes)
     return result
+
+
+def check_pretrained_weights(plan: Plan, out: Path) -> None:
+    """Without ImageNet weights every pretrained run left to train would fail alike: say it once, first."""
+    from dpmammo.models.config import SwinTConfig
+
+    if any(isinstance(s.config.model, SwinTConfig) and s.config.model.pretrained and not RunDir(out / rid).is_finished
+           for rid, s in plan.runs.items()):
+        from dpmammo.models.swin import imagenet_weights_file
+
+        imagenet_weights_file()
 
 
 def _run_local(cfg: StudyConfig, plan: Plan, out: Path, report: Callable, announce: Callable) -> None:

@@ -1,6 +1,11 @@
-"""One training stage (DP or not), checkpoints and resume. Entry point: `fit`."""
+"""One training stage (DP or not), checkpoints and resume. Entry point: `fit`.
 
-from dpmammo.train.config import DataConfig, OptimConfig, TrainConfig, TrainSettings
-from dpmammo.train.loop import fit
+Exports load on first use (dpmammo.lazy): the configs need pydantic only, `fit` needs torch.
+"""
 
-__all__ = ["DataConfig", "OptimConfig", "TrainConfig", "TrainSettings", "fit"]
+from dpmammo.lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "dpmammo.train.config": ["DataConfig", "OptimConfig", "TrainConfig", "TrainSettings"],
+    "dpmammo.train.loop": ["fit"],
+})

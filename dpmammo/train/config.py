@@ -9,8 +9,8 @@ from pydantic import Field, model_validator
 from typing_extensions import Annotated
 
 from dpmammo.config import StrictModel
-from dpmammo.models import CnnSmallConfig, SwinTConfig
-from dpmammo.privacy import PrivacyConfig
+from dpmammo.models.config import CnnSmallConfig, SwinTConfig
+from dpmammo.privacy.config import PrivacyConfig
 
 ModelConfig = Annotated[Union[CnnSmallConfig, SwinTConfig], Field(discriminator="name")]
 

@@ -26,6 +26,7 @@ from dpmammo.data.images import VIEWS, apply_views, to_float
 from dpmammo.data.manifest import PatchRecord
 from dpmammo.data.sets import default_cache_dir
 from dpmammo.errors import DpMammoError
+from dpmammo.files import atomic_path
 from dpmammo.models.classifier import Classifier
 
 CACHE_VERSION = 1  # bump when the way features are computed changes
@@ -82,9 +83,8 @@ def cached_features(model: Classifier, records: list[PatchRecord], images: torch
         say(f"features: {path} has shape {tuple(feats.shape)}, expected {expected}; recomputing")
     feats = compute_features(model, images, n_views, device=device)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    torch.save(feats, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(feats, tmp)
     say(f"features: computed {expected} and stored {path}")
     return feats
 

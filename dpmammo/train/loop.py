@@ -23,17 +23,19 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from dpmammo import __version__
+from dpmammo.device import resolve_device
 from dpmammo.data.images import N_VIEWS, apply_views, load_images, load_labels, to_float
 from dpmammo.data.sets import load_set, resolve_root, synthetic_provenance
 from dpmammo.errors import DpMammoError
 from dpmammo.models import create_model, load_weights, save_weights
+from dpmammo.privacy.sampling import epoch_steps
 from dpmammo.privacy import (PoissonUnits, ShuffledBatches, StageSpend, check_delta, dp_stage, make_private,
                              noise_generator, non_dp_stage, unit_ids, weights_stage, write_privacy)
+from dpmammo.progress import StepProgress
 from dpmammo.runs import METRICS, RunDir
 from dpmammo.train import features as fc
 from dpmammo.train.config import TrainConfig
-from dpmammo.train.predict import predict_proba, resolve_device
-from dpmammo.train.schedule import epoch_steps, make_progress
+from dpmammo.train.predict import predict_proba
 
 DP_LOSS_NOTE = ("training losses are not recorded: they are computed from private batches without noise; "
                 "the per-epoch validation AUROC and the selected epoch depend on the validation set and the "
@@ -127,9 +129,9 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, progress: bool) -> 
         t0 = time.time()  # time before the interruption is in state["wall_s"]
         say(f"resumed after epoch {state['epoch']}")
 
-    steps_per_epoch = epoch_steps(sampler, epochs, dp)
+    steps_per_epoch = epoch_steps(sampler, epochs, dp.planned_steps if dp else None)
     last_checkpoint = time.time()
-    bar = make_progress(progress)
+    bar = StepProgress(enabled=progress)
     with bar:
         task = bar.add_task("train", total=sum(steps_per_epoch), completed=sum(steps_per_epoch[:state["epoch"]]))
         for epoch in range(state["epoch"], epochs):

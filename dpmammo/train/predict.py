@@ -21,13 +21,3 @@ def predict_proba(model: nn.Module, images: torch.Tensor, *, batch_size: int = 2
         out.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu())
     model.train(was_training)
     return torch.cat(out).numpy().astype(np.float64)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from dpmammo.errors import DpMammoError
-
-        raise DpMammoError("train.device is cuda but no CUDA GPU is visible; use device: cpu or auto")
-    return torch.device(name)
