@@ -32,6 +32,7 @@ from dpmammo.privacy import (PoissonUnits, ShuffledBatches, StageSpend, check_de
 from dpmammo.train import features as fc
 from dpmammo.train import run_dir as rd
 from dpmammo.train.config import TrainConfig
+from dpmammo.train.members import apply_audit_split
 from dpmammo.train.predict import predict_proba, resolve_device
 from dpmammo.train.schedule import epoch_steps, make_progress
 
@@ -53,6 +54,7 @@ def fit(cfg: TrainConfig, out: str | Path, *, force: bool = False, progress: boo
         # Data: the union of the training sets, the validation set, all in memory as uint8.
         root = resolve_root(cfg.data.root)
         train_records = [r for name in cfg.data.train for r in load_set(root, name)]
+        train_records = apply_audit_split(train_records, cfg.data.audit_split)  # audits: a known member split
         val_records = load_set(root, cfg.data.val)
         n_private = sum(r.source == "real" for r in train_records)
 
