@@ -113,6 +113,11 @@ def test_non_private_overfitted_model_leaks(phantoms, tmp_path):
     assert {a.attack for a in rec.attacks} == {"lira-online", "lira-offline", "loss"}
     on_disk = json.loads((tmp_path / "lira" / "audit.json").read_text())
     assert on_disk["measured_epsilon"] == rec.measured_epsilon and (tmp_path / "lira" / "roc.png").stat().st_size > 0
+    # RMIA on the same models (scoring only): weaker than LiRA here, still well above chance.
+    models = tmp_path / "lira" / "models"
+    rmia = audit_runs(models / "target", sorted(models.glob("reference-*")), tmp_path / "rmia",
+                      AuditSettings(method="rmia", models=8))
+    assert rmia.primary == "rmia" and rmia.attacks[0].auc.value > 0.6 and rmia.measured_epsilon >= 0.0
 
 
 def test_dp_model_at_epsilon_1_never_measured_above_its_promise(phantoms, tmp_path):

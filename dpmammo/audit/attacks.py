@@ -49,12 +49,13 @@ class Signals:
     target_pop: Optional[np.ndarray] = None
     refs_pop: Optional[np.ndarray] = None
 
-    def without_first_reference(self) -> "Signals":
-        """Reference model 0 as the audited model, the others as its references: the attacker's
-        calibration game, whose answers it knows."""
-        return Signals(self.refs[0], self.refs[1:], self.ref_in[1:],
+    def calibration(self) -> "Signals":
+        """Reference model 0 as the audited model, references 2.. as its references: the
+        attacker's calibration game, whose answers it knows. Reference 1 is left out: it holds
+        exactly the units reference 0 does not (paired models), which would give the game away."""
+        return Signals(self.refs[0], self.refs[2:], self.ref_in[2:],
                        None if self.refs_pop is None else self.refs_pop[0],
-                       None if self.refs_pop is None else self.refs_pop[1:])
+                       None if self.refs_pop is None else self.refs_pop[2:])
 
 
 def log_sigmoid(x: np.ndarray) -> np.ndarray:

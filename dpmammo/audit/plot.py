@@ -24,7 +24,7 @@ def roc_plot(record: AuditRecord, curves: dict[str, tuple[np.ndarray, np.ndarray
     ax.plot([floor, 1], [floor, 1], ls="--", c="grey", lw=0.8, label="chance")
     ax.set(xscale="log", yscale="log", xlim=(floor, 1), ylim=(floor, 1.05),
            xlabel=f"false positive rate (non-member {record.unit}s)", ylabel=f"true positive rate (member {record.unit}s)",
-           title=f"{record.method} audit; promised {short(record.promised)}")
+           title=f"{record.method} audit; promised: {short(record.promised)}")
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()

@@ -93,7 +93,14 @@ def audit_runs(target: Path, references: list[Path], out: str | Path, settings: 
     if (out / AUDIT_JSON).exists():
         raise DpMammoError(f"{out} already holds a finished audit ({AUDIT_JSON}); choose another --out")
     cfg, target_split = read_split(Path(target))
-    ref_splits = [read_split(Path(r))[1] for r in references]
+    recipe = _without_split(cfg)
+    ref_splits = []
+    for r in references:
+        ref_cfg, split = read_split(Path(r))
+        if _without_split(ref_cfg) != recipe or split.unit != target_split.unit:
+            raise DpMammoError(f"reference model {r} was trained with another recipe than the target {target}: "
+                               "reference models must repeat the target's recipe on other member splits")
+        ref_splits.append(split)
     method = settings.method
     if (method == "one-run") != (not references):
         raise DpMammoError(f"method {method} with {len(references)} reference models: one-run takes none, "
@@ -118,9 +125,16 @@ def audit_runs(target: Path, references: list[Path], out: str | Path, settings: 
         wall_time_s=round(time.time() - t0, 1), dpmammo_version=__version__)
     from dpmammo.audit.plot import roc_plot  # matplotlib only when writing
 
+    out.mkdir(parents=True, exist_ok=True)
     roc_plot(record, {r.attack: curve for r, curve in scored}, out / ROC_PNG)
     write_audit(out / AUDIT_JSON, record)
     return record
+
+
+def _without_split(cfg: TrainConfig) -> dict:
+    data = cfg.model_dump(mode="json")
+    data["data"].pop("audit_split")
+    return data
 
 
 def _membership(pool: Pool, split) -> np.ndarray:
@@ -137,7 +151,7 @@ def _reference_attacks(cfg, runs, pool: Pool, labels, splits, settings: AuditSet
         pop_labels = np.array([r.label for r in pool.population])
         pop = margins(pool_logits(cfg, runs, pool.population), pop_labels)
     signals = Signals(sig[0], sig[1:], record_in[1:], None if pop is None else pop[0], None if pop is None else pop[1:])
-    calibration = signals.without_first_reference()
+    calibration = signals.calibration()
     n_units, results = len(pool.units), []
     for name in METHOD_ATTACKS[method][0]:
         scores = unit_scores(ATTACKS[name](signals), pool.record_unit, n_units)

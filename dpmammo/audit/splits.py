@@ -6,9 +6,11 @@
   references has systematically larger margins on *every* record, which online LiRA reads as
   membership (seen on phantoms: target 36 units, references 32, online LiRA AUC 0.66 vs 0.81
   for the loss attack).
-- Reference models: each unit is in exactly half of them (Carlini et al.'s scheme, balanced
-  in/out statistics per unit), drawn independently of the target's half: knowing the reference
-  models' members tells the attacker nothing about the target's.
+- Reference models: in pairs, a random half and its complement (ML Privacy Meter's paired
+  models), so every model holds half the pool and every unit is in exactly half of the models
+  (Carlini et al.'s balanced in/out statistics per unit). Drawn independently of the target's
+  half: knowing the reference models' members tells the attacker nothing about the target's.
+  Equal sizes also give every model the same sampling rate and noise (one calibration).
 - One-run (Steinke et al. 2023): m units become canaries; each is included with probability ½
   and, when included, trained on with the *other* label. The other units are always members.
   A mislabelled patch is the most memorable thing a classifier can see in this data: it has to
@@ -36,7 +38,10 @@ def reference_splits(units: list[str], n_refs: int, *, seed: int, unit: Unit) ->
     rng = np.random.default_rng([seed, _STREAM, 0])
     target = np.zeros(len(units), dtype=bool)
     target[rng.permutation(len(units))[:len(units) // 2]] = True
-    refs = np.argsort(rng.random((n_refs, len(units))), axis=0) < n_refs // 2
+    refs = np.zeros((n_refs, len(units)), dtype=bool)
+    for pair in range(n_refs // 2):
+        refs[2 * pair, rng.permutation(len(units))[:len(units) // 2]] = True
+        refs[2 * pair + 1] = ~refs[2 * pair]
     masks = [("target", target)] + [(f"reference-{k:02d}", refs[k]) for k in range(n_refs)]
     return [AuditSplit(unit=unit, members=[u for u, keep in zip(units, mask) if keep], seed=seed, role=role)
             for role, mask in masks]

@@ -23,7 +23,7 @@ from opacus.validators import ModuleValidator
 from torch import nn
 
 from dpmammo.errors import DpMammoError
-from dpmammo.privacy.accounting import accountant_kwargs, calibrate_noise, new_accountant, steps_for
+from dpmammo.privacy.accounting import calibrate_noise, epsilon_of, new_accountant, steps_for
 from dpmammo.privacy.config import PrivacyConfig
 from dpmammo.privacy.grad_samplers import prepare_for_dp
 from dpmammo.privacy.sampling import Batch, PoissonUnits
@@ -105,7 +105,7 @@ class DPSetup:
     def epsilon(self) -> float:
         if not self.accountant.history:
             return 0.0
-        return float(self.accountant.get_epsilon(delta=self.config.delta, **accountant_kwargs(self.config.accountant)))
+        return epsilon_of(self.accountant.history, self.config.delta, self.config.accountant)  # memoised
 
     @property
     def steps_taken(self) -> int:

@@ -53,7 +53,7 @@ def promised_vs_measured_plot(cfg: StudyConfig, audited, path: Path) -> Optional
     ax.plot([0, top], [0, top], "--", color="grey", lw=0.8, label="measured = promised")
     ticks = sorted({round(e, 2) for e in finite})
     ax.set_xticks([*ticks, x_np], [*(f"{t:g}" for t in ticks), "non-\nprivate"])
-    ax.set(xlim=(0, x_np * 1.1), ylim=(0, max(top, x_np) * 1.05),
+    ax.set(xlim=(0, x_np * 1.1), ylim=(0, top * 1.1),
            xlabel=f"promised ε of the DP stage ({UNIT_WORDS[cfg.privacy.unit].split(' (')[0]})",
            ylabel="measured ε lower bound (95%)", title="promised vs measured privacy leakage")
     ax.legend(fontsize=8, loc="upper left")
