@@ -101,10 +101,10 @@ def audit_runs(target: Path, references: list[Path], out: str | Path, settings: 
             raise DpMammoError(f"reference model {r} was trained with another recipe than the target {target}: "
                                "reference models must repeat the target's recipe on other member splits")
         ref_splits.append(split)
-    method = settings.method
-    if (method == "one-run") != (not references):
+    method = settings.method if settings.method != "auto" else ("lira" if references else "one-run")
+    if (method == "one-run") != (not references) or (references and (len(references) < 4 or len(references) % 2)):
         raise DpMammoError(f"method {method} with {len(references)} reference models: one-run takes none, "
-                           "lira and rmia at least 4")
+                           "lira and rmia an even number, at least 4 (complementary pairs)")
     unit = target_split.unit
     pool = load_pool(cfg, unit)
     runs = [Path(target), *map(Path, references)]

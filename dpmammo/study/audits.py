@@ -55,6 +55,8 @@ def run_audits(cfg: StudyConfig, plan: Plan, study_dir: Path, *, progress: bool 
     import torch
 
     seed, records = cfg.seeds[0], []
+    # Non-private conditions are split by the study's unit too, so every row measures the same unit.
+    settings = cfg.audit if cfg.audit.unit is not None else cfg.audit.model_copy(update={"unit": cfg.privacy.unit})
     for key in plan.results:
         spec = plan.runs[key.run_id]
         if spec.seed != seed:
@@ -75,7 +77,7 @@ def run_audits(cfg: StudyConfig, plan: Plan, study_dir: Path, *, progress: bool 
             threads = torch.get_num_threads()
             torch.set_num_threads(cfg.resources.num_cpus)
             try:
-                audit_recipe(cfg_run, folder, cfg.audit, progress="bar" if progress else "off")
+                audit_recipe(cfg_run, folder, settings, progress="bar" if progress else "off")
                 records.append(StudyAudit(**entry, status="done", wall_s=round(time.time() - t0, 1)))
             except Exception as e:  # noqa: BLE001 — one audit's failure must not stop the others
                 msg = str(e).splitlines()[0] if str(e) else ""
