@@ -202,6 +202,35 @@ def study(config: Optional[Path] = typer.Argument(None, help="study config YAML 
         sys.exit(1)
 
 
+@app.command("audit")
+def audit(config: Path,
+          out: Path = typer.Option(..., "--out", help="audit folder: models/, audit.json, roc.png"),
+          method: str = typer.Option("auto", "--method", help="lira | rmia | one-run | auto (lira for head-only "
+                                                              "recipes, one-run otherwise)"),
+          models: int = typer.Option(16, "--models", help="reference models K (lira, rmia); even"),
+          canaries: int = typer.Option(200, "--canaries", help="mislabelled canaries (one-run)"),
+          seed: int = typer.Option(0, "--seed", help="the audit's seed (member split, canaries), not DP noise"),
+          set_: List[str] = typer.Option([], "--set", help="override a key of the training config")):
+    """Membership-inference audit of a training recipe: promised ε vs the ε lower bound an attack proves."""
+    from dpmammo.audit import AuditSettings, audit_recipe
+    from dpmammo.config import load_config, parse_config
+    from dpmammo.privacy.ledger import short
+    from dpmammo.train import TrainConfig
+
+    cfg = load_config(TrainConfig, config, set_)
+    settings = parse_config(AuditSettings, {"method": method, "models": models, "canaries": canaries, "seed": seed},
+                            "audit options")
+    rec = audit_recipe(cfg, out, settings, progress="bar" if sys.stderr.isatty() else "lines")
+    table = Table("attack", "AUC (95% CI)", "TPR@1% FPR", "TPR@0.1% FPR", f"ε lower bound /{rec.unit}",
+                  title=f"{rec.method} audit of {config}: promised {short(rec.promised)}")
+    for a in rec.attacks:
+        table.add_row(a.attack + (" (primary)" if a.attack == rec.primary else ""),
+                      f"{a.auc.value:.3f} ({a.auc.ci_low:.3f}–{a.auc.ci_high:.3f})",
+                      *(f"{t.tpr.value:.3f}" for t in a.tpr_at_fpr), f"{a.epsilon_lower_bound:.2f}")
+    console.print(table)
+    console.print(f"wrote {out / 'audit.json'} and {out / 'roc.png'}")
+
+
 gan_app = typer.Typer(no_args_is_help=True, help="Malignancy-conditioned GAN: train (optionally DP), sample, score.")
 app.add_typer(gan_app, name="gan")
 

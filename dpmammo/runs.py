@@ -33,6 +33,11 @@ CONFIG, METRICS, PRIVACY, WEIGHTS, LOG, CHECKPOINT, EVAL = (
 RUN_FILES = (CONFIG, METRICS, PRIVACY, WEIGHTS, LOG, CHECKPOINT)
 
 
+def config_text(cfg: BaseModel) -> str:
+    """The resolved config as config.yaml holds it (every default spelled out)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
 class RunDir:
     """The files of one run directory (see the module docstring)."""
 
@@ -78,6 +83,9 @@ class RunDir:
 
     def read_privacy(self) -> PrivacyRecord:
         return read_privacy(self.privacy)
+
+    def has_config(self, cfg: BaseModel) -> bool:
+        return self.config.is_file() and self.config.read_text() == config_text(cfg)
 
     def read_config(self) -> dict[str, Any]:
         if not self.config.is_file():
@@ -149,7 +157,7 @@ class RunDir:
         stops with a DpMammoError before anything resumable exists, it leaves nothing behind, so the
         corrected command is not refused as "an unfinished run with another config".
         """
-        resolved = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+        resolved = config_text(cfg)
         if self.path.exists() and not self.path.is_dir():
             raise DpMammoError(f"run directory {self.path} is a file")
         created = not self.path.exists()

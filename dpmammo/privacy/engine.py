@@ -23,7 +23,7 @@ from opacus.validators import ModuleValidator
 from torch import nn
 
 from dpmammo.errors import DpMammoError
-from dpmammo.privacy.accounting import EpsilonCurve, accountant_kwargs, calibrate_noise, new_accountant, steps_for
+from dpmammo.privacy.accounting import EpsilonCurve, calibrate_noise, epsilon_of, new_accountant, steps_for
 from dpmammo.privacy.config import PrivacyConfig
 from dpmammo.privacy.grad_samplers import UnitGhostClipping, prepare_for_dp
 from dpmammo.privacy.sampling import Batch, PoissonUnits
@@ -112,7 +112,7 @@ class DPSetup:
         """The stage's ε from its accountant: what privacy.json records."""
         if not self.accountant.history:
             return 0.0
-        return float(self.accountant.get_epsilon(delta=self.config.delta, **accountant_kwargs(self.config.accountant)))
+        return epsilon_of(self.accountant.history, self.config.delta, self.config.accountant)  # memoised
 
     def running_epsilon(self) -> float | None:
         """ε so far, cheaply, for per-epoch logs (RDP stages; None for PRV, which is computed at the end)."""

@@ -11,6 +11,7 @@ from pathlib import Path
 from dpmammo.config import parse_config, read_yaml
 from dpmammo.report import html as report_html
 from dpmammo.report import plots
+from dpmammo.report.audit import audit_section
 from dpmammo.report.tables import markdown
 from dpmammo.study.config import StudyConfig
 from dpmammo.files import write_text_atomic
@@ -31,7 +32,8 @@ def build_report(study_dir: str | Path) -> Path:
     write_text_atomic(study_dir / RESULTS_MD, markdown(cfg, rows))
     figs = {"privacy_utility": plots.privacy_utility(cfg, rows, study_dir / PLOT_CURVE),
             "roc": plots.roc_curves(cfg, rows, study_dir, study_dir / PLOT_ROC)}
-    write_text_atomic(study_dir / REPORT_HTML, report_html.render(cfg, rows, study_dir, figs, summary))
+    audit = audit_section(cfg, study_dir, report_html.embed_png)  # "" when the study ran no audit
+    write_text_atomic(study_dir / REPORT_HTML, report_html.render(cfg, rows, study_dir, figs, summary, audit))
     return study_dir / REPORT_HTML
 
 

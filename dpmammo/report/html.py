@@ -79,7 +79,7 @@ def failures(summary: dict) -> str:
 
 
 def render(cfg: StudyConfig, rows: list[dict], study_dir: Path, plots: dict[str, Optional[Path]],
-           summary: dict) -> str:
+           summary: dict, extra_sections: str = "") -> str:
     eps = ", ".join(format_epsilon(e) for e in cfg.epsilons)
     ref = (f"<p>(ref …) cells: published AUROC, {html.escape(CITATION[cfg.compare_with])}.</p>"
            if cfg.compare_with else "")
@@ -96,6 +96,7 @@ Model: {html.escape(cfg.model.name)}. Test sets: {html.escape(', '.join(cfg.test
 <h2>ROC curves</h2>{embed_png(plots.get('roc'), 'ROC curves')}
 <h2>Privacy spend of every run</h2>{privacy_table(cfg, study_dir)}
 <h2>Run status</h2>{failures(summary)}
+{extra_sections}
 <h2>Caveats</h2><ul>{caveat_items}</ul>
 <p>Per-run metrics (AUPRC, accuracy, sensitivity, specificity, CI, wall time): <code>results.csv</code>.</p>
 </body></html>

@@ -13,6 +13,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
+from dpmammo.audit.config import AuditSettings
 from dpmammo.config import StrictModel
 from dpmammo.privacy.budget import Epsilon, is_private
 from dpmammo.privacy.config import PrivacyConfig, PrivacySettings
@@ -61,6 +62,9 @@ class StudyConfig(StrictModel):
     compare_with: Optional[Literal["osuala2024"]] = Field(
         None, description="show the published numbers beside ours (only for the paper's setup)")
     roc_epsilon: Optional[Epsilon] = Field(None, description="ε of the ROC-curve plot; default the largest finite ε")
+    audit: Optional[AuditSettings] = Field(
+        None, description="membership-inference audit of every condition × ε (first seed) after the runs, e.g. "
+                          "{method: auto, models: 16}; absent: no audit")
 
     @field_validator("conditions", mode="before")
     @classmethod

@@ -142,6 +142,10 @@ def run_study(cfg: StudyConfig, out: str | Path, *, executor: Executor = "local"
         kwargs = {} if executor == "local" else {"address": address}
         run(cfg, plan, out, report, lambda rid: bar.update(task, description=f"running {rid}"), **kwargs)
     write_results(cfg, plan, out, result.outcomes)
+    if cfg.audit is not None:  # membership-inference audits of every condition × ε (dpmammo.study.audits)
+        from dpmammo.study.audits import run_audits
+
+        run_audits(cfg, plan, out, progress=progress, console=console)
     return result
 
 

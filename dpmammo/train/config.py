@@ -11,6 +11,7 @@ from typing_extensions import Annotated
 from dpmammo.config import StrictModel
 from dpmammo.models.config import CnnSmallConfig, SwinTConfig
 from dpmammo.privacy.config import PrivacyConfig
+from dpmammo.train.members import AuditSplit
 
 ModelConfig = Annotated[Union[CnnSmallConfig, SwinTConfig], Field(discriminator="name")]
 
@@ -20,6 +21,9 @@ class DataConfig(StrictModel):
     train: list[str] = Field(["cbis-ddsm/train"], min_length=1,
                              description="training sets (`dataset/split` or a synthetic folder path); their union")
     val: str = Field("cbis-ddsm/val", description="validation set for model selection")
+    audit_split: Optional[AuditSplit] = Field(
+        None, description="membership-inference audits only (written by `dpmammo audit`): the private units this run "
+                          "trains on; absent: all of them")
 
 
 class OptimConfig(StrictModel):
@@ -65,3 +69,10 @@ class TrainConfig(StrictModel):
         [], description="weight files (model.weights, model.backbone_weights) you declare trained on public data only; "
                         "any other weight file must lie in a finished dpmammo run (its privacy chain is carried on), "
                         "or the run's total is 'no guarantee'")
+
+    @model_validator(mode="after")
+    def _audit_split_unit(self):
+        split = self.data.audit_split
+        if split is not None and self.privacy is not None and split.unit != self.privacy.unit:
+            raise ValueError(f"data.audit_split.unit={split.unit} must be the privacy unit ({self.privacy.unit})")
+        return self

@@ -35,6 +35,7 @@ from dpmammo.progress import StepProgress
 from dpmammo.runs import METRICS, RunDir
 from dpmammo.train import features as fc
 from dpmammo.train.config import TrainConfig
+from dpmammo.train.members import apply_audit_split
 from dpmammo.train.predict import predict_proba
 
 DP_LOSS_NOTE = ("training losses are not recorded: they are computed from private batches without noise; "
@@ -65,6 +66,7 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, progress: bool) -> 
     # Data: the union of the training sets, the validation set, all in memory as uint8.
     root = resolve_root(cfg.data.root)
     train_records = [r for name in cfg.data.train for r in load_set(root, name)]
+    train_records = apply_audit_split(train_records, cfg.data.audit_split)  # audits: a known member split
     val_records = load_set(root, cfg.data.val)
     n_private = sum(r.source == "real" for r in train_records)
 

@@ -1,4 +1,5 @@
-"""Packaged study presets: `quick` (CPU, minutes) and `paper` (the published setup, for a GPU)."""
+"""Packaged study presets: `quick` (CPU, minutes), `quick-audit` (quick plus a membership-inference audit of
+every condition × ε) and `paper` (the published setup, for a GPU)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dpmammo.config import apply_overrides, parse_config, read_yaml
 from dpmammo.errors import DpMammoError
 from dpmammo.study.config import StudyConfig
 
-PRESETS = ("quick", "paper")
+PRESETS = ("quick", "quick-audit", "paper")
 
 
 def preset_path(name: str) -> Path:
@@ -23,7 +24,7 @@ def load_study(config: Optional[str | Path] = None, *, preset: Optional[str] = N
                overrides: Optional[list[str]] = None) -> StudyConfig:
     """A study from a YAML file or a preset (exactly one), with `--set key=value` overrides."""
     if (config is None) == (preset is None):
-        raise DpMammoError("give a study config file or --preset quick|paper (exactly one)")
+        raise DpMammoError(f"give a study config file or --preset {'|'.join(PRESETS)} (exactly one)")
     path = Path(config) if config is not None else preset_path(preset)
     data = apply_overrides(read_yaml(path), overrides or [])
     return parse_config(StudyConfig, data, f"preset {preset}" if preset else str(path))

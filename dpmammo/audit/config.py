@@ -1,0 +1,40 @@
+"""The `audit:` settings: which attack, how many reference models or canaries, the audit's seed."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, field_validator
+
+from dpmammo.config import StrictModel
+from dpmammo.privacy.config import Unit
+
+Method = Literal["lira", "rmia", "one-run", "auto"]
+METHOD_WORDS: dict[str, str] = {
+    "lira": "LiRA (Carlini et al. 2022) with K reference models; loss-threshold baseline",
+    "rmia": "RMIA (Zarifzadeh et al. 2024) with K reference models; loss-threshold baseline",
+    "one-run": "one training run with mislabelled canaries (Steinke, Nasr & Jagielski 2023)",
+    "auto": "LiRA for head-only recipes (reference models train on cached features), one-run otherwise",
+}
+
+
+class AuditSettings(StrictModel):
+    """How to audit a recipe. Reference-model attacks train K + 1 models of the recipe; the
+    one-run audit trains one."""
+
+    method: Method = Field("auto", description="; ".join(f"{k}: {v}" for k, v in METHOD_WORDS.items()))
+    models: int = Field(16, ge=4, le=1024, description="reference models K (lira, rmia); even, so every unit is "
+                                                       "in exactly half of them")
+    canaries: int = Field(200, ge=8, description="one-run: m mislabelled canaries (at most the private units), "
+                                                 "each trained on with probability 1/2")
+    seed: int = Field(0, description="the audit's own randomness (member split, canaries, bootstrap); not DP noise")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="of the ε lower bounds and the intervals")
+    unit: Optional[Unit] = Field(None, description="non-private recipes: the unit to split the pool by (default "
+                                                   "patient); a DP recipe always splits by its privacy unit")
+
+    @field_validator("models")
+    @classmethod
+    def _even(cls, v: int) -> int:
+        if v % 2:
+            raise ValueError(f"must be even (each unit is in exactly half of the reference models), got {v}")
+        return v

@@ -1,0 +1,169 @@
+"""The audit's models: trained by `fit` itself (the recipe, unchanged, on a known member split),
+then scored on every record of the private pool and of the population (the validation set).
+
+Training through `fit` keeps the audited procedure exactly the recipe's: the same optimiser,
+DP-SGD with secret noise and Poisson sampling of the same unit, the same selection on validation,
+the same privacy record. A head-only recipe's reference models would each recompute the frozen
+backbone's features for their own subset (the feature cache is keyed by the training records),
+so the features of the whole training set are computed once (or read from the cache the study's
+own run filled) and each model's subset is written under the key `fit` will look up.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from dpmammo.config import parse_config
+from dpmammo.data.images import N_VIEWS, apply_views, load_images, to_float
+from dpmammo.data.manifest import PatchRecord
+from dpmammo.data.sets import load_set, resolve_root
+from dpmammo.errors import DpMammoError
+from dpmammo.models import Classifier, create_model, load_weights
+from dpmammo.device import resolve_device
+from dpmammo.privacy.config import Unit
+from dpmammo.runs import RunDir
+from dpmammo.train import features as fc
+from dpmammo.train import fit
+from dpmammo.train.config import TrainConfig
+from dpmammo.train.members import AuditSplit, apply_audit_split, member_id
+
+
+@dataclass
+class Pool:
+    """The private records of a recipe's training sets, their units, and the population records."""
+
+    records: list[PatchRecord]
+    units: list[str]  # unit ids, numbered by first appearance
+    record_unit: np.ndarray  # record → unit number
+    population: list[PatchRecord]
+
+
+def load_pool(cfg: TrainConfig, unit: Unit) -> Pool:
+    root = resolve_root(cfg.data.root)
+    private = [r for name in cfg.data.train for r in load_set(root, name) if r.source == "real"]
+    if not private:
+        raise DpMammoError(f"the training sets {cfg.data.train} hold no private patches: nothing to audit")
+    ids = [member_id(r, unit) for r in private]
+    if unit == "patient" and not all(ids):
+        raise DpMammoError("a private patch has no patient id (file names must start patient<ID>_); "
+                           "audit by patch with `audit.unit: patch`")
+    number: dict[str, int] = {}
+    record_unit = np.array([number.setdefault(i, len(number)) for i in ids])
+    return Pool(private, list(number), record_unit, load_set(root, cfg.data.val))
+
+
+def is_head_only(cfg: TrainConfig) -> bool:
+    return bool(cfg.model.freeze_backbone and cfg.train.feature_cache)
+
+
+def recipe_model(cfg: TrainConfig) -> Classifier:
+    """The model as `fit` builds it before training (same seed, parent weights, frozen backbone)."""
+    torch.manual_seed(cfg.train.seed)
+    model = create_model(cfg.model)
+    if cfg.init_from is not None:
+        load_weights(model, RunDir(cfg.init_from).weights)
+        if cfg.model.freeze_backbone:
+            model.freeze_backbone()
+    return model
+
+
+def with_split(cfg: TrainConfig, split: AuditSplit) -> TrainConfig:
+    data = cfg.model_dump(mode="json")
+    data["data"]["audit_split"] = split.model_dump(mode="json")
+    return parse_config(TrainConfig, data, f"audit model {split.role}")
+
+
+def read_split(run: Path) -> tuple[TrainConfig, AuditSplit]:
+    """A finished run's config and member split; refused for a run trained without a known split."""
+    RunDir(run).require_finished()
+    cfg = parse_config(TrainConfig, RunDir(run).read_config(), str(RunDir(run).config))
+    if cfg.data.audit_split is None:
+        raise DpMammoError(f"{run} was not trained on a known member split (its config has no data.audit_split): "
+                           "an audit scores only models whose members it knows; audit the recipe with "
+                           "`dpmammo audit CONFIG --out DIR`, which trains its own target and reference models")
+    return cfg, cfg.data.audit_split
+
+
+class FeaturePrimer:
+    """Head-only recipes: the training records' features once, each model's subset where `fit`
+    looks for it (removed again once that model is trained)."""
+
+    def __init__(self, cfg: TrainConfig, model: Classifier):
+        root = resolve_root(cfg.data.root)
+        self.records = [r for name in cfg.data.train for r in load_set(root, name)]
+        self.n_views = N_VIEWS if cfg.train.augment == "flips" else 1
+        self.model = model
+        images = load_images(self.records, model.input_size)
+        self.features = fc.cached_features(model, self.records, images, self.n_views)
+        self.row = {r.path: i for i, r in enumerate(self.records)}
+
+    def prime(self, split: AuditSplit) -> Path | None:
+        subset = apply_audit_split(self.records, split)
+        path = fc.features_dir() / f"{fc.feature_key(self.model, subset, self.n_views)}.pt"
+        if path.is_file():
+            return None
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        torch.save(self.features[[self.row[r.path] for r in subset]].clone(), tmp)
+        tmp.replace(path)
+        return path
+
+
+def train_models(cfg: TrainConfig, splits: list[AuditSplit], models_dir: Path,
+                 report: Callable[[str, str, float], None]) -> list[Path]:
+    """Train (or reuse, when finished with the same config) one run per split; returns the run dirs."""
+    primer = FeaturePrimer(cfg, recipe_model(cfg)) if is_head_only(cfg) else None
+    runs = []
+    for split in splits:
+        run, mcfg = models_dir / split.role, with_split(cfg, split)
+        t0 = time.time()
+        if RunDir(run).is_finished:
+            if not RunDir(run).has_config(mcfg):
+                raise DpMammoError(f"{run} holds a model trained with another recipe or split; "
+                                   "choose another --out")
+            report(split.role, "reused", 0.0)
+        else:
+            primed = primer.prime(split) if primer is not None else None
+            try:
+                fit(mcfg, run, progress=False)
+            finally:
+                if primed is not None:
+                    primed.unlink(missing_ok=True)
+            report(split.role, "trained", time.time() - t0)
+        runs.append(run)
+    return runs
+
+
+@torch.no_grad()
+def pool_logits(cfg: TrainConfig, runs: list[Path], records: list[PatchRecord]) -> np.ndarray:
+    """(models, records, 4 views, 2) logits of every run on `records` in every flip view."""
+    device = resolve_device(cfg.train.device)
+    model = recipe_model(cfg).to(device)
+    images = load_images(records, model.input_size)
+    feats = (fc.cached_features(model, records, images, N_VIEWS, device=device)
+             if is_head_only(cfg) else None)
+    out = np.empty((len(runs), len(records), N_VIEWS, 2), dtype=np.float64)
+    for m, run in enumerate(runs):
+        load_weights(model, RunDir(run).weights)
+        model.eval()
+        for v in range(N_VIEWS):
+            if feats is not None:
+                logits = model.forward_head(feats[:, v].to(device))
+            else:
+                views = torch.full((len(images),), v)
+                logits = torch.cat([model(to_float(apply_views(chunk, views[:len(chunk)]).to(device)))
+                                    for chunk in images.split(256)])
+            out[m, :, v] = logits.float().cpu().numpy()
+    return out
+
+
+def margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """z_y − z_other of each record's label y (logits (..., records, views, 2), labels (records,))."""
+    d = logits[..., 1] - logits[..., 0]
+    return np.where(labels.astype(bool)[:, None], d, -d)

@@ -1,0 +1,81 @@
+"""The ε lower bound of "Privacy Auditing with One (1) Training Run" (Steinke, Nasr & Jagielski,
+NeurIPS 2023, arXiv 2305.08846).
+
+m canaries are each included in training independently with probability ½; after one run the
+auditor guesses "in" for the k+ canaries it scores highest and "out" for the k− lowest, and
+abstains on the rest. Under (ε, δ)-DP the number of correct guesses W among the r = k+ + k−
+guesses satisfies (their Theorem 3 / Proposition 5.2)
+
+    P[W ≥ v] ≤ β + α·2m·δ,  β = P[Binomial(r, q) ≥ v],  q = e^ε / (1 + e^ε),
+    α = max_{1≤i≤v} P[v − i ≤ Binomial(r, q) < v] / i,
+
+so an observed v rejects every ε whose p-value is below 1 − confidence: the largest such ε is
+the lower bound. Their reference code (the paper's Algorithm 2 and `get_eps_audit`) and
+jax_privacy.auditing compute the same; this is a transcription in numpy/scipy (see
+dpmammo.audit.stats for why not the library).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import optimize, special, stats
+
+
+def p_value(*, m: int, guesses: int, correct: int, epsilon: float, delta: float) -> float:
+    """Probability, under (ε, δ)-DP, of ≥ `correct` right guesses out of `guesses` with m canaries."""
+    if correct <= 0:
+        return 1.0
+    q = float(special.expit(epsilon))
+    beta = float(stats.binom.sf(correct - 1, guesses, q))
+    if delta == 0:
+        return beta
+    i = np.arange(1, correct + 1)
+    tail = stats.binom.sf(correct - i - 1, guesses, q) - beta  # P[v − i ≤ B < v]
+    alpha = float(np.max(tail / i))
+    return min(1.0, beta + alpha * 2 * m * delta)
+
+
+def epsilon_lower_bound(*, m: int, guesses: int, correct: int, delta: float, confidence: float = 0.95) -> float:
+    """Largest ε that (m, guesses, correct) rejects at `confidence`; 0 when none is rejected."""
+    if not 0 <= correct <= guesses <= m:
+        raise ValueError(f"need 0 ≤ correct ≤ guesses ≤ m, got correct={correct}, guesses={guesses}, m={m}")
+    significance = 1.0 - confidence
+
+    def gap(eps: float) -> float:  # > 0 while ε is rejected
+        return significance - p_value(m=m, guesses=guesses, correct=correct, epsilon=eps, delta=delta)
+
+    if guesses == 0 or gap(0.0) <= 0:
+        return 0.0
+    hi = 1.0
+    while gap(hi) > 0:
+        if hi > 1e3:  # every guess right and m huge: no finite ε survives
+            return float("inf")
+        hi *= 2
+    return float(optimize.brentq(gap, 0.0, hi, xtol=1e-6))
+
+
+def guesses_from_scores(scores: np.ndarray, included: np.ndarray, k_plus: int, k_minus: int = 0) -> tuple[int, int]:
+    """(guesses, correct) when guessing "in" for the k+ highest scores and "out" for the k− lowest."""
+    if k_plus + k_minus > len(scores):
+        raise ValueError(f"k+ + k− = {k_plus + k_minus} exceeds the {len(scores)} canaries")
+    order = np.argsort(-scores, kind="stable")
+    top, bottom = order[:k_plus], order[len(order) - k_minus:] if k_minus else order[:0]
+    return k_plus + k_minus, int(included[top].sum() + (~included[bottom]).sum())
+
+
+def best_bound(scores: np.ndarray, included: np.ndarray, k_grid: list[int], *, delta: float,
+               confidence: float = 0.95) -> tuple[float, int, int, int]:
+    """The best bound over guessing the top k of `k_grid` (abstaining on the rest), each tested at
+    (1 − confidence)/len(k_grid) (Bonferroni: choosing k after seeing the scores costs that much).
+
+    Returns (ε lower bound, k, guesses, correct) of the best k.
+    """
+    m = len(scores)
+    level = 1.0 - (1.0 - confidence) / len(k_grid)
+    best = (0.0, k_grid[0], *guesses_from_scores(scores, included, k_grid[0]))
+    for k in k_grid:
+        r, v = guesses_from_scores(scores, included, k)
+        eps = epsilon_lower_bound(m=m, guesses=r, correct=v, delta=delta, confidence=level)
+        if eps > best[0]:
+            best = (eps, k, r, v)
+    return best

@@ -1,0 +1,102 @@
+"""audit.json: what an audit measured, as a typed record (the one reader reports use)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from dpmammo.errors import DpMammoError
+from dpmammo.files import write_json_atomic
+from dpmammo.privacy.config import Unit
+from dpmammo.privacy.ledger import ChainTotal
+
+AUDIT_JSON, ROC_PNG = "audit.json", "roc.png"
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Estimate(_Record):
+    value: float
+    ci_low: float
+    ci_high: float
+
+
+class TprAtFpr(_Record):
+    fpr: float
+    tpr: Estimate
+
+
+class ThresholdBound(_Record):
+    """Clopper–Pearson bound for guessing "member" on the target's top `guesses` units, that count
+    fixed on a calibration model (a reference model attacked with the others), not the target."""
+
+    kind: Literal["top-k"] = "top-k"
+    calibration_model: str
+    guesses: int
+    true_positives: int
+    members: int
+    false_positives: int
+    non_members: int
+
+
+class OneRunBound(_Record):
+    """Steinke et al.'s bound: `correct` of `guesses` right among m canaries, best k of `k_grid`
+    (Bonferroni over the grid)."""
+
+    kind: Literal["one-run"] = "one-run"
+    canaries: int
+    included: int
+    k_grid: list[int]
+    guesses: int
+    correct: int
+
+
+class AttackResult(_Record):
+    attack: str
+    auc: Estimate
+    tpr_at_fpr: list[TprAtFpr]
+    epsilon_lower_bound: float
+    bound: ThresholdBound | OneRunBound
+
+
+class AuditRecord(_Record):
+    """One audit of one recipe. `measured` is the ε lower bound of the method's primary attack
+    (fixed before the audit, so it needs no correction for picking the best of several rows)."""
+
+    method: Literal["lira", "rmia", "one-run"]
+    reference_models: int
+    unit: Unit
+    seed: int
+    confidence: float
+    units: int
+    target_members: int
+    promised: ChainTotal
+    stage_epsilon: Optional[float]
+    delta: Optional[float]
+    primary: str
+    measured_epsilon: float
+    attacks: list[AttackResult]
+    target: str
+    notes: list[str]
+    wall_time_s: float
+    dpmammo_version: str
+
+
+def write_audit(path: str | Path, record: AuditRecord) -> None:
+    write_json_atomic(path, record.model_dump(mode="json"))
+
+
+def read_audit(path: str | Path) -> AuditRecord:
+    path = Path(path)
+    if not path.is_file():
+        raise DpMammoError(f"missing {path.name} in {path.parent}: no finished audit there")
+    try:
+        return AuditRecord.model_validate(json.loads(path.read_text()))
+    except (ValueError, ValidationError) as e:
+        raise DpMammoError(f"{path} is not a dpmammo audit record ({e.__class__.__name__}); "
+                           "was it written by another version? rerun the audit into a new folder") from None

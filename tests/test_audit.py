@@ -1,0 +1,195 @@
+"""Membership-inference audits: the bounds against independent computations, leakage measured on
+phantoms (a non-private over-fitted model leaks, a DP one at ε = 1 never beyond its promise), the
+refusal to score models of unknown membership, and the study's audit block in report.html."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from dpmammo.audit import AuditSettings, audit_recipe, audit_runs, read_audit
+from dpmammo.audit import one_run, stats
+from dpmammo.config import parse_config
+from dpmammo.errors import DpMammoError
+from dpmammo.train import TrainConfig, fit
+
+
+# --- statistics, against independent routes -------------------------------------------------
+
+@pytest.mark.parametrize("tp,n_in,fp,n_out,delta", [(600, 1000, 10, 1000, 1e-5), (90, 100, 0, 100, 1e-4),
+                                                    (45, 289, 3, 289, 1e-4), (5, 50, 4, 60, 0.0)])
+def test_epsilon_lower_bound_matches_scipy_binomtest_clopper_pearson(tp, n_in, fp, n_out, delta):
+    """ε ≥ log((TPR_low − δ)/FPR_high), the ends of exact 95% intervals from scipy's binomtest
+    (its own Clopper–Pearson code, not ours)."""
+    tpr_low = sps.binomtest(tp, n_in).proportion_ci(confidence_level=0.95, method="exact").low
+    fpr_high = sps.binomtest(fp, n_out).proportion_ci(confidence_level=0.95, method="exact").high
+    expected = max(0.0, math.log((tpr_low - delta) / fpr_high)) if tpr_low > delta else 0.0
+    ours = stats.epsilon_from_counts(tp=tp, n_members=n_in, fp=fp, n_nonmembers=n_out, delta=delta)
+    assert ours == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert stats.cp_interval(tp, n_in, 0.95) == pytest.approx(tuple(
+        sps.binomtest(tp, n_in).proportion_ci(confidence_level=0.95, method="exact")), rel=1e-9, abs=1e-12)
+    # (n, FPR, TPR) = (1000, 1%, 60%): a clear, finite bound; chance-level counts prove nothing.
+    assert stats.epsilon_from_counts(tp=50, n_members=100, fp=50, n_nonmembers=100, delta=1e-5) == 0.0
+
+
+def test_one_run_bound_matches_steinke_closed_form_and_naive_p_value():
+    # δ = 0 and every guess right: p = q^r, so the bound is logit(α^(1/r)) (Steinke et al. 2023, §5).
+    for r in (10, 50, 200):
+        q = 0.05 ** (1 / r)
+        assert one_run.epsilon_lower_bound(m=1000, guesses=r, correct=r, delta=0.0) == pytest.approx(
+            math.log(q / (1 - q)), abs=1e-5)
+    # The p-value with δ against the paper's Algorithm 2 written as a naive loop over pmf terms.
+    for m, r, v, eps, delta in [(1000, 100, 80, 1.0, 1e-5), (200, 50, 40, 0.5, 1e-3), (64, 16, 15, 2.0, 1e-4)]:
+        q = 1 / (1 + math.exp(-eps))
+        beta = sps.binom.sf(v - 1, r, q)
+        alpha, cum = 0.0, 0.0
+        for i in range(1, v + 1):
+            cum += sps.binom.pmf(v - i, r, q)
+            alpha = max(alpha, cum / i)
+        naive = min(1.0, beta + alpha * delta * 2 * m)
+        assert one_run.p_value(m=m, guesses=r, correct=v, epsilon=eps, delta=delta) == pytest.approx(naive, rel=1e-9)
+    # The bound is the ε where the p-value reaches 1 − confidence; chance-level guessing proves nothing.
+    eps = one_run.epsilon_lower_bound(m=1000, guesses=100, correct=80, delta=1e-5)
+    assert one_run.p_value(m=1000, guesses=100, correct=80, epsilon=eps, delta=1e-5) == pytest.approx(0.05, abs=1e-4)
+    assert one_run.epsilon_lower_bound(m=1000, guesses=100, correct=50, delta=1e-5) == 0.0
+
+
+def test_auc_and_tpr_at_fpr_match_sklearn():
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.normal(size=500), 1)  # ties on purpose
+    member = rng.random(500) < 0.5
+    scores[member] += 0.7
+    assert stats.auc(scores, member) == pytest.approx(roc_auc_score(member, scores), abs=1e-12)
+    fpr, tpr, _ = roc_curve(member, scores)
+    for f in (0.0, 0.01, 0.1, 0.5):
+        assert stats.tpr_at_fpr(scores, member, f) == pytest.approx(tpr[fpr <= f + 1e-12].max(), abs=1e-12)
+
+
+# --- audits of phantom recipes -------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from a second thread, and on a loaded 2-core machine two threads
+    per process made one audit model's training 7× slower (14.5 s vs 2.0 s, measured)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    from dpmammo.data.phantoms import make_phantoms
+
+    return make_phantoms(tmp_path_factory.mktemp("audit-phantoms"), n=64, seed=3, size=32)
+
+
+def recipe(root, *, privacy=None, head=True, epochs=100) -> TrainConfig:
+    """Over-fitting on purpose: no augmentation, small batches, many steps. Head-only on the cached
+    features of a frozen (random) cnn-small backbone, or the whole tiny cnn-small."""
+    return parse_config(TrainConfig, {
+        "data": {"root": str(root), "train": ["phantom/train"], "val": "phantom/val"},
+        "model": {"name": "cnn-small", "input_size": 32, "width": 64 if head else 8, "freeze_backbone": head},
+        "optim": {"lr": 5e-2 if head else 1e-2},
+        "train": {"epochs": epochs, "batch_size": 8, "select": "last", "augment": "none", "device": "cpu"},
+        "privacy": privacy}, "test recipe")
+
+
+def test_non_private_overfitted_model_leaks(phantoms, tmp_path):
+    rec = audit_recipe(recipe(phantoms), tmp_path / "lira", AuditSettings(method="lira", models=8), progress="off")
+    primary = next(a for a in rec.attacks if a.attack == rec.primary)
+    assert rec.primary == "lira-online" and rec.reference_models == 8 and rec.units == 64 and rec.target_members == 32
+    assert primary.auc.value >= 0.7 and rec.measured_epsilon > 0.3
+    assert rec.promised.guarantee == "none" and rec.stage_epsilon is None
+    assert {a.attack for a in rec.attacks} == {"lira-online", "lira-offline", "loss"}
+    on_disk = json.loads((tmp_path / "lira" / "audit.json").read_text())
+    assert on_disk["measured_epsilon"] == rec.measured_epsilon and (tmp_path / "lira" / "roc.png").stat().st_size > 0
+    # RMIA on the same models (scoring only): weaker than LiRA here, still well above chance.
+    models = tmp_path / "lira" / "models"
+    rmia = audit_runs(models / "target", sorted(models.glob("reference-*")), tmp_path / "rmia",
+                      AuditSettings(method="rmia", models=8))
+    assert rmia.primary == "rmia" and rmia.attacks[0].auc.value > 0.6 and rmia.measured_epsilon >= 0.0
+
+
+def test_dp_model_at_epsilon_1_never_measured_above_its_promise(phantoms, tmp_path):
+    dp = {"target_epsilon": 1.0}
+    rec = audit_recipe(recipe(phantoms, privacy=dp, epochs=30), tmp_path / "lira",
+                       AuditSettings(method="lira", models=8),
+                       progress="off")
+    assert rec.promised.guarantee == "dp" and rec.promised.unit == "patient" and rec.promised.epsilon <= 1.0
+    assert all(a.epsilon_lower_bound <= 1.0 for a in rec.attacks), [a.epsilon_lower_bound for a in rec.attacks]
+    one = audit_recipe(recipe(phantoms, privacy=dp, head=False, epochs=10), tmp_path / "one",
+                       AuditSettings(method="one-run", canaries=32), progress="off")
+    assert one.promised.guarantee == "dp" and one.measured_epsilon <= 1.0
+    assert one.attacks[0].bound.canaries == 32 and one.target_members == 32 + one.attacks[0].bound.included
+
+
+def test_audit_refuses_models_of_unknown_membership(phantoms, tmp_path):
+    plain = tmp_path / "plain"
+    fit(recipe(phantoms, epochs=1), plain, progress=False)
+    with pytest.raises(DpMammoError, match="not trained on a known member split"):
+        audit_runs(plain, [], tmp_path / "audit", AuditSettings(method="one-run"))
+    assert not (tmp_path / "audit" / "audit.json").exists()
+    # A split naming units the data does not have is refused before training, not silently shrunk.
+    cfg = recipe(phantoms, epochs=1).model_dump(mode="json")
+    cfg["data"]["audit_split"] = {"unit": "patient", "members": ["nobody"], "seed": 0, "role": "target"}
+    with pytest.raises(DpMammoError, match="not in the private training sets"):
+        fit(parse_config(TrainConfig, cfg, "t"), tmp_path / "bad", progress=False)
+    # The CLI: a finished audit is never overwritten; bad options are one line, exit 2.
+    cfg_file = tmp_path / "recipe.yaml"
+    import yaml
+
+    cfg_file.write_text(yaml.safe_dump(recipe(phantoms, epochs=1).model_dump(mode="json")))
+    out = tmp_path / "cli"
+    out.mkdir()
+    (out / "audit.json").write_text("{}")
+    proc = subprocess.run([sys.executable, "-m", "dpmammo.cli", "audit", str(cfg_file), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "already holds a finished audit" in proc.stderr
+    assert "Traceback" not in proc.stderr and (out / "audit.json").read_text() == "{}"
+    with pytest.raises(DpMammoError, match="must be even"):
+        parse_config(AuditSettings, {"models": 7}, "audit options")
+
+
+def test_quick_audit_preset_is_quick_plus_an_audit():
+    from dpmammo.study import load_study
+
+    quick, audited = load_study(preset="quick"), load_study(preset="quick-audit")
+    assert quick.audit is None and audited.audit is not None and audited.audit.method == "auto"
+    assert quick.model_dump(exclude={"name", "audit"}) == audited.model_dump(exclude={"name", "audit"})
+
+
+def test_study_audit_block_writes_promised_vs_measured_into_the_report(tmp_path):
+    from dpmammo.data.phantoms import make_phantoms
+    from dpmammo.report import build_report
+    from dpmammo.study import StudyConfig, run_study
+
+    data = make_phantoms(tmp_path / "data", n=64, seed=5, size=32)
+    cfg = parse_config(StudyConfig, {
+        "name": "tiny-audit", "data_root": str(data), "train_set": "phantom/train", "val_set": "phantom/val",
+        "test_sets": ["phantom/test"], "synthetic": str(tmp_path / "unused"), "conditions": ["real"],
+        "epsilons": [1, "inf"], "model": {"name": "cnn-small", "input_size": 32, "width": 8},
+        "optim": {"lr": 1e-2}, "train": {"epochs": 2, "batch_size": 8, "device": "cpu"},
+        "privacy": {"delta": 1e-3}, "resources": {"num_cpus": 1},
+        "audit": {"method": "lira", "models": 4}}, "t")
+    result = run_study(cfg, tmp_path / "study", progress=False)
+    assert not result.failed
+    study = tmp_path / "study"
+    audits = json.loads((study / "audits.json").read_text())["audits"]
+    assert [(a["epsilon"], a["status"]) for a in audits] == [("1", "done"), ("inf", "done")]
+    dp = read_audit(study / "audit" / "real" / "eps1" / "seed0" / "audit.json")
+    assert dp.promised.guarantee == "dp" and dp.measured_epsilon <= dp.promised.epsilon
+    build_report(study)
+    html = (study / "report.html").read_text()
+    assert "Promised ε vs measured ε lower bound" in html and '<table id="audit">' in html
+    assert f"{dp.measured_epsilon:.2f}/patient" in html and "non-private" in html
+    assert html.count("data:image/png;base64,") == 3  # privacy-utility, ROC, promised vs measured
