@@ -185,7 +185,7 @@ def test_study_audit_block_writes_promised_vs_measured_into_the_report(tmp_path)
     assert not result.failed
     study = tmp_path / "study"
     audits = json.loads((study / "audits.json").read_text())["audits"]
-    assert [(a["epsilon"], a["status"]) for a in audits] == [("1", "done"), ("inf", "done")]
+    assert [(a["epsilon"], a["status"]) for a in audits] == [("1", "done"), ("∞", "done")]
     dp = read_audit(study / "audit" / "real" / "eps1" / "seed0" / "audit.json")
     assert dp.promised.guarantee == "dp" and dp.measured_epsilon <= dp.promised.epsilon
     build_report(study)
