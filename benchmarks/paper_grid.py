@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("--hooks-epochs", type=int, default=3, help="epochs timed in hooks mode (then extrapolated)")
     ap.add_argument("--hooks-runs", type=int, default=2, help="runs timed in hooks mode (one real, one real+synthetic)")
     ap.add_argument("--limit", type=int, default=0, help="only the first N head-only runs (0: all)")
+    ap.add_argument("--seed", type=int, default=None, help="only the runs of this seed (the grid has 3; multiply)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -56,6 +57,7 @@ def main() -> None:
     study = load_study(None, preset="paper", overrides=["model.pretrained=false"])
     plan = expand(study)
     heads = [s for s in plan.runs.values() if s.config.model.freeze_backbone]
+    heads = [s for s in heads if args.seed is None or s.seed == args.seed]
     heads = heads[:args.limit] if args.limit else heads
     print(f"load average at start {os.getloadavg()[0]:.1f}; {len(heads)} head-only runs of {len(plan.runs)}; "
           f"{args.epochs} epochs; threads {args.threads}", flush=True)
