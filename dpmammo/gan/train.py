@@ -31,9 +31,8 @@ from dpmammo.data.sets import load_set, resolve_root
 from dpmammo.gan.config import GanConfig
 from dpmammo.gan.models import N_CLASSES, build, to_model_range
 from dpmammo.models import save_weights
-from dpmammo.privacy.sampling import epoch_steps
-from dpmammo.privacy import (Batch, PoissonUnits, ShuffledBatches, check_delta, dp_stage, make_private,
-                             noise_generator, non_dp_stage, unit_ids, write_privacy)
+from dpmammo.privacy import Batch, dp_stage, make_private, non_dp_stage, write_privacy
+from dpmammo.privacy.sampling import batch_selection, epoch_steps
 from dpmammo.progress import StepProgress
 from dpmammo.runs import RunDir
 
@@ -79,17 +78,11 @@ def train_gan_run(cfg: GanConfig, run: RunDir, resuming: bool, progress: bool) -
     opt_g = torch.optim.Adam(gen_model.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2))
     opt_d = torch.optim.Adam(disc.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2))
     rng = torch.Generator().manual_seed(cfg.train.seed)  # latents, labels, non-private sampling
-    d_train, dp, secret = disc, None, None
-    if cfg.privacy is None:
-        sampler = ShuffledBatches(n, batch_size, rng)
-    else:
+    sampler, secret = batch_selection(records, cfg.privacy, batch_size, rng, cfg.train.seed,
+                                      cfg.train.physical_batch_size, ", ".join(cfg.data.train))
+    d_train, dp = disc, None
+    if cfg.privacy is not None:
         p = cfg.privacy
-        is_private = [r.source == "real" for r in records]
-        units = unit_ids([r.patient for r in records], is_private, p.unit, ", ".join(cfg.data.train))
-        secret = noise_generator(p, cfg.train.seed)
-        sampler = PoissonUnits(units, batch_size, secret, torch.tensor(is_private))
-        if sampler.n_private_units:
-            check_delta(p.delta, sampler.n_private_units, p.unit)
         dp = make_private(model=disc, optimizer=opt_d, sampler=sampler, epochs=cfg.train.epochs, config=p,
                           noise_generator=secret, criterion=nn.BCEWithLogitsLoss())
         d_train, opt_d = dp.model, dp.optimizer

@@ -26,6 +26,7 @@ from typing import Iterator, Optional, Sequence
 import torch
 
 from dpmammo.errors import DpMammoError
+from dpmammo.privacy.accounting import check_delta
 from dpmammo.privacy.config import PrivacyConfig, Unit
 
 # Offset so that the test-only seeded noise stream never coincides with the seed's own stream.
@@ -105,6 +106,29 @@ class Batch:
         if self.groups is None:
             return None
         return torch.unique_consecutive(self.groups[part], return_inverse=True)[1]
+
+
+def batch_selection(records: Sequence, privacy: Optional[PrivacyConfig], batch_size: int, seed_generator: torch.Generator,
+                    seed: int, max_physical: int, what: str = "") -> tuple["ShuffledBatches | PoissonUnits",
+                                                                             Optional[torch.Generator]]:
+    """The batch selection of a training stage (records: PatchRecords), and its secret generator.
+
+    Without DP: shuffled batches from the run's seeded generator (no secret). Under DP: Poisson
+    sampling of the units of `privacy.unit` from a secret generator, with δ checked against the
+    number of private units and every unit small enough to be clipped in one physical pass.
+    """
+    if privacy is None:
+        return ShuffledBatches(len(records), batch_size, seed_generator), None
+    is_private = [r.source == "real" for r in records]
+    units = unit_ids([r.patient for r in records], is_private, privacy.unit, what)
+    secret = noise_generator(privacy, seed)
+    sampler = PoissonUnits(units, batch_size, secret, torch.tensor(is_private))
+    if sampler.n_private_units:
+        check_delta(privacy.delta, sampler.n_private_units, privacy.unit)
+    if sampler.max_unit_size > max_physical:
+        raise DpMammoError(f"a patient has {sampler.max_unit_size} patches, more than train.physical_batch_size="
+                           f"{max_physical}: a patient's gradient is clipped in one pass; raise physical_batch_size")
+    return sampler, secret
 
 
 def epoch_steps(sampler, epochs: int, planned_steps: Optional[int] = None) -> list[int]:

@@ -28,9 +28,8 @@ from dpmammo.data.images import N_VIEWS, apply_views, load_images, load_labels, 
 from dpmammo.data.sets import load_set, resolve_root, synthetic_provenance
 from dpmammo.errors import DpMammoError
 from dpmammo.models import create_model, load_weights, save_weights
-from dpmammo.privacy.sampling import epoch_steps
-from dpmammo.privacy import (PoissonUnits, ShuffledBatches, StageSpend, check_delta, dp_stage, make_private,
-                             noise_generator, non_dp_stage, unit_ids, weights_stage, write_privacy)
+from dpmammo.privacy import StageSpend, dp_stage, make_private, non_dp_stage, weights_stage, write_privacy
+from dpmammo.privacy.sampling import batch_selection, epoch_steps
 from dpmammo.progress import StepProgress
 from dpmammo.runs import METRICS, RunDir
 from dpmammo.train import features as fc
@@ -97,22 +96,12 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, progress: bool) -> 
     optimizer = build_optimizer(cfg, params)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
     gen = torch.Generator().manual_seed(cfg.train.seed)  # augmentation and non-private sampling
-    dp, secret = None, None
     epochs, batch_size = cfg.train.epochs, cfg.train.batch_size
-    if cfg.privacy is None:
-        sampler = ShuffledBatches(len(images), batch_size, gen)
-    else:
+    sampler, secret = batch_selection(train_records, cfg.privacy, batch_size, gen, cfg.train.seed,
+                                      cfg.train.physical_batch_size, ", ".join(cfg.data.train))
+    dp = None
+    if cfg.privacy is not None:
         p = cfg.privacy
-        is_private = [r.source == "real" for r in train_records]
-        units = unit_ids([r.patient for r in train_records], is_private, p.unit, ", ".join(cfg.data.train))
-        secret = noise_generator(p, cfg.train.seed)
-        sampler = PoissonUnits(units, batch_size, secret, torch.tensor(is_private))
-        if sampler.n_private_units:
-            check_delta(p.delta, sampler.n_private_units, p.unit)
-        if sampler.max_unit_size > cfg.train.physical_batch_size:
-            raise DpMammoError(f"a patient has {sampler.max_unit_size} patches, more than train.physical_batch_size="
-                               f"{cfg.train.physical_batch_size}: a patient's gradient is clipped in one pass; "
-                               "raise physical_batch_size")
         dp = make_private(model=trainable, optimizer=optimizer, sampler=sampler, epochs=epochs, config=p,
                           noise_generator=secret, criterion=criterion)
         trainable, optimizer, criterion = dp.model, dp.optimizer, dp.criterion
