@@ -195,3 +195,24 @@ def test_interrupted_dp_gan_resumes_to_identical_generator_and_spend(phantoms, t
     assert all(torch.equal(a[k], b[k]) for k in a)
     pa, pb = (read_privacy(tmp_path / d / "privacy.json").own for d in ("straight", "resumed"))
     assert pb.steps == pa.steps and pb.epsilon == pytest.approx(pa.epsilon) and pb.epsilon <= 3.0
+
+
+@pytest.mark.parametrize("mode", ["functorch", "ghost"])
+def test_dp_gan_protects_patients_of_the_real_data(real_root, tmp_path, mode):
+    """cbis-ddsm/train (1104 patches of 578 patients): the DP discriminator samples and clips patients
+    (their real rows together, each fake row alone) and accounts 578 units."""
+    from dp_accounting import dp_event, rdp
+
+    cfg = gan_config(real_root, data={"root": str(real_root), "train": ["cbis-ddsm/train"]},
+                     model={"image_size": 16, "g_width": 8, "d_width": 8},
+                     train={"epochs": 1, "batch_size": 32, "sample_every": 0, "physical_batch_size": 64},
+                     privacy={"target_epsilon": 2.0, "delta": 1e-4, "grad_sample_mode": mode})
+    train_gan(cfg, tmp_path / "run", progress=False)
+    rec = read_privacy(tmp_path / "run" / "privacy.json")
+    own = rec.own
+    assert own.unit == rec.total.unit == "patient" and own.n_units == own.n_private == 578
+    assert own.sample_rate == pytest.approx(32 / 578) and own.epsilon <= 2.0
+    acc = rdp.RdpAccountant(orders=RDP_ORDERS)
+    acc.compose(dp_event.PoissonSampledDpEvent(own.sample_rate, dp_event.GaussianDpEvent(own.noise_multiplier)),
+                own.steps)
+    assert acc.get_epsilon(own.delta) == pytest.approx(own.epsilon, rel=0.01)
