@@ -18,15 +18,18 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, TypeVar
 
 import torch
 import yaml
 from pydantic import BaseModel
 
+from dpmammo.config import is_valid, parse_config
 from dpmammo.errors import DpMammoError
 from dpmammo.files import atomic_path, write_json_atomic, write_text_atomic
 from dpmammo.privacy.ledger import PrivacyRecord, read_privacy
+
+M = TypeVar("M", bound=BaseModel)
 
 CONFIG, METRICS, PRIVACY, WEIGHTS, LOG, CHECKPOINT, EVAL = (
     "config.yaml", "metrics.json", "privacy.json", "model.safetensors", "log.txt", "checkpoint.pt", "eval")
@@ -91,6 +94,18 @@ class RunDir:
         if not self.config.is_file():
             raise DpMammoError(f"{self.path} has no {CONFIG}: not a dpmammo run")
         return yaml.safe_load(self.config.read_text()) or {}
+
+    def read_config_as(self, model: type[M], kind: str, *, other: type[BaseModel], other_kind: str, hint: str) -> M:
+        """The run's config.yaml as a `model` (a `kind` run). A run of the other kind is named as
+        such, instead of a line of unknown keys; `hint` says what to do instead."""
+        data = self.read_config()
+        try:
+            return parse_config(model, data, str(self.config))
+        except DpMammoError:
+            if is_valid(other, data):
+                raise DpMammoError(f"{self.path} is not a {kind} run (its config.yaml is a {other_kind} config); "
+                                   f"{hint}") from None
+            raise
 
     def read_eval(self, test_set: str) -> dict[str, Any]:
         path = self.eval_json(test_set)

@@ -282,7 +282,7 @@ CASES: list[tuple[str, Callable[[Ctx], list], str, tuple[str, ...]]] = [
     ("evaluate-not-a-run", lambda c: ["evaluate", c.tmp], "is not a finished run", ()),
     ("evaluate-unknown-test-set", lambda c: ["evaluate", c.clf, "--on", "phantom/test", "--on", "phantom/tets"],
      "unknown data set 'phantom/tets'", ("clf",)),
-    ("evaluate-a-gan-run", lambda c: ["evaluate", c.gan, "--on", "phantom/test"], "is a GAN run, not a classifier run",
+    ("evaluate-a-gan-run", lambda c: ["evaluate", c.gan, "--on", "phantom/test"], "is not a classifier run (its config.yaml is a GAN config)",
      ("gan",)),
     # -- weights
     ("weights-missing", lambda c: ["train", c.train_yaml(), "--out", c.tmp / "run", "--set",

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from dpmammo.config import is_valid, parse_config
 from dpmammo.data.images import load_images, load_labels
 from dpmammo.data.sets import load_set, resolve_root
 from dpmammo.errors import DpMammoError
@@ -25,17 +24,10 @@ def load_run_model(run_dir: Path):
     run = RunDir(run_dir)
     if not run.is_finished:
         raise FileNotFoundError
-    data = run.read_config()
-    try:
-        cfg = parse_config(TrainConfig, data, str(run.config))
-    except DpMammoError:
-        from dpmammo.gan.config import GanConfig
+    from dpmammo.gan.config import GanConfig
 
-        if is_valid(GanConfig, data):
-            raise DpMammoError(f"{run_dir} is a GAN run, not a classifier run (its config.yaml is a GAN config); "
-                               "evaluate a run made by `dpmammo train`, or sample it with `dpmammo gan sample`"
-                               ) from None
-        raise
+    cfg = run.read_config_as(TrainConfig, "classifier", other=GanConfig, other_kind="GAN",
+                             hint="evaluate a run made by `dpmammo train`, or sample it with `dpmammo gan sample`")
     # The run's own weight file is the whole model: skip the sources it was initialised from.
     sources = {"weights": None, "backbone_weights": None, "pretrained": False, "freeze_backbone": False}
     model_cfg = cfg.model.model_copy(update={k: v for k, v in sources.items() if k in type(cfg.model).model_fields})

@@ -15,7 +15,6 @@ import torch
 from PIL import Image
 
 from dpmammo import __version__
-from dpmammo.config import is_valid, parse_config
 from dpmammo.data.manifest import SAMPLED_MANIFEST, PatchRecord, write_manifest
 from dpmammo.data.sets import PROVENANCE_FILE
 from dpmammo.errors import DpMammoError
@@ -35,14 +34,8 @@ def load_generator(run_dir: str | Path) -> tuple[Generator, GanConfig]:
     run = RunDir(run_dir)
     if not run.is_finished:
         raise DpMammoError(f"{run.path} is not a finished GAN run (no {METRICS}); train it with `dpmammo gan train`")
-    data = run.read_config()
-    try:
-        cfg = parse_config(GanConfig, data, str(run.config))
-    except DpMammoError:
-        if is_valid(TrainConfig, data):
-            raise DpMammoError(f"{run.path} is not a GAN run (its config.yaml is a classifier config); sample from "
-                               "a run made by `dpmammo gan train`") from None
-        raise
+    cfg = run.read_config_as(GanConfig, "GAN", other=TrainConfig, other_kind="classifier",
+                             hint="sample from a run made by `dpmammo gan train`")
     gen = Generator(cfg.model)
     load_weights(gen, run.weights)
     return gen.eval(), cfg

@@ -118,11 +118,11 @@ def train_gan_run(cfg: GanConfig, run: RunDir, resuming: bool, progress: bool) -
             state["epoch"] = epoch + 1
             state["wall_s"] += time.time() - t0
             t0 = time.time()
-            eps_txt = f" ε={eps:.2f}" if eps is not None else ""
+            eps_txt = f" ε={eps:.2f}/{cfg.privacy.unit}" if eps is not None else ""
             d_txt = "" if dp else f" D={row['loss_d']:.3f}"
             bar.update(task, description=f"epoch {epoch + 1}/{cfg.train.epochs}{d_txt} G={row['loss_g']:.3f}{eps_txt}")
             say(f"epoch {epoch + 1}" + ("" if dp else f" loss_d {row['loss_d']:.4f}") + f" loss_g {row['loss_g']:.4f}"
-                + (f" eps {eps:.3f}" if eps is not None else ""))
+                + (f" eps {eps:.3f}/{cfg.privacy.unit}" if eps is not None else ""))
             every = cfg.train.sample_every
             if every and ((epoch + 1) % every == 0 or epoch + 1 == cfg.train.epochs):
                 write_grid(gen_model, fixed_z, fixed_y, run.path / SAMPLES_DIR / f"epoch_{epoch + 1:03d}.png", device)

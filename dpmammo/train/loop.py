@@ -145,9 +145,9 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, progress: bool) -> 
             state["epoch"] = epoch + 1
             state["wall_s"] += time.time() - t0
             t0 = time.time()
-            shown = (f"ε={eps:.2f}" if eps is not None else "") if dp else f"loss={row['loss']:.3f}"
+            shown = (f"ε={eps:.2f}/{cfg.privacy.unit} (this stage)" if eps is not None else "") if dp else f"loss={row['loss']:.3f}"
             bar.update(task, description=f"epoch {epoch + 1}/{epochs} val AUROC={val_auroc:.3f} {shown}")
-            say(f"epoch {epoch + 1} val_auroc {val_auroc:.4f} " + (f"eps {eps:.3f}" if eps is not None else "")
+            say(f"epoch {epoch + 1} val_auroc {val_auroc:.4f} " + (f"eps {eps:.3f}/{cfg.privacy.unit} (this stage)" if eps is not None else "")
                 + ("" if dp else f"loss {row['loss']:.4f}"))
             # Checkpoint by time, not every epoch (300 epochs × 72 runs of the paper grid); a resume
             # replays the epochs since, with the same random streams, to the same result.
