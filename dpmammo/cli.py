@@ -35,7 +35,7 @@ def data_index(root: Path, output: Optional[Path] = typer.Option(None, "-o", "--
     records = index_folder(root)
     with StepProgress(console=console, every=0.25, unit="images") as bar:
         task = bar.add_task("decoding every image", total=len(records))
-        problems = check_images([r.path for r in records], on_checked=lambda: bar.advance(task))
+        problems = check_images([r.path for r in records], on_checked=lambda n: bar.advance(task, n))
     if problems:
         shown = "; ".join(f"{path}: {reason}" for path, reason in problems[:3])
         more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
@@ -241,15 +241,14 @@ def gan_train(config: Path,
               set_: List[str] = typer.Option([], "--set", help="override a config key: --set train.epochs=5"),
               force: bool = typer.Option(False, "--force", help="replace a finished run in --out")):
     """Train the conditional GAN on real patches (DP discriminator when the config has a privacy: block)."""
-    from dpmammo.config import load_config
-    from dpmammo.gan.config import GanConfig
+    from dpmammo.gan.registry import load_generator_config
 
-    cfg = load_config(GanConfig, config, set_)
-    from dpmammo.gan import train_gan
+    cfg = load_generator_config(config, set_)
+    from dpmammo.gan.registry import train_generator
     from dpmammo.runs import RunDir
 
     out = out or Path("runs") / config.stem
-    metrics = train_gan(cfg, out, force=force, progress=True)
+    metrics = train_generator(cfg, out, force=force, progress=True)
     console.print(f"{out}: {len(metrics['history'])} epochs in {metrics['wall_time_s']:.0f} s, "
                   f"{RunDir(out).read_privacy().describe()}; sample grids in {out / 'samples'}", highlight=False)
 

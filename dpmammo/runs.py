@@ -18,7 +18,7 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional, TypeVar
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 import torch
 import yaml
@@ -95,14 +95,16 @@ class RunDir:
             raise DpMammoError(f"{self.path} has no {CONFIG}: not a dpmammo run")
         return yaml.safe_load(self.config.read_text()) or {}
 
-    def read_config_as(self, model: type[M], kind: str, *, other: type[BaseModel], other_kind: str, hint: str) -> M:
-        """The run's config.yaml as a `model` (a `kind` run). A run of the other kind is named as
-        such, instead of a line of unknown keys; `hint` says what to do instead."""
+    def read_config_as(self, parse: Callable[[dict[str, Any], str], M], kind: str, *,
+                       is_other: Callable[[dict[str, Any]], bool], other_kind: str, hint: str) -> M:
+        """The run's config.yaml, read by `parse(data, source)` (a `kind` run). A run of the other
+        kind (`is_other(data)`) is named as such, instead of a line of unknown keys; `hint` says
+        what to do instead."""
         data = self.read_config()
         try:
-            return parse_config(model, data, str(self.config))
+            return parse(data, str(self.config))
         except DpMammoError:
-            if is_valid(other, data):
+            if is_other(data):
                 raise DpMammoError(f"{self.path} is not a {kind} run (its config.yaml is a {other_kind} config); "
                                    f"{hint}") from None
             raise

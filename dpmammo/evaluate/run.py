@@ -24,9 +24,11 @@ def load_run_model(run_dir: Path):
     run = RunDir(run_dir)
     if not run.is_finished:
         raise FileNotFoundError
-    from dpmammo.gan.config import GanConfig
+    from dpmammo.config import parse_config
+    from dpmammo.gan.registry import is_generator_config
 
-    cfg = run.read_config_as(TrainConfig, "classifier", other=GanConfig, other_kind="GAN",
+    cfg = run.read_config_as(lambda data, source: parse_config(TrainConfig, data, source), "classifier",
+                             is_other=is_generator_config, other_kind="generator",
                              hint="evaluate a run made by `dpmammo train`, or sample it with `dpmammo gan sample`")
     # The run's own weight file is the whole model: skip the sources it was initialised from.
     sources = {"weights": None, "backbone_weights": None, "pretrained": False, "freeze_backbone": False}

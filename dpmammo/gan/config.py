@@ -21,15 +21,14 @@ class GanDataConfig(StrictModel):
                              description="training sets (`dataset/split` or a folder path); their union")
 
 
-class GanModelConfig(StrictModel):
+class GeneratorShape(StrictModel):
+    """The conditional generator every registered generator trains (`dpmammo.gan.models.Generator`)."""
+
     image_size: int = Field(128, ge=16, le=256, description="patch side in pixels; a power of two")
     latent_dim: int = Field(100, ge=1, description="length of the noise vector z")
     embed_dim: int = Field(50, ge=1, description="label embedding size (generator and discriminator)")
     cond_dim: int = Field(50, ge=1, description="generator: the embedded label's linear map, concatenated with z")
     g_width: int = Field(64, ge=4, le=512, description="generator channels at the last upsampling; doubles per level up to 8×")
-    d_width: int = Field(64, ge=4, le=512, description="discriminator channels at the first conv; doubles per level up to 8×")
-    d_norm: Literal["group", "none"] = Field(
-        "group", description="discriminator normalisation; never BatchNorm (it mixes samples, which DP forbids)")
 
     @field_validator("image_size")
     @classmethod
@@ -37,6 +36,12 @@ class GanModelConfig(StrictModel):
         if v & (v - 1):
             raise ValueError(f"must be a power of two (16, 32, 64, 128, 256), got {v}")
         return v
+
+
+class GanModelConfig(GeneratorShape):
+    d_width: int = Field(64, ge=4, le=512, description="discriminator channels at the first conv; doubles per level up to 8×")
+    d_norm: Literal["group", "none"] = Field(
+        "group", description="discriminator normalisation; never BatchNorm (it mixes samples, which DP forbids)")
 
 
 class GanOptimConfig(StrictModel):
@@ -56,6 +61,7 @@ class GanTrainSettings(StrictModel):
 
 
 class GanConfig(StrictModel):
+    generator: Literal["mcgan"] = Field("mcgan", description="which generator (dpmammo.gan.registry)")
     data: GanDataConfig = GanDataConfig()
     model: GanModelConfig = GanModelConfig()
     optim: GanOptimConfig = GanOptimConfig()

@@ -19,7 +19,7 @@ import warnings
 import torch
 from torch import nn
 
-from dpmammo.gan.config import GanModelConfig
+from dpmammo.gan.config import GanModelConfig, GeneratorShape
 
 # Under DP, Opacus's functorch per-sample gradients see the discriminator's label embedding take
 # integer labels, take that for mixed precision, and open a CPU autocast of dtype int64; torch
@@ -45,7 +45,7 @@ def _channels(width: int, level: int) -> int:
 class Generator(nn.Module):
     """(z, label) → patch in [-1, 1], shape (N, 1, S, S)."""
 
-    def __init__(self, cfg: GanModelConfig):
+    def __init__(self, cfg: GeneratorShape):
         super().__init__()
         self.latent_dim = cfg.latent_dim
         self.embed = nn.Embedding(N_CLASSES, cfg.embed_dim)

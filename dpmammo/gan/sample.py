@@ -19,7 +19,9 @@ from dpmammo.data.manifest import SAMPLED_MANIFEST, PatchRecord, write_manifest
 from dpmammo.data.sets import PROVENANCE_FILE
 from dpmammo.errors import DpMammoError
 from dpmammo.files import write_json_atomic
+from dpmammo.config import is_valid
 from dpmammo.gan.config import GanConfig
+from dpmammo.gan.registry import parse_generator_config
 from dpmammo.gan.models import Generator, to_uint8
 from dpmammo.models import load_weights
 from dpmammo.runs import METRICS, RunDir
@@ -33,8 +35,9 @@ def load_generator(run_dir: str | Path) -> tuple[Generator, GanConfig]:
     """The finished run's generator (weights loaded strictly) and its config."""
     run = RunDir(run_dir)
     if not run.is_finished:
-        raise DpMammoError(f"{run.path} is not a finished GAN run (no {METRICS}); train it with `dpmammo gan train`")
-    cfg = run.read_config_as(GanConfig, "GAN", other=TrainConfig, other_kind="classifier",
+        raise DpMammoError(f"{run.path} is not a finished generator run (no {METRICS}); train it with `dpmammo gan train`")
+    cfg = run.read_config_as(parse_generator_config, "generator", is_other=lambda data: is_valid(TrainConfig, data),
+                             other_kind="classifier",
                              hint="sample from a run made by `dpmammo gan train`")
     gen = Generator(cfg.model)
     load_weights(gen, run.weights)

@@ -1,0 +1,71 @@
+"""Generators by name, after timm's model registry: a name → (config class, train function).
+
+Every generator run is trained by `dpmammo gan train CONFIG`, whose top-level `generator:` key
+names the generator (default `mcgan`, so older configs keep working); its config class is the
+only set of allowed keys. Every generator's config has `data.train` (the private sets it sees),
+`model` (the conditional generator's shape: image_size, latent_dim, embed_dim, cond_dim,
+g_width, which `dpmammo.gan.sample` builds), and `privacy` (absent: non-private). Every train
+function writes the same run directory (config.yaml, model.safetensors = the generator,
+privacy.json, metrics.json last), so `gan sample` and `gan score` work on any of them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from dpmammo.config import StrictModel, apply_overrides, parse_config, read_yaml
+from dpmammo.errors import DpMammoError
+
+DEFAULT_GENERATOR = "mcgan"
+TrainFn = Callable[..., dict]  # train(cfg, out, *, force=False, progress=True) -> metrics
+_REGISTRY: dict[str, tuple[type[StrictModel], str]] = {}
+# name → (config class, "module:function" of its train function; imported on use, it needs torch)
+BUILTIN = {
+    "mcgan": ("dpmammo.gan.config:GanConfig", "dpmammo.gan.train:train_gan"),
+    "dp-merf": ("dpmammo.gan.merf_config:MerfConfig", "dpmammo.gan.merf:train_merf"),
+}
+
+
+def _load(spec: str):
+    module, name = spec.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def list_generators() -> list[str]:
+    return list(BUILTIN)
+
+
+def generator_config_class(name: str) -> type[StrictModel]:
+    if name not in BUILTIN:
+        raise DpMammoError(f"unknown generator {name!r}; registered generators: {', '.join(BUILTIN)}")
+    return _load(BUILTIN[name][0])
+
+
+def parse_generator_config(data: dict[str, Any], source: str) -> StrictModel:
+    """A generator config from a mapping; `generator:` picks the class (default mcgan)."""
+    name = data.get("generator", DEFAULT_GENERATOR)
+    if not isinstance(name, str):
+        raise DpMammoError(f"{source}: generator: expected a name ({', '.join(BUILTIN)}), got {name!r}")
+    return parse_config(generator_config_class(name), data, source)
+
+
+def load_generator_config(path: str | Path, overrides: Optional[list[str]] = None) -> StrictModel:
+    """Read a generator config file, apply `--set` overrides, validate against its generator's class."""
+    return parse_generator_config(apply_overrides(read_yaml(path), overrides or []), str(path))
+
+
+def is_generator_config(data: dict[str, Any]) -> bool:
+    """Whether a mapping validates as some generator's config (to name a run's kind)."""
+    try:
+        parse_generator_config(data, "")
+    except DpMammoError:
+        return False
+    return True
+
+
+def train_generator(cfg: StrictModel, out: str | Path, *, force: bool = False, progress: bool = True) -> dict:
+    """Train the generator `cfg` names into run directory `out` (resumes an interrupted run)."""
+    name = getattr(cfg, "generator", DEFAULT_GENERATOR)
+    return _load(BUILTIN[name][1])(cfg, out, force=force, progress=progress)
