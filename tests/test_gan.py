@@ -216,3 +216,78 @@ def test_dp_gan_protects_patients_of_the_real_data(real_root, tmp_path, mode):
     acc.compose(dp_event.PoissonSampledDpEvent(own.sample_rate, dp_event.GaussianDpEvent(own.noise_multiplier)),
                 own.steps)
     assert acc.get_epsilon(own.delta) == pytest.approx(own.epsilon, rel=0.01)
+
+
+# --- the small-data recipe: DiffAugment, spectral norm, EMA, flips, label smoothing, kernel 6 -------
+
+RECIPE = {"model": {"d_norm": "none", "d_kernel": 6, "spectral_norm": True, "d_projection": True},
+          "train": {"flips": True, "diffaugment": ["translation"], "label_smoothing": 0.1,
+                    "ema_decay": 0.99}}
+
+
+@pytest.fixture(scope="module")
+def recipe_run(phantoms, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("recipe") / "run"
+    train_gan(gan_config(phantoms, **RECIPE), out, progress=False)
+    return out
+
+
+def test_recipe_gan_honours_the_condition_and_saves_the_ema_generator(recipe_run, classifier):
+    gen, cfg = load_generator(recipe_run)
+    assert cfg.train.ema_decay == 0.99 and cfg.model.spectral_norm
+    labels = intended_labels(400, 0.5)
+    _, model = load_run_model(classifier)
+    auroc = roc_auc_score(labels.numpy(), predict_proba(model, generate(gen, labels, seed=0)))
+    assert auroc >= 0.8, f"the recipe GAN's samples carry their label with AUROC {auroc:.3f} only"
+    # The saved generator is the moving average, not the last iterate: the two differ.
+    ckpt_free = not (recipe_run / "checkpoint.pt").exists()
+    metrics = json.loads((recipe_run / "metrics.json").read_text())
+    assert ckpt_free and metrics["training_data"]["sets"]["phantom/train"]["patches"] == 400
+
+
+def test_diffaugment_is_differentiable_per_sample_and_seeded():
+    from dpmammo.gan.augment import diff_augment, flip_real
+
+    x = torch.randn(6, 1, 16, 16, requires_grad=True)
+    y = diff_augment(x, ["color", "translation", "cutout"], torch.Generator().manual_seed(1))
+    y.sum().backward()
+    assert y.shape == x.shape and x.grad.abs().sum() > 0
+    again = diff_augment(x.detach(), ["color", "translation", "cutout"], torch.Generator().manual_seed(1))
+    assert torch.equal(y.detach(), again)
+    # Per sample: changing one image changes only its own output row.
+    x2 = x.detach().clone()
+    x2[3] += 1.0
+    z = diff_augment(x2, ["translation", "cutout"], torch.Generator().manual_seed(2))
+    z0 = diff_augment(x.detach(), ["translation", "cutout"], torch.Generator().manual_seed(2))
+    changed = (z - z0).abs().flatten(1).sum(1) > 0
+    assert changed.tolist() == [False, False, False, True, False, False]
+    # Translation moves content and fills with zeros; cutout zeroes a quarter of the pixels or less.
+    ones = torch.ones(50, 1, 16, 16)
+    cut = diff_augment(ones, ["cutout"], torch.Generator().manual_seed(3))
+    assert ((cut == 0).flatten(1).float().mean(1) <= 0.25 + 1e-6).all() and (cut == 0).any()
+    flipped = flip_real(torch.arange(4.0).view(1, 1, 2, 2).repeat(64, 1, 1, 1), torch.Generator().manual_seed(0))
+    assert len({tuple(f.flatten().tolist()) for f in flipped}) == 4  # all four flip combinations occur
+
+
+def test_dp_recipe_trains_and_spectral_norm_is_refused_under_dp(phantoms, tmp_path):
+    with pytest.raises(DpMammoError, match="spectral_norm"):
+        gan_config(phantoms, **RECIPE, privacy={"target_epsilon": 3.0, "delta": 1e-3})
+    cfg = gan_config(phantoms, model={"d_kernel": 6}, train={**RECIPE["train"], "epochs": 1, "batch_size": 32,
+                                                              "sample_every": 0},
+                     privacy={"target_epsilon": 3.0, "delta": 1e-3, "grad_sample_mode": "functorch"})
+    train_gan(cfg, tmp_path / "run", progress=False)
+    assert read_privacy(tmp_path / "run" / "privacy.json").own.epsilon <= 3.0
+
+
+def test_a_generator_never_trains_on_a_test_split_and_provenance_names_its_patches(phantoms, dp_gan_run, tmp_path):
+    import hashlib
+
+    with pytest.raises(DpMammoError, match="must not see test patients"):
+        train_gan(gan_config(phantoms, data={"train": ["phantom/train", "phantom/test"]}), tmp_path / "x",
+                  progress=False)
+    assert not (tmp_path / "x").exists()
+    prov = sample(dp_gan_run, 10, tmp_path / "s", seed=0)
+    seen = prov["training_patches"]
+    rel = sorted(str(Path(r.path).relative_to(phantoms)) for r in load_set(phantoms, "phantom/train"))
+    assert seen["patches_sha256"] == hashlib.sha256("\n".join(rel).encode()).hexdigest()
+    assert seen["sets"] == {"phantom/train": {"patches": 400, "malignant": 200, "patients": 400}}

@@ -57,3 +57,37 @@ def synthetic_provenance(records: list[PatchRecord]) -> list[dict]:
         else:
             out.append({"folder": folder, "provenance": None})
     return out
+
+
+def generator_training_records(root: Path, names: list[str]) -> list[PatchRecord]:
+    """The records a generator trains on; a test split is refused.
+
+    A generator that saw a test patient leaks that patient into every classifier trained on its
+    samples, and the test AUROC of those classifiers is then contaminated. Patients are disjoint
+    across the splits of one data set (the index checks it), so refusing `*/test` sets suffices
+    within a data root; a study also checks the generator's patients against its own test sets.
+    """
+    for name in names:
+        if name.rstrip("/").split("/")[-1] == "test":
+            raise DpMammoError(f"data.train names {name!r}: a generator must not see test patients (their "
+                               "synthetic patches would contaminate every test result); train it on a train split")
+    return [r for name in names for r in load_set(root, name)]
+
+
+def training_data_record(records: list[PatchRecord], root: Path) -> dict:
+    """Exactly which patches a generator saw, without naming any patient (the list of a training
+    set's patients is itself private): counts per set and class, and a SHA-256 of the sorted
+    relative paths that whoever holds the data can recompute to check."""
+    import hashlib
+
+    rel = sorted(str(Path(r.path).resolve().relative_to(root)) if Path(r.path).resolve().is_relative_to(root)
+                 else str(Path(r.path).resolve()) for r in records)
+    sets: dict[str, dict[str, int]] = {}
+    for r in records:
+        counts = sets.setdefault(r.set_name, {"patches": 0, "malignant": 0, "patients": 0})
+        counts["patches"] += 1
+        counts["malignant"] += r.label
+    for name in sets:
+        sets[name]["patients"] = len({r.patient for r in records if r.set_name == name and r.patient})
+    return {"sets": sets, "patches_sha256": hashlib.sha256("\n".join(rel).encode()).hexdigest(),
+            "digest_of": "SHA-256 of the sorted patch paths relative to the data root, one per line"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from dpmammo.config import StrictModel
 from dpmammo.privacy.config import PrivacyConfig
@@ -42,6 +42,13 @@ class GanModelConfig(GeneratorShape):
     d_width: int = Field(64, ge=4, le=512, description="discriminator channels at the first conv; doubles per level up to 8×")
     d_norm: Literal["group", "none"] = Field(
         "group", description="discriminator normalisation; never BatchNorm (it mixes samples, which DP forbids)")
+    d_kernel: Literal[4, 6] = Field(4, description="discriminator kernel size (the reference MCGAN uses 6)")
+    d_projection: bool = Field(
+        False, description="also condition the discriminator by projection (Miyato & Koyama, 2018): "
+                           "logit + <embedding of the label, pooled last features>")
+    spectral_norm: bool = Field(
+        False, description="spectral normalisation of the discriminator's weights (Miyato et al., 2018); "
+                           "non-private only (Opacus computes no per-sample gradients through it)")
 
 
 class GanOptimConfig(StrictModel):
@@ -58,6 +65,14 @@ class GanTrainSettings(StrictModel):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     sample_every: int = Field(5, ge=0, description="write samples/epoch_XXX.png every N epochs (0: never)")
+    flips: bool = Field(False, description="random horizontal and vertical flips of the real patches (the reference's augmentation)")
+    diffaugment: list[Literal["color", "translation", "cutout"]] = Field(
+        [], description="differentiable augmentation of every image the discriminator sees, real and generated "
+                        "(DiffAugment, Zhao et al., 2020): keeps D from memorising a small training set")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="one-sided label smoothing: real target 1 - s")
+    ema_decay: Optional[float] = Field(
+        None, gt=0, lt=1, description="keep an exponential moving average of the generator's weights with this decay "
+                                      "(e.g. 0.999) and save that one; absent: save the last generator")
 
 
 class GanConfig(StrictModel):
@@ -68,3 +83,10 @@ class GanConfig(StrictModel):
     train: GanTrainSettings = GanTrainSettings()
     privacy: Optional[PrivacyConfig] = Field(
         None, description="absent: non-private GAN; present: DP discriminator (the generator is post-processing)")
+
+    @model_validator(mode="after")
+    def _dp_compatible(self):
+        if self.privacy is not None and self.model.spectral_norm:
+            raise ValueError("model.spectral_norm: not supported with a DP discriminator (Opacus has no per-sample "
+                             "gradients through it); set model.spectral_norm=false or drop the privacy block")
+        return self

@@ -76,18 +76,28 @@ class Discriminator(nn.Module):
         self.embed = nn.Embedding(N_CLASSES, cfg.embed_dim)
         self.cond = nn.Linear(cfg.embed_dim, cfg.image_size * cfg.image_size)
         n = _levels(cfg.image_size)
-        w = cfg.d_width
-        layers: list[nn.Module] = [nn.Conv2d(2, _channels(w, 0), 4, 2, 1), nn.LeakyReLU(0.2)]
+        w, k = cfg.d_width, cfg.d_kernel
+        pad = (k - 2) // 2  # halves the side for k = 4 and k = 6
+        sn = nn.utils.parametrizations.spectral_norm if cfg.spectral_norm else (lambda m: m)
+        layers: list[nn.Module] = [sn(nn.Conv2d(2, _channels(w, 0), k, 2, pad)), nn.LeakyReLU(0.2)]
         for level in range(1, n):
             cin, cout = _channels(w, level - 1), _channels(w, level)
-            layers += [nn.Conv2d(cin, cout, 4, 2, 1, bias=cfg.d_norm == "none"), *_norm(cfg.d_norm, cout),
+            layers += [sn(nn.Conv2d(cin, cout, k, 2, pad, bias=cfg.d_norm == "none")), *_norm(cfg.d_norm, cout),
                        nn.LeakyReLU(0.2)]
-        layers += [nn.Conv2d(_channels(w, n - 1), 1, BASE, 1, 0), nn.Flatten()]
         self.net = nn.Sequential(*layers)
+        self.head = sn(nn.Conv2d(_channels(w, n - 1), 1, BASE, 1, 0))
+        # Projection conditioning (Miyato & Koyama, 2018): + <embed(y), pooled features>. The label
+        # channel alone lets D ignore the label while augmentation makes its job hard; the inner
+        # product makes "does this look like class y" part of every logit.
+        self.project = nn.Embedding(N_CLASSES, _channels(w, n - 1)) if cfg.d_projection else None
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         c = self.cond(self.embed(labels)).view(-1, 1, self.image_size, self.image_size)
-        return self.net(torch.cat([x, c], dim=1)).squeeze(1)
+        h = self.net(torch.cat([x, c], dim=1))
+        logit = self.head(h).flatten(1).squeeze(1)
+        if self.project is not None:
+            logit = logit + (self.project(labels) * h.sum(dim=(2, 3))).sum(1)
+        return logit
 
 
 def _norm(kind: str, channels: int) -> list[nn.Module]:

@@ -22,12 +22,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchvision.utils import save_image
 
 from dpmammo import __version__
 from dpmammo.device import resolve_device
 from dpmammo.data.images import load_images
-from dpmammo.data.sets import load_set, resolve_root
+from dpmammo.data.sets import generator_training_records, resolve_root, training_data_record
+from dpmammo.gan.augment import diff_augment, flip_real
 from dpmammo.gan.config import GanConfig
 from dpmammo.gan.models import N_CLASSES, build, to_model_range
 from dpmammo.models import save_weights
@@ -65,7 +67,7 @@ def train_gan_run(cfg: GanConfig, run: RunDir, resuming: bool, progress: bool) -
 
     # Data: real patches (all private) as uint8 in memory, scaled to [-1, 1] per batch.
     root = resolve_root(cfg.data.root)
-    records = [r for name in cfg.data.train for r in load_set(root, name)]
+    records = generator_training_records(root, cfg.data.train)
     images = load_images(records, cfg.model.image_size)
     labels = torch.tensor([r.label for r in records], dtype=torch.long)
     n_private = sum(r.source == "real" for r in records)
@@ -90,9 +92,16 @@ def train_gan_run(cfg: GanConfig, run: RunDir, resuming: bool, progress: bool) -
             f"q={dp.sample_rate:.5f} steps={dp.planned_steps} target eps={p.target_epsilon} delta={p.delta:g}"
             + (" SEEDED NOISE (tests only): no guarantee" if p.seeded_noise_for_tests else ""))
     fixed_z, fixed_y = grid_inputs(cfg)
+    # The generator that is saved and sampled: an exponential moving average of the trained one
+    # (smoother, better samples for small-data GANs; post-processing of G, so free under DP), or G.
+    ema = None if cfg.train.ema_decay is None else AveragedModel(
+        gen_model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
+    released = gen_model if ema is None else ema.module
 
     state = {"epoch": 0, "history": [], "wall_s": 0.0}
     parts = {"generator": gen_model, "discriminator": disc, "opt_g": opt_g, "opt_d": opt_d}
+    if ema is not None:
+        parts["generator_ema"] = ema
     if resuming:
         state = run.load_training_state(parts, dp, rng, secret)
         t0 = time.time()
@@ -109,6 +118,8 @@ def train_gan_run(cfg: GanConfig, run: RunDir, resuming: bool, progress: bool) -
                 batch = sampler.next_batch()
                 sums["loss_d"] += d_step(d_train, opt_d, dp, gen_model, images, labels, batch, cfg, rng, device)
                 sums["loss_g"] += g_step(d_train, opt_g, gen_model, dp, cfg, rng, device)
+                if ema is not None:
+                    ema.update_parameters(gen_model)
                 bar.advance(task)
             eps = dp.running_epsilon() if dp else None
             if dp is not None:  # the discriminator's loss on private rows is not released (DP_LOSS_NOTE)
@@ -125,11 +136,11 @@ def train_gan_run(cfg: GanConfig, run: RunDir, resuming: bool, progress: bool) -
                 + (f" eps {eps:.3f}/{cfg.privacy.unit}" if eps is not None else ""))
             every = cfg.train.sample_every
             if every and ((epoch + 1) % every == 0 or epoch + 1 == cfg.train.epochs):
-                write_grid(gen_model, fixed_z, fixed_y, run.path / SAMPLES_DIR / f"epoch_{epoch + 1:03d}.png", device)
+                write_grid(released, fixed_z, fixed_y, run.path / SAMPLES_DIR / f"epoch_{epoch + 1:03d}.png", device)
             run.save_training_state(parts, dp, rng, secret, state)
 
     # Outputs: generator weights, privacy record, metrics (written last: it marks the run finished).
-    save_weights(gen_model, run.weights)
+    save_weights(released, run.weights)
     if dp is not None:
         own = dp_stage(stage="gan", run=run.name, data=cfg.data.train, dp=dp,
                        note="DP discriminator; the generator is post-processing")
@@ -138,6 +149,7 @@ def train_gan_run(cfg: GanConfig, run: RunDir, resuming: bool, progress: bool) -
     privacy = write_privacy(run.privacy, own, [], notes=[DP_LOSS_NOTE] if dp else [])
     metrics = {
         "history": state["history"], "train_size": n, "n_private": n_private,
+        "training_data": training_data_record(records, root),
         "privacy_total": privacy.total.model_dump(mode="json"),
         "wall_time_s": state["wall_s"] + (time.time() - t0),
         "device": str(device), "dpmammo_version": __version__,
@@ -167,9 +179,12 @@ def d_step(d_train, opt_d, dp, gen_model, images, labels, batch: Batch, cfg: Gan
     z, y_fake = random_inputs(b, cfg, rng, device)
     with torch.no_grad():
         fake = gen_model(z, y_fake)
-    x_all = torch.cat([to_model_range(images[idx]).to(device), fake])
+    real = to_model_range(images[idx])
+    if cfg.train.flips:
+        real = flip_real(real, rng)
+    x_all = augment(torch.cat([real.to(device), fake]), cfg, rng)
     y_all = torch.cat([labels[idx].to(device), y_fake])
-    target = torch.cat([torch.ones(len(idx)), torch.zeros(b)]).to(device)
+    target = torch.cat([torch.full((len(idx),), 1.0 - cfg.train.label_smoothing), torch.zeros(b)]).to(device)
     total_rows = len(x_all)
     if batch.groups is None:
         rows = Batch(torch.arange(total_rows))
@@ -202,7 +217,7 @@ def g_step(d_train, opt_g, gen_model, dp, cfg: GanConfig, rng, device) -> float:
     if dp is not None:
         d_train.disable_hooks()  # no per-sample gradients for D here: they would leak into its next step
     try:
-        logits = d_train(gen_model(z, y), y)
+        logits = d_train(augment(gen_model(z, y), cfg, rng), y)
         loss = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
         opt_g.zero_grad(set_to_none=True)
         loss.backward(inputs=list(gen_model.parameters()))
@@ -211,6 +226,11 @@ def g_step(d_train, opt_g, gen_model, dp, cfg: GanConfig, rng, device) -> float:
         if dp is not None:
             d_train.enable_hooks()
     return loss.item()
+
+
+def augment(x: torch.Tensor, cfg: GanConfig, rng: torch.Generator) -> torch.Tensor:
+    """DiffAugment of what the discriminator sees (both players' steps), when configured."""
+    return diff_augment(x, cfg.train.diffaugment, rng) if cfg.train.diffaugment else x
 
 
 def grid_inputs(cfg: GanConfig) -> tuple[torch.Tensor, torch.Tensor]:
