@@ -105,30 +105,37 @@ def score(folder: str | Path, ref: str, *, classifier: str | Path, root: Optiona
     """
     from dpmammo.evaluate.run import load_run_model
 
-    out_path = out
-
     folder = Path(folder).expanduser().resolve()
     syn, real = score_sets(folder, ref, root=root, max_images=max_images, seed=seed)
     if not RunDir(classifier).is_finished:
         raise DpMammoError(f"--classifier {classifier} is not a finished classifier run (no {METRICS})")
     _, model = load_run_model(Path(classifier))
     result: dict = {"folder": str(folder), "ref": ref, "n_synthetic": len(syn), "n_ref": len(real),
-                 "classifier": str(classifier)}
+                    "classifier": str(classifier)}
+    result |= score_records(syn, real, model, frd=frd, frd_size=frd_size)
+    if out is not None:
+        Path(out).write_text(json.dumps(result, indent=2))
+    return result
 
-    labels = load_labels(syn).numpy()
+
+def score_records(syn: list[PatchRecord], real: list[PatchRecord], model, *, frd: bool = True,
+                  frd_size: int = 128) -> dict:
+    """The scores of `score` for patches already chosen: `syn` (labelled; both classes) against
+    `real`, with `model` (a loaded classifier trained on real data) as feature extractor and judge.
+    Every patch is resized to the model's input size, so sets of any resolution compare at one."""
     from dpmammo.train.predict import predict_proba
 
+    result: dict = {}
+    labels = load_labels(syn).numpy()
     p, secs = timed(lambda: predict_proba(model, load_images(syn, model.input_size)))
     result["class_fidelity"] = {"auroc": float(roc_auc_score(labels, p)), "seconds": secs,
-                             "meaning": "AUROC of the intended labels under a classifier trained on real data"}
+                                "meaning": "AUROC of the intended labels under a classifier trained on real data"}
     fd, secs = timed(lambda: frechet_distance(classifier_features(model, real), classifier_features(model, syn)))
     result["classifier_fd"] = {"value": fd, "seconds": secs, "features": f"{model.num_features}-d forward_features"}
     note = fd_conditioning_note(len(real), len(syn), model.num_features)
     if note:
         result["classifier_fd"]["note"] = note
     result["frd"] = frd_score(real, syn, frd_size) if frd else {"value": None, "note": "not requested"}
-    if out_path is not None:
-        Path(out_path).write_text(json.dumps(result, indent=2))
     return result
 
 

@@ -12,6 +12,7 @@ from dpmammo.config import parse_config, read_yaml
 from dpmammo.report import html as report_html
 from dpmammo.report import plots
 from dpmammo.report.audit import audit_section
+from dpmammo.report.quality import quality_section
 from dpmammo.report.tables import markdown
 from dpmammo.study.config import StudyConfig
 from dpmammo.files import write_text_atomic
@@ -32,8 +33,10 @@ def build_report(study_dir: str | Path) -> Path:
     write_text_atomic(study_dir / RESULTS_MD, markdown(cfg, rows))
     figs = {"privacy_utility": plots.privacy_utility(cfg, rows, study_dir / PLOT_CURVE),
             "roc": plots.roc_curves(cfg, rows, study_dir, study_dir / PLOT_ROC)}
+    quality = quality_section(study_dir, report_html.embed_png)  # "" when the study scored no quality
     audit = audit_section(cfg, study_dir, report_html.embed_png)  # "" when the study ran no audit
-    write_text_atomic(study_dir / REPORT_HTML, report_html.render(cfg, rows, study_dir, figs, summary, audit))
+    write_text_atomic(study_dir / REPORT_HTML,
+                      report_html.render(cfg, rows, study_dir, figs, summary, quality + audit))
     return study_dir / REPORT_HTML
 
 

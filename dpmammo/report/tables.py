@@ -15,6 +15,31 @@ from dpmammo.study.config import StudyConfig
 from dpmammo.study.results import aggregate
 
 
+def budget_split(cfg: StudyConfig) -> tuple[str, ...]:
+    """The sentence on how a DP generator shares each study ε (none without one)."""
+    gen = cfg.generator
+    if gen is None or not gen.is_private:
+        return ()
+    s = gen.generator_share
+    return (f"The synthetic sets come from a DP generator trained by the study at {s:g}·ε for each study ε; "
+            f"every DP classifier stage that uses its samples (directly or through pretrained weights) trains at "
+            f"{1 - s:g}·ε, so the composed total of such a condition stays within the study ε (its column). At "
+            "ε = ∞ the generator is non-private.",)
+
+
+def column_notes(cfg: StudyConfig) -> list[str]:
+    """What the columns and the bracketed guarantees of the AUROC tables mean."""
+    split = budget_split(cfg)
+    columns = ("Columns: the study ε, shared between the DP generator and the DP stages as said below."
+               if split else "Columns: the DP stage's target ε.")
+    synthetic = ("`synthetic` trains on a DP generator's samples: it is shown at the study ε whose share the "
+                 "generator spent." if split else
+                 "`synthetic` touches no private patch in training and is shown under non-private.")
+    return [f"{columns} In brackets after each cell: the guarantee the released model actually has, the chain "
+            "total over every stage behind it (generator, pretraining, fine-tuning), or `no guarantee` when any "
+            f"stage (e.g. a generator trained without DP) has none. {synthetic}", *split]
+
+
 def eps_columns(cfg: StudyConfig) -> list[float]:
     """The study's ε values, finite ascending then ∞ (the reference table's order); ∞ is always
     a column, because ε-independent conditions (synthetic only) are reported there."""
@@ -63,10 +88,7 @@ def markdown(cfg: StudyConfig, rows: list[dict]) -> str:
     lines = [f"# Study `{cfg.name}`: AUROC (malignant positive)", "",
              f"Mean ± population std over seeds {seeds} (one seed: its 95% bootstrap CI). Model {cfg.model.name}; "
              f"unit of privacy of the DP stages: {UNIT_WORDS[cfg.privacy.unit]}.",
-             "Columns: the DP stage's target ε. In brackets after each cell: the guarantee the released model "
-             "actually has, the chain total over every stage behind it (generator, pretraining, fine-tuning), "
-             "or `no guarantee` when any stage (e.g. a generator trained without DP) has none. "
-             "`synthetic` touches no private patch in training and is shown under non-private."]
+             *column_notes(cfg)]
     if cfg.compare_with:
         lines.append(f"(ref …): published AUROC, {CITATION[cfg.compare_with]}.")
     for test_set in cfg.test_sets:

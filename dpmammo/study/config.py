@@ -4,18 +4,26 @@ A study is what answers "how much utility do I keep at privacy budget ε, and do
 data help?" (the question of Osuala et al., MICCAI 2024 Deep Breath, arXiv 2407.12669). The
 training blocks (`model`, `optim`, `train`) are the ones of `dpmammo.train.TrainConfig`; the
 `privacy` block holds everything of `PrivacyConfig` except the target ε, which the study varies.
+
+`synthetic:` is either a fixed set (`dataset/split` or a folder) or a generator the study trains
+and samples itself (`SyntheticFromGenerator`). A DP generator takes `generator_share` of each
+study ε and every DP classifier stage that uses its samples the rest, so a condition's composed
+total stays within the study ε and compares with `real` at the same ε.
 """
 
 from __future__ import annotations
 
+import copy
+import math
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Discriminator, Field, PrivateAttr, Tag, field_validator, model_validator
 
 from dpmammo.audit.config import AuditSettings
-from dpmammo.config import StrictModel
-from dpmammo.privacy.budget import Epsilon, is_private
+from dpmammo.config import StrictModel, apply_overrides, read_yaml
+from dpmammo.errors import DpMammoError
+from dpmammo.privacy.budget import Epsilon, format_epsilon, is_private
 from dpmammo.privacy.config import PrivacyConfig, PrivacySettings
 from dpmammo.study.recipes import CONDITION_ALIASES, Condition, STAGES, Stage
 from dpmammo.train.config import ModelConfig, OptimConfig, TrainSettings
@@ -38,14 +46,108 @@ class Resources(StrictModel):
     num_gpus: float = Field(0, ge=0)
 
 
+class QualitySettings(StrictModel):
+    """What the quality step scores after the runs (dpmammo.study.quality)."""
+
+    frd: bool = Field(True, description="also FRD, when the frd extra is installed (radiomics: ~30 ms a patch on 2 "
+                                        "cores, for every set and the reference)")
+    max_patches: int = Field(1000, ge=10, description="patches per set at most; every set is subsampled to the same "
+                                                      "number, the reference to this one")
+
+
+class SyntheticFromGenerator(StrictModel):
+    """`synthetic:` as a generator: the study trains it (once per distinct budget), samples `n`
+    patches into the study directory and trains the synthetic conditions on them.
+
+    The study owns two keys of the generator config, which every registered generator has:
+    `privacy.target_epsilon` (set to `generator_share` × each study ε, replacing any value in the
+    config, so that a file written for `dpmammo gan train` serves as it is; the block is dropped at
+    ε = ∞) and `data.root` (the study's data root where the config names none).
+    """
+
+    generator: Union[Path, dict[str, Any]] = Field(
+        ..., description="the generator config: a YAML file as for `dpmammo gan train` (relative to the working "
+                         "directory) or the same keys inline; a `privacy:` block makes it DP (its target_epsilon is "
+                         "set by the study)")
+    overrides: list[str] = Field([], description="`key=value` changes to the generator config, as `gan train --set`")
+    n: int = Field(3000, ge=2, description="patches sampled from each generator run")
+    balance: float = Field(0.5, gt=0, lt=1, description="malignant fraction of the sampled patches")
+    seed: int = Field(0, description="sampling seed (latents); the generator's own seed is in its config")
+    generator_share: Optional[float] = Field(
+        None, gt=0, lt=1, description="DP generator only: the part s of each study ε the generator spends; the DP "
+                                      "classifier stages that use its samples get (1 − s)·ε")
+
+    _data: dict[str, Any] = PrivateAttr(default_factory=dict)  # the generator config, overrides applied
+
+    @model_validator(mode="after")
+    def _load(self):
+        try:
+            data = read_yaml(self.generator) if isinstance(self.generator, Path) else copy.deepcopy(self.generator)
+            self._data = apply_overrides(data, self.overrides)
+        except DpMammoError as e:  # re-raised as a validation error, so the message names this key
+            raise ValueError(f"generator: {e}") from None
+        if self.is_private and self.generator_share is None:
+            raise ValueError("the generator is DP (its config has a privacy: block): set generator_share in (0, 1), "
+                             "the part of each study ε it spends (e.g. 0.5); the classifier stages that use its "
+                             "samples get the rest")
+        if not self.is_private and self.generator_share is not None:
+            raise ValueError("generator_share: the generator has no privacy: block (it is non-private), so there is "
+                             "no budget to share; remove generator_share or add a privacy: block to its config")
+        try:  # every key validated now, not mid-study
+            for eps in ((1.0, math.inf) if self.is_private else (math.inf,)):
+                self.config_at(eps, None)
+        except DpMammoError as e:
+            raise ValueError(str(e)) from None
+        return self
+
+    @property
+    def is_private(self) -> bool:
+        return self._data.get("privacy") is not None
+
+    def inlined(self) -> "SyntheticFromGenerator":
+        """The same block with the generator config inline and its overrides applied: what a study
+        directory records (study.yaml then holds everything, and an edited file is noticed)."""
+        return self.model_copy(update={"generator": copy.deepcopy(self._data), "overrides": []})
+
+    def config_at(self, epsilon: float, root: Optional[Path]):
+        """The typed generator config trained for target `epsilon` (∞: without its privacy block),
+        reading data from `root` unless it names its own."""
+        from dpmammo.gan.registry import parse_generator_config
+
+        data = copy.deepcopy(self._data)
+        if is_private(epsilon):
+            if not self.is_private:
+                raise DpMammoError(f"a non-private generator has no budget to set (asked for ε={epsilon:g})")
+            data["privacy"] = {**data["privacy"], "target_epsilon": epsilon}
+        else:
+            data["privacy"] = None
+        if root is not None and (data.get("data") or {}).get("root") is None:
+            data["data"] = {**(data.get("data") or {}), "root": str(root)}
+        try:
+            return parse_generator_config(data, f"generator config at ε={format_epsilon(epsilon)}")
+        except ImportError as e:  # a registered generator whose module this installation lacks
+            raise DpMammoError(f"generator {data.get('generator')!r} is not available in this installation ({e}); "
+                               "update dpmammo or choose another generator") from None
+
+
+def _synthetic_kind(v: Any) -> str:
+    return "generator" if isinstance(v, (dict, SyntheticFromGenerator)) else "set"
+
+
+# The error location names the form: `synthetic.generator.n` for the block, `synthetic.set` for a string.
+Synthetic = Annotated[Union[Annotated[str, Tag("set")], Annotated[SyntheticFromGenerator, Tag("generator")]],
+                      Discriminator(_synthetic_kind)]
+
+
 class StudyConfig(StrictModel):
     name: str = Field("study", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     data_root: Optional[Path] = Field(None, description="data folder; default $DPMAMMO_DATA, then the fetch cache")
     train_set: str = Field("cbis-ddsm/train", description="the private training set")
     val_set: str = Field("cbis-ddsm/val", description="validation set for model selection (not DP-accounted)")
     test_sets: list[str] = Field(["cbis-ddsm/test", "bcdr/test"], min_length=1)
-    synthetic: str = Field("synthetic/c-dcgan",
-                           description="synthetic set: `dataset/split` under data_root or a folder from `dpmammo gan sample`")
+    synthetic: Synthetic = Field(
+        "synthetic/c-dcgan", description="synthetic set: `dataset/split` under data_root, a folder from `dpmammo gan "
+                                         "sample`, or {generator: CONFIG, n, balance, generator_share} to train one")
     conditions: list[Condition] = Field(..., min_length=1)
     epsilons: list[Epsilon] = Field(..., min_length=1, description="target ε per DP stage; inf/∞ = non-private")
     seeds: list[int] = Field([0], min_length=1)
@@ -65,6 +167,10 @@ class StudyConfig(StrictModel):
     audit: Optional[AuditSettings] = Field(
         None, description="membership-inference audit of every condition × ε (first seed) after the runs, e.g. "
                           "{method: auto, models: 16}; absent: no audit")
+    quality: Optional[Union[bool, QualitySettings]] = Field(
+        None, description="score the synthetic sets (Fréchet distances, class fidelity, sample grids) after the runs: "
+                          "true, false or {frd: false, max_patches: 500}; default: true when `synthetic` names a "
+                          "generator")
 
     @field_validator("conditions", mode="before")
     @classmethod
@@ -87,7 +193,48 @@ class StudyConfig(StrictModel):
             raise ValueError("compare_with: osuala2024 needs the paper's model (swin_t); remove it for other setups")
         if self.roc_epsilon is not None and self.roc_epsilon not in self.epsilons:
             raise ValueError(f"roc_epsilon {self.roc_epsilon} is not one of epsilons {self.epsilons}")
+        if self.generator is not None and self.generator.is_private:
+            self._check_generator_privacy()
         return self
+
+    def _check_generator_privacy(self) -> None:
+        """A DP generator accounts like the study's DP stages. Why: a chain's total is per patient
+        only if every stage protects patients; it is stated at the last stage's δ (a generator
+        calibrated at a larger δ would overshoot its share there); and only RDP stages compose
+        exactly (otherwise ε and δ add, and the total's δ is no longer the study's)."""
+        gen = self.generator.config_at(1.0, None).privacy
+        for key in ("unit", "delta", "accountant"):
+            mine, study = getattr(gen, key), getattr(self.privacy, key)
+            if mine != study:
+                raise ValueError(f"synthetic.generator: privacy.{key} {mine} differs from the study's privacy.{key} "
+                                 f"{study}; set both to the same value (the chain total composes both stages)")
+
+    @property
+    def generator(self) -> Optional[SyntheticFromGenerator]:
+        """The generator block of `synthetic`, or None when it names a fixed set."""
+        return self.synthetic if isinstance(self.synthetic, SyntheticFromGenerator) else None
+
+    @property
+    def quality_settings(self) -> Optional[QualitySettings]:
+        """What the quality step scores, or None when it is off."""
+        on = self.quality if self.quality is not None else self.generator is not None
+        if on is False:
+            return None
+        return QualitySettings() if on is True else on
+
+    def generator_epsilon(self, eps: float) -> float:
+        """The generator's target at study ε: generator_share·ε for a DP generator; ∞ (non-private)
+        at ε = ∞ or for a generator without a privacy block."""
+        gen = self.generator
+        if gen is None:
+            raise DpMammoError("this study's synthetic set is fixed; it trains no generator")
+        return eps * gen.generator_share if gen.is_private and is_private(eps) else math.inf
+
+    def consumer_epsilon(self, eps: float) -> float:
+        """The target of a DP classifier stage at study ε whose chain includes the synthetic set:
+        the rest of ε after a DP generator's share, else ε itself."""
+        gen = self.generator
+        return eps * (1 - gen.generator_share) if gen is not None and gen.is_private and is_private(eps) else eps
 
     def privacy_for(self, eps: float) -> Optional[PrivacyConfig]:
         """The privacy block of a stage at target `eps`; None (non-private) for ε = ∞."""

@@ -12,12 +12,23 @@ The conditions are those of Osuala et al. (MICCAI 2024 Deep Breath, arXiv 2407.1
 A chained stage names its parent by run id (recipe, stage, seed), never by a path or a
 timestamp; the runner resolves the id to a directory inside the study. The pretrain run is
 shared by every ε and by the ``synthetic`` condition, so it is trained once per seed.
+
+When `synthetic:` names a generator, the synthetic set of study ε is sampled from the generator
+run ``generator/<tag of the generator's own target>`` into ``generator/<tag>-samples`` (e.g.
+``generator/eps3`` at study ε = 6 with share 0.5; ``generator/epsinf`` when non-private). A DP
+generator makes the synthetic runs depend on ε: the pretrain run is then
+``synthetic/<study ε tag>/seed<s>`` (∞ included) instead of one shared
+``synthetic/pretrain/seed<s>``, and every DP stage that consumes the samples (directly or through
+the pretrained weights) trains at the rest of the budget (`StudyConfig.consumer_epsilon`).
+Classifier run ids carry the study ε (their column in the tables); a generator run id carries
+its own target.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
 
 from dpmammo.config import parse_config
@@ -33,6 +44,7 @@ Stage = Literal[STAGES]  # type: ignore[valid-type]
 
 # Weight sources a chained stage must not load again: init_from already holds the whole model.
 WEIGHT_SOURCES = {"weights": None, "backbone_weights": None, "pretrained": False}
+GENERATOR_DIR = "generator"  # generator runs and their sampled sets, inside the study directory
 
 
 @dataclass(frozen=True)
@@ -43,11 +55,53 @@ class RunSpec:
     config: TrainConfig
     parent: Optional[str]
     stage: str
-    epsilon: float  # target ε of this stage; inf = non-private
+    epsilon: float  # the study ε (the table column) this run belongs to; inf = non-private
+    seed: int
+    generator: Optional[str] = None  # the generator run whose samples are among its training sets
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """A generator run of the study and the set sampled from it (both named by id, in the study dir)."""
+
+    run_id: str  # generator/eps3
+    samples_id: str  # generator/eps3-samples
+    config: Any  # the typed generator config (dpmammo.gan.registry), privacy.target_epsilon = epsilon
+    epsilon: float  # the generator's own target; inf = non-private
+    n: int
+    balance: float
     seed: int
 
 
-Recipe = Callable[["StudyConfig", float, int], list[RunSpec]]
+def generator_spec(study: "StudyConfig", eps: float) -> GeneratorSpec:
+    """The generator run behind the synthetic set at study ε (the same run for every ε whose
+    generator budget is the same, e.g. every ε of a non-private generator)."""
+    gen_eps = study.generator_epsilon(eps)
+    run_id = f"{GENERATOR_DIR}/{epsilon_tag(gen_eps)}"
+    block = study.generator
+    return GeneratorSpec(run_id, f"{run_id}-samples", block.config_at(gen_eps, study.data_root), gen_eps,
+                         block.n, block.balance, block.seed)
+
+
+@dataclass(frozen=True)
+class SyntheticInput:
+    """The synthetic training set at one study ε: a `data.train` entry and the generator behind it."""
+
+    train_set: str
+    generator: Optional[GeneratorSpec]
+
+
+def synthetic_input(study: "StudyConfig", eps: float, study_dir: Optional[Path]) -> SyntheticInput:
+    if study.generator is None:
+        return SyntheticInput(study.synthetic, None)
+    if study_dir is None:
+        raise DpMammoError("a study whose synthetic set comes from a generator is planned inside its study "
+                           "directory (the samples live there): pass study_dir")
+    spec = generator_spec(study, eps)
+    return SyntheticInput(str(Path(study_dir) / spec.samples_id), spec)
+
+
+Recipe = Callable[["StudyConfig", float, int, Optional[Path]], list[RunSpec]]
 _RECIPES: dict[str, tuple[str, Recipe]] = {}
 
 
@@ -71,11 +125,13 @@ def condition_slug(name: str) -> str:
     return _RECIPES[name][0]
 
 
-def build_runs(study: "StudyConfig", condition: str, eps: float, seed: int) -> list[RunSpec]:
-    """The runs of `condition` at (ε, seed), parents first; the last one is the condition's result."""
+def build_runs(study: "StudyConfig", condition: str, eps: float, seed: int,
+               study_dir: Optional[Path] = None) -> list[RunSpec]:
+    """The runs of `condition` at (ε, seed), parents first; the last one is the condition's result.
+    `study_dir` is needed only when the synthetic set comes from a generator."""
     if condition not in _RECIPES:
         raise DpMammoError(f"unknown condition {condition!r}; known: {', '.join(_RECIPES)}")
-    return _RECIPES[condition][1](study, eps, seed)
+    return _RECIPES[condition][1](study, eps, seed, study_dir)
 
 
 def stage_config(study: "StudyConfig", stage: str, *, train_sets: list[str], eps: float, seed: int,
@@ -100,39 +156,50 @@ def stage_config(study: "StudyConfig", stage: str, *, train_sets: list[str], eps
                         f"study {study.name}, stage {stage}")
 
 
-def _private_run(study: "StudyConfig", condition: str, stage: str, train_sets: list[str], eps: float,
-                 seed: int) -> RunSpec:
-    cfg = stage_config(study, stage, train_sets=train_sets, eps=eps, seed=seed)
-    return RunSpec(f"{condition_slug(condition)}/{epsilon_tag(eps)}/seed{seed}", cfg, None, stage, eps, seed)
+def _run_id(condition: str, eps: float, seed: int) -> str:
+    return f"{condition_slug(condition)}/{epsilon_tag(eps)}/seed{seed}"
 
 
 @register_recipe("real", slug="real")
-def real(study: "StudyConfig", eps: float, seed: int) -> list[RunSpec]:
-    return [_private_run(study, "real", "real", [study.train_set], eps, seed)]
+def real(study: "StudyConfig", eps: float, seed: int, study_dir: Optional[Path]) -> list[RunSpec]:
+    cfg = stage_config(study, "real", train_sets=[study.train_set], eps=eps, seed=seed)
+    return [RunSpec(_run_id("real", eps, seed), cfg, None, "real", eps, seed)]
 
 
 @register_recipe("real+synthetic", slug="real+synthetic")
-def real_synthetic(study: "StudyConfig", eps: float, seed: int) -> list[RunSpec]:
-    return [_private_run(study, "real+synthetic", "real+synthetic", [study.train_set, study.synthetic], eps, seed)]
+def real_synthetic(study: "StudyConfig", eps: float, seed: int, study_dir: Optional[Path]) -> list[RunSpec]:
+    """DP over the union; with a DP generator at the rest of ε, so that the chain total stays within ε."""
+    syn = synthetic_input(study, eps, study_dir)
+    cfg = stage_config(study, "real+synthetic", train_sets=[study.train_set, syn.train_set],
+                       eps=study.consumer_epsilon(eps), seed=seed)
+    return [RunSpec(_run_id("real+synthetic", eps, seed), cfg, None, "real+synthetic", eps, seed,
+                    generator=syn.generator.run_id if syn.generator else None)]
 
 
 @register_recipe("synthetic", slug="synthetic")
-def synthetic(study: "StudyConfig", eps: float, seed: int) -> list[RunSpec]:
-    """Whole model on synthetic data, no DP: it touches no private patch (ε does not apply)."""
+def synthetic(study: "StudyConfig", eps: float, seed: int, study_dir: Optional[Path]) -> list[RunSpec]:
+    """Whole model on synthetic data, no DP: it touches no private patch. It depends on ε only
+    through a DP generator's budget (one run per ε, ∞ included); otherwise one run serves every ε."""
+    syn = synthetic_input(study, eps, study_dir)
     model = study.model.model_dump() | {"freeze_backbone": False}
-    cfg = stage_config(study, "pretrain", train_sets=[study.synthetic], eps=math.inf, seed=seed, model=model)
-    return [RunSpec(f"synthetic/pretrain/seed{seed}", cfg, None, "pretrain", math.inf, seed)]
+    cfg = stage_config(study, "pretrain", train_sets=[syn.train_set], eps=math.inf, seed=seed, model=model)
+    if study.generator is not None and study.generator.is_private:  # its samples differ per ε
+        return [RunSpec(_run_id("synthetic", eps, seed), cfg, None, "pretrain", eps, seed,
+                        generator=syn.generator.run_id)]
+    return [RunSpec(f"synthetic/pretrain/seed{seed}", cfg, None, "pretrain", math.inf, seed,
+                    generator=syn.generator.run_id if syn.generator else None)]
 
 
 @register_recipe("synthetic→real", slug="synthetic-to-real")
-def synthetic_to_real(study: "StudyConfig", eps: float, seed: int) -> list[RunSpec]:
-    """Pretrain (shared with `synthetic`), then fine-tune on the private set; head only by default."""
-    (pretrain,) = synthetic(study, eps, seed)
+def synthetic_to_real(study: "StudyConfig", eps: float, seed: int, study_dir: Optional[Path]) -> list[RunSpec]:
+    """Pretrain (shared with `synthetic`), then fine-tune on the private set; head only by default.
+    The fine-tune inherits the generator's chain through the pretrained weights, hence its budget."""
+    (pretrain,) = synthetic(study, eps, seed, study_dir)
     sources = {k: v for k, v in WEIGHT_SOURCES.items() if k in type(pretrain.config.model).model_fields}
     model = pretrain.config.model.model_dump() | sources | {"freeze_backbone": True}
-    cfg = stage_config(study, "finetune", train_sets=[study.train_set], eps=eps, seed=seed, model=model)
-    run_id = f"{condition_slug('synthetic→real')}/{epsilon_tag(eps)}/seed{seed}"
-    return [pretrain, RunSpec(run_id, cfg, pretrain.run_id, "finetune", eps, seed)]
+    cfg = stage_config(study, "finetune", train_sets=[study.train_set], eps=study.consumer_epsilon(eps), seed=seed,
+                       model=model)
+    return [pretrain, RunSpec(_run_id("synthetic→real", eps, seed), cfg, pretrain.run_id, "finetune", eps, seed)]
 
 
 Condition = Literal[tuple(_RECIPES)]  # type: ignore[valid-type]
@@ -151,21 +218,28 @@ class ResultKey:
 class Plan:
     runs: dict[str, RunSpec]  # by run id, every parent before its children
     results: list[ResultKey]
+    generators: dict[str, GeneratorSpec] = field(default_factory=dict)  # by run id; run before any classifier
 
 
-def expand(study: "StudyConfig") -> Plan:
-    """Every run of the study once (shared stages deduplicated), and the runs each condition reports."""
+def expand(study: "StudyConfig", study_dir: Optional[Path] = None) -> Plan:
+    """Every run of the study once (shared stages deduplicated), and the runs each condition reports.
+    `study_dir` (absolute) is needed only when the synthetic set comes from a generator."""
     runs: dict[str, RunSpec] = {}
     results: list[ResultKey] = []
+    generators: dict[str, GeneratorSpec] = {}
     for condition in study.conditions:
         for eps in study.epsilons:
             for seed in study.seeds:
-                specs = build_runs(study, condition, eps, seed)
+                specs = build_runs(study, condition, eps, seed, study_dir)
                 for spec in specs:
                     seen = runs.setdefault(spec.run_id, spec)
                     if seen.config != spec.config or seen.parent != spec.parent:
                         raise DpMammoError(f"recipes disagree on run {spec.run_id}: two configs under one id")
+                    if spec.generator is not None:
+                        gen = generator_spec(study, eps)
+                        if generators.setdefault(gen.run_id, gen) != gen:
+                            raise DpMammoError(f"two generator configs under one id {gen.run_id}")
                 key = ResultKey(condition, specs[-1].run_id)
                 if key not in results:
                     results.append(key)
-    return Plan(runs, results)
+    return Plan(runs, results, generators)

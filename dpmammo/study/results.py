@@ -22,7 +22,7 @@ from dpmammo.runs import RunDir
 
 if TYPE_CHECKING:
     from dpmammo.study.config import StudyConfig
-    from dpmammo.study.runner import Outcome
+    from dpmammo.study.outcome import Outcome
 
 RESULTS_CSV, SUMMARY_JSON = "results.csv", "summary.json"
 # ε columns: the recipe's target (a label of the grid) and the run's chain total, the guarantee

@@ -3,13 +3,13 @@
 A study directory is resumable: a run whose metrics.json and eval files exist is not touched
 again, an interrupted run resumes from its checkpoint (dpmammo.train), and the results are
 written atomically at the end. A run that fails is recorded with its error; the other runs go
-on, and the runs that start from it are reported as skipped.
+on, and the runs that start from it are reported as skipped. Generator runs (when `synthetic:`
+names a generator) come first, in this process, whichever the executor (dpmammo.study.generators).
 """
 
 from __future__ import annotations
 
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Optional
@@ -18,12 +18,15 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from dpmammo.config import parse_config, read_yaml
 from dpmammo.data.sets import resolve_root
 from dpmammo.errors import DpMammoError
 from dpmammo.files import write_text_atomic
 from dpmammo.privacy.ledger import short
 from dpmammo.progress import StepProgress
 from dpmammo.study.config import StudyConfig
+from dpmammo.study.generators import check_generator_data, run_generators
+from dpmammo.study.outcome import Outcome, failed, torch_threads
 from dpmammo.study.recipes import Plan, RunSpec, expand
 from dpmammo.study.results import write_results
 from dpmammo.runs import RunDir
@@ -31,17 +34,6 @@ from dpmammo.runs import RunDir
 STUDY_FILE = "study.yaml"
 Executor = Literal["local", "ray"]
 EXECUTORS = ("local", "ray")
-
-
-@dataclass
-class Outcome:
-    """What happened to one run in this invocation (plain data: it crosses Ray's wire)."""
-
-    run_id: str
-    status: Literal["done", "cached", "failed", "skipped"]
-    error: str = ""
-    privacy: str = ""  # the run's chain total, e.g. "ε=5.99/patient" or "no guarantee"
-    wall_s: float = 0.0
 
 
 @dataclass
@@ -56,59 +48,66 @@ class StudyResult:
 
 
 def execute_run(spec: RunSpec, study_dir: str, test_sets: list[str], *, num_threads: int,
-                parent: Optional[Outcome] = None, n_boot: int = 1000) -> Outcome:
-    """Train (or resume) and evaluate one run; never raises: an error becomes a failed Outcome."""
-    import torch
-
+                parent: Optional[Outcome] = None, generator: Optional[Outcome] = None, n_boot: int = 1000) -> Outcome:
+    """Train (or resume) and evaluate one run; never raises: an error becomes a failed Outcome.
+    `parent` and `generator` are the outcomes of the runs it starts from (weights, samples)."""
     from dpmammo.evaluate import evaluate_run
     from dpmammo.train import fit
 
-    if parent is not None and parent.status in ("failed", "skipped"):
-        return Outcome(spec.run_id, "skipped", error=f"parent run {parent.run_id} {parent.status}")
+    for what, need in (("parent", parent), ("generator", generator)):
+        if need is not None and need.status in ("failed", "skipped"):
+            return Outcome(spec.run_id, "skipped", error=f"{what} run {need.run_id} {need.status}")
     run_dir = Path(study_dir) / spec.run_id
     t0 = time.time()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(num_threads)  # one run per requested CPU budget; also fixes reduction order
-    try:
-        if RunDir(run_dir).is_evaluated(test_sets):
-            return Outcome(spec.run_id, "cached", privacy=_total(run_dir))
-        cfg = spec.config
-        if spec.parent is not None:
-            cfg = cfg.model_copy(update={"init_from": (Path(study_dir) / spec.parent).resolve()})
-        if not RunDir(run_dir).is_finished:
-            fit(cfg, run_dir, progress=False)
-        missing = [s for s in test_sets if not RunDir(run_dir).eval_json(s).is_file()]
-        evaluate_run(run_dir, missing, n_boot=n_boot, device=cfg.train.device)
-        return Outcome(spec.run_id, "done", privacy=_total(run_dir), wall_s=time.time() - t0)
-    except Exception as e:  # noqa: BLE001 — one run's failure must not stop the study
-        msg = str(e).splitlines()[0] if str(e) else ""
-        if not isinstance(e, DpMammoError):  # a bug: say where, the full traceback is one re-run away
-            where = traceback.extract_tb(e.__traceback__)[-1]
-            msg += f" (at {Path(where.filename).name}:{where.lineno})"
-        return Outcome(spec.run_id, "failed", error=f"{type(e).__name__}: {msg}"[:500],
-                       wall_s=time.time() - t0)
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(num_threads):
+        try:
+            if RunDir(run_dir).is_evaluated(test_sets):
+                return Outcome(spec.run_id, "cached", privacy=_total(run_dir))
+            cfg = spec.config
+            if spec.parent is not None:
+                cfg = cfg.model_copy(update={"init_from": (Path(study_dir) / spec.parent).resolve()})
+            if not RunDir(run_dir).is_finished:
+                fit(cfg, run_dir, progress=False)
+            missing = [s for s in test_sets if not RunDir(run_dir).eval_json(s).is_file()]
+            evaluate_run(run_dir, missing, n_boot=n_boot, device=cfg.train.device)
+            return Outcome(spec.run_id, "done", privacy=_total(run_dir), wall_s=time.time() - t0)
+        except Exception as e:  # noqa: BLE001 — one run's failure must not stop the study
+            return failed(spec.run_id, e, t0)
 
 
 def _total(run_dir: Path) -> str:
     return short(RunDir(run_dir).read_privacy().total)
 
 
-def prepare_study(cfg: StudyConfig, out: Path) -> tuple[StudyConfig, Path]:
-    """Resolve paths (Ray workers run elsewhere), and refuse a study dir made with another config."""
-    cfg = cfg.model_copy(update={"data_root": resolve_root(cfg.data_root)})
-    if cfg.synthetic.startswith(("./", "../", "~")):
-        cfg = cfg.model_copy(update={"synthetic": str(Path(cfg.synthetic).expanduser().resolve())})
-    out = Path(out).resolve()
+def resolve_study(cfg: StudyConfig, out: Path) -> tuple[StudyConfig, Path]:
+    """Absolute paths (Ray workers run elsewhere) and the generator config inline; writes nothing."""
+    update: dict = {"data_root": resolve_root(cfg.data_root)}
+    if cfg.generator is not None:
+        update["synthetic"] = cfg.generator.inlined()
+    elif cfg.synthetic.startswith(("./", "../", "~")):
+        update["synthetic"] = str(Path(cfg.synthetic).expanduser().resolve())
+    return cfg.model_copy(update=update), Path(out).resolve()
+
+
+def claim_study_dir(cfg: StudyConfig, out: Path) -> None:
+    """Write study.yaml, refusing a study directory made with another config."""
     out.mkdir(parents=True, exist_ok=True)
-    resolved = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
     path = out / STUDY_FILE
-    if path.is_file() and path.read_text() != resolved:
+    if path.is_file() and not _records(path, cfg):
         raise DpMammoError(f"{out} holds a study with another config; choose another --out "
                            f"(or delete it to start over)")
-    write_text_atomic(path, resolved)
-    return cfg, out
+    write_text_atomic(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
+
+
+def _records(path: Path, cfg: StudyConfig) -> bool:
+    """Whether study.yaml at `path` records `cfg`. Compared as configs, not as text: study.yaml
+    spells out every value, so only a key added to StudyConfig since (e.g. `quality`) is read at
+    its default, and a study directory of an older version still resumes."""
+    try:
+        recorded = parse_config(StudyConfig, read_yaml(path), str(path))
+    except DpMammoError:
+        return False
+    return recorded.model_dump(mode="json") == cfg.model_dump(mode="json")
 
 
 def run_study(cfg: StudyConfig, out: str | Path, *, executor: Executor = "local", address: Optional[str] = None,
@@ -120,17 +119,20 @@ def run_study(cfg: StudyConfig, out: str | Path, *, executor: Executor = "local"
     """
     if executor not in EXECUTORS:
         raise DpMammoError(f"unknown executor {executor!r}; use one of: {', '.join(EXECUTORS)}")
+    cfg, out = resolve_study(cfg, Path(out))
+    plan = expand(cfg, out)
+    # Refusals that would fail every run alike come before the study directory is written.
+    check_generator_data(cfg, plan)
     if executor == "local":
-        check_pretrained_weights(expand(cfg), Path(out))  # before the study directory is written
-    cfg, out = prepare_study(cfg, Path(out))
-    plan = expand(cfg)
+        check_pretrained_weights(plan, out)
+    claim_study_dir(cfg, out)
     result = StudyResult(out, plan)
     # A bar on a terminal; in a log file a line when each run starts and when it ends.
     bar = StepProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("runs"),
                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                        enabled=progress, console=console, every=0, unit="runs")
     with bar:
-        task = bar.add_task(f"study {cfg.name}", total=len(plan.runs))
+        task = bar.add_task(f"study {cfg.name}", total=len(plan.generators) + len(plan.runs))
 
         def report(o: Outcome, running: str = "") -> None:
             result.outcomes[o.run_id] = o
@@ -138,10 +140,16 @@ def run_study(cfg: StudyConfig, out: str | Path, *, executor: Executor = "local"
             nxt = f" | running {running}" if running else ""
             bar.update(task, advance=1, description=f"{o.run_id}: {o.status}{eps}{nxt}")
 
+        announce = lambda rid: bar.update(task, description=f"running {rid}")  # noqa: E731
+        generators = run_generators(cfg, plan, out, report, announce)
         run = _run_local if executor == "local" else _run_ray
         kwargs = {} if executor == "local" else {"address": address}
-        run(cfg, plan, out, report, lambda rid: bar.update(task, description=f"running {rid}"), **kwargs)
+        run(cfg, plan, out, generators, report, announce, **kwargs)
     write_results(cfg, plan, out, result.outcomes)
+    if cfg.quality_settings is not None:  # Fréchet distances, class fidelity and sample grids of the synthetic sets
+        from dpmammo.study.quality import run_quality
+
+        run_quality(cfg, plan, out, result.outcomes, console=console if progress else None)
     if cfg.audit is not None:  # membership-inference audits of every condition × ε (dpmammo.study.audits)
         from dpmammo.study.audits import run_audits
 
@@ -160,19 +168,23 @@ def check_pretrained_weights(plan: Plan, out: Path) -> None:
         imagenet_weights_file()
 
 
-def _run_local(cfg: StudyConfig, plan: Plan, out: Path, report: Callable, announce: Callable) -> None:
+def _run_local(cfg: StudyConfig, plan: Plan, out: Path, generators: dict[str, Outcome], report: Callable,
+               announce: Callable) -> None:
     done: dict[str, Outcome] = {}
     for run_id, spec in plan.runs.items():
         announce(run_id)
         parent = None if spec.parent is None else done[spec.parent]
-        done[run_id] = execute_run(spec, str(out), cfg.test_sets, num_threads=cfg.resources.num_cpus, parent=parent)
+        generator = None if spec.generator is None else generators[spec.generator]
+        done[run_id] = execute_run(spec, str(out), cfg.test_sets, num_threads=cfg.resources.num_cpus, parent=parent,
+                                   generator=generator)
         report(done[run_id])
 
 
-def _run_ray(cfg: StudyConfig, plan: Plan, out: Path, report: Callable, announce: Callable, *,
-             address: Optional[str]) -> None:
+def _run_ray(cfg: StudyConfig, plan: Plan, out: Path, generators: dict[str, Outcome], report: Callable,
+             announce: Callable, *, address: Optional[str]) -> None:
     """One Ray task per run with the config's resource request; a chained run takes its parent's
-    result as an argument, so Ray starts it only when the parent has finished."""
+    result as an argument, so Ray starts it only when the parent has finished. The generator runs
+    have finished before (in this process): their outcomes go as plain arguments."""
     try:
         import ray
     except ImportError:
@@ -189,7 +201,9 @@ def _run_ray(cfg: StudyConfig, plan: Plan, out: Path, report: Callable, announce
         refs: dict[str, object] = {}
         for run_id, spec in plan.runs.items():
             parent_ref = refs.get(spec.parent) if spec.parent is not None else None
-            refs[run_id] = task.remote(spec, str(out), cfg.test_sets, num_threads=res.num_cpus, parent=parent_ref)
+            generator = None if spec.generator is None else generators[spec.generator]
+            refs[run_id] = task.remote(spec, str(out), cfg.test_sets, num_threads=res.num_cpus, parent=parent_ref,
+                                       generator=generator)
         pending = {ref: rid for rid, ref in refs.items()}
         announce(f"{len(pending)} Ray tasks")
         while pending:
