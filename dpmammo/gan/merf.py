@@ -22,11 +22,11 @@ The mechanism, exactly:
   Opacus's floating-point-safe sampler.
 - From S̃ alone: per-class noisy sums of φ and noisy class counts (counts clamped to ≥ 1), hence
   the per-class mean embeddings μ_c the generator must match.
-- Generator: each step draws a batch with as many patches of each class, and Adam minimises
-  Σ_c ‖mean φ(G(z, c)) − μ_c‖². This is the reference code's per-class normalisation (its
-  embedding columns divided by the class weights) without the sampling noise of drawing labels.
-  It touches no private data: post-processing of S̃, which spends no budget, so its loss may be
-  logged and released.
+- Generator: each step draws a batch with as many patches of each class, and Adam minimises an
+  unbiased estimate of Σ_c ‖E φ(G(z, c)) − μ_c‖² (`squared_distance`). Per-class means are the
+  reference code's per-class normalisation (its embedding columns divided by the class weights)
+  without the sampling noise of drawing labels. It touches no private data: post-processing of
+  S̃, which spends no budget, so its loss may be logged and released.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def train_merf_run(cfg: MerfConfig, run: RunDir, resuming: bool, progress: bool)
     gen_model = build_generator(cfg.model, cfg.train.seed).to(device)
     opt = torch.optim.Adam(gen_model.parameters(), lr=cfg.optim.lr)
     rng = torch.Generator().manual_seed(cfg.train.seed)  # latents
-    freqs = fourier_frequencies(cfg.features, cfg.train.seed).to(device)
+    freqs = fourier_frequencies(cfg.features, cfg.train.seed)
     parts = {"generator": gen_model, "opt": opt}
     if resuming:
         # The release was made once and checkpointed: reading it back spends nothing; drawing
@@ -100,10 +100,10 @@ def train_merf_run(cfg: MerfConfig, run: RunDir, resuming: bool, progress: bool)
         t0 = time.time()
         say(f"resumed after epoch {state['epoch']} (the release is read back, not redone)")
     else:
-        state = {"epoch": 0, "history": [], "wall_s": 0.0, **private_release(cfg, say)}
+        state = {"epoch": 0, "history": [], "wall_s": 0.0, **private_release(cfg, freqs, say)}
         run.save_training_state(parts, None, rng, None, state)  # before anything is derived from it
     # From here on nothing touches private data: everything below is post-processing of the release.
-    target = class_targets(state["release"], cfg.features.n_features).to(device)
+    target, freqs = class_targets(state["release"]).to(device), freqs.to(device)
     fixed_z, fixed_y = grid_inputs(cfg.model, cfg.train.seed)
 
     o = cfg.optim
@@ -153,7 +153,7 @@ def train_merf_run(cfg: MerfConfig, run: RunDir, resuming: bool, progress: bool)
     return metrics
 
 
-def private_release(cfg: MerfConfig, say) -> dict:
+def private_release(cfg: MerfConfig, freqs: torch.Tensor, say) -> dict:
     """Read the private sets and release their labelled mean embedding, once (the only private step).
 
     Returns the checkpoint state of the release: the released vector decoded into per-class sums
@@ -165,6 +165,7 @@ def private_release(cfg: MerfConfig, say) -> dict:
     unit = cfg.privacy.unit if cfg.privacy is not None else "patch"
     units = unit_ids([r.patient for r in records], is_private, unit, ", ".join(cfg.data.train))
     n_private_units = len(torch.unique(units[torch.tensor(is_private)]))
+    upstream = upstream_chain(records)
     sigma = 0.0
     if cfg.privacy is not None:  # validate before touching a pixel
         p = cfg.privacy
@@ -174,7 +175,6 @@ def private_release(cfg: MerfConfig, say) -> dict:
                                 accountant=p.accountant)
     images = load_images(records, cfg.model.image_size)
     labels = torch.tensor([r.label for r in records], dtype=torch.long)
-    freqs = fourier_frequencies(cfg.features, cfg.train.seed)
     total = embedding_sum(images, labels, unit_weights(units), freqs, cfg.features.resolution)
     released = gaussian_release(total, sigma, cfg.privacy, cfg.train.seed)
     n_units = int(units.max()) + 1 if len(units) else 0
@@ -187,7 +187,7 @@ def private_release(cfg: MerfConfig, say) -> dict:
         say(f"non-private: the mean embedding of {len(records)} patches is used without noise")
     return {"release": decode_release(released, cfg.features.n_features), "sigma": sigma,
             "n_units": n_units, "n_private_units": n_private_units, "train_size": len(records),
-            "n_private": sum(is_private), "upstream": upstream_chain(records)}
+            "n_private": sum(is_private), "upstream": upstream}
 
 
 def fourier_frequencies(features: MerfFeatures, seed: int) -> torch.Tensor:
@@ -253,7 +253,7 @@ def decode_release(released: torch.Tensor, n_features: int) -> dict[str, torch.T
             "counts": (released[cd:] * math.sqrt(2)).float()}
 
 
-def class_targets(release: dict[str, torch.Tensor], n_features: int) -> torch.Tensor:
+def class_targets(release: dict[str, torch.Tensor]) -> torch.Tensor:
     """μ_c = noisy sum of φ over class c / noisy count of c (clamped to ≥ 1: noise can make it tiny
     or negative), C × D."""
     return release["sums"] / release["counts"].clamp(min=1.0)[:, None]
