@@ -129,3 +129,11 @@ def build(cfg: GanModelConfig, seed: int) -> tuple[Generator, Discriminator]:
     g.apply(init_weights)
     d.apply(init_weights)
     return g, d
+
+
+def build_generator(cfg: GeneratorShape, seed: int) -> Generator:
+    """The generator alone, DCGAN-initialised from `seed` (for generators trained without a discriminator)."""
+    torch.manual_seed(seed)
+    g = Generator(cfg)
+    g.apply(init_weights)
+    return g

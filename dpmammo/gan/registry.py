@@ -1,5 +1,9 @@
 """Generators by name, after timm's model registry: a name → (config class, train function).
 
+Registered: `mcgan`, the conditional DCGAN of the reference study (optionally with a DP-SGD
+discriminator, dpmammo.gan.train), and `dp-merf`, the same generator trained on one DP release
+of the data's mean embedding in random Fourier features (dpmammo.gan.merf).
+
 Every generator run is trained by `dpmammo gan train CONFIG`, whose top-level `generator:` key
 names the generator (default `mcgan`, so older configs keep working); its config class is the
 only set of allowed keys. Every generator's config has `data.train` (the private sets it sees),

@@ -30,7 +30,7 @@ from dpmammo.device import resolve_device
 from dpmammo.data.images import load_images
 from dpmammo.data.sets import generator_training_records, resolve_root, training_data_record
 from dpmammo.gan.augment import diff_augment, flip_real
-from dpmammo.gan.config import GanConfig
+from dpmammo.gan.config import GanConfig, GeneratorShape
 from dpmammo.gan.models import N_CLASSES, build, to_model_range
 from dpmammo.models import save_weights
 from dpmammo.privacy import Batch, dp_stage, make_private, non_dp_stage, write_privacy
@@ -91,7 +91,7 @@ def train_gan_run(cfg: GanConfig, run: RunDir, resuming: bool, progress: bool) -
         say(f"DP discriminator (unit {p.unit}, {sampler.n_units} units): sigma={dp.noise_multiplier:.4f} "
             f"q={dp.sample_rate:.5f} steps={dp.planned_steps} target eps={p.target_epsilon} delta={p.delta:g}"
             + (" SEEDED NOISE (tests only): no guarantee" if p.seeded_noise_for_tests else ""))
-    fixed_z, fixed_y = grid_inputs(cfg)
+    fixed_z, fixed_y = grid_inputs(cfg.model, cfg.train.seed)
     # The generator that is saved and sampled: an exponential moving average of the trained one
     # (smoother, better samples for small-data GANs; post-processing of G, so free under DP), or G.
     ema = None if cfg.train.ema_decay is None else AveragedModel(
@@ -233,10 +233,10 @@ def augment(x: torch.Tensor, cfg: GanConfig, rng: torch.Generator) -> torch.Tens
     return diff_augment(x, cfg.train.diffaugment, rng) if cfg.train.diffaugment else x
 
 
-def grid_inputs(cfg: GanConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def grid_inputs(shape: GeneratorShape, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Fixed latents for the progress grids: row c holds class c (0 benign, 1 malignant)."""
-    g = torch.Generator().manual_seed(cfg.train.seed + 1)
-    z = torch.randn(N_CLASSES * GRID_COLUMNS, cfg.model.latent_dim, generator=g)
+    g = torch.Generator().manual_seed(seed + 1)
+    z = torch.randn(N_CLASSES * GRID_COLUMNS, shape.latent_dim, generator=g)
     y = torch.arange(N_CLASSES).repeat_interleave(GRID_COLUMNS)
     return z, y
 

@@ -8,9 +8,11 @@ from dpmammo.lazy import lazy_exports
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "dpmammo.privacy.accounting": ["calibrate_noise", "check_delta", "epsilon_of", "steps_for"],
     "dpmammo.privacy.budget": ["Epsilon", "epsilon_tag", "format_epsilon", "parse_epsilon"],
-    "dpmammo.privacy.config": ["DEFAULT_DELTA", "UNIT_WORDS", "PrivacyConfig", "PrivacySettings", "Unit"],
+    "dpmammo.privacy.config": ["DEFAULT_DELTA", "UNIT_WORDS", "PrivacyConfig", "PrivacySettings",
+                                "ReleasePrivacyConfig", "Unit"],
     "dpmammo.privacy.engine": ["DPSetup", "make_private"],
     "dpmammo.privacy.ledger": ["ChainTotal", "PrivacyRecord", "StageSpend", "compose", "describe", "dp_stage",
-                               "non_dp_stage", "read_privacy", "short", "weights_stage", "write_privacy"],
+                               "non_dp_stage", "read_privacy", "release_stage", "short", "weights_stage",
+                               "write_privacy"],
     "dpmammo.privacy.sampling": ["Batch", "PoissonUnits", "ShuffledBatches", "noise_generator", "unit_ids"],
 })

@@ -1,11 +1,13 @@
 """Noise calibration and ε accounting for Poisson-sampled Gaussian DP-SGD (Abadi et al., 2016).
 
 Thin, validated wrappers over Opacus's accountants, so every stage calibrates and reports the
-same way and a ledger can compose stages exactly (RDP composes by adding curves).
+same way and a ledger can compose stages exactly (RDP composes by adding curves). A single
+Gaussian release of a sum (DP-MERF) is the case sample_rate = 1, steps = 1.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
 
@@ -28,6 +30,16 @@ warnings.filterwarnings("ignore", message="Optimal order is the (largest|smalles
 
 def accountant_kwargs(accountant: str) -> dict:
     return {"alphas": RDP_ORDERS} if accountant == "rdp" else {}
+
+
+def _full_batch_quiet(accountant: str, sample_rates) -> contextlib.AbstractContextManager:
+    """Opacus's PRV of a subsampled Gaussian takes log(1 − q), −inf at q = 1 (one release of the
+    whole data set): the branch it then selects is the right one (every t > −inf, the plain
+    Gaussian), and ε matches dp-accounting's PLD, but numpy warns of a division by zero on every
+    call. Silenced for exactly that case."""
+    if accountant == "prv" and any(q == 1 for q in sample_rates):
+        return np.errstate(divide="ignore")
+    return contextlib.nullcontext()
 
 
 def check_delta(delta: float, n_units: int, unit: str = "patient") -> None:
@@ -56,9 +68,10 @@ def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, 
     if not 0 < sample_rate <= 1:
         raise DpMammoError(f"sample_rate={sample_rate} must be in (0, 1]")
     try:
-        return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
-                                          sample_rate=sample_rate, steps=steps, accountant=accountant,
-                                          epsilon_tolerance=0.01, **accountant_kwargs(accountant)))
+        with _full_batch_quiet(accountant, [sample_rate]):
+            return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
+                                              sample_rate=sample_rate, steps=steps, accountant=accountant,
+                                              epsilon_tolerance=0.01, **accountant_kwargs(accountant)))
     except ValueError as e:
         raise DpMammoError(f"cannot reach epsilon={target_epsilon} with {steps} steps at q={sample_rate:.4g}: {e}") from None
 
@@ -72,7 +85,8 @@ def epsilon_of(history: list[tuple[float, float, int]], delta: float, accountant
 def _epsilon_of(history: tuple[tuple[float, float, int], ...], delta: float, accountant: str) -> float:
     acc = create_accountant(mechanism=accountant)
     acc.history = list(history)
-    return float(acc.get_epsilon(delta=delta, **accountant_kwargs(accountant)))
+    with _full_batch_quiet(accountant, [q for _, q, _ in history]):
+        return float(acc.get_epsilon(delta=delta, **accountant_kwargs(accountant)))
 
 
 class EpsilonCurve:

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from dpmammo.errors import DpMammoError
 from dpmammo.files import write_json_atomic
 from dpmammo.privacy.accounting import epsilon_of
-from dpmammo.privacy.config import UNIT_WORDS, Unit
+from dpmammo.privacy.config import UNIT_WORDS, ReleasePrivacyConfig, Unit
 
 Guarantee = Literal["dp", "none", "public"]
 # Why a stage gives no guarantee.
@@ -109,6 +109,23 @@ def dp_stage(*, stage: str, run: str, data: list[str], dp, note: str = "") -> St
         steps=dp.steps_taken, accountant=p.accountant, max_grad_norm=p.max_grad_norm, n_units=dp.sampler.n_units,
         n_private=dp.sampler.n_private_units,
         note=("seeded noise: anyone who knows train.seed can remove it; for tests only. " if seeded else "") + note)
+
+
+def release_stage(*, stage: str, run: str, data: list[str], privacy: ReleasePrivacyConfig, noise_multiplier: float,
+                  n_units: int, n_private: int, note: str = "") -> StageSpend:
+    """The record of one Gaussian release of a sum of per-unit vectors of L2 norm ≤ 1 (DP-MERF's
+    mean embedding): the sensitivity, 1, is recorded as `max_grad_norm` (the bound on one unit's
+    contribution, as a clipping norm is in DP-SGD), with sample rate 1 and one step, so RDP
+    composition with later stages works unchanged. ε is the accountant's for the σ used."""
+    seeded = privacy.seeded_noise_for_tests
+    epsilon = epsilon_of([(noise_multiplier, 1.0, 1)], privacy.delta, privacy.accountant)
+    return StageSpend(
+        stage=stage, run=run, data=list(data), guarantee="none" if seeded else "dp",
+        reason="seeded-noise" if seeded else None, unit=privacy.unit, epsilon=epsilon, delta=privacy.delta,
+        target_epsilon=privacy.target_epsilon, noise_multiplier=noise_multiplier, sample_rate=1.0, steps=1,
+        accountant=privacy.accountant, max_grad_norm=1.0, n_units=n_units, n_private=n_private,
+        note=("seeded noise: anyone who knows train.seed can remove it; for tests only. " if seeded else "")
+        + "one Gaussian release of the sum of per-unit embeddings, sensitivity 1 (max_grad_norm)" + (f"; {note}" if note else ""))
 
 
 def non_dp_stage(*, stage: str, run: str, data: list[str], n_private: int) -> StageSpend:

@@ -27,13 +27,13 @@ import torch
 
 from dpmammo.errors import DpMammoError
 from dpmammo.privacy.accounting import check_delta
-from dpmammo.privacy.config import PrivacyConfig, Unit
+from dpmammo.privacy.config import PrivacyConfig, ReleasePrivacyConfig, Unit
 
 # Offset so that the test-only seeded noise stream never coincides with the seed's own stream.
 _SEEDED_NOISE_OFFSET = 0x5EED_0F_D9
 
 
-def noise_generator(privacy: PrivacyConfig, seed: int) -> torch.Generator:
+def noise_generator(privacy: PrivacyConfig | ReleasePrivacyConfig, seed: int) -> torch.Generator:
     """The generator of a DP stage's sampling and noise: OS entropy, or (tests only) the seed.
 
     torch's Mersenne Twister is not a cryptographic generator, but its 63-bit secret seed is
