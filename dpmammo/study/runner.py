@@ -119,12 +119,13 @@ def run_study(cfg: StudyConfig, out: str | Path, *, executor: Executor = "local"
     """
     if executor not in EXECUTORS:
         raise DpMammoError(f"unknown executor {executor!r}; use one of: {', '.join(EXECUTORS)}")
+    # Refusals that would fail every run alike come before the study directory is written; missing
+    # ImageNet weights first, as they need neither the data nor the study directory.
+    if executor == "local":
+        check_pretrained_weights(expand(cfg, Path(out).resolve()), Path(out))
     cfg, out = resolve_study(cfg, Path(out))
     plan = expand(cfg, out)
-    # Refusals that would fail every run alike come before the study directory is written.
     check_generator_data(cfg, plan)
-    if executor == "local":
-        check_pretrained_weights(plan, out)
     claim_study_dir(cfg, out)
     result = StudyResult(out, plan)
     # A bar on a terminal; in a log file a line when each run starts and when it ends.
