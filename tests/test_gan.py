@@ -239,7 +239,7 @@ def test_recipe_gan_honours_the_condition_and_saves_the_ema_generator(recipe_run
     _, model = load_run_model(classifier)
     auroc = roc_auc_score(labels.numpy(), predict_proba(model, generate(gen, labels, seed=0)))
     assert auroc >= 0.8, f"the recipe GAN's samples carry their label with AUROC {auroc:.3f} only"
-    # The saved generator is the moving average, not the last iterate: the two differ.
+    # A finished run keeps no checkpoint, and records the patches it saw.
     ckpt_free = not (recipe_run / "checkpoint.pt").exists()
     metrics = json.loads((recipe_run / "metrics.json").read_text())
     assert ckpt_free and metrics["training_data"]["sets"]["phantom/train"]["patches"] == 400
