@@ -75,9 +75,10 @@ def generator_training_records(root: Path, names: list[str]) -> list[PatchRecord
 
 
 def training_data_record(records: list[PatchRecord], root: Path) -> dict:
-    """Exactly which patches a generator saw, without naming any patient (the list of a training
-    set's patients is itself private): counts per set and class, and a SHA-256 of the sorted
-    relative paths that whoever holds the data can recompute to check."""
+    """Exactly which patches a generator saw: counts per set and class, and a SHA-256 of the sorted
+    relative paths that whoever holds the data can recompute to check. Exact statistics of the
+    private set: they go into the generator run's metrics.json, never into what is released with
+    its samples (provenance.json)."""
     import hashlib
 
     rel = sorted(str(Path(r.path).resolve().relative_to(root)) if Path(r.path).resolve().is_relative_to(root)

@@ -90,7 +90,6 @@ def sample(run_dir: str | Path, n: int, out: str | Path, *, balance: float = 0.5
         "folder": str(out),
         "generator_run": str(run_dir),
         "training_data": list(cfg.data.train),
-        "training_patches": RunDir(run_dir).read_metrics().get("training_data"),
         "n": n, "n_malignant": int(labels.sum()), "balance": balance, "seed": seed,
         "image_size": cfg.model.image_size,
         "guarantee": privacy.describe(),
