@@ -1,6 +1,7 @@
 """How fast is DP-SGD in dpmammo? Run by hand (not part of the test suite):
 
-    python benchmarks/dp_speed.py [--data DIR] [--steps 3] [--rounds 1] [--threads 2] [--skip-swin-full]
+    python benchmarks/dp_speed.py [--data DIR] [--steps 3] [--rounds 1] [--threads 2] [--skip-head]
+                                  [--skip-swin-full] [--skip-full]
 
 Prints, measured side by side in one invocation (every measurement in its own fresh
 subprocess, so that its peak memory is its own):
@@ -122,7 +123,6 @@ def measure_head(spec: dict) -> dict:
     from dpmammo.data.sets import load_set, resolve_root
     from dpmammo.privacy import unit_ids
     from dpmammo.train import features as fc
-    from dpmammo.train.config import TrainConfig
     from dpmammo.train.loop import image_batch, train_step
 
     torch.set_num_threads(spec["threads"])
@@ -131,7 +131,7 @@ def measure_head(spec: dict) -> dict:
     records = load_set(resolve_root(spec["data"]), "cbis-ddsm/train")
     model = _build("swin_t", frozen=True).to(device)
     images, labels = load_images(records, 224), load_labels(records)
-    cfg = TrainConfig.model_validate({"train": {"batch_size": HEAD_BATCH, "physical_batch_size": 256}})
+    physical = 256  # records per forward pass: one chunk for a batch of 128 units
     gen = torch.Generator().manual_seed(0)
     units = None
     if spec.get("unit") == "patient":
@@ -156,7 +156,7 @@ def measure_head(spec: dict) -> dict:
     def step():
         batch = dp.sampler.next_batch()
         views = torch.randint(0, N_VIEWS, (len(batch),), generator=gen)
-        train_step(dp.model, dp.optimizer, dp.criterion, dp, batch, get(batch.idx, views), labels[batch.idx], cfg,
+        train_step(dp.model, dp.optimizer, dp.criterion, dp, batch, get(batch.idx, views), labels[batch.idx], physical,
                    device)
 
     steps = spec["steps"] if spec["way"] == "recompute" else spec["steps"] * 10
@@ -203,11 +203,11 @@ def part1b(args) -> None:
               "cache_subset": 0, "way": "cached"}
     print(f"\n1b. head-only DP step on cached swin_t features, batch {HEAD_BATCH} units "
           f"(min over {common['steps'] * 10} steps)")
-    print(f"   {'unit':<8} {'mode':<10} {'ms/step':>9} {'vs hooks':>9} {'peak MB':>9}")
+    print(f"   {'unit':<8} {'mode':<22} {'ms/step':>9} {'vs hooks':>9} {'peak MB':>9}")
     for unit in ("patch", "patient"):
-        res = {m: run_isolated(measure_head, {**common, "unit": unit, "mode": m}) for m in ("hooks", "ghost", "auto")}
+        res = {m: run_isolated(measure_head, {**common, "unit": unit, "mode": m}) for m in ("hooks", "ghost", "bookkeeping", "auto")}
         for m, r in res.items():
-            print(f"   {unit:<8} {m + (' → ' + r['resolved'] if m == 'auto' else ''):<10} {r['step_s'] * 1e3:9.2f} "
+            print(f"   {unit:<8} {m + (' → ' + r['resolved'] if m == 'auto' else ''):<22} {r['step_s'] * 1e3:9.2f} "
                   f"{res['hooks']['step_s'] / r['step_s']:8.1f}× {r['peak_mb']:9.0f}", flush=True)
 
 
@@ -247,6 +247,7 @@ def main() -> None:
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--skip-head", action="store_true")
     ap.add_argument("--skip-swin-full", action="store_true")
+    ap.add_argument("--skip-full", action="store_true", help="skip part 2 (full-network steps)")
     args = ap.parse_args()
     print(f"machine: {machine()}; threads {args.threads}; load average at start {os.getloadavg()[0]:.1f}")
     t = time.time()
@@ -254,7 +255,8 @@ def main() -> None:
         part1(args)
         sys.stdout.flush()
     part1b(args)
-    part2(args)
+    if not args.skip_full:
+        part2(args)
     print(f"\nload average at end {os.getloadavg()[0]:.1f}; total {time.time() - t:.0f} s")
 
 

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from dpmammo.data.phantoms import make_phantoms
+from dpmammo.errors import DpMammoError
 from dpmammo.models import create_model
 from dpmammo.models.classifier import Classifier
 from dpmammo.models.swin import SwinBackbone
@@ -83,6 +84,16 @@ def tiny_cnn() -> nn.Module:
     return create_model("cnn-small", input_size=32, width=8)
 
 
+def tiny_head() -> nn.Module:
+    """A head on cached features: linear layers only, so `auto` picks book-keeping."""
+    return nn.Sequential(nn.Linear(12, 7), nn.ReLU(), nn.Linear(7, 2))
+
+
+def tiny_token_head() -> nn.Module:
+    """Linear layers on (B, T, F) token inputs, then a linear classifier on the flattened tokens."""
+    return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Flatten(), nn.Linear(15, 2))
+
+
 def flat_grad(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
 
@@ -100,6 +111,8 @@ def per_example_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tor
 def per_sample_norms(dp) -> torch.Tensor:
     if dp.grad_sample_mode == "ghost":
         return dp.model.per_sample_gradient_norms
+    if dp.grad_sample_mode == "bookkeeping":
+        return dp.model.unit_gradient_norms
     return torch.stack([p.grad_sample.flatten(1).norm(dim=1) for p in dp.optimizer.params]).norm(dim=0)
 
 
@@ -117,10 +130,17 @@ def private(model, params, *, units: torch.Tensor, expected_units: int, mode: st
 PATIENT_GROUPS = torch.tensor([0, 0, 1, 2, 2])
 
 
+NETWORKS = {"cnn": (tiny_cnn, (5, 1, 32, 32)), "swin": (tiny_swin, (5, 3, 56, 56)), "head": (tiny_head, (5, 12)),
+            "token-head": (tiny_token_head, (5, 3, 6))}
+# Book-keeping takes linear layers only: the two heads.
+CASES = [(net, mode) for net in ("cnn", "swin") for mode in MODES] + \
+        [(net, mode) for net in ("head", "token-head") for mode in (*MODES, "bookkeeping")]
+
+
 @pytest.mark.parametrize("unit", ["patch", "patient"])
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("build,shape", [(tiny_cnn, (5, 1, 32, 32)), (tiny_swin, (5, 3, 56, 56))], ids=["cnn", "swin"])
-def test_per_sample_gradients_match_a_per_example_loop(build, shape, mode, unit):
+@pytest.mark.parametrize("net,mode", CASES, ids=[f"{n}-{m}" for n, m in CASES])
+def test_per_sample_gradients_match_a_per_example_loop(net, mode, unit):
+    build, shape = NETWORKS[net]
     torch.manual_seed(0)
     model = prepare_for_dp(build())  # the reference runs the same (converted) function
     x, y = torch.rand(shape), torch.randint(0, 2, (shape[0],))
@@ -153,19 +173,20 @@ def test_per_sample_gradients_match_a_per_example_loop(build, shape, mode, unit)
     torch.testing.assert_close(before - after, clipped_mean, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_one_patient_moves_the_clipped_sum_by_at_most_c(mode):
+@pytest.mark.parametrize("net,mode", [("cnn", m) for m in MODES] + [("head", "bookkeeping")])
+def test_one_patient_moves_the_clipped_sum_by_at_most_c(net, mode):
     """Sensitivity: a patient with 14 patches changes the clipped sum (before noise) by at most C at
     patient level, and by up to 14·C at patch level, where each of its patches is clipped alone."""
+    build, shape = NETWORKS[net]
     torch.manual_seed(0)
     clip = 0.1
-    x = torch.rand(20, 1, 32, 32)
-    x[:14] = x[0] + 0.01 * torch.rand(14, 1, 32, 32)  # one patient: 14 near-identical patches, same label
+    x = torch.rand(20, *shape[1:])
+    x[:14] = x[0] + 0.01 * torch.rand(14, *shape[1:])  # one patient: 14 near-identical patches, same label
     y = torch.cat([torch.ones(14, dtype=torch.long), torch.randint(0, 2, (6,))])
     patients = torch.cat([torch.zeros(14, dtype=torch.long), torch.arange(1, 7)])
 
     def clipped_sum(with_patient: bool, unit: str) -> torch.Tensor:
-        model = tiny_cnn()  # the same initialisation every time
+        model = build()  # the same initialisation every time
         keep = torch.arange(20) if with_patient else torch.arange(14, 20)
         groups = torch.unique_consecutive(patients[keep], return_inverse=True)[1]
         units = groups if unit == "patient" else torch.arange(len(keep))
@@ -240,3 +261,20 @@ def test_full_network_dp_step_on_swin(mode):
     assert all((p.detach() - s).abs().max() > 0 for p, s in zip(params, start))
     assert dp.steps_taken == 2
     assert 0 < dp.epsilon() < 8.0
+
+
+def test_auto_picks_the_clipping_mode_by_the_trainable_layers():
+    """Linear layers only (a head): book-keeping; mostly linear weights (Swin): ghost; convolutions: hooks."""
+    from dpmammo.privacy.engine import choose_grad_sample_mode
+
+    assert choose_grad_sample_mode(tiny_head()) == "bookkeeping"
+    frozen = create_model("cnn-small", input_size=32, width=8, freeze_backbone=True)
+    assert choose_grad_sample_mode(frozen) == "bookkeeping"  # its head is one linear layer
+    assert choose_grad_sample_mode(prepare_for_dp(tiny_swin())) == "ghost"
+    assert choose_grad_sample_mode(tiny_cnn()) == "hooks"
+
+
+def test_bookkeeping_refuses_a_model_with_other_trainable_layers():
+    with pytest.raises(DpMammoError, match="bookkeeping needs every trainable layer to be nn.Linear"):
+        model = tiny_cnn()
+        private(model, list(model.parameters()), units=torch.arange(10), expected_units=2, mode="bookkeeping")

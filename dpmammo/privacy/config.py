@@ -26,9 +26,10 @@ class PrivacySettings(StrictModel):
                                "patient's summed gradient) or `patch` (to compare with published patch-level numbers)")
     max_grad_norm: float = Field(1.0, gt=0, description="clipping norm C of one unit's gradient")
     accountant: Literal["rdp", "prv"] = "rdp"
-    grad_sample_mode: Literal["auto", "hooks", "functorch", "ghost"] = Field(
+    grad_sample_mode: Literal["auto", "hooks", "functorch", "ghost", "bookkeeping"] = Field(
         "auto", description="how per-unit gradients are clipped: hooks/functorch instantiate per-sample gradients, "
-                            "ghost (fast gradient clipping) computes only norms; auto picks by the trainable layers")
+                            "ghost (fast gradient clipping) computes only norms, bookkeeping (linear layers only, "
+                            "e.g. a head on cached features) needs one backward pass; auto picks by the trainable layers")
     seeded_noise_for_tests: bool = Field(
         False, description="TESTS ONLY: draw DP noise and Poisson sampling from train.seed, so runs repeat exactly. "
                            "Whoever knows the seed can remove the noise: such a run has no guarantee")

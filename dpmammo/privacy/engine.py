@@ -24,6 +24,7 @@ from torch import nn
 
 from dpmammo.errors import DpMammoError
 from dpmammo.privacy.accounting import EpsilonCurve, calibrate_noise, epsilon_of, new_accountant, steps_for
+from dpmammo.privacy.bookkeeping import BookKeepingClipping, BookKeepingLoss, all_trainable_linear
 from dpmammo.privacy.config import PrivacyConfig
 from dpmammo.privacy.grad_samplers import UnitGhostClipping, prepare_for_dp
 from dpmammo.privacy.sampling import Batch, PoissonUnits
@@ -58,12 +59,12 @@ class DPSetup:
     """What a DP training loop needs: the wrapped model and optimizer, the sampler and the accounting.
 
     `criterion(logits, y)` returns a loss whose `.backward()` does what the mode needs (one
-    backward pass for hooks/functorch; two for ghost clipping), so a loop reads the same for
+    backward pass for hooks/functorch/bookkeeping; two for ghost clipping), so a loop reads the same for
     every mode: for each chunk of `dp.chunks(batch, n)`: loss = dp.criterion(dp.model(x), y);
     loss.backward(); dp.optimizer.step().
     """
 
-    model: AbstractGradSampleModule
+    model: AbstractGradSampleModule | BookKeepingClipping
     optimizer: DPOptimizer
     criterion: Callable
     grad_sample_mode: str
@@ -90,7 +91,7 @@ class DPSetup:
             groups = batch.chunk_groups(part)
             if isinstance(self.optimizer, UnitDPOptimizer):
                 self.optimizer.groups = groups
-            if isinstance(self.model, UnitGhostClipping):
+            if isinstance(self.model, (UnitGhostClipping, BookKeepingClipping)):
                 self.model.groups = groups
             yield part, last
 
@@ -98,10 +99,10 @@ class DPSetup:
         """A logical batch with no sample still releases a noisy (all-noise) step."""
         if isinstance(self.optimizer, UnitDPOptimizer):
             self.optimizer.groups = None
-        if isinstance(self.model, UnitGhostClipping):
+        if isinstance(self.model, (UnitGhostClipping, BookKeepingClipping)):
             self.model.groups = None
         for p in self.optimizer.params:
-            if self.grad_sample_mode == "ghost":  # that optimizer reads the (already clipped) summed p.grad
+            if isinstance(self.optimizer, DPOptimizerFastGradientClipping):  # reads the (already clipped) sum in p.grad
                 p.grad = torch.zeros_like(p)
             else:
                 p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
@@ -131,17 +132,19 @@ def validate_for_dp(model: nn.Module) -> None:
 
 
 def choose_grad_sample_mode(model: nn.Module) -> str:
-    """ghost when linear layers hold most of the trainable weights, else hooks.
+    """bookkeeping when every trainable layer is linear, ghost when linear layers hold most of the
+    trainable weights, else hooks.
 
-    What decides the speed is which layers the weights sit in, not the device. Ghost clipping
-    (here mixed: ghost norms for linear layers, per-sample gradients for the rest) never forms a
-    linear layer's per-sample gradients, B × d_in × d_out numbers per layer: for a 768→384→2 head
-    on cached Swin features that is 128 × 295k per step, which hooks materialises (measured on
-    this 2-core CPU, benchmarks/README.md: ghost ≫ hooks there, and ghost also ahead for full
-    swin_t). Convolutions have no ghost norm in Opacus, so a conv net (cnn-small) pays ghost's
-    second backward pass for nothing: hooks.
+    What decides the speed is which layers the weights sit in, not the device. A linear layer's
+    per-sample gradients are B × d_in × d_out numbers: for a 768→384→2 head on cached Swin
+    features, 128 × 295k per step, which hooks materialises. Book-keeping (one backward pass,
+    dpmammo.privacy.bookkeeping) and ghost clipping (two passes, any layer) never form them
+    (measured on this 2-core CPU, benchmarks/README.md). Convolutions have no ghost norm in
+    Opacus, so a conv net (cnn-small) pays ghost's second backward pass for nothing: hooks.
     """
     params = [p for p in model.parameters() if p.requires_grad]
+    if all_trainable_linear(model):
+        return "bookkeeping"
     ghostable = sum(p.numel() for m in model.modules() if isinstance(m, nn.Linear)
                     for p in m.parameters(recurse=False) if p.requires_grad)
     return "ghost" if params and ghostable * 2 >= sum(p.numel() for p in params) else "hooks"
@@ -214,5 +217,16 @@ def _ghost(model, optimizer, criterion, sigma, expected_units, max_grad_norm, ge
     return gsm, opt, DPLossFastGradientClipping(gsm, opt, criterion, loss_reduction="mean")
 
 
+def _bookkeeping(model, optimizer, criterion, sigma, expected_units, max_grad_norm, generator):
+    """Book-keeping clipping (one backward pass; linear layers only): the clipped sum lands in
+    p.grad, and Opacus's fast-gradient-clipping optimizer adds the noise, as in ghost mode."""
+    module = BookKeepingClipping(model, max_grad_norm)
+    opt = DPOptimizerFastGradientClipping(optimizer, noise_multiplier=sigma, max_grad_norm=max_grad_norm,
+                                          expected_batch_size=expected_units, loss_reduction="mean",
+                                          generator=generator, secure_mode=True)
+    return module, opt, BookKeepingLoss(module, criterion)
+
+
 # grad_sample_mode → builder of (grad-sample module, DP optimizer, DP criterion).
-_WRAPPERS = {"hooks": _per_sample("hooks"), "functorch": _per_sample("functorch"), "ghost": _ghost}
+_WRAPPERS = {"hooks": _per_sample("hooks"), "functorch": _per_sample("functorch"), "ghost": _ghost,
+             "bookkeeping": _bookkeeping}

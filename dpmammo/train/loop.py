@@ -121,6 +121,9 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, progress: bool) -> 
         say(f"resumed after epoch {state['epoch']}")
 
     steps_per_epoch = epoch_steps(sampler, epochs, dp.planned_steps if dp else None)
+    # Physical chunks bound the memory of a backbone pass. A head on cached features needs none (a
+    # batch of features is a few hundred KB), and each extra chunk costs a forward/backward call.
+    physical = len(labels) if cached else cfg.train.physical_batch_size
     last_checkpoint = time.time()
     bar = StepProgress(enabled=progress)
     with bar:
@@ -132,7 +135,7 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, progress: bool) -> 
                 batch = sampler.next_batch()
                 views = torch.randint(0, N_VIEWS, (len(batch),), generator=gen) if cfg.train.augment == "flips" else None
                 x = fc.take_views(inputs, batch.idx, views) if cached else image_batch(images, batch.idx, views)
-                losses.append(train_step(trainable, optimizer, criterion, dp, batch, x, labels[batch.idx], cfg, device))
+                losses.append(train_step(trainable, optimizer, criterion, dp, batch, x, labels[batch.idx], physical, device))
                 bar.advance(task)
             val_auroc = float(roc_auc_score(val_labels, score_val()))
             eps = dp.running_epsilon() if dp else None
@@ -212,9 +215,13 @@ def build_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch
     if not params:
         raise DpMammoError("the model has no trainable parameters (is everything frozen?)")
     o = cfg.optim
+    # torch's fused kernels (one pass over all tensors) on CPU and CUDA: on a 768→384→2 head the
+    # AdamW update takes 0.24 ms instead of 0.54 ms (2-core CPU), a step in 300 epochs × 72 runs.
+    fused = all(p.device.type in ("cpu", "cuda") for p in params) or None
     if o.name == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=0.9 if o.momentum is None else o.momentum, weight_decay=o.weight_decay)
-    return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+        return torch.optim.SGD(params, lr=o.lr, momentum=0.9 if o.momentum is None else o.momentum,
+                               weight_decay=o.weight_decay, fused=fused)
+    return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, fused=fused)
 
 
 def image_batch(images: torch.Tensor, idx: torch.Tensor, views: torch.Tensor | None) -> torch.Tensor:
@@ -223,11 +230,11 @@ def image_batch(images: torch.Tensor, idx: torch.Tensor, views: torch.Tensor | N
     return to_float(apply_views(x, views) if views is not None else x)
 
 
-def train_step(trainable, optimizer, criterion, dp, batch, x_all, y_all, cfg: TrainConfig, device) -> float:
-    """One logical step over inputs x_all (images or cached features), split into physical chunks
-    (virtual batches) that never split a unit of privacy. Under DP, `criterion` is DPSetup.criterion:
-    the same code for every clipping mode."""
-    n, physical = len(y_all), cfg.train.physical_batch_size
+def train_step(trainable, optimizer, criterion, dp, batch, x_all, y_all, physical: int, device) -> float:
+    """One logical step over inputs x_all (images or cached features), split into physical chunks of
+    at most `physical` records (virtual batches) that never split a unit of privacy. Under DP,
+    `criterion` is DPSetup.criterion: the same code for every clipping mode."""
+    n = len(y_all)
     if dp is not None and n == 0:
         dp.step_empty()
         return 0.0
