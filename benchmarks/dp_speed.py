@@ -219,7 +219,7 @@ def part2(args) -> None:
     for name in models:
         best: dict[str, dict] = {}
         for _ in range(args.rounds):  # rounds interleave the modes: a burst of load hits all alike
-            for mode in ["non-private", "hooks", "functorch", "ghost"]:
+            for mode in ["non-private", "hooks", "functorch", "ghost", "bookkeeping"]:
                 r = run_isolated(measure_full, {"model": name, "mode": mode, "device": args.device,
                                                 "threads": args.threads, "steps": args.steps})
                 if mode not in best or r["step_s"] < best[mode]["step_s"]:

@@ -87,7 +87,7 @@ def main() -> None:
     print(f"load average at start {os.getloadavg()[0]:.1f}; {len(heads)} head-only runs of {len(plan.runs)}; "
           f"{args.epochs} epochs; threads {args.threads}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="paper-grid-"))
-    total, total_steps = 0.0, 0
+    total, total_steps, noise_s, noise_of = 0.0, 0, 0.0, {}
     for spec in heads:
         cfg = spec.config.model_copy(deep=True)
         cfg.train.epochs = args.epochs
@@ -95,13 +95,16 @@ def main() -> None:
         if cfg.privacy is not None:
             cfg.privacy.grad_sample_mode = "auto"
         cpu, wall, steps = run_cpu_seconds(cfg, tmp / spec.run_id / "auto")
-        total, total_steps = total + cpu, total_steps + steps
-        print(f"  {spec.run_id:<38} auto {cpu:7.1f} CPU-s ({wall:6.1f} s wall, {steps:5d} DP steps)", flush=True)
-    noise = noise_seconds_per_step(create_model(study.model))
+        head = cfg.model.head  # the fine-tunes keep the pretrain's linear head, the others train the MLP
+        if head not in noise_of:
+            noise_of[head] = noise_seconds_per_step(create_model(cfg.model).head)
+        total, total_steps, noise_s = total + cpu, total_steps + steps, noise_s + steps * noise_of[head]
+        print(f"  {spec.run_id:<38} auto {cpu:7.1f} CPU-s ({wall:6.1f} s wall, {steps:5d} DP steps, {head} head)",
+              flush=True)
     print(f"head-only runs, auto mode: {total:.0f} CPU-s = {total / 60:.1f} CPU-min (target ≤ 15 CPU-min); "
           f"{total_steps} DP steps; load average {os.getloadavg()[0]:.1f}", flush=True)
-    print(f"secure-mode noise alone: {noise * 1e3:.2f} ms/step × {total_steps} steps = {noise * total_steps:.0f} CPU-s "
-          f"= {noise * total_steps / 60:.1f} CPU-min", flush=True)
+    per_step = ", ".join(f"{h} head {t * 1e3:.2f} ms" for h, t in noise_of.items())
+    print(f"secure-mode noise alone ({per_step} per step): {noise_s:.0f} CPU-s = {noise_s / 60:.1f} CPU-min", flush=True)
 
     # Side by side: a few epochs of one real and one real+synthetic DP run in each mode, extrapolated.
     dp_specs = [s for s in heads if not math.isinf(s.epsilon)]

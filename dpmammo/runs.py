@@ -163,6 +163,17 @@ class RunDir:
         torch.set_rng_state(ckpt["torch_rng"])
         return ckpt["state"]
 
+    @contextmanager
+    def log_writer(self, opening: str) -> Iterator[Callable[[str], None]]:
+        """`say(line)` appends to log.txt, flushed per line, the file closed however training ends."""
+        with open(self.log, "a") as f:
+            def say(line: str) -> None:
+                f.write(line + "\n")
+                f.flush()
+
+            say(opening)
+            yield say
+
     # --- a training process's hold on the directory -----------------------------------------
 
     @contextmanager

@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -77,15 +77,13 @@ def train_merf(cfg: MerfConfig, out: str | Path, *, force: bool = False, progres
     """
     run = RunDir(out)
     with run.training(cfg, force) as resuming:  # holds the directory; a refused start leaves nothing
-        return train_merf_run(cfg, run, resuming, progress)
+        with run.log_writer(f"{'resume' if resuming else 'start'} {run.path} dpmammo {__version__} (dp-merf)") as say:
+            return train_merf_run(cfg, run, resuming, say, progress)
 
 
-def train_merf_run(cfg: MerfConfig, run: RunDir, resuming: bool, progress: bool) -> dict:
-    """The body of `train_merf`, inside the run directory's hold."""
+def train_merf_run(cfg: MerfConfig, run: RunDir, resuming: bool, say: Callable[[str], None], progress: bool) -> dict:
+    """The body of `train_merf`, inside the run directory's hold; `say` writes a line to log.txt."""
     t0 = time.time()
-    log = open(run.log, "a")
-    say = lambda msg: (log.write(msg + "\n"), log.flush())  # noqa: E731
-    say(f"{'resume' if resuming else 'start'} {run.path} dpmammo {__version__} (dp-merf)")
     device = resolve_device(cfg.train.device)
 
     gen_model = build_generator(cfg.model, cfg.train.seed).to(device)
@@ -149,7 +147,6 @@ def train_merf_run(cfg: MerfConfig, run: RunDir, resuming: bool, progress: bool)
     }
     run.finish(metrics)
     say(f"done after {state['epoch']} epochs; {privacy.describe()}")
-    log.close()
     return metrics
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -54,15 +55,13 @@ def train_gan(cfg: GanConfig, out: str | Path, *, force: bool = False, progress:
     """
     run = RunDir(out)
     with run.training(cfg, force) as resuming:  # holds the directory; a refused start leaves nothing
-        return train_gan_run(cfg, run, resuming, progress)
+        with run.log_writer(f"{'resume' if resuming else 'start'} {run.path} dpmammo {__version__} (gan)") as say:
+            return train_gan_run(cfg, run, resuming, say, progress)
 
 
-def train_gan_run(cfg: GanConfig, run: RunDir, resuming: bool, progress: bool) -> dict:
-    """The body of `train_gan`, inside the run directory's hold."""
+def train_gan_run(cfg: GanConfig, run: RunDir, resuming: bool, say: Callable[[str], None], progress: bool) -> dict:
+    """The body of `train_gan`, inside the run directory's hold; `say` writes a line to log.txt."""
     t0 = time.time()
-    log = open(run.log, "a")
-    say = lambda msg: (log.write(msg + "\n"), log.flush())  # noqa: E731
-    say(f"{'resume' if resuming else 'start'} {run.path} dpmammo {__version__} (gan)")
     device = resolve_device(cfg.train.device)
 
     # Data: real patches (all private) as uint8 in memory, scaled to [-1, 1] per batch.
@@ -156,7 +155,6 @@ def train_gan_run(cfg: GanConfig, run: RunDir, resuming: bool, progress: bool) -
     }
     run.finish(metrics)
     say(f"done after {state['epoch']} epochs")
-    log.close()
     return metrics
 
 

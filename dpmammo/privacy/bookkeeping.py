@@ -1,15 +1,21 @@
-"""Book-keeping clipping for models whose trainable layers are all linear (a head on cached features).
+"""Book-keeping clipping: per-unit clipped gradients from one backward pass.
 
-Bu et al. (2023), "Differentially Private Optimization on Large Model at Small Cost" (ICML): one
-backward pass computes only the gradients of the layers' *outputs*; each unit's gradient norm
-follows from those and the stored inputs (ghost norms, per unit as in
-`dpmammo.privacy.grad_samplers.linear_unit_norms`), and the sum of clipped gradients of a linear
-layer is then one matrix product, Σ_i c_{u(i)} g_i a_iᵀ = (c ⊙ G)ᵀ A. Against Opacus's ghost
-clipping this drops the second backward pass and the weight gradients the first one computes for
-nothing; for a 768→384→2 head at batch 128 the step is two 128×768×384 products plus the noise.
+Bu et al. (2023), "Differentially Private Optimization on Large Model at Small Cost" (ICML). One
+backward pass computes only the gradients of the trainable layers' *outputs* (no weight gradient);
+each unit's gradient norm follows from those and the layers' stored inputs, and the sum of clipped
+gradients is formed afterwards:
 
-Opacus has no book-keeping mode, so the clipping is written here (40 lines, tested against a
-per-example loop in tests/test_fast_dp.py). Everything after it is Opacus's: the clipped sum is
+- a linear layer never forms per-sample gradients: its norms are ghost norms (per unit as in
+  `dpmammo.privacy.grad_samplers.linear_unit_norms`; mixed with instantiation for long token
+  inputs), and its clipped sum Σ_i c_{u(i)} g_i a_iᵀ = (c ⊙ G)ᵀ A is one matrix product;
+- any other layer with an Opacus grad sampler (conv, group/layer norm, the Swin bias table) forms
+  its per-sample gradients with that sampler, sums them per unit, and weights them by the unit's
+  clipping factor.
+
+Against Opacus's ghost clipping this drops the second backward pass and the weight gradients its
+first pass computes for nothing; against hooks, the weight gradients autograd computes beside the
+per-sample ones. Opacus has no book-keeping mode, so the clipping is written here (tested against
+a per-example loop in tests/test_fast_dp.py). Everything after it is Opacus's: the clipped sum is
 handed to `DPOptimizerFastGradientClipping`, which adds the secure-mode noise, divides by the
 expected batch and calls the accountant's hook, exactly as in ghost mode.
 """
@@ -19,25 +25,38 @@ from __future__ import annotations
 import copy
 
 import torch
+from opacus.grad_sample import GradSampleModule
 from torch import nn
 
 from dpmammo.errors import DpMammoError
-from dpmammo.privacy.grad_samplers import compute_linear_norm_sample_mixed, linear_unit_norms
+from dpmammo.privacy.grad_samplers import _unit_sum, compute_linear_norm_sample_mixed, linear_unit_norms
+
+
+def trainable_layers(model: nn.Module) -> list[nn.Module]:
+    """The modules that hold trainable parameters directly."""
+    return [m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
+
+
+def unsupported_layer(model: nn.Module) -> str | None:
+    """The type name of the first trainable layer book-keeping cannot clip (None: all supported)."""
+    for m in trainable_layers(model):
+        if not isinstance(m, nn.Linear) and type(m) not in GradSampleModule.GRAD_SAMPLERS:
+            return type(m).__name__
+    return None
 
 
 def all_trainable_linear(model: nn.Module) -> bool:
-    """True when every trainable parameter belongs to an nn.Linear (book-keeping applies)."""
-    owned = {id(p) for m in model.modules() if isinstance(m, nn.Linear) for p in m.parameters(recurse=False)}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    return bool(trainable) and all(id(p) in owned for p in trainable)
+    """True when every trainable parameter belongs to an nn.Linear (a head on cached features)."""
+    layers = trainable_layers(model)
+    return bool(layers) and all(isinstance(m, nn.Linear) for m in layers)
 
 
 class BookKeepingClipping(nn.Module):
-    """Wraps a model of linear layers (and parameter-free modules between them) for book-keeping
-    clipping. `groups` (set per chunk by DPSetup.chunks) gives each row's unit; None: one row per unit.
+    """Wraps a model for book-keeping clipping. `groups` (set per chunk by DPSetup.chunks) gives
+    each row's unit; None: one row per unit.
 
-    Forward hooks keep each linear layer's input and output while this wrapper runs (not while the
-    wrapped model scores validation data on its own).
+    Forward hooks keep each trainable layer's input and output while this wrapper runs (not while
+    the wrapped model scores validation data on its own).
     """
 
     groups: torch.Tensor | None = None
@@ -45,25 +64,30 @@ class BookKeepingClipping(nn.Module):
 
     def __init__(self, model: nn.Module, max_grad_norm: float):
         super().__init__()
-        if not all_trainable_linear(model):
-            raise DpMammoError("grad_sample_mode=bookkeeping needs every trainable layer to be nn.Linear "
-                               "(a head on cached features); use auto, ghost or hooks for this model")
+        bad = unsupported_layer(model)
+        if bad is not None or not trainable_layers(model):
+            raise DpMammoError(f"grad_sample_mode=bookkeeping cannot clip a trainable {bad or 'nothing'} layer "
+                               "(it needs nn.Linear or a layer with an Opacus grad sampler); use auto, ghost or hooks")
         self._module = model
         self.max_grad_norm = max_grad_norm
-        self.layers = [m for m in model.modules() if isinstance(m, nn.Linear)
-                       and any(p.requires_grad for p in m.parameters(recurse=False))]
-        self._records: dict[nn.Linear, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.layers = trainable_layers(model)
+        self._records: dict[nn.Module, tuple[list[torch.Tensor], torch.Tensor, list[int]]] = {}
         self._recording = False
         for layer in self.layers:
             layer.register_forward_hook(self._keep)
 
-    def _keep(self, layer: nn.Linear, inputs, output: torch.Tensor) -> None:
+    def _keep(self, layer: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor | None:
         if not self._recording:
-            return
+            return None
         if layer in self._records:
-            raise DpMammoError("a linear layer ran twice in one forward pass (shared weights): book-keeping clipping "
-                               "keeps one input per layer; use grad_sample_mode ghost or hooks")
-        self._records[layer] = (inputs[0].detach(), output)
+            raise DpMammoError(f"a {type(layer).__name__} layer ran twice in one forward pass (shared weights): "
+                               "book-keeping clipping keeps one input per layer; use grad_sample_mode ghost or hooks")
+        # The output handed on is a copy: an in-place op downstream (ReLU(inplace=True)) would
+        # otherwise change the recorded tensor, and its gradient would silently be the wrong one.
+        # The inputs' versions are checked at backward time for the same reason.
+        tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
+        self._records[layer] = ([t.detach() for t in tensors], output, [t._version for t in tensors])
+        return output.clone()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._records = {}
@@ -77,28 +101,45 @@ class BookKeepingClipping(nn.Module):
         """Set p.grad of every trainable parameter to the sum over units of the unit's gradient
         scaled by min(1, C / (‖unit gradient‖ + 1e-6)), Opacus's clipping factor."""
         layers = [m for m in self.layers if m in self._records]
+        for m in layers:
+            inputs, _, versions = self._records[m]
+            if any(t._version != v for t, v in zip(inputs, versions)):
+                raise DpMammoError(f"the input of a {type(m).__name__} layer was changed in place after the layer "
+                                   "ran; book-keeping clipping needs it unchanged: use grad_sample_mode ghost or hooks")
         outputs = [self._records[m][1] for m in layers]
         grads = torch.autograd.grad(per_sample_loss.sum(), outputs, allow_unused=True)
         grads = [torch.zeros_like(o) if g is None else g for o, g in zip(outputs, grads)]
         groups = self.groups.to(per_sample_loss.device) if self.groups is not None else None
         n_units = int(groups.max()) + 1 if groups is not None else len(per_sample_loss)
         sq_norm = torch.zeros(n_units, dtype=per_sample_loss.dtype, device=per_sample_loss.device)
+        unit_grads: dict[nn.Parameter, torch.Tensor] = {}  # non-linear layers: per-unit gradients (U, numel)
         for layer, g in zip(layers, grads):
-            a = self._records[layer][0]
-            norms = (compute_linear_norm_sample_mixed(layer, [a], g) if groups is None
-                     else linear_unit_norms(layer, [a], g, groups, n_units))
+            inputs = self._records[layer][0]
+            if isinstance(layer, nn.Linear):
+                norms = (compute_linear_norm_sample_mixed(layer, inputs, g) if groups is None
+                         else linear_unit_norms(layer, inputs, g, groups, n_units))
+            else:
+                per_sample = GradSampleModule.GRAD_SAMPLERS[type(layer)](layer, inputs, g)
+                norms = {}
+                for p, gs in per_sample.items():
+                    if p.requires_grad:
+                        gs = gs.flatten(1) if groups is None else _unit_sum(gs.flatten(1), groups, n_units)
+                        unit_grads[p], norms[p] = gs, gs.norm(2, dim=1)
             for norm in norms.values():
                 sq_norm += norm.square()
         self.unit_gradient_norms = sq_norm.sqrt()
         coef = (self.max_grad_norm / (self.unit_gradient_norms + 1e-6)).clamp(max=1.0)
         row_coef = coef[groups] if groups is not None else coef
         for layer, g in zip(layers, grads):
-            a = self._records[layer][0]
-            g2 = (g * row_coef.view(-1, *([1] * (g.dim() - 1)))).reshape(-1, g.shape[-1])
-            if layer.weight.requires_grad:
-                layer.weight.grad = g2.T @ a.reshape(-1, a.shape[-1]).to(g2.dtype)
-            if layer.bias is not None and layer.bias.requires_grad:
-                layer.bias.grad = g2.sum(0)
+            if isinstance(layer, nn.Linear):
+                a = self._records[layer][0][0]
+                g2 = (g * row_coef.view(-1, *([1] * (g.dim() - 1)))).reshape(-1, g.shape[-1])
+                if layer.weight.requires_grad:
+                    layer.weight.grad = g2.T @ a.reshape(-1, a.shape[-1]).to(g2.dtype)
+                if layer.bias is not None and layer.bias.requires_grad:
+                    layer.bias.grad = g2.sum(0)
+        for p, gs in unit_grads.items():
+            p.grad = (coef.to(gs.dtype) @ gs).view_as(p)
         self._records = {}
 
 

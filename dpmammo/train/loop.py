@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from sklearn.metrics import roc_auc_score
@@ -50,15 +51,13 @@ def fit(cfg: TrainConfig, out: str | Path, *, force: bool = False, progress: boo
     """
     run = RunDir(out)
     with run.training(cfg, force) as resuming:  # holds the directory; a refused start leaves nothing
-        return train_run(cfg, run, resuming, progress)
+        with run.log_writer(f"{'resume' if resuming else 'start'} {run.path} dpmammo {__version__}") as say:
+            return train_run(cfg, run, resuming, say, progress)
 
 
-def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, progress: bool) -> dict:
-    """The body of `fit`, inside the run directory's hold."""
+def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, say: Callable[[str], None], progress: bool) -> dict:
+    """The body of `fit`, inside the run directory's hold; `say` writes a line to log.txt."""
     t0 = time.time()
-    log = open(run.log, "a")
-    say = lambda msg: (log.write(msg + "\n"), log.flush())  # noqa: E731
-    say(f"{'resume' if resuming else 'start'} {run.path} dpmammo {__version__}")
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
 
@@ -179,7 +178,6 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, progress: bool) -> 
     }
     run.finish(metrics)
     say(f"done: val auroc {state['best_auroc']:.4f} (epoch {state['best_epoch']}); {privacy.describe()}")
-    log.close()
     return metrics
 
 
