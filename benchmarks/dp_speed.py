@@ -215,11 +215,11 @@ def part2(args) -> None:
     print(f"\n2./3. full-network step, batch {FULL_BATCH}: DP vs non-private (min over {args.steps} timed steps "
           f"× {args.rounds} round(s), each round a fresh process per mode)")
     print(f"   {'model':<10} {'mode':<12} {'s/step':>8} {'× non-private':>14} {'peak MB':>9}")
-    models = ["cnn-small"] + ([] if args.skip_swin_full else ["swin_t"])
+    models = [m for m in args.full_models.split(",") if not (args.skip_swin_full and m == "swin_t")]
     for name in models:
         best: dict[str, dict] = {}
         for _ in range(args.rounds):  # rounds interleave the modes: a burst of load hits all alike
-            for mode in ["non-private", "hooks", "functorch", "ghost", "bookkeeping"]:
+            for mode in ["non-private", *args.full_modes.split(",")]:
                 r = run_isolated(measure_full, {"model": name, "mode": mode, "device": args.device,
                                                 "threads": args.threads, "steps": args.steps})
                 if mode not in best or r["step_s"] < best[mode]["step_s"]:
@@ -248,13 +248,18 @@ def main() -> None:
     ap.add_argument("--skip-head", action="store_true")
     ap.add_argument("--skip-swin-full", action="store_true")
     ap.add_argument("--skip-full", action="store_true", help="skip part 2 (full-network steps)")
+    ap.add_argument("--skip-head-modes", action="store_true", help="skip part 1b (head-only modes)")
+    ap.add_argument("--full-models", default="cnn-small,swin_t", help="part 2's models, comma-separated")
+    ap.add_argument("--full-modes", default="hooks,functorch,ghost,bookkeeping",
+                    help="part 2's DP modes, comma-separated (non-private is always timed)")
     args = ap.parse_args()
     print(f"machine: {machine()}; threads {args.threads}; load average at start {os.getloadavg()[0]:.1f}")
     t = time.time()
     if not args.skip_head:
         part1(args)
         sys.stdout.flush()
-    part1b(args)
+    if not args.skip_head_modes:
+        part1b(args)
     if not args.skip_full:
         part2(args)
     print(f"\nload average at end {os.getloadavg()[0]:.1f}; total {time.time() - t:.0f} s")

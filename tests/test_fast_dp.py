@@ -268,26 +268,30 @@ def test_full_network_dp_step_on_swin(mode):
     assert 0 < dp.epsilon() < 8.0
 
 
+class Scale(nn.Module):
+    """A trainable layer with no Opacus grad sampler."""
+
+    def __init__(self, n: int = 4):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(n))
+
+    def forward(self, x):
+        return x * self.w
+
+
 def test_auto_picks_the_clipping_mode_by_the_trainable_layers():
-    """Linear layers only (a head): book-keeping; mostly linear weights (Swin): ghost; convolutions: hooks."""
+    """Book-keeping wherever it can clip every trainable layer; else ghost for mostly-linear weights, else hooks."""
     from dpmammo.privacy.engine import choose_grad_sample_mode
 
     assert choose_grad_sample_mode(tiny_head()) == "bookkeeping"
-    frozen = create_model("cnn-small", input_size=32, width=8, freeze_backbone=True)
-    assert choose_grad_sample_mode(frozen) == "bookkeeping"  # its head is one linear layer
-    assert choose_grad_sample_mode(prepare_for_dp(tiny_swin())) == "ghost"
-    assert choose_grad_sample_mode(tiny_cnn()) == "hooks"
+    assert choose_grad_sample_mode(create_model("cnn-small", input_size=32, width=8, freeze_backbone=True)) == "bookkeeping"
+    assert choose_grad_sample_mode(prepare_for_dp(tiny_swin())) == "bookkeeping"
+    assert choose_grad_sample_mode(tiny_cnn()) == "bookkeeping"
+    assert choose_grad_sample_mode(nn.Sequential(Scale(), nn.Linear(4, 2))) == "ghost"
+    assert choose_grad_sample_mode(nn.Sequential(Scale(16), nn.Linear(4, 2))) == "hooks"
 
 
 def test_bookkeeping_refuses_a_layer_without_a_grad_sampler():
-    class Scale(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = nn.Parameter(torch.ones(4))
-
-        def forward(self, x):
-            return x * self.w
-
     model = nn.Sequential(Scale(), nn.Linear(4, 2))
     with pytest.raises(DpMammoError, match="cannot clip a trainable Scale layer"):
         private(model, list(model.parameters()), units=torch.arange(10), expected_units=2, mode="bookkeeping")
@@ -309,3 +313,39 @@ def test_bookkeeping_refuses_an_input_changed_in_place():
     dp = private(model, list(model.parameters()), units=torch.arange(10), expected_units=2, mode="bookkeeping")
     with pytest.raises(DpMammoError, match="changed in place"):
         dp.criterion(dp.model(torch.rand(3, 4)), torch.tensor([0, 1, 0])).backward()
+
+
+def test_bookkeeping_clips_the_gan_discriminator_like_a_per_example_loop():
+    """Two inputs (patch, label), embeddings, convolutions, group norm, projection, BCE: the clipped
+    mean of a book-keeping step equals the one built from a per-example loop."""
+    from dpmammo.gan.config import GanModelConfig
+    from dpmammo.gan.models import Discriminator
+
+    torch.manual_seed(0)
+    disc = Discriminator(GanModelConfig(image_size=16, d_width=4, d_projection=True))
+    x, labels = torch.rand(6, 1, 16, 16) * 2 - 1, torch.randint(0, 2, (6,))
+    target = torch.tensor([0.9, 0.9, 0.9, 0.0, 0.0, 0.0])
+    ref_model = copy.deepcopy(disc)
+    rows = []
+    for i in range(len(x)):
+        ref_model.zero_grad()
+        nn.functional.binary_cross_entropy_with_logits(ref_model(x[i:i + 1], labels[i:i + 1]), target[i:i + 1]).backward()
+        rows.append(flat_grad(ref_model))
+    ref = torch.stack(rows)
+    clip = float(ref.norm(dim=1).median())
+    clipped_mean = (ref * (clip / ref.norm(dim=1, keepdim=True)).clamp(max=1.0)).sum(0) / len(x)
+
+    params = [p for p in disc.parameters() if p.requires_grad]
+    before = torch.cat([p.detach().flatten() for p in params]).clone()
+    sampler = PoissonUnits(torch.arange(len(x)), len(x), torch.Generator().manual_seed(0))
+    dp = make_private(model=disc, optimizer=torch.optim.SGD(params, lr=1.0), sampler=sampler, epochs=1,
+                      config=PrivacyConfig(target_epsilon=10.0, delta=1e-5, max_grad_norm=clip,
+                                           grad_sample_mode="bookkeeping", unit="patch"),
+                      noise_generator=torch.Generator().manual_seed(1), criterion=nn.BCEWithLogitsLoss())
+    dp.optimizer.noise_multiplier = 0.0
+    for part, _ in dp.chunks(Batch(torch.arange(len(x))), 4):
+        dp.criterion(dp.model(x[part], labels[part]), target[part]).backward()
+        dp.optimizer.step()
+        dp.optimizer.zero_grad(set_to_none=True)
+    after = torch.cat([p.detach().flatten() for p in params])
+    torch.testing.assert_close(before - after, clipped_mean, rtol=1e-4, atol=1e-6)

@@ -197,7 +197,7 @@ def test_interrupted_dp_gan_resumes_to_identical_generator_and_spend(phantoms, t
     assert pb.steps == pa.steps and pb.epsilon == pytest.approx(pa.epsilon) and pb.epsilon <= 3.0
 
 
-@pytest.mark.parametrize("mode", ["functorch", "ghost"])
+@pytest.mark.parametrize("mode", ["functorch", "ghost", "bookkeeping"])
 def test_dp_gan_protects_patients_of_the_real_data(real_root, tmp_path, mode):
     """cbis-ddsm/train (1104 patches of 578 patients): the DP discriminator samples and clips patients
     (their real rows together, each fake row alone) and accounts 578 units."""

@@ -5,9 +5,10 @@ backward pass computes only the gradients of the trainable layers' *outputs* (no
 each unit's gradient norm follows from those and the layers' stored inputs, and the sum of clipped
 gradients is formed afterwards:
 
-- a linear layer never forms per-sample gradients: its norms are ghost norms (per unit as in
-  `dpmammo.privacy.grad_samplers.linear_unit_norms`; mixed with instantiation for long token
-  inputs), and its clipped sum Σ_i c_{u(i)} g_i a_iᵀ = (c ⊙ G)ᵀ A is one matrix product;
+- a linear layer on (batch, features) inputs, or on few tokens, never forms per-sample gradients:
+  its norms are ghost norms (per unit as in `dpmammo.privacy.grad_samplers.linear_unit_norms`), and
+  its clipped sum Σ_i c_{u(i)} g_i a_iᵀ = (c ⊙ G)ᵀ A is one matrix product; on many tokens, where
+  the ghost norm would cost more, its per-sample gradients are formed (`_instantiate`);
 - any other layer with an Opacus grad sampler (conv, group/layer norm, the Swin bias table) forms
   its per-sample gradients with that sampler, sums them per unit, and weights them by the unit's
   clipping factor.
@@ -72,7 +73,7 @@ class BookKeepingClipping(nn.Module):
         self.max_grad_norm = max_grad_norm
         self.layers = trainable_layers(model)
         self._records: dict[nn.Module, tuple[list[torch.Tensor], torch.Tensor, list[int]]] = {}
-        self._recording = False
+        self._recording, self._hooks_enabled = False, True
         for layer in self.layers:
             layer.register_forward_hook(self._keep)
 
@@ -89,13 +90,20 @@ class BookKeepingClipping(nn.Module):
         self._records[layer] = ([t.detach() for t in tensors], output, [t._version for t in tensors])
         return output.clone()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, *args, **kwargs) -> torch.Tensor:
         self._records = {}
-        self._recording = True
+        self._recording = self._hooks_enabled
         try:
-            return self._module(x)
+            return self._module(*args, **kwargs)
         finally:
             self._recording = False
+
+    def disable_hooks(self) -> None:
+        """Run forward passes that record nothing (Opacus's GradSampleModule API; the GAN's generator step)."""
+        self._hooks_enabled = False
+
+    def enable_hooks(self) -> None:
+        self._hooks_enabled = True
 
     def clipped_backward(self, per_sample_loss: torch.Tensor) -> None:
         """Set p.grad of every trainable parameter to the sum over units of the unit's gradient
@@ -112,14 +120,16 @@ class BookKeepingClipping(nn.Module):
         groups = self.groups.to(per_sample_loss.device) if self.groups is not None else None
         n_units = int(groups.max()) + 1 if groups is not None else len(per_sample_loss)
         sq_norm = torch.zeros(n_units, dtype=per_sample_loss.dtype, device=per_sample_loss.device)
-        unit_grads: dict[nn.Parameter, torch.Tensor] = {}  # non-linear layers: per-unit gradients (U, numel)
-        for layer, g in zip(layers, grads):
+        unit_grads: dict[nn.Parameter, torch.Tensor] = {}  # layers with formed per-sample gradients: (U, numel)
+        ghosted = [isinstance(m, nn.Linear) and not _instantiate(m, g) for m, g in zip(layers, grads)]
+        for layer, g, ghost in zip(layers, grads, ghosted):
             inputs = self._records[layer][0]
-            if isinstance(layer, nn.Linear):
+            if ghost:
                 norms = (compute_linear_norm_sample_mixed(layer, inputs, g) if groups is None
                          else linear_unit_norms(layer, inputs, g, groups, n_units))
             else:
-                per_sample = GradSampleModule.GRAD_SAMPLERS[type(layer)](layer, inputs, g)
+                sampler = _linear_grad_sample if isinstance(layer, nn.Linear) else GradSampleModule.GRAD_SAMPLERS[type(layer)]
+                per_sample = sampler(layer, inputs, g)
                 norms = {}
                 for p, gs in per_sample.items():
                     if p.requires_grad:
@@ -130,8 +140,8 @@ class BookKeepingClipping(nn.Module):
         self.unit_gradient_norms = sq_norm.sqrt()
         coef = (self.max_grad_norm / (self.unit_gradient_norms + 1e-6)).clamp(max=1.0)
         row_coef = coef[groups] if groups is not None else coef
-        for layer, g in zip(layers, grads):
-            if isinstance(layer, nn.Linear):
+        for layer, g, ghost in zip(layers, grads, ghosted):
+            if ghost:
                 a = self._records[layer][0][0]
                 g2 = (g * row_coef.view(-1, *([1] * (g.dim() - 1)))).reshape(-1, g.shape[-1])
                 if layer.weight.requires_grad:
@@ -141,6 +151,27 @@ class BookKeepingClipping(nn.Module):
         for p, gs in unit_grads.items():
             p.grad = (coef.to(gs.dtype) @ gs).view_as(p)
         self._records = {}
+
+
+def _instantiate(layer: nn.Linear, g: torch.Tensor) -> bool:
+    """Form this linear layer's per-sample gradients (B × d_in·d_out numbers) instead of its ghost
+    norm (≈ T² per sample for T tokens): the cheaper of the two (mixed clipping, Bu et al. 2022).
+    Formed, they also give the clipped sum as a B-term weighted sum instead of a T-times larger
+    matrix product; for Swin's first stages (T = 3136, 784) that is most of the clipping's cost."""
+    tokens = g[0].numel() // g.shape[-1]
+    return tokens > 1 and tokens * tokens > layer.in_features * layer.out_features
+
+
+def _linear_grad_sample(layer: nn.Linear, inputs: list[torch.Tensor], g: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
+    """Per-sample gradients of a linear layer on token inputs (B, ..., d)."""
+    b = g.shape[0]
+    g3, a3 = g.reshape(b, -1, g.shape[-1]), inputs[0].reshape(b, -1, inputs[0].shape[-1]).to(g.dtype)
+    out = {}
+    if layer.weight.requires_grad:
+        out[layer.weight] = torch.einsum("nti,ntj->nij", g3, a3)
+    if layer.bias is not None and layer.bias.requires_grad:
+        out[layer.bias] = g3.sum(dim=1)
+    return out
 
 
 class BookKeepingLoss:

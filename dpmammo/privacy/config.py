@@ -28,8 +28,8 @@ class PrivacySettings(StrictModel):
     accountant: Literal["rdp", "prv"] = "rdp"
     grad_sample_mode: Literal["auto", "hooks", "functorch", "ghost", "bookkeeping"] = Field(
         "auto", description="how per-unit gradients are clipped: hooks/functorch instantiate per-sample gradients, "
-                            "ghost (fast gradient clipping) computes only norms, bookkeeping (linear layers only, "
-                            "e.g. a head on cached features) needs one backward pass; auto picks by the trainable layers")
+                            "ghost (fast gradient clipping) computes only norms in two backward passes, bookkeeping needs one "
+                            "(layers with an Opacus grad sampler only); auto picks by the trainable layers")
     seeded_noise_for_tests: bool = Field(
         False, description="TESTS ONLY: draw DP noise and Poisson sampling from train.seed, so runs repeat exactly. "
                            "Whoever knows the seed can remove the noise: such a run has no guarantee")
