@@ -349,3 +349,42 @@ def test_bookkeeping_clips_the_gan_discriminator_like_a_per_example_loop():
         dp.optimizer.zero_grad(set_to_none=True)
     after = torch.cat([p.detach().flatten() for p in params])
     torch.testing.assert_close(before - after, clipped_mean, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["hooks", "bookkeeping"])
+def test_noise_drawn_ahead_has_the_calibrated_scale_and_comes_from_the_secret_generator(mode):
+    """An all-noise step (empty Poisson batch) moves the weights by noise of std σC / B, whether the
+    noise was drawn ahead on the worker thread (a step that starts with chunks) or on the spot (an
+    empty step); the same secret seed gives the same noise, another seed other noise."""
+    def noise_of_two_steps(secret_seed: int) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+        torch.manual_seed(0)
+        head = nn.Linear(300, 100)
+        params = list(head.parameters())
+        sampler = PoissonUnits(torch.arange(1000), 50, torch.Generator().manual_seed(0))
+        dp = make_private(model=head, optimizer=torch.optim.SGD(params, lr=1.0), sampler=sampler, epochs=1,
+                          config=PrivacyConfig(target_epsilon=2.0, delta=1e-5, max_grad_norm=0.7,
+                                               grad_sample_mode=mode, unit="patch"),
+                          noise_generator=torch.Generator().manual_seed(secret_seed))
+        moves = []
+        for ahead in (True, False):
+            before = torch.cat([p.detach().flatten() for p in params]).clone()
+            if ahead:  # a real step whose clipped sum is zero: a zero input row has no gradient for the weight
+                for part, _ in dp.chunks(Batch(torch.arange(1)), 8):
+                    dp.criterion(dp.model(torch.zeros(1, 300)), torch.tensor([0])).backward()
+                    dp.optimizer.step()
+                    dp.optimizer.zero_grad(set_to_none=True)
+            else:
+                dp.step_empty()
+            moves.append(before - torch.cat([p.detach().flatten() for p in params]))
+        return moves[0][:30000], moves[1][:30000], dp.noise_multiplier * 0.7 / 50, dp.optimizer.noise_std()
+
+    ahead, on_the_spot, expected_std, std = noise_of_two_steps(11)
+    assert std == pytest.approx(expected_std * 50)
+    for noise in (ahead, on_the_spot):
+        assert noise.std().item() == pytest.approx(expected_std, rel=0.03)
+        assert abs(noise.mean().item()) < 4 * expected_std / 30000 ** 0.5
+    assert (ahead - on_the_spot).abs().max() > expected_std  # two steps, two draws
+    again = noise_of_two_steps(11)
+    assert torch.equal(again[0], ahead) and torch.equal(again[1], on_the_spot)
+    other = noise_of_two_steps(12)
+    assert not torch.allclose(other[0], ahead)
