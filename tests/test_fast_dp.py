@@ -297,6 +297,14 @@ def test_bookkeeping_refuses_a_layer_without_a_grad_sampler():
         private(model, list(model.parameters()), units=torch.arange(10), expected_units=2, mode="bookkeeping")
 
 
+def test_bookkeeping_refuses_tied_weights():
+    first, second = nn.Linear(4, 4), nn.Linear(4, 4)
+    second.weight = first.weight
+    model = nn.Sequential(first, nn.Tanh(), second)
+    with pytest.raises(DpMammoError, match="shared by two layers"):
+        private(model, list(model.parameters()), units=torch.arange(10), expected_units=2, mode="bookkeeping")
+
+
 def test_bookkeeping_refuses_an_input_changed_in_place():
     class Residual(nn.Module):
         def __init__(self):

@@ -69,9 +69,13 @@ class BookKeepingClipping(nn.Module):
         if bad is not None or not trainable_layers(model):
             raise DpMammoError(f"grad_sample_mode=bookkeeping cannot clip a trainable {bad or 'nothing'} layer "
                                "(it needs nn.Linear or a layer with an Opacus grad sampler); use auto, ghost or hooks")
+        self.layers = trainable_layers(model)
+        owned = [p for m in self.layers for p in m.parameters(recurse=False) if p.requires_grad]
+        if len(owned) != len({id(p) for p in owned}):
+            raise DpMammoError("a trainable parameter is shared by two layers (tied weights): book-keeping clipping "
+                               "sets each layer's gradient on its own; use grad_sample_mode ghost or hooks")
         self._module = model
         self.max_grad_norm = max_grad_norm
-        self.layers = trainable_layers(model)
         self._records: dict[nn.Module, tuple[list[torch.Tensor], torch.Tensor, list[int]]] = {}
         self._recording, self._hooks_enabled = False, True
         for layer in self.layers:
