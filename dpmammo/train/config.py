@@ -43,7 +43,8 @@ class OptimConfig(StrictModel):
 class TrainSettings(StrictModel):
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(64, ge=1, description="logical batch; under DP the expected Poisson batch")
-    physical_batch_size: int = Field(256, ge=1, description="most samples per forward pass (virtual batches)")
+    physical_batch_size: int = Field(256, ge=1, description="most samples per forward pass (virtual batches); a head "
+                                                          "on cached features takes each batch in one pass")
     augment: Literal["flips", "none"] = "flips"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
