@@ -144,11 +144,11 @@ def choose_grad_sample_mode(model: nn.Module) -> str:
     the trainable weights, else hooks.
 
     Measured on this 2-core CPU (benchmarks/README.md, 2026-11-26), DP step vs non-private:
-    cnn-small 1.36× book-keeping vs 2.00× hooks; swin_t 1.61× vs 2.26× ghost; a 768→384→2 head on
-    cached features 7.8–9.0 ms vs 9.5–10 ms ghost and 95 ms hooks. Book-keeping keeps the layers'
-    outputs and some per-sample gradients until the clipping factors are known: its peak memory is
-    the highest of the modes (swin_t at batch 32: 8.7 GB vs 6.2 GB ghost); lower
-    train.physical_batch_size if that matters.
+    cnn-small 1.36–1.78× book-keeping vs 1.84–2.45× hooks; swin_t 1.45× vs 2.02× ghost; a
+    768→384→2 head on cached features 7.9–9.1 ms vs 8.9–9.5 ms ghost and 100–140 ms hooks.
+    Book-keeping keeps the layers' outputs and some per-sample gradients until the clipping factors
+    are known: its peak memory is the highest of the modes (swin_t at batch 32: 8.7 GB vs 6.1 GB
+    ghost); lower train.physical_batch_size if that matters.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if params and unsupported_layer(model) is None:
