@@ -398,3 +398,22 @@ def test_noise_drawn_ahead_has_the_calibrated_scale_and_comes_from_the_secret_ge
     assert torch.equal(again[0], ahead) and torch.equal(again[1], on_the_spot)
     other = noise_of_two_steps(12)
     assert not torch.allclose(other[0], ahead)
+
+
+def test_noise_ahead_works_in_a_forked_child():
+    """A child forked after a DP step has no noise thread of its parent: it must start its own."""
+    import multiprocessing as mp
+
+    from dpmammo.privacy.noise import NoiseAhead
+
+    params = [nn.Parameter(torch.zeros(100))]
+    NoiseAhead(torch.Generator().manual_seed(0), params).take(1.0)  # the parent's worker thread exists now
+    with mp.get_context("fork").Pool(1) as pool:
+        std = pool.apply_async(_draw_in_child).get(timeout=60)
+    assert 0.5 < std < 1.5
+
+
+def _draw_in_child() -> float:
+    from dpmammo.privacy.noise import NoiseAhead
+
+    return float(NoiseAhead(torch.Generator().manual_seed(1), [nn.Parameter(torch.zeros(1000))]).take(1.0)[0].std())

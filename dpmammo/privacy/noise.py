@@ -5,7 +5,8 @@ Opacus's secure-mode noise (four Gaussian draws per coordinate, against floating
 takes 4.3 ms per step for a 768→384→2 head on this project's 2-core CPU: half of a book-keeping
 step. The noise does not depend on the gradient, so `NoiseAhead.start` (called when a logical
 batch begins) draws it on a second core while the first computes the clipped sum, and the
-optimizer's `add_noise` takes it. CPU time is unchanged; the step's wall time loses the noise.
+optimizer's `add_noise` takes it. CPU time is unchanged; the wall time overlaps the two (a third
+off the paper grid's head-only runs, benchmarks/README.md).
 
 Each step's noise comes from a fresh generator on the parameters' device, seeded with 63 bits
 drawn from the stage's secret generator in the calling thread, in step order: the secret
@@ -16,6 +17,7 @@ itself is Opacus's `_generate_noise` with `secure_mode=True`, unchanged.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
@@ -30,6 +32,15 @@ def _pool() -> ThreadPoolExecutor:
     if _worker is None:
         _worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dp-noise")
     return _worker
+
+
+def _forget_worker_after_fork() -> None:
+    # A forked child inherits the executor but not its thread: work submitted there would never run.
+    global _worker
+    _worker = None
+
+
+os.register_at_fork(after_in_child=_forget_worker_after_fork)
 
 
 class NoiseAhead:
