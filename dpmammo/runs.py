@@ -24,7 +24,6 @@ import torch
 import yaml
 from pydantic import BaseModel
 
-from dpmammo.config import is_valid, parse_config
 from dpmammo.errors import DpMammoError
 from dpmammo.files import atomic_path, write_json_atomic, write_text_atomic
 from dpmammo.privacy.ledger import PrivacyRecord, read_privacy
