@@ -27,7 +27,7 @@ from dpmammo.privacy.accounting import EpsilonCurve, calibrate_noise, epsilon_of
 from dpmammo.privacy.bookkeeping import BookKeepingClipping, BookKeepingLoss, unsupported_layer
 from dpmammo.privacy.config import PrivacyConfig
 from dpmammo.privacy.grad_samplers import UnitGhostClipping, prepare_for_dp
-from dpmammo.privacy.noise import NoiseAhead, NoiseAheadMixin
+from dpmammo.privacy.noise import NoiseAheadMixin
 from dpmammo.privacy.sampling import Batch, PoissonUnits
 
 # Opacus hooks every trainable layer; for the first one (its input is data, which needs no
@@ -209,7 +209,6 @@ def _per_sample(mode: str):
         opt = UnitDPOptimizer(optimizer, noise_multiplier=sigma, max_grad_norm=max_grad_norm,
                               expected_batch_size=expected_units, loss_reduction="mean",
                               generator=generator, secure_mode=True)
-        opt.noise_ahead = NoiseAhead(generator, opt.params)
         return gsm, opt, criterion
 
     return wrap
@@ -224,7 +223,6 @@ def _ghost(model, optimizer, criterion, sigma, expected_units, max_grad_norm, ge
     opt = FastClippingDPOptimizer(optimizer, noise_multiplier=sigma, max_grad_norm=max_grad_norm,
                                   expected_batch_size=expected_units, loss_reduction="mean",
                                   generator=generator, secure_mode=True)
-    opt.noise_ahead = NoiseAhead(generator, opt.params)
     return gsm, opt, DPLossFastGradientClipping(gsm, opt, criterion, loss_reduction="mean")
 
 
@@ -235,7 +233,6 @@ def _bookkeeping(model, optimizer, criterion, sigma, expected_units, max_grad_no
     opt = FastClippingDPOptimizer(optimizer, noise_multiplier=sigma, max_grad_norm=max_grad_norm,
                                   expected_batch_size=expected_units, loss_reduction="mean",
                                   generator=generator, secure_mode=True)
-    opt.noise_ahead = NoiseAhead(generator, opt.params)
     return module, opt, BookKeepingLoss(module, criterion)
 
 

@@ -78,7 +78,9 @@ class NoiseAhead:
 class NoiseAheadMixin:
     """For Opacus DP optimizers: `add_noise` adds the noise `noise_ahead` drew, instead of drawing it."""
 
-    noise_ahead: NoiseAhead
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.noise_ahead = NoiseAhead(self.generator, self.params)  # Opacus keeps the generator it was given
 
     def noise_std(self) -> float:
         return self.noise_multiplier * self.max_grad_norm
