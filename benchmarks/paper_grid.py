@@ -76,6 +76,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="only the first N head-only runs (0: all)")
     ap.add_argument("--seed", type=int, default=None, help="only the runs of this seed (the grid has 3; multiply)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="cuda: read the wall seconds (CPU-seconds then count only the host's share)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     fc.cached_features = fake_cached_features  # see the module docstring
@@ -85,13 +87,13 @@ def main() -> None:
     heads = [s for s in heads if args.seed is None or s.seed == args.seed]
     heads = heads[:args.limit] if args.limit else heads
     print(f"load average at start {os.getloadavg()[0]:.1f}; {len(heads)} head-only runs of {len(plan.runs)}; "
-          f"{args.epochs} epochs; threads {args.threads}", flush=True)
+          f"{args.epochs} epochs; threads {args.threads}; device {args.device}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="paper-grid-"))
     total, total_steps, noise_s, noise_of = 0.0, 0, 0.0, {}
     for spec in heads:
         cfg = spec.config.model_copy(deep=True)
         cfg.train.epochs = args.epochs
-        cfg.train.device = "cpu"
+        cfg.train.device = args.device
         if cfg.privacy is not None:
             cfg.privacy.grad_sample_mode = "auto"
         cpu, wall, steps = run_cpu_seconds(cfg, tmp / spec.run_id / "auto")
@@ -113,7 +115,7 @@ def main() -> None:
     for spec in picked:
         for mode in ("hooks", "ghost", "bookkeeping"):
             cfg = spec.config.model_copy(deep=True)
-            cfg.train.epochs, cfg.train.device = args.compare_epochs, "cpu"
+            cfg.train.epochs, cfg.train.device = args.compare_epochs, args.device
             cfg.privacy.grad_sample_mode = mode
             cpu, wall, steps = run_cpu_seconds(cfg, tmp / spec.run_id / mode)
             print(f"  {spec.run_id:<38} {mode:<11} {args.compare_epochs} epochs: {cpu:7.1f} CPU-s "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 
 import pytest
 import timm
@@ -22,6 +23,11 @@ from dpmammo.privacy.grad_samplers import DPWindowAttention, compute_linear_norm
 from dpmammo.train import TrainConfig, fit
 
 MODES = ["hooks", "functorch", "ghost"]
+
+# CI runs these on the CPU; `DPMAMMO_TEST_DEVICE=cuda` runs the same assertions on a GPU
+# (benchmarks/gpu_check.sh). cuDNN's TF32 convolutions would miss the 1e-4 tolerances by design.
+DEVICE = torch.device(os.environ.get("DPMAMMO_TEST_DEVICE", "cpu"))
+torch.backends.cudnn.allow_tf32 = False
 
 
 @pytest.fixture(scope="module")
@@ -140,12 +146,12 @@ CASES = [(net, mode) for net in NETWORKS for mode in (*MODES, "bookkeeping")]
 def test_per_sample_gradients_match_a_per_example_loop(net, mode, unit):
     build, shape = NETWORKS[net]
     torch.manual_seed(0)
-    model = prepare_for_dp(build())  # the reference runs the same (converted) function
-    x, y = torch.rand(shape), torch.randint(0, 2, (shape[0],))
+    model = prepare_for_dp(build()).to(DEVICE)  # the reference runs the same (converted) function
+    x, y = torch.rand(shape).to(DEVICE), torch.randint(0, 2, (shape[0],)).to(DEVICE)
     ref = per_example_grads(copy.deepcopy(model), x, y)
     groups = PATIENT_GROUPS if unit == "patient" else torch.arange(len(x))
     n_units = int(groups.max()) + 1
-    ref_units = torch.zeros(n_units, ref.shape[1]).index_add_(0, groups, ref)
+    ref_units = torch.zeros(n_units, ref.shape[1], device=DEVICE).index_add_(0, groups.to(DEVICE), ref)
     ref_norms = ref_units.norm(dim=1)
     clip = float(ref_norms.median())  # about half of the units get clipped
     clipped_mean = (ref_units * (clip / ref_norms[:, None]).clamp(max=1.0)).sum(0) / n_units
@@ -181,10 +187,11 @@ def test_one_patient_moves_the_clipped_sum_by_at_most_c(net, mode):
     x = torch.rand(20, *shape[1:])
     x[:14] = x[0] + 0.01 * torch.rand(14, *shape[1:])  # one patient: 14 near-identical patches, same label
     y = torch.cat([torch.ones(14, dtype=torch.long), torch.randint(0, 2, (6,))])
+    x, y = x.to(DEVICE), y.to(DEVICE)
     patients = torch.cat([torch.zeros(14, dtype=torch.long), torch.arange(1, 7)])
 
     def clipped_sum(with_patient: bool, unit: str) -> torch.Tensor:
-        model = build()  # the same initialisation every time
+        model = build().to(DEVICE)  # the same initialisation every time
         keep = torch.arange(20) if with_patient else torch.arange(14, 20)
         groups = torch.unique_consecutive(patients[keep], return_inverse=True)[1]
         units = groups if unit == "patient" else torch.arange(len(keep))
@@ -243,14 +250,14 @@ def test_full_network_dp_step_on_swin(mode):
     torch.manual_seed(0)
     model = Classifier(SwinBackbone(timm.create_model(
         "swin_tiny_patch4_window7_224", pretrained=False, num_classes=0, img_size=56, embed_dim=16,
-        depths=(2, 2), num_heads=(2, 4), window_size=7)), nn.Linear(32, 2), input_size=56, num_features=32)
+        depths=(2, 2), num_heads=(2, 4), window_size=7)), nn.Linear(32, 2), input_size=56, num_features=32).to(DEVICE)
     params = [p for p in model.parameters() if p.requires_grad]
     start = [p.detach().clone() for p in params]
     dp = private(model, params, units=torch.arange(100), expected_units=8, mode=mode, target=8.0, delta=1e-3)
     dp.optimizer.original_optimizer.param_groups[0]["lr"] = 0.1
     dp.model.train()
     batch = dp.sampler.next_batch()
-    x, y = torch.rand(len(batch), 1, 56, 56), torch.randint(0, 2, (len(batch),))
+    x, y = torch.rand(len(batch), 1, 56, 56, device=DEVICE), torch.randint(0, 2, (len(batch),), device=DEVICE)
     for part, _ in dp.chunks(batch, 3):
         dp.criterion(dp.model(x[part]), y[part]).backward()
         dp.optimizer.step()
@@ -332,9 +339,9 @@ def test_bookkeeping_clips_the_gan_discriminator_like_a_per_example_loop():
     from dpmammo.gan.models import Discriminator
 
     torch.manual_seed(0)
-    disc = Discriminator(GanModelConfig(image_size=16, d_width=4, d_projection=True))
-    x, labels = torch.rand(6, 1, 16, 16) * 2 - 1, torch.randint(0, 2, (6,))
-    target = torch.tensor([0.9, 0.9, 0.9, 0.0, 0.0, 0.0])
+    disc = Discriminator(GanModelConfig(image_size=16, d_width=4, d_projection=True)).to(DEVICE)
+    x, labels = (torch.rand(6, 1, 16, 16) * 2 - 1).to(DEVICE), torch.randint(0, 2, (6,)).to(DEVICE)
+    target = torch.tensor([0.9, 0.9, 0.9, 0.0, 0.0, 0.0], device=DEVICE)
     ref_model = copy.deepcopy(disc)
     rows = []
     for i in range(len(x)):
@@ -368,7 +375,7 @@ def test_noise_drawn_ahead_has_the_calibrated_scale_and_comes_from_the_secret_ge
     empty step); the same secret seed gives the same noise, another seed other noise."""
     def noise_of_two_steps(secret_seed: int) -> tuple[torch.Tensor, torch.Tensor, float, float]:
         torch.manual_seed(0)
-        head = nn.Linear(300, 100)
+        head = nn.Linear(300, 100).to(DEVICE)
         params = list(head.parameters())
         sampler = PoissonUnits(torch.arange(1000), 50, torch.Generator().manual_seed(0))
         dp = make_private(model=head, optimizer=torch.optim.SGD(params, lr=1.0), sampler=sampler, epochs=1,
@@ -380,7 +387,7 @@ def test_noise_drawn_ahead_has_the_calibrated_scale_and_comes_from_the_secret_ge
             before = torch.cat([p.detach().flatten() for p in params]).clone()
             if ahead:  # a real step whose clipped sum is zero: a zero input row has no gradient for the weight
                 for part, _ in dp.chunks(Batch(torch.arange(1)), 8):
-                    dp.criterion(dp.model(torch.zeros(1, 300)), torch.tensor([0])).backward()
+                    dp.criterion(dp.model(torch.zeros(1, 300, device=DEVICE)), torch.tensor([0], device=DEVICE)).backward()
                     dp.optimizer.step()
                     dp.optimizer.zero_grad(set_to_none=True)
             else:
