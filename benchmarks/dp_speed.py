@@ -82,7 +82,7 @@ def _dp_setup(model, batch: int, n: int, mode: str, units: torch.Tensor | None =
     from dpmammo.privacy import PoissonUnits, PrivacyConfig, make_private
 
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-5)
+    opt = torch.optim.AdamW(params, lr=1e-5, fused=True)  # as dpmammo.train.build_optimizer
     unit = "patch" if units is None else "patient"
     units = torch.arange(n) if units is None else units
     cfg = PrivacyConfig(target_epsilon=6.0, delta=1e-4, grad_sample_mode=mode, unit=unit)
@@ -100,7 +100,7 @@ def measure_full(spec: dict) -> dict:
     x = torch.rand(FULL_BATCH, 1, model.input_size, model.input_size, device=device)
     y = torch.randint(0, 2, (FULL_BATCH,), device=device)
     if spec["mode"] == "non-private":
-        net, opt, crit = model, torch.optim.AdamW(model.parameters(), lr=1e-5), torch.nn.CrossEntropyLoss()
+        net, opt, crit = model, torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True), torch.nn.CrossEntropyLoss()
         mode = "non-private"
     else:
         dp = _dp_setup(model, FULL_BATCH, EPOCH_N, spec["mode"])
