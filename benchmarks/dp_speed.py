@@ -158,6 +158,7 @@ def measure_head(spec: dict) -> dict:
         views = torch.randint(0, N_VIEWS, (len(batch),), generator=gen)
         train_step(dp.model, dp.optimizer, dp.criterion, dp, batch, get(batch.idx, views), labels[batch.idx], physical,
                    device)
+        dp.draw_next_noise()  # as dpmammo.train.fit does between the steps of an epoch
 
     steps = spec["steps"] if spec["way"] == "recompute" else spec["steps"] * 10
     sec, mb = _timed(step, steps, 1, device)

@@ -112,6 +112,13 @@ class DPSetup:
                 self.model.groups = groups
             yield part, last
 
+    def draw_next_noise(self) -> None:
+        """Start drawing the next step's noise now, so that it overlaps the next batch's sampling and
+        gathering too. Its seed comes off the secret generator before that batch is sampled: a loop
+        calls this only where another step of the same epoch follows, so the order of secret draws
+        never depends on whether a checkpoint (which saves the generator at an epoch's end) is taken."""
+        self.optimizer.noise_ahead.start(self.optimizer.noise_std())
+
     def step_empty(self) -> None:
         """A logical batch with no sample still releases a noisy (all-noise) step."""
         if isinstance(self.optimizer, UnitDPOptimizer):

@@ -130,11 +130,13 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, say: Callable[[str]
         for epoch in range(state["epoch"], epochs):
             trainable.train()
             losses = []
-            for _ in range(steps_per_epoch[epoch]):
+            for step in range(steps_per_epoch[epoch]):
                 batch = sampler.next_batch()
                 views = torch.randint(0, N_VIEWS, (len(batch),), generator=gen) if cfg.train.augment == "flips" else None
                 x = fc.take_views(inputs, batch.idx, views) if cached else image_batch(images, batch.idx, views)
                 losses.append(train_step(trainable, optimizer, criterion, dp, batch, x, labels[batch.idx], physical, device))
+                if dp is not None and step + 1 < steps_per_epoch[epoch]:
+                    dp.draw_next_noise()
                 bar.advance(task)
             val_auroc = float(roc_auc_score(val_labels, score_val()))
             eps = dp.running_epsilon() if dp else None
