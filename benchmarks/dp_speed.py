@@ -93,6 +93,10 @@ def _dp_setup(model, batch: int, n: int, mode: str, units: torch.Tensor | None =
 
 def measure_full(spec: dict) -> dict:
     """Part 2: one full-network training step at batch 32, non-private or DP in one mode."""
+    from dpmammo.allocator import keep_freed_memory
+
+    if spec.get("keep_freed_memory", True):
+        keep_freed_memory()  # as the dpmammo command does
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     device = spec["device"]
@@ -106,11 +110,16 @@ def measure_full(spec: dict) -> dict:
         dp = _dp_setup(model, FULL_BATCH, EPOCH_N, spec["mode"])
         net, opt, crit, mode = dp.model, dp.optimizer, dp.criterion, dp.grad_sample_mode
     net.train()
+    from dpmammo.privacy import Batch
+    from dpmammo.train.loop import train_step
 
-    def step():
-        crit(net(x), y).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    dp_or_none = None if spec["mode"] == "non-private" else dp
+    everything = Batch(torch.arange(FULL_BATCH))
+
+    def step():  # as dpmammo.train.fit runs a step (the DP noise drawn while the gradients compute)
+        train_step(net, opt, crit, dp_or_none, everything, x, y, FULL_BATCH, device)
+        if dp_or_none is not None:
+            dp_or_none.draw_next_noise()
 
     sec, mb = _timed(step, spec["steps"], 1, device)
     return {**spec, "resolved": mode, "step_s": sec, "peak_mb": mb}

@@ -306,6 +306,9 @@ def error_line(err: DpMammoError) -> str:
 
 
 def main() -> None:
+    from dpmammo.allocator import keep_freed_memory
+
+    keep_freed_memory()  # a training step no longer page-faults its activations in again (see there)
     try:
         app()
     except DpMammoError as e:
