@@ -13,4 +13,3 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise DpMammoError("train.device is cuda but no CUDA GPU is visible; use device: cpu or auto")
     return torch.device(name)
-
