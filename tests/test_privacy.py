@@ -76,3 +76,41 @@ def test_public_stages_add_nothing():
     assert compose([pub]).guarantee == "public"
     eps = epsilon_of([(1.0, 0.1, 100)], 1e-4)
     assert compose([pub, _dp("clf", 1.0, 0.1, 100, eps)], delta=1e-4).epsilon == pytest.approx(eps)
+
+
+@pytest.mark.parametrize("target", [2.0, 6.0])
+def test_noise_calibrated_to_a_chain_total_meets_it(target):
+    """privacy.target: total: with a DP stage before (a generator at ε/2), the composed ε lands in
+    [target − 0.01, target], and needs less noise than a linear split (the stage alone at ε/2) would."""
+    gen_sigma = calibrate_noise(target_epsilon=target / 2, delta=1e-4, sample_rate=1.0, steps=1, accountant="rdp")
+    prior = [(gen_sigma, 1.0, 1)]
+    q, steps = 0.2, steps_for(30, 0.2)
+    sigma = calibrate_noise(target_epsilon=target, delta=1e-4, sample_rate=q, steps=steps, accountant="rdp",
+                            prior=prior)
+    total = epsilon_of([*prior, (sigma, q, steps)], 1e-4)
+    assert target - 0.01 <= total <= target
+    split = calibrate_noise(target_epsilon=target / 2, delta=1e-4, sample_rate=q, steps=steps, accountant="rdp")
+    assert sigma < split * 0.95
+
+
+def test_a_chain_total_already_spent_is_refused():
+    prior = [(0.5, 1.0, 1)]  # ε ≈ 10 at δ = 1e-4
+    with pytest.raises(DpMammoError, match=r"already spend ε = .* of the chain's target 2"):
+        calibrate_noise(target_epsilon=2.0, delta=1e-4, sample_rate=0.1, steps=100, accountant="rdp", prior=prior)
+
+
+def test_prior_history_refuses_what_a_total_cannot_compose():
+    from dpmammo.privacy import PrivacyConfig, prior_history
+
+    gen = _dp("gan", 1.0, 0.1, 100, 3.0)
+    total = PrivacyConfig(target_epsilon=6.0, target="total")
+    assert prior_history([gen], total) == [(1.0, 0.1, 100)]
+    assert prior_history([gen], PrivacyConfig(target_epsilon=6.0)) == []  # a stage-only target needs none
+    with pytest.raises(DpMammoError, match="a total needs one unit"):
+        prior_history([gen], PrivacyConfig(target_epsilon=6.0, target="total", unit="patch"))
+    with pytest.raises(DpMammoError, match="composes by RDP"):
+        prior_history([gen], PrivacyConfig(target_epsilon=6.0, target="total", accountant="prv"))
+    none = StageSpend(stage="generator", run="c-dcgan", data=["cbis-ddsm/train"], guarantee="none",
+                      reason="non-private")
+    with pytest.raises(DpMammoError, match="no DP guarantee"):
+        prior_history([none, gen], total)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import warnings
+from typing import Sequence
 
 import numpy as np
 from opacus.accountants import create_accountant
@@ -59,14 +60,25 @@ def steps_for(epochs: int, sample_rate: float) -> int:
 # Memoised (pure functions of their arguments): a study calibrates the same (ε, δ, q, steps) once
 # per seed, and the models of a membership-inference audit (dpmammo.audit) repeat one schedule
 # 17-65 times; each call costs 0.2 s (ε) to 2.4 s (σ).
-@functools.lru_cache(maxsize=256)
 def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, steps: int,
-                    accountant: str) -> float:
-    """Smallest σ (to 0.01 in ε) with ε(σ, q, steps, δ) ≤ target_epsilon."""
+                    accountant: str, prior: Sequence[tuple[float, float, int]] = ()) -> float:
+    """Smallest σ (to 0.01 in ε) with ε(σ, q, steps, δ) ≤ target_epsilon; with `prior` (the
+    (σ, q, steps) segments of the DP stages before this one, RDP only), of their composition."""
+    return _calibrate_noise(float(target_epsilon), float(delta), float(sample_rate), int(steps), accountant,
+                            tuple(tuple(h) for h in prior))
+
+
+@functools.lru_cache(maxsize=256)
+def _calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str,
+                     prior: tuple[tuple[float, float, int], ...]) -> float:
     if target_epsilon <= 0:
         raise DpMammoError(f"target_epsilon={target_epsilon} must be > 0")
     if not 0 < sample_rate <= 1:
         raise DpMammoError(f"sample_rate={sample_rate} must be in (0, 1]")
+    if prior:
+        if accountant != "rdp":
+            raise DpMammoError(f"a stage calibrated after earlier ones composes by RDP; got accountant {accountant}")
+        return _calibrate_after(list(prior), target_epsilon, delta, sample_rate, steps)
     try:
         with _full_batch_quiet(accountant, [sample_rate]):
             return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
@@ -74,6 +86,26 @@ def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, 
                                               epsilon_tolerance=0.01, **accountant_kwargs(accountant)))
     except ValueError as e:
         raise DpMammoError(f"cannot reach epsilon={target_epsilon} with {steps} steps at q={sample_rate:.4g}: {e}") from None
+
+
+def _calibrate_after(prior: list[tuple[float, float, int]], target: float, delta: float, q: float,
+                     steps: int) -> float:
+    """Opacus's get_noise_multiplier takes no history of earlier stages, so its bisection is done
+    here on the composed RDP ε: the σ returned keeps ε(prior + this stage) ≤ target, within 0.01."""
+    spent = epsilon_of(prior, delta, "rdp")
+    if spent >= target:
+        raise DpMammoError(f"the DP stages before this one already spend ε = {spent:.3g} of the chain's target "
+                           f"{target:g} (privacy.target: total); raise target_epsilon or give them less")
+    total = lambda sigma: epsilon_of([*prior, (sigma, q, steps)], delta, "rdp")  # noqa: E731
+    low, high = 0.0, 10.0
+    while total(high) > target:
+        low, high = high, 2 * high
+        if high > 1e6:
+            raise DpMammoError(f"cannot reach a chain total of ε = {target:g} with {steps} steps at q = {q:.4g}")
+    while target - total(high) > 0.01:
+        mid = (low + high) / 2
+        low, high = (mid, high) if total(mid) > target else (low, mid)
+    return high
 
 
 def epsilon_of(history: list[tuple[float, float, int]], delta: float, accountant: str = "rdp") -> float:

@@ -44,7 +44,11 @@ def _finite_epsilon(v: float) -> float:
 class PrivacyConfig(PrivacySettings):
     """The `privacy:` block of a DP stage: its budget and settings."""
 
-    target_epsilon: float = Field(..., gt=0, description="privacy budget ε for this stage")
+    target_epsilon: float = Field(..., gt=0, description="privacy budget ε for this stage (or its chain: `target`)")
+    target: Literal["stage", "total"] = Field(
+        "stage", description="what target_epsilon bounds: `stage` (this stage alone) or `total` (the RDP composition "
+                             "of this stage and every DP stage that its inputs carry: a DP generator's samples, "
+                             "pretrained weights); the noise is calibrated to what the earlier stages left")
 
     @field_validator("target_epsilon")
     @classmethod

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 from opacus.grad_sample import AbstractGradSampleModule
@@ -177,7 +177,7 @@ def choose_grad_sample_mode(model: nn.Module) -> str:
 
 def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer, sampler: PoissonUnits, epochs: int,
                  config: PrivacyConfig, noise_generator: torch.Generator,
-                 criterion: nn.Module | None = None) -> DPSetup:
+                 criterion: nn.Module | None = None, prior: Sequence[tuple[float, float, int]] = ()) -> DPSetup:
     """Wrap `model` and `optimizer` for DP-SGD at `config.target_epsilon` over `epochs`.
 
     Args:
@@ -192,6 +192,9 @@ def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer, sampler:
         config: the privacy block (target ε, δ, unit, clipping norm, accountant, grad-sample mode).
         noise_generator: secret generator of the Gaussian noise (dpmammo.privacy.sampling.noise_generator).
         criterion: the loss with mean reduction (default cross-entropy); DPSetup.criterion wraps it.
+        prior: with `config.target == "total"`, the (σ, q, steps) of the DP stages before this one
+            (dpmammo.privacy.ledger.prior_history): the noise is calibrated to their RDP composition
+            with this stage.
 
     Returns:
         a DPSetup. Its accountant is attached to the optimizer and counts every real step.
@@ -202,7 +205,8 @@ def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer, sampler:
         raise DpMammoError(f"the DP loss must use reduction='mean' (got {criterion.reduction!r})")
     steps = steps_for(epochs, sampler.sample_rate)
     sigma = calibrate_noise(target_epsilon=config.target_epsilon, delta=config.delta,
-                            sample_rate=sampler.sample_rate, steps=steps, accountant=config.accountant)
+                            sample_rate=sampler.sample_rate, steps=steps, accountant=config.accountant,
+                            prior=prior if config.target == "total" else ())
     prepare_for_dp(model)
     mode = choose_grad_sample_mode(model) if config.grad_sample_mode == "auto" else config.grad_sample_mode
     gsm, dp_opt, dp_criterion = _WRAPPERS[mode](model, optimizer, criterion, sigma, sampler.expected_units,

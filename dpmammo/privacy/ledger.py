@@ -148,6 +148,27 @@ def weights_stage(path: Path, *, declared_public: bool) -> StageSpend:
                            "(public_weights): whatever it was trained on is unaccounted")
 
 
+def prior_history(upstream: list[StageSpend], privacy) -> list[tuple[float, float, int]]:
+    """The (σ, q, steps) of the DP stages in `upstream`, for a stage whose `privacy.target` is the
+    chain's total (a PrivacyConfig); [] for a stage-only target. The total is an RDP composition
+    in one unit, so anything else is refused, as is an input that carries no guarantee at all."""
+    if privacy is None or privacy.target != "total":
+        return []
+    bad = next((s for s in upstream if s.guarantee == "none"), None)
+    if bad is not None:
+        raise DpMammoError(f"privacy.target is total but input {bad.stage} ({bad.run}) has no DP guarantee "
+                           f"({REASON_WORDS[bad.reason]}): there is no total to target; use privacy.target: stage")
+    dp = [s for s in upstream if s.guarantee == "dp"]
+    for s in dp:
+        if privacy.accountant != "rdp" or s.accountant != "rdp":
+            raise DpMammoError(f"privacy.target is total: the chain composes by RDP, but {s.stage} ({s.run}) used "
+                               f"accountant {s.accountant} and this stage {privacy.accountant}; use rdp for both")
+        if s.unit != privacy.unit:
+            raise DpMammoError(f"privacy.target is total: {s.stage} ({s.run}) protects each {s.unit}, this stage each "
+                               f"{privacy.unit}; a total needs one unit")
+    return [(s.noise_multiplier, s.sample_rate, s.steps) for s in dp]
+
+
 def compose(stages: list[StageSpend], delta: Optional[float] = None) -> ChainTotal:
     """The guarantee of running all `stages` on the same private data set."""
     names = [f"{s.stage}:{s.run}" for s in stages]

@@ -22,9 +22,9 @@ def budget_split(cfg: StudyConfig) -> tuple[str, ...]:
         return ()
     s = gen.generator_share
     return (f"The synthetic sets come from a DP generator trained by the study at {s:g}·ε for each study ε; "
-            f"every DP classifier stage that uses its samples (directly or through pretrained weights) trains at "
-            f"{1 - s:g}·ε, so the composed total of such a condition stays within the study ε (its column). At "
-            "ε = ∞ the generator is non-private.",)
+            "every DP classifier stage that uses its samples (directly or through pretrained weights) is "
+            "calibrated to what the generator left, so that the composed total (RDP) of such a condition is the "
+            "study ε (its column). At ε = ∞ the generator is non-private.",)
 
 
 def column_notes(cfg: StudyConfig) -> list[str]:

@@ -19,7 +19,7 @@ run ``generator/<tag of the generator's own target>`` into ``generator/<tag>-sam
 generator makes the synthetic runs depend on ε: the pretrain run is then
 ``synthetic/<study ε tag>/seed<s>`` (∞ included) instead of one shared
 ``synthetic/pretrain/seed<s>``, and every DP stage that consumes the samples (directly or through
-the pretrained weights) trains at the rest of the budget (`StudyConfig.consumer_epsilon`).
+the pretrained weights) is calibrated to a chain total of ε (`StudyConfig.consumer_target`).
 Classifier run ids carry the study ε (their column in the tables); a generator run id carries
 its own target.
 """
@@ -135,10 +135,10 @@ def build_runs(study: "StudyConfig", condition: str, eps: float, seed: int,
 
 
 def stage_config(study: "StudyConfig", stage: str, *, train_sets: list[str], eps: float, seed: int,
-                 model: Optional[dict[str, Any]] = None) -> TrainConfig:
+                 model: Optional[dict[str, Any]] = None, target: str = "stage") -> TrainConfig:
     """The shared settings of `study`, then its `dp` block (DP stages only), then the stage's
-    overrides; with this stage's data, ε and seed."""
-    privacy = study.privacy_for(eps)
+    overrides; with this stage's data, ε (for the stage, or its chain's `total`) and seed."""
+    privacy = study.privacy_for(eps, target)
     model_block = dict(model if model is not None else study.model.model_dump())
     optim = study.optim.model_dump()
     train = study.train.model_dump() | {"seed": seed}
@@ -168,10 +168,10 @@ def real(study: "StudyConfig", eps: float, seed: int, study_dir: Optional[Path])
 
 @register_recipe("real+synthetic", slug="real+synthetic")
 def real_synthetic(study: "StudyConfig", eps: float, seed: int, study_dir: Optional[Path]) -> list[RunSpec]:
-    """DP over the union; with a DP generator at the rest of ε, so that the chain total stays within ε."""
+    """DP over the union; with a DP generator calibrated to what it left, so that the chain total is ε."""
     syn = synthetic_input(study, eps, study_dir)
     cfg = stage_config(study, "real+synthetic", train_sets=[study.train_set, syn.train_set],
-                       eps=study.consumer_epsilon(eps), seed=seed)
+                       eps=eps, seed=seed, target=study.consumer_target())
     return [RunSpec(_run_id("real+synthetic", eps, seed), cfg, None, "real+synthetic", eps, seed,
                     generator=syn.generator.run_id if syn.generator else None)]
 
@@ -197,8 +197,8 @@ def synthetic_to_real(study: "StudyConfig", eps: float, seed: int, study_dir: Op
     (pretrain,) = synthetic(study, eps, seed, study_dir)
     sources = {k: v for k, v in WEIGHT_SOURCES.items() if k in type(pretrain.config.model).model_fields}
     model = pretrain.config.model.model_dump() | sources | {"freeze_backbone": True}
-    cfg = stage_config(study, "finetune", train_sets=[study.train_set], eps=study.consumer_epsilon(eps), seed=seed,
-                       model=model)
+    cfg = stage_config(study, "finetune", train_sets=[study.train_set], eps=eps, seed=seed, model=model,
+                       target=study.consumer_target())
     return [pretrain, RunSpec(_run_id("synthetic→real", eps, seed), cfg, pretrain.run_id, "finetune", eps, seed)]
 
 

@@ -29,7 +29,8 @@ from dpmammo.data.images import N_VIEWS, apply_views, load_images, load_labels, 
 from dpmammo.data.sets import load_set, resolve_root, synthetic_provenance
 from dpmammo.errors import DpMammoError
 from dpmammo.models import create_model, load_weights, save_weights
-from dpmammo.privacy import StageSpend, dp_stage, make_private, non_dp_stage, weights_stage, write_privacy
+from dpmammo.privacy import (StageSpend, dp_stage, make_private, non_dp_stage, prior_history, weights_stage,
+                             write_privacy)
 from dpmammo.privacy.sampling import batch_selection, epoch_steps
 from dpmammo.progress import StepProgress
 from dpmammo.runs import METRICS, RunDir
@@ -102,11 +103,11 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, say: Callable[[str]
     if cfg.privacy is not None:
         p = cfg.privacy
         dp = make_private(model=trainable, optimizer=optimizer, sampler=sampler, epochs=epochs, config=p,
-                          noise_generator=secret, criterion=criterion)
+                          noise_generator=secret, criterion=criterion, prior=prior_history(upstream, p))
         trainable, optimizer, criterion = dp.model, dp.optimizer, dp.criterion
         say(f"DP-SGD ({dp.grad_sample_mode}, unit {p.unit}: {sampler.n_units} units, {sampler.n_private_units} private): "
             f"sigma={dp.noise_multiplier:.4f} q={dp.sample_rate:.5f} steps={dp.planned_steps} "
-            f"target eps={p.target_epsilon} delta={p.delta:g}"
+            f"target eps={p.target_epsilon}{' (chain total)' if p.target == 'total' else ''} delta={p.delta:g}"
             + (" SEEDED NOISE (tests only): no guarantee" if p.seeded_noise_for_tests else ""))
 
     # What changes during training: the head alone when the backbone is frozen. Only that part is
