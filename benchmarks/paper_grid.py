@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 from opacus.optimizers.optimizer import _generate_noise
 
+from dpmammo.allocator import keep_freed_memory
 from dpmammo.models import create_model
 from dpmammo.privacy import read_privacy
 from dpmammo.study import expand, load_study
@@ -79,6 +80,7 @@ def main() -> None:
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                     help="cuda: read the wall seconds (CPU-seconds then count only the host's share)")
     args = ap.parse_args()
+    keep_freed_memory()  # as the dpmammo command does
     torch.set_num_threads(args.threads)
     fc.cached_features = fake_cached_features  # see the module docstring
     study = load_study(None, preset="paper", overrides=["model.pretrained=false"])

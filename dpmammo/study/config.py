@@ -92,7 +92,7 @@ class SyntheticFromGenerator(StrictModel):
         if self.is_private and self.generator_share is None:
             raise ValueError("the generator is DP (its config has a privacy: block): set generator_share in (0, 1), "
                              "the part of each study ε it spends (e.g. 0.5); the classifier stages that use its "
-                             "samples get the rest")
+                             "samples are calibrated to what it leaves of each ε")
         if not self.is_private and self.generator_share is not None:
             raise ValueError("generator_share: the generator has no privacy: block (it is non-private), so there is "
                              "no budget to share; remove generator_share or add a privacy: block to its config")
