@@ -1,7 +1,11 @@
 """How fast is DP-SGD in dpmammo? Run by hand (not part of the test suite):
 
     python benchmarks/dp_speed.py [--data DIR] [--steps 3] [--rounds 1] [--threads 2] [--skip-head]
-                                  [--skip-swin-full] [--skip-full]
+                                  [--skip-swin-full] [--skip-full] [--skip-head-modes] [--device cuda]
+                                  [--glibc-default]
+
+Every measuring process first keeps freed memory for reuse, as the `dpmammo` command does
+(dpmammo.allocator); `--glibc-default` leaves glibc's allocator as it is, as before.
 
 Prints, measured side by side in one invocation (every measurement in its own fresh
 subprocess, so that its peak memory is its own):
@@ -131,9 +135,12 @@ def measure_head(spec: dict) -> dict:
     from dpmammo.data.images import N_VIEWS, load_images, load_labels
     from dpmammo.data.sets import load_set, resolve_root
     from dpmammo.privacy import unit_ids
+    from dpmammo.allocator import keep_freed_memory
     from dpmammo.train import features as fc
     from dpmammo.train.loop import image_batch, train_step
 
+    if spec.get("keep_freed_memory", True):
+        keep_freed_memory()  # as the dpmammo command does
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     device = spec["device"]
@@ -190,7 +197,7 @@ def machine() -> str:
 
 def part1(args) -> None:
     common = {"data": args.data, "device": args.device, "threads": args.threads, "steps": args.steps,
-              "cache_subset": args.cache_subset}
+              "cache_subset": args.cache_subset, "keep_freed_memory": not args.glibc_default}
     rec = run_isolated(measure_head, {**common, "way": "recompute"})
     cac = run_isolated(measure_head, {**common, "way": "cached"})
     build = cac["cache_s_per_image"] * EPOCH_N
@@ -210,7 +217,7 @@ def part1b(args) -> None:
     """Head-only DP step on cached swin_t features (768→384→2 head): each clipping mode, per patch
     and per patient, side by side."""
     common = {"data": args.data, "device": args.device, "threads": args.threads, "steps": args.steps * 3,
-              "cache_subset": 0, "way": "cached"}
+              "cache_subset": 0, "way": "cached", "keep_freed_memory": not args.glibc_default}
     print(f"\n1b. head-only DP step on cached swin_t features, batch {HEAD_BATCH} units "
           f"(min over {common['steps'] * 10} steps)")
     print(f"   {'unit':<8} {'mode':<22} {'ms/step':>9} {'vs hooks':>9} {'peak MB':>9}")
@@ -231,7 +238,8 @@ def part2(args) -> None:
         for _ in range(args.rounds):  # rounds interleave the modes: a burst of load hits all alike
             for mode in ["non-private", *args.full_modes.split(",")]:
                 r = run_isolated(measure_full, {"model": name, "mode": mode, "device": args.device,
-                                                "threads": args.threads, "steps": args.steps})
+                                                "threads": args.threads, "steps": args.steps,
+                                                "keep_freed_memory": not args.glibc_default})
                 if mode not in best or r["step_s"] < best[mode]["step_s"]:
                     best[mode] = r
         base = best["non-private"]["step_s"]
@@ -262,8 +270,11 @@ def main() -> None:
     ap.add_argument("--full-models", default="cnn-small,swin_t", help="part 2's models, comma-separated")
     ap.add_argument("--full-modes", default="hooks,functorch,ghost,bookkeeping",
                     help="part 2's DP modes, comma-separated (non-private is always timed)")
+    ap.add_argument("--glibc-default", action="store_true",
+                    help="leave glibc's allocator as it is (as before dpmammo.allocator), to compare with older figures")
     args = ap.parse_args()
-    print(f"machine: {machine()}; threads {args.threads}; load average at start {os.getloadavg()[0]:.1f}")
+    print(f"machine: {machine()}; threads {args.threads}; load average at start {os.getloadavg()[0]:.1f}"
+          + ("; glibc allocator default" if args.glibc_default else "; freed memory kept (dpmammo.allocator)"))
     t = time.time()
     if not args.skip_head:
         part1(args)
