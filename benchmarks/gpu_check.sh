@@ -11,7 +11,12 @@
 #    path on a GPU (feature cache, full-model synthetic pretrain, DP head runs, report);
 # 5. benchmarks/paper_grid.py on cuda: the head-only runs of one seed at the paper's 300 epochs.
 # Each part has its own time limit, so that a hang costs one part, not the lease.
-# On the lent machine, packages that its image lacks travel as wheels in .whl/ (see the device notes).
+# On the lent machine (python 3.12, torch 2.11 in its image), what its image lacks travels beside
+# the tree, both folders listed in .git/info/exclude and carried:
+#   .whl/     cp312 manylinux wheels, --no-deps: opacus, pydantic, pydantic-core, annotated-types,
+#             typing-inspection, typing-extensions, pydicom, dp-accounting, dm-tree
+#   .devdata/ a data root: cbis-ddsm/ and bcdr/ whole, synthetic/c-dcgan/ cut to 600 patches
+#             (the whole set exceeds the 64 MiB a call carries); DPMAMMO_DATA=$PWD/.devdata/mammo_dp
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
