@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from dpmammo.errors import DpMammoError
 from dpmammo.files import write_json_atomic
 from dpmammo.privacy.accounting import epsilon_of
-from dpmammo.privacy.config import UNIT_WORDS, ReleasePrivacyConfig, Unit
+from dpmammo.privacy.config import UNIT_WORDS, PrivacyConfig, ReleasePrivacyConfig, Unit
 
 Guarantee = Literal["dp", "none", "public"]
 # Why a stage gives no guarantee.
@@ -148,9 +148,9 @@ def weights_stage(path: Path, *, declared_public: bool) -> StageSpend:
                            "(public_weights): whatever it was trained on is unaccounted")
 
 
-def prior_history(upstream: list[StageSpend], privacy) -> list[tuple[float, float, int]]:
+def prior_history(upstream: list[StageSpend], privacy: Optional[PrivacyConfig]) -> list[tuple[float, float, int]]:
     """The (σ, q, steps) of the DP stages in `upstream`, for a stage whose `privacy.target` is the
-    chain's total (a PrivacyConfig); [] for a stage-only target. The total is an RDP composition
+    chain's total; [] for a stage-only target or a non-private stage. The total is an RDP composition
     in one unit, so anything else is refused, as is an input that carries no guarantee at all."""
     if privacy is None or privacy.target != "total":
         return []
