@@ -160,12 +160,13 @@ def choose_grad_sample_mode(model: nn.Module) -> str:
     grad sampler: conv, norms, the Swin bias table); otherwise ghost when linear layers hold most of
     the trainable weights, else hooks.
 
-    Measured on this 2-core CPU (benchmarks/README.md, 2026-11-26), DP step vs non-private:
-    cnn-small 1.36–1.78× book-keeping vs 1.84–2.45× hooks; swin_t 1.45× vs 2.02× ghost; a
-    768→384→2 head on cached features 7.9–9.1 ms vs 8.9–9.5 ms ghost and 100–140 ms hooks.
+    Measured on this 2-core CPU with freed memory kept (benchmarks/README.md, 2026-11-26, second
+    session), DP step vs non-private: cnn-small 1.24× book-keeping vs 1.49× hooks and 2.01× ghost;
+    swin_t 1.12× (1.32× before the per-layer rule, when hooks took 1.41× and ghost 2.05×); a
+    768→384→2 head on cached features 5.4–8.7 ms vs 5.2–10 ms ghost and 34–71 ms hooks.
     Book-keeping keeps the layers' outputs and some per-sample gradients until the clipping factors
-    are known: its peak memory is the highest of the modes (swin_t at batch 32: 8.7 GB vs 6.1 GB
-    ghost); lower train.physical_batch_size if that matters.
+    are known: its peak memory is the highest of the modes (swin_t at batch 32: 10.3 GB vs 4.8 GB
+    non-private); lower train.physical_batch_size if that matters.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if params and unsupported_layer(model) is None:

@@ -4,9 +4,10 @@ are computed.
 Opacus's secure-mode noise (four Gaussian draws per coordinate, against floating-point attacks)
 takes 4.3 ms per step for a 768→384→2 head on this project's 2-core CPU: half of a book-keeping
 step. The noise does not depend on the gradient, so `NoiseAhead.start` (called when a logical
-batch begins) draws it on a second core while the first computes the clipped sum, and the
-optimizer's `add_noise` takes it. CPU time is unchanged; the wall time overlaps the two (a third
-off the paper grid's head-only runs, benchmarks/README.md).
+batch begins, or by the training loop right after the previous step of the same epoch) draws it on
+a second core while the first computes the clipped sum, and the optimizer's `add_noise` takes it.
+CPU time is unchanged; the wall time overlaps the two (a third off the paper grid's head-only
+runs, benchmarks/README.md).
 
 Each step's noise comes from a fresh generator on the parameters' device, seeded with 63 bits
 drawn from the stage's secret generator in the calling thread, in step order: the secret

@@ -135,7 +135,7 @@ def build_runs(study: "StudyConfig", condition: str, eps: float, seed: int,
 
 
 def stage_config(study: "StudyConfig", stage: str, *, train_sets: list[str], eps: float, seed: int,
-                 model: Optional[dict[str, Any]] = None, target: str = "stage") -> TrainConfig:
+                 model: Optional[dict[str, Any]] = None, target: Literal["stage", "total"] = "stage") -> TrainConfig:
     """The shared settings of `study`, then its `dp` block (DP stages only), then the stage's
     overrides; with this stage's data, ε (for the stage, or its chain's `total`) and seed."""
     privacy = study.privacy_for(eps, target)
