@@ -24,11 +24,12 @@ E2E_GENERATOR = ("{generator: dp-merf, data: {train: [cbis-ddsm/train]}, model: 
 # A preset that is another one plus overrides (one source of truth: no copy to drift apart).
 # quick-audit: head-only fine-tuning audited with LiRA and 16 reference models (cheap on cached
 # features), full-model conditions with one training run and 200 mislabelled canaries.
-# quick-e2e: the whole chain on CPU: a DP generator takes half of each ε, the DP fine-tune on its
-# synthetic pretraining the other half, beside real-only DP at the same total ε. `synthetic` comes
+# quick-e2e: the whole chain on CPU: a DP generator trained at half of each ε, then the DP fine-tune on
+# its synthetic pretraining calibrated so that the chain's RDP total is ε, beside real-only DP at ε. `synthetic` comes
 # free (it is the pretrain run). No ε = ∞ column, to keep it within ~45 min on 2 cores
-# (--set "epsilons=[1, 6, inf]" adds a non-private generator and its runs). Measured 11 min 14 s on this
-# project's 2-core machine (load average ~2, 2026-11-25): generators 1.9 + 1.8 min, quality step included.
+# (--set "epsilons=[1, 6, inf]" adds a non-private generator and its runs). Measured 7 min 41 s on this
+# project's 2-core machine (load average 1.8, 2026-11-26), quality step included (11 min 14 s on 2026-11-25,
+# before freed memory was kept and the fine-tune got the chain total).
 DERIVED = {
     "quick-audit": ("quick", ["name=quick-audit", "audit={method: auto, models: 16, canaries: 200, seed: 0}"]),
     "quick-e2e": ("quick", ["name=quick-e2e", "conditions=[real, synthetic, synthetic→real]", "epsilons=[1, 6]",
