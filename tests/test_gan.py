@@ -218,9 +218,10 @@ def test_dp_gan_protects_patients_of_the_real_data(real_root, tmp_path, mode):
     assert acc.get_epsilon(own.delta) == pytest.approx(own.epsilon, rel=0.01)
 
 
-# --- the small-data recipe: DiffAugment, spectral norm, EMA, flips, label smoothing, kernel 6 -------
+# --- the small-data recipe: DiffAugment, spectral norm, EMA, flips, label smoothing, kernel 6, AC-GAN
 
-RECIPE = {"model": {"d_norm": "none", "d_kernel": 6, "spectral_norm": True, "d_projection": True},
+RECIPE = {"model": {"d_norm": "none", "d_kernel": 6, "spectral_norm": True, "d_projection": True,
+                    "d_classifier": True},
           "train": {"flips": True, "diffaugment": ["translation"], "label_smoothing": 0.1,
                     "ema_decay": 0.99}}
 
@@ -234,7 +235,7 @@ def recipe_run(phantoms, tmp_path_factory) -> Path:
 
 def test_recipe_gan_honours_the_condition_and_saves_the_ema_generator(recipe_run, classifier):
     gen, cfg = load_generator(recipe_run)
-    assert cfg.train.ema_decay == 0.99 and cfg.model.spectral_norm
+    assert cfg.train.ema_decay == 0.99 and cfg.model.spectral_norm and cfg.model.d_classifier
     labels = intended_labels(400, 0.5)
     _, model = load_run_model(classifier)
     auroc = roc_auc_score(labels.numpy(), predict_proba(model, generate(gen, labels, seed=0)))
@@ -272,6 +273,8 @@ def test_diffaugment_is_differentiable_per_sample_and_seeded():
 def test_dp_recipe_trains_and_spectral_norm_is_refused_under_dp(phantoms, tmp_path):
     with pytest.raises(DpMammoError, match="spectral_norm"):
         gan_config(phantoms, **RECIPE, privacy={"target_epsilon": 3.0, "delta": 1e-3})
+    with pytest.raises(DpMammoError, match="d_classifier"):  # its pass on private rows is not clipped per unit
+        gan_config(phantoms, model={"d_classifier": True}, privacy={"target_epsilon": 3.0, "delta": 1e-3})
     cfg = gan_config(phantoms, model={"d_kernel": 6}, train={**RECIPE["train"], "epochs": 1, "batch_size": 32,
                                                               "sample_every": 0},
                      privacy={"target_epsilon": 3.0, "delta": 1e-3, "grad_sample_mode": "functorch"})

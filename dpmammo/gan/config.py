@@ -49,6 +49,10 @@ class GanModelConfig(GeneratorShape):
     spectral_norm: bool = Field(
         False, description="spectral normalisation of the discriminator's weights (Miyato et al., 2018); "
                            "non-private only (Opacus computes no per-sample gradients through it)")
+    d_classifier: bool = Field(
+        False, description="an auxiliary classifier on the discriminator's trunk (AC-GAN, Odena et al., 2017): "
+                           "it learns the class of real patches, and the generator is also trained to make its "
+                           "patches classified as their label; non-private only")
 
 
 class GanOptimConfig(StrictModel):
@@ -70,6 +74,9 @@ class GanTrainSettings(StrictModel):
         [], description="differentiable augmentation of every image the discriminator sees, real and generated "
                         "(DiffAugment, Zhao et al., 2020): keeps D from memorising a small training set")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="one-sided label smoothing: real target 1 - s")
+    classifier_weight: float = Field(
+        1.0, gt=0, description="weight of the auxiliary classifier's cross-entropy in both players' losses "
+                               "(with model.d_classifier)")
     ema_decay: Optional[float] = Field(
         None, gt=0, lt=1, description="keep an exponential moving average of the generator's weights with this decay "
                                       "(e.g. 0.999) and save that one; absent: save the last generator")
@@ -89,4 +96,8 @@ class GanConfig(StrictModel):
         if self.privacy is not None and self.model.spectral_norm:
             raise ValueError("model.spectral_norm: not supported with a DP discriminator (Opacus has no per-sample "
                              "gradients through it); set model.spectral_norm=false or drop the privacy block")
+        if self.privacy is not None and self.model.d_classifier:
+            raise ValueError("model.d_classifier: not supported with a DP discriminator (its second forward pass "
+                             "on private rows is not clipped per unit); set model.d_classifier=false or drop the "
+                             "privacy block")
         return self

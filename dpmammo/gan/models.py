@@ -90,6 +90,9 @@ class Discriminator(nn.Module):
         # channel alone lets D ignore the label while augmentation makes its job hard; the inner
         # product makes "does this look like class y" part of every logit.
         self.project = nn.Embedding(N_CLASSES, _channels(w, n - 1)) if cfg.d_projection else None
+        # AC-GAN's auxiliary classifier shares the trunk; it sees the patch with a blank label
+        # channel (it must not read the answer), pooled.
+        self.classifier = nn.Linear(_channels(w, n - 1), N_CLASSES) if cfg.d_classifier else None
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         c = self.cond(self.embed(labels)).view(-1, 1, self.image_size, self.image_size)
@@ -98,6 +101,13 @@ class Discriminator(nn.Module):
         if self.project is not None:
             logit = logit + (self.project(labels) * h.sum(dim=(2, 3))).sum(1)
         return logit
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits (N, 2) of patches, without their labels (model.d_classifier)."""
+        if self.classifier is None:
+            raise RuntimeError("this discriminator has no auxiliary classifier (model.d_classifier=false)")
+        blank = torch.zeros_like(x)
+        return self.classifier(self.net(torch.cat([x, blank], dim=1)).mean(dim=(2, 3)))
 
 
 def _norm(kind: str, channels: int) -> list[nn.Module]:

@@ -198,7 +198,14 @@ def d_step(d_train, opt_d, dp, gen_model, images, labels, batch: Batch, cfg: Gan
         loss = criterion(logits, target[part])
         total += loss.item() * len(logits)
         if dp is None:
-            (loss * len(logits) / b).backward()  # plain accumulation is exact when nothing is clipped
+            loss = loss * len(logits) / b  # plain accumulation is exact when nothing is clipped
+            if cfg.model.d_classifier:  # AC-GAN: D also learns the class, from the real rows only
+                real_rows = slice(part.start, min(part.stop, len(idx)))  # real rows come first
+                if real_rows.stop > real_rows.start:
+                    cls = d_train.classify(x_all[real_rows])
+                    loss = loss + cfg.train.classifier_weight * F.cross_entropy(
+                        cls, y_all[real_rows], reduction="sum") / len(idx)
+            loss.backward()
             if last:
                 opt_d.step()
                 opt_d.zero_grad(set_to_none=True)
@@ -215,8 +222,11 @@ def g_step(d_train, opt_g, gen_model, dp, cfg: GanConfig, rng, device) -> float:
     if dp is not None:
         d_train.disable_hooks()  # no per-sample gradients for D here: they would leak into its next step
     try:
-        logits = d_train(augment(gen_model(z, y), cfg, rng), y)
+        fake = augment(gen_model(z, y), cfg, rng)
+        logits = d_train(fake, y)
         loss = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+        if cfg.model.d_classifier:  # AC-GAN: patches that D's classifier assigns to their label
+            loss = loss + cfg.train.classifier_weight * F.cross_entropy(d_train.classify(fake), y)
         opt_g.zero_grad(set_to_none=True)
         loss.backward(inputs=list(gen_model.parameters()))
         opt_g.step()
