@@ -25,8 +25,8 @@ E2E_GENERATOR = ("{generator: dp-merf, data: {train: [cbis-ddsm/train]}, model: 
 # quick-audit: head-only fine-tuning audited with LiRA and 16 reference models (cheap on cached
 # features), full-model conditions with one training run and 200 mislabelled canaries.
 # quick-e2e: the whole chain on CPU: a DP generator trained at half of each ε, then the DP fine-tune on
-# its synthetic pretraining calibrated so that the chain's RDP total is ε, beside real-only DP at ε. `synthetic` comes
-# free (it is the pretrain run). No ε = ∞ column, to keep it within ~45 min on 2 cores
+# its synthetic pretraining calibrated so that the chain's RDP total is ε, beside real-only DP at ε.
+# `synthetic` comes free (it is the pretrain run). No ε = ∞ column, to keep it within ~45 min on 2 cores
 # (--set "epsilons=[1, 6, inf]" adds a non-private generator and its runs). Measured 7 min 41 s on this
 # project's 2-core machine (load average 1.8, 2026-11-26), quality step included (11 min 14 s on 2026-11-25,
 # before freed memory was kept and the fine-tune got the chain total).
