@@ -63,3 +63,21 @@ def test_train_then_evaluate_then_refuse_overwrite(tmp_path, phantom_root):
     assert m["auroc_ci95"][0] <= m["auroc"] <= m["auroc_ci95"][1]
     assert (tmp_path / "run" / "eval" / "phantom_test_roc.png").stat().st_size > 1000
     assert_one_line_error(dpmammo("train", cfg, "--out", tmp_path / "run"), "already holds a finished run")
+
+
+def test_every_shipped_config_validates():
+    """A typo in a shipped config (an unknown or misspelled key, a bad value) fails here, not in a user's run."""
+    from dpmammo.config import load_config
+    from dpmammo.gan.registry import load_generator_config
+    from dpmammo.train import TrainConfig
+
+    generators = {"gan.yaml", "gan-dp.yaml", "mcgan-64.yaml", "dp-merf.yaml"}
+    classifiers = {"cnn-small.yaml", "cnn-small-dp.yaml", "swin-t-dp.yaml"}
+    shipped = {p.name for p in (REPO / "configs").glob("*.yaml")}
+    assert shipped == generators | classifiers, "list a new config under generators or classifiers"
+    for name in sorted(generators):
+        load_generator_config(REPO / "configs" / name)
+    for name in sorted(classifiers):
+        load_config(TrainConfig, REPO / "configs" / name)
+    recipe = load_generator_config(REPO / "configs" / "mcgan-64.yaml")
+    assert recipe.model.d_classifier and recipe.train.classifier_weight == 0.25 and recipe.privacy is None
