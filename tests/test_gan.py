@@ -246,6 +246,40 @@ def test_recipe_gan_honours_the_condition_and_saves_the_ema_generator(recipe_run
     assert ckpt_free and metrics["training_data"]["sets"]["phantom/train"]["patches"] == 400
 
 
+def test_auxiliary_classifiers_learn_from_their_own_rows_in_any_chunking(phantoms):
+    """AC-GAN's classifier learns from the real rows, TAC-GAN's twin from the generated rows; the
+    discriminator's classifier loss is the same whether the batch runs in one chunk or several."""
+    from dpmammo.gan.models import build
+    from dpmammo.gan.train import d_classifier_loss
+
+    with pytest.raises(DpMammoError, match="d_twin_classifier: needs model.d_classifier"):
+        gan_config(phantoms, model={"d_twin_classifier": True})
+    cfg = gan_config(phantoms, model={"image_size": 16, "d_width": 8, "d_classifier": True,
+                                      "d_twin_classifier": True})
+    _, disc = build(cfg.model, 0)
+    torch.manual_seed(0)
+    n_real, n_fake = 5, 7
+    x, y = torch.randn(n_real + n_fake, 1, 16, 16), torch.randint(0, 2, (n_real + n_fake,))
+    cls, twin = disc.classify(x)
+    ce = torch.nn.functional.cross_entropy
+    expected = ce(cls[:n_real], y[:n_real]) + ce(twin[n_real:], y[n_real:])
+    whole = d_classifier_loss(disc, x, y, slice(0, 12), n_real, n_fake)
+    chunked = sum(d_classifier_loss(disc, x, y, slice(a, min(a + 4, 12)), n_real, n_fake) for a in range(0, 12, 4))
+    assert whole.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert chunked.item() == pytest.approx(expected.item(), rel=1e-5)
+    # Only real rows in the chunk: the twin gets no gradient; only generated rows: the classifier gets none.
+    for part, learns, idle in ((slice(0, n_real), disc.classifier, disc.twin),
+                               (slice(n_real, 12), disc.twin, disc.classifier)):
+        disc.zero_grad(set_to_none=True)
+        d_classifier_loss(disc, x, y, part, n_real, n_fake).backward()
+        assert learns.weight.grad.abs().sum() > 0
+        assert idle.weight.grad is None or idle.weight.grad.abs().sum() == 0
+    # Without the twin, generated rows cost nothing (AC-GAN).
+    ac = gan_config(phantoms, model={"image_size": 16, "d_width": 8, "d_classifier": True})
+    _, disc_ac = build(ac.model, 0)
+    assert d_classifier_loss(disc_ac, x, y, slice(n_real, 12), n_real, n_fake).item() == 0.0
+
+
 def test_diffaugment_is_differentiable_per_sample_and_seeded():
     from dpmammo.gan.augment import diff_augment, flip_real
 

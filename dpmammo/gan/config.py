@@ -53,6 +53,11 @@ class GanModelConfig(GeneratorShape):
         False, description="an auxiliary classifier on the discriminator's trunk (AC-GAN, Odena et al., 2017): "
                            "it learns the class of real patches, and the generator is also trained to make its "
                            "patches classified as their label; non-private only")
+    d_twin_classifier: bool = Field(
+        False, description="with d_classifier: a twin classifier learns the class of generated patches, and the "
+                           "generator's classifier term becomes CE(classifier) - CE(twin) (TAC-GAN, Gong et al., "
+                           "2019), which removes AC-GAN's pull towards patches that are easier to classify than "
+                           "real ones")
 
 
 class GanOptimConfig(StrictModel):
@@ -96,6 +101,9 @@ class GanConfig(StrictModel):
         if self.privacy is not None and self.model.spectral_norm:
             raise ValueError("model.spectral_norm: not supported with a DP discriminator (Opacus has no per-sample "
                              "gradients through it); set model.spectral_norm=false or drop the privacy block")
+        if self.model.d_twin_classifier and not self.model.d_classifier:
+            raise ValueError("model.d_twin_classifier: needs model.d_classifier=true (the twin corrects that "
+                             "classifier's term)")
         if self.privacy is not None and self.model.d_classifier:
             raise ValueError("model.d_classifier: not supported with a DP discriminator (its second forward pass "
                              "on private rows is not clipped per unit); set model.d_classifier=false or drop the "

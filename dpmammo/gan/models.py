@@ -93,6 +93,8 @@ class Discriminator(nn.Module):
         # AC-GAN's auxiliary classifier shares the trunk; it sees the patch with a blank label
         # channel (it must not read the answer), pooled.
         self.classifier = nn.Linear(_channels(w, n - 1), N_CLASSES) if cfg.d_classifier else None
+        # TAC-GAN's twin learns the class of generated patches on the same features.
+        self.twin = nn.Linear(_channels(w, n - 1), N_CLASSES) if cfg.d_twin_classifier else None
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         c = self.cond(self.embed(labels)).view(-1, 1, self.image_size, self.image_size)
@@ -102,12 +104,14 @@ class Discriminator(nn.Module):
             logit = logit + (self.project(labels) * h.sum(dim=(2, 3))).sum(1)
         return logit
 
-    def classify(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits (N, 2) of patches, without their labels (model.d_classifier)."""
+    def classify(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Class logits (N, 2) of patches, without their labels, from the classifier and the twin
+        (None without model.d_twin_classifier); one pass through the trunk serves both."""
         if self.classifier is None:
             raise RuntimeError("this discriminator has no auxiliary classifier (model.d_classifier=false)")
         blank = torch.zeros_like(x)
-        return self.classifier(self.net(torch.cat([x, blank], dim=1)).mean(dim=(2, 3)))
+        h = self.net(torch.cat([x, blank], dim=1)).mean(dim=(2, 3))
+        return self.classifier(h), None if self.twin is None else self.twin(h)
 
 
 def _norm(kind: str, channels: int) -> list[nn.Module]:

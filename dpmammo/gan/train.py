@@ -199,12 +199,8 @@ def d_step(d_train, opt_d, dp, gen_model, images, labels, batch: Batch, cfg: Gan
         total += loss.item() * len(logits)
         if dp is None:
             loss = loss * len(logits) / b  # plain accumulation is exact when nothing is clipped
-            if cfg.model.d_classifier:  # AC-GAN: D also learns the class, from the real rows only
-                real_rows = slice(part.start, min(part.stop, len(idx)))  # real rows come first
-                if real_rows.stop > real_rows.start:
-                    cls = d_train.classify(x_all[real_rows])
-                    loss = loss + cfg.train.classifier_weight * F.cross_entropy(
-                        cls, y_all[real_rows], reduction="sum") / len(idx)
+            if cfg.model.d_classifier:
+                loss = loss + cfg.train.classifier_weight * d_classifier_loss(d_train, x_all, y_all, part, len(idx), b)
             loss.backward()
             if last:
                 opt_d.step()
@@ -216,6 +212,25 @@ def d_step(d_train, opt_d, dp, gen_model, images, labels, batch: Batch, cfg: Gan
     return total / b
 
 
+def d_classifier_loss(d_train, x_all, y_all, part: slice, n_real: int, n_fake: int) -> torch.Tensor:
+    """The auxiliary classifiers' share of one chunk of the discriminator's loss (non-private only).
+
+    AC-GAN: the classifier learns the real rows' classes (mean over the real rows of the batch).
+    TAC-GAN: the twin also learns the generated rows' classes (mean over the fake rows), so that
+    the generator can be kept from exaggerating the classes (see `g_step`). Real rows come first.
+    """
+    twin_on = d_train.twin is not None
+    rows = slice(part.start, part.stop if twin_on else min(part.stop, n_real))
+    if rows.stop <= rows.start:
+        return torch.zeros(())
+    cls, twin = d_train.classify(x_all[rows])
+    split = max(0, min(n_real, rows.stop) - rows.start)  # real rows of this chunk: the first `split`
+    loss = F.cross_entropy(cls[:split], y_all[rows][:split], reduction="sum") / n_real if split else 0.0
+    if twin_on and split < len(cls):
+        loss = loss + F.cross_entropy(twin[split:], y_all[rows][split:], reduction="sum") / n_fake
+    return loss
+
+
 def g_step(d_train, opt_g, gen_model, dp, cfg: GanConfig, rng, device) -> float:
     """Non-saturating generator loss through the (released) discriminator; touches no real data."""
     z, y = random_inputs(cfg.train.batch_size, cfg, rng, device)
@@ -225,8 +240,12 @@ def g_step(d_train, opt_g, gen_model, dp, cfg: GanConfig, rng, device) -> float:
         fake = augment(gen_model(z, y), cfg, rng)
         logits = d_train(fake, y)
         loss = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
-        if cfg.model.d_classifier:  # AC-GAN: patches that D's classifier assigns to their label
-            loss = loss + cfg.train.classifier_weight * F.cross_entropy(d_train.classify(fake), y)
+        if cfg.model.d_classifier:  # AC-GAN: patches that D's classifier assigns to their label ...
+            cls, twin = d_train.classify(fake)
+            term = F.cross_entropy(cls, y)
+            if twin is not None:  # ... TAC-GAN: but no easier to classify than the real ones
+                term = term - F.cross_entropy(twin, y)
+            loss = loss + cfg.train.classifier_weight * term
         opt_g.zero_grad(set_to_none=True)
         loss.backward(inputs=list(gen_model.parameters()))
         opt_g.step()
