@@ -29,9 +29,9 @@ class GeneratorShape(StrictModel):
     embed_dim: int = Field(50, ge=1, description="label embedding size (generator and discriminator)")
     cond_dim: int = Field(50, ge=1, description="generator: the embedded label's linear map, concatenated with z")
     g_width: int = Field(64, ge=4, le=512, description="generator channels at the last upsampling; doubles per level up to 8×")
-    g_upsample: Literal["transposed", "bilinear"] = Field(
-        "transposed", description="the generator's 2× steps: DCGAN's 4×4 transposed convolution, or a bilinear "
-                                  "resize then a 3×3 convolution (no checkerboard artefacts)")
+    g_upsample: Literal["transposed", "blurred"] = Field(
+        "transposed", description="the generator's 2× steps: DCGAN's 4×4 transposed convolution, or that followed by "
+                                  "a fixed binomial blur (removes its checkerboard artefacts)")
 
     @field_validator("image_size")
     @classmethod

@@ -17,6 +17,7 @@ import math
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dpmammo.gan.config import GanModelConfig, GeneratorShape
@@ -68,13 +69,27 @@ class Generator(nn.Module):
 
 
 def _upsample(cin: int, cout: int, mode: str) -> list[nn.Module]:
-    """One 2× step of the generator. DCGAN's 4×4 stride-2 transposed convolution covers the output
-    pixels unevenly and leaves a checkerboard (Odena et al., 2016, Distill); "bilinear" resizes and
-    then convolves 3×3, which cannot. On cbis-ddsm at 64 px the checkerboard dominated FRD: a
-    Gaussian blur (sigma 1) of transposed-convolution samples took FRD from 152 to 43."""
-    if mode == "transposed":
-        return [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False)]
-    return [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), nn.Conv2d(cin, cout, 3, 1, 1, bias=False)]
+    """One 2× step of the generator: DCGAN's 4×4 stride-2 transposed convolution, which covers the
+    output pixels unevenly and leaves a checkerboard (Odena et al., 2016, Distill); "blurred"
+    follows it with a fixed binomial low-pass, as StyleGAN's upsampling does (Karras et al., 2019),
+    whose response at the Nyquist frequencies, where the checkerboard lives, is zero. On
+    cbis-ddsm at 64 px the checkerboard dominated FRD: a Gaussian blur (sigma 1) of
+    transposed-convolution samples took FRD from 152 to 43."""
+    up = nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False)
+    return [up, Blur(cout)] if mode == "blurred" else [up]
+
+
+class Blur(nn.Module):
+    """Depthwise [1, 2, 1] ⊗ [1, 2, 1] / 16 filter, edges replicated; no parameters."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        k = torch.tensor([1.0, 2.0, 1.0])
+        self.register_buffer("kernel", (torch.outer(k, k) / 16).expand(channels, 1, 3, 3).contiguous(),
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), self.kernel, groups=x.shape[1])
 
 
 class Discriminator(nn.Module):
