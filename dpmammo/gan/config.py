@@ -32,6 +32,10 @@ class GeneratorShape(StrictModel):
     g_upsample: Literal["transposed", "blurred"] = Field(
         "transposed", description="the generator's 2× steps: DCGAN's 4×4 transposed convolution, or that followed by "
                                   "a fixed binomial blur (removes its checkerboard artefacts)")
+    sample_blur: float = Field(
+        0.0, ge=0, le=2, description="σ in pixels of a Gaussian low-pass applied to sampled patches only (training "
+                                     "never sees it): it damps the high frequencies the transposed convolutions "
+                                     "add, which radiomics texture features (FRD) weigh heavily; 0: none")
 
     @field_validator("image_size")
     @classmethod

@@ -59,7 +59,7 @@ def generate(gen: Generator, labels: torch.Tensor, seed: int) -> torch.Tensor:
     out = []
     for y in labels.split(BATCH):
         z = torch.randn(len(y), gen.latent_dim, generator=rng)
-        out.append(to_uint8(gen(z, y)))
+        out.append(to_uint8(gen.render(z, y)))
     return torch.cat(out)
 
 

@@ -272,7 +272,7 @@ def grid_inputs(shape: GeneratorShape, seed: int) -> tuple[torch.Tensor, torch.T
 def write_grid(gen_model, z, y, path: Path, device) -> None:
     was = gen_model.training
     gen_model.eval()
-    x = gen_model(z.to(device), y.to(device)).cpu()
+    x = gen_model.render(z.to(device), y.to(device)).cpu()
     gen_model.train(was)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(x.add(1).div(2).clamp(0, 1), path, nrow=GRID_COLUMNS, padding=2)
