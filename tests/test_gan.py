@@ -287,7 +287,8 @@ def test_sample_blur_filters_what_users_get_and_not_what_trains():
     z, y = torch.randn(64, 100, generator=torch.Generator().manual_seed(0)), torch.arange(64) % 2
     plain, _ = build(GanModelConfig(image_size=SIZE, g_width=16), 0)
     blurred, _ = build(GanModelConfig(image_size=SIZE, g_width=16, sample_blur=0.6), 0)
-    plain.eval(), blurred.eval()
+    plain.eval()
+    blurred.eval()
     with torch.no_grad():
         assert torch.equal(plain(z, y), blurred(z, y)) and torch.equal(plain.render(z, y), plain(z, y))
         share_plain, share_sampled = nyquist_share(plain(z, y)), nyquist_share(blurred.render(z, y))
@@ -382,4 +383,3 @@ def test_a_generator_never_trains_on_a_test_split_and_provenance_names_its_patch
     rel = sorted(str(Path(r.path).relative_to(phantoms)) for r in load_set(phantoms, "phantom/train"))
     assert seen["patches_sha256"] == hashlib.sha256("\n".join(rel).encode()).hexdigest()
     assert seen["sets"] == {"phantom/train": {"patches": 400, "malignant": 200, "patients": 400}}
-
