@@ -1,5 +1,13 @@
 """The conditional GAN: the condition is honoured, DP spend is right, sampling is reproducible and
-its provenance flows into a classifier's privacy record."""
+its provenance flows into a classifier's privacy record.
+
+Conditioning is judged on phantoms whose malignant masses are also denser (`density_gap`), as
+real malignant masses are on average (mean grey +9 in cbis-ddsm/train). On the shape-only
+phantoms a test-sized GAN (32 px, 750 steps) does not learn the boundary shapes, and whether a
+phantom classifier reads its samples as the intended class was luck of the seed (class fidelity
+of the recipe 0.844/0.785/0.851/0.141 at training seeds 0-3; the reference's conditioning alone
+0.695/0.230 at seeds 1/2). With the density gap the recipe measured 1.000/0.998/1.000/1.000 at
+seeds 0-3 and its DP variant at ε = 10 1.000 in five runs with secret noise."""
 
 from __future__ import annotations
 
@@ -46,21 +54,64 @@ def phantoms(phantom_root) -> Path:
 
 
 @pytest.fixture(scope="module")
-def classifier(phantoms, tmp_path_factory) -> Path:
-    """A phantom-trained classifier: the judge of whether samples carry their intended label."""
-    out = tmp_path_factory.mktemp("clf") / "run"
-    cfg = TrainConfig(data=DataConfig(root=phantoms, train=["phantom/train"], val="phantom/val"),
-                      model=CnnSmallConfig(input_size=SIZE, width=16), optim=OptimConfig(lr=3e-3),
-                      train=TrainSettings(epochs=15, batch_size=32, device="cpu"))
-    metrics = fit(cfg, out, progress=False)
-    assert metrics["val"]["auroc"] >= 0.8  # the judge itself must see the classes (measured 0.848)
-    return out
+def dense_phantoms(tmp_path_factory) -> Path:
+    """Phantoms whose malignant masses are 0.2 denser (contrast 0.42-0.65 vs 0.22-0.45): a class
+    difference a GAN of test size learns (see the module docstring)."""
+    from dpmammo.data.phantoms import make_phantoms
+
+    return make_phantoms(tmp_path_factory.mktemp("dense"), n=400, seed=0, size=128, density_gap=0.2)
+
+
+def test_dense_phantoms_differ_from_the_plain_ones_only_in_malignant_density(phantoms, dense_phantoms):
+    """Same seed: benign patches are the same, malignant ones brighter (mean grey of the patch at 32 px)."""
+    from dpmammo.data.images import load_images
+
+    grey = {}
+    for name, root in (("plain", phantoms), ("dense", dense_phantoms)):
+        recs = sorted(load_set(root, "phantom/train"), key=lambda r: Path(r.path).name)
+        x = load_images(recs, SIZE).float().mean(dim=(1, 2, 3))
+        grey[name] = {c: x[torch.tensor([r.label == c for r in recs])] for c in (0, 1)}
+    assert torch.equal(grey["plain"][0], grey["dense"][0])
+    assert (grey["dense"][1] >= grey["plain"][1]).all() and (grey["dense"][1] - grey["plain"][1]).mean() > 2  # measured 3.2
+    with pytest.raises(DpMammoError, match="density_gap"):
+        from dpmammo.data.phantoms import make_phantoms
+        make_phantoms(Path("unused"), density_gap=0.9)
 
 
 @pytest.fixture(scope="module")
-def gan_run(phantoms, tmp_path_factory) -> Path:
+def classifier(dense_phantoms, tmp_path_factory) -> Path:
+    """A phantom-trained classifier: the judge of whether samples carry their intended label."""
+    out = tmp_path_factory.mktemp("clf") / "run"
+    cfg = TrainConfig(data=DataConfig(root=dense_phantoms, train=["phantom/train"], val="phantom/val"),
+                      model=CnnSmallConfig(input_size=SIZE, width=16), optim=OptimConfig(lr=3e-3),
+                      train=TrainSettings(epochs=15, batch_size=32, device="cpu"))
+    metrics = fit(cfg, out, progress=False)
+    assert metrics["val"]["auroc"] >= 0.8  # the judge itself must see the classes (measured 0.862)
+    return out
+
+
+def class_fidelity(run: Path, classifier: Path, blur: float | None = None) -> float:
+    """AUROC with which the judge recovers the intended labels of 400 balanced samples."""
+    gen, _ = load_generator(run)
+    if blur is not None:
+        gen.sample_blur = blur
+    labels = intended_labels(400, 0.5)
+    _, model = load_run_model(classifier)
+    return roc_auc_score(labels.numpy(), predict_proba(model, generate(gen, labels, seed=0)))
+
+
+# --- the small-data recipe: DiffAugment, spectral norm, EMA, flips, label smoothing, kernel 6, AC-GAN
+
+RECIPE = {"model": {"d_norm": "none", "d_kernel": 6, "spectral_norm": True, "d_projection": True,
+                    "d_classifier": True},
+          "train": {"flips": True, "diffaugment": ["translation"], "label_smoothing": 0.1,
+                    "ema_decay": 0.99}}
+
+
+@pytest.fixture(scope="module")
+def gan_run(dense_phantoms, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("gan") / "run"
-    train_gan(gan_config(phantoms), out, progress=False)
+    train_gan(gan_config(dense_phantoms, **RECIPE), out, progress=False)
     return out
 
 
@@ -73,15 +124,42 @@ def dp_gan_run(phantoms, tmp_path_factory) -> Path:
     return out
 
 
-def test_condition_is_honoured(gan_run, classifier):
-    gen, _ = load_generator(gan_run)
-    labels = intended_labels(400, 0.5)
-    images = generate(gen, labels, seed=0)
-    _, model = load_run_model(classifier)
-    auroc = roc_auc_score(labels.numpy(), predict_proba(model, images))
-    assert auroc >= 0.8, f"a phantom classifier recovers the intended label with AUROC {auroc:.3f} only"
-    assert (gan_run / "samples" / "epoch_030.png").is_file()
-    assert read_privacy(gan_run / "privacy.json").total.reason == "non-private"  # real data, no DP
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_recipe_gan_honours_the_condition_at_every_seed(seed, gan_run, dense_phantoms, classifier, tmp_path):
+    run = gan_run
+    if seed:
+        run = tmp_path / "run"
+        train_gan(gan_config(dense_phantoms, **{**RECIPE, "train": {**RECIPE["train"], "seed": seed}}), run,
+                  progress=False)
+    auroc = class_fidelity(run, classifier)
+    assert auroc >= 0.8, f"seed {seed}: a phantom classifier recovers the intended label with AUROC {auroc:.3f} only"
+    if seed == 0:
+        # configs/mcgan-64.yaml's low-pass on samples keeps the condition
+        auroc = class_fidelity(run, classifier, blur=0.6)
+        assert auroc >= 0.8, f"with sample_blur 0.6 the samples carry their label with AUROC {auroc:.3f} only"
+        gen, cfg = load_generator(run)
+        assert cfg.train.ema_decay == 0.99 and cfg.model.spectral_norm and cfg.model.d_classifier
+        # A finished run keeps no checkpoint, records the patches it saw, and says it gives no guarantee.
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert not (run / "checkpoint.pt").exists()
+        assert metrics["training_data"]["sets"]["phantom/train"]["patches"] == 400
+        assert (run / "samples" / "epoch_030.png").is_file()
+        assert read_privacy(run / "privacy.json").total.reason == "non-private"  # real data, no DP
+
+
+# The recipe without what DP cannot clip per patient (spectral norm, the auxiliary classifier).
+DP_RECIPE = {"model": {"d_kernel": 6}, "train": RECIPE["train"]}
+
+
+def test_dp_gan_honours_the_condition(dense_phantoms, classifier, tmp_path):
+    """The DP discriminator at ε = 10 per patient (seeded noise here so that the test repeats; five
+    runs with secret noise all measured 1.000)."""
+    cfg = gan_config(dense_phantoms, **DP_RECIPE,
+                     privacy={"target_epsilon": 10.0, "delta": 1e-3, "seeded_noise_for_tests": True})
+    train_gan(cfg, tmp_path / "run", progress=False)
+    assert read_privacy(tmp_path / "run" / "privacy.json").own.epsilon <= 10.0
+    auroc = class_fidelity(tmp_path / "run", classifier)
+    assert auroc >= 0.8, f"the DP GAN's samples carry their label with AUROC {auroc:.3f} only"
 
 
 def test_dp_gan_spends_at_most_target_and_matches_dp_accounting(dp_gan_run):
@@ -137,9 +215,9 @@ def test_non_dp_generator_says_no_guarantee(gan_run, tmp_path):
         sample(gan_run, 10, tmp_path / "s", seed=0)
 
 
-def test_score_reports_fidelity_and_feature_distance(gan_run, classifier, phantoms, tmp_path):
+def test_score_reports_fidelity_and_feature_distance(gan_run, classifier, dense_phantoms, tmp_path):
     sample(gan_run, 60, tmp_path / "s", seed=0)
-    s = score(tmp_path / "s", "phantom/val", classifier=classifier, root=phantoms, frd=False)
+    s = score(tmp_path / "s", "phantom/val", classifier=classifier, root=dense_phantoms, frd=False)
     assert s["class_fidelity"]["auroc"] >= 0.8
     assert s["classifier_fd"]["value"] > 0 and s["classifier_fd"]["seconds"] >= 0
     assert s["frd"]["value"] is None
@@ -216,37 +294,6 @@ def test_dp_gan_protects_patients_of_the_real_data(real_root, tmp_path, mode):
     acc.compose(dp_event.PoissonSampledDpEvent(own.sample_rate, dp_event.GaussianDpEvent(own.noise_multiplier)),
                 own.steps)
     assert acc.get_epsilon(own.delta) == pytest.approx(own.epsilon, rel=0.01)
-
-
-# --- the small-data recipe: DiffAugment, spectral norm, EMA, flips, label smoothing, kernel 6, AC-GAN
-
-RECIPE = {"model": {"d_norm": "none", "d_kernel": 6, "spectral_norm": True, "d_projection": True,
-                    "d_classifier": True},
-          "train": {"flips": True, "diffaugment": ["translation"], "label_smoothing": 0.1,
-                    "ema_decay": 0.99}}
-
-
-@pytest.fixture(scope="module")
-def recipe_run(phantoms, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("recipe") / "run"
-    train_gan(gan_config(phantoms, **RECIPE), out, progress=False)
-    return out
-
-
-def test_recipe_gan_honours_the_condition_and_saves_the_ema_generator(recipe_run, classifier):
-    gen, cfg = load_generator(recipe_run)
-    assert cfg.train.ema_decay == 0.99 and cfg.model.spectral_norm and cfg.model.d_classifier
-    labels = intended_labels(400, 0.5)
-    _, model = load_run_model(classifier)
-    auroc = roc_auc_score(labels.numpy(), predict_proba(model, generate(gen, labels, seed=0)))
-    assert auroc >= 0.8, f"the recipe GAN's samples carry their label with AUROC {auroc:.3f} only"
-    gen.sample_blur = 0.6  # configs/mcgan-64.yaml's low-pass on samples keeps the condition
-    auroc = roc_auc_score(labels.numpy(), predict_proba(model, generate(gen, labels, seed=0)))
-    assert auroc >= 0.8, f"with sample_blur 0.6 the recipe GAN's samples carry their label with AUROC {auroc:.3f} only"
-    # A finished run keeps no checkpoint, and records the patches it saw.
-    ckpt_free = not (recipe_run / "checkpoint.pt").exists()
-    metrics = json.loads((recipe_run / "metrics.json").read_text())
-    assert ckpt_free and metrics["training_data"]["sets"]["phantom/train"]["patches"] == 400
 
 
 def nyquist_share(x: torch.Tensor) -> float:

@@ -5,6 +5,9 @@ lobulated, less sharp boundary and radial spicules. Both sit on a textured backg
 noise, like breast parenchyma, with faint linear strands) and carry random size, contrast,
 position and pixel noise. Size, contrast and mean intensity overlap between the classes, so a
 classifier has to look at the boundary (shape, spicules), not at how bright or big a blob is.
+`density_gap` > 0 makes malignant masses denser by that much contrast, as real ones are on
+average: the GAN tests use it, because a test-sized GAN at 32 px does not learn the boundary
+shapes (tests/test_gan.py says what was measured).
 
 Layout written (readable by `dpmammo.data.manifest.index_folder`)::
 
@@ -48,8 +51,9 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
-def make_patch(rng: np.random.Generator, malignant: bool, size: int = 128) -> np.ndarray:
-    """One phantom as a (size, size) uint8 array. All randomness comes from `rng`."""
+def make_patch(rng: np.random.Generator, malignant: bool, size: int = 128, density_gap: float = 0.0) -> np.ndarray:
+    """One phantom as a (size, size) uint8 array. All randomness comes from `rng`; `density_gap` is
+    added to a malignant mass's contrast (see `make_phantoms`)."""
     f32 = np.float32
     s = size / 128.0  # geometry is specified for 128 px and scaled
     yy, xx = np.mgrid[0:size, 0:size].astype(f32)
@@ -121,12 +125,12 @@ def make_patch(rng: np.random.Generator, malignant: bool, size: int = 128) -> np
         line = np.exp(-((perp / w) ** 2)) * (1.0 - t) * (along > f32(0.6 * radius))
         mass = np.maximum(mass, (col(level) * line).max(0))
 
-    img += f32(contrast) * mass
+    img += f32(contrast + (density_gap if malignant else 0.0)) * mass
     img += rng.normal(0.0, rng.uniform(0.015, 0.035), size=img.shape).astype(f32)  # detector noise
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def make_phantoms(out: str | Path, n: int = 400, seed: int = 0, size: int = 128) -> Path:
+def make_phantoms(out: str | Path, n: int = 400, seed: int = 0, size: int = 128, density_gap: float = 0.0) -> Path:
     """Write phantom patches under `out`/phantom and return `out`.
 
     `index_folder(out)` then gives the sets ``phantom/train`` (n patches), ``phantom/val`` and
@@ -136,6 +140,8 @@ def make_phantoms(out: str | Path, n: int = 400, seed: int = 0, size: int = 128)
         raise DpMammoError(f"phantoms: n must be at least 4 (both classes in every split), got {n}")
     if size < 32:
         raise DpMammoError(f"phantoms: size must be at least 32 px, got {size}")
+    if not 0.0 <= density_gap <= 0.5:
+        raise DpMammoError(f"phantoms: density_gap must be in [0, 0.5] (added contrast), got {density_gap}")
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     final = out / DATASET
@@ -149,7 +155,7 @@ def make_phantoms(out: str | Path, n: int = 400, seed: int = 0, size: int = 128)
                 (tmp / split / folder).mkdir(parents=True)
             for label in labels:
                 rng = np.random.default_rng([seed, k])
-                arr = make_patch(rng, bool(label), size)
+                arr = make_patch(rng, bool(label), size, density_gap)
                 name = f"patient{DATASET}__{k}_image{k}_mass{k}_is_benign_{1 - int(label)}.png"
                 Image.fromarray(arr).save(tmp / split / _CLASS_FOLDER[int(label)] / name,
                                                     optimize=False)
