@@ -8,8 +8,8 @@ phantom classifier reads its samples as the intended class was luck of the seed 
 of the recipe 0.844/0.785/0.851/0.141 at training seeds 0-3; the reference's conditioning alone
 0.695/0.230 at seeds 1/2). With the density gap the recipe measured 1.000/0.998/1.000/1.000 at
 seeds 0-3 and its DP variant at ε = 10 1.000 in five runs with secret noise; the reference's
-conditioning alone (the plain config of `gan_config`) 0.064/0.985/1.000/0.965, so the condition
-is asserted for the recipe and its DP variant, which configs/mcgan-64.yaml and the DP tests use."""
+conditioning alone (the plain config of `gan_config`) 0.064/0.985/1.000/0.965. So the condition is
+asserted for the recipe (what configs/mcgan-64.yaml ships) and its DP variant."""
 
 from __future__ import annotations
 
