@@ -11,17 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from sklearn.metrics import roc_auc_score
 
 from dpmammo.config import parse_config
 from dpmammo.errors import DpMammoError
-from dpmammo.evaluate.run import load_run_model
 from dpmammo.gan import sample
 from dpmammo.gan.merf import (embedding_sum, fourier_features, fourier_frequencies, gaussian_release,
                               record_embeddings, train_merf, unit_weights)
 from dpmammo.gan.merf_config import MerfConfig, MerfFeatures, MerfOptim, MerfTrainSettings
 from dpmammo.gan.registry import load_generator_config
-from dpmammo.gan.sample import generate, intended_labels, load_generator
 from dpmammo.models import CnnSmallConfig
 from dpmammo.privacy import read_privacy
 from dpmammo.privacy.accounting import RDP_ORDERS, epsilon_of
@@ -29,10 +26,9 @@ from dpmammo.privacy.config import ReleasePrivacyConfig
 from dpmammo.privacy.ledger import StageSpend, compose, release_stage
 from dpmammo.privacy.sampling import unit_ids
 from dpmammo.train import DataConfig, TrainConfig, TrainSettings, fit
-from dpmammo.train.predict import predict_proba
 from tests.conftest import REPO
 from tests.test_cli import assert_one_line_error, dpmammo
-from tests.test_gan import SIZE, train_judge
+from tests.test_gan import SIZE, class_fidelity, train_judge
 
 GENEROUS = 100.0  # ε of the DP fidelity test: σ = 0.09 at δ = 1e-3; see test_conditioning_is_recovered
 
@@ -89,13 +85,6 @@ def dp_merf_run(phantoms, tmp_path_factory) -> Path:
     return out
 
 
-def fidelity(run: Path, classifier: Path) -> float:
-    gen, _ = load_generator(run)
-    labels = intended_labels(400, 0.5)
-    _, model = load_run_model(classifier)
-    return roc_auc_score(labels.numpy(), predict_proba(model, generate(gen, labels, seed=0)))
-
-
 @pytest.mark.parametrize("which", ["merf_run", "dp_merf_run"])
 def test_conditioning_is_recovered(which, classifier, request):
     """A phantom classifier recovers the intended labels of the samples. Without DP, and with DP at a
@@ -103,7 +92,7 @@ def test_conditioning_is_recovered(which, classifier, request):
     (σ ≥ 0.2) outweighs the difference between the classes' embeddings (measured fidelity 0.27-0.66
     at ε = 30); at ε = 100 (σ = 0.09) the condition survives (0.92; 0.96 without DP)."""
     run = request.getfixturevalue(which)
-    auroc = fidelity(run, classifier)
+    auroc = class_fidelity(run, classifier)
     assert auroc >= 0.8, f"{which}: a phantom classifier recovers the intended label with AUROC {auroc:.3f} only"
     assert (run / "samples" / "epoch_005.png").is_file()
     metrics = json.loads((run / "metrics.json").read_text())
