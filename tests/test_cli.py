@@ -80,4 +80,5 @@ def test_every_shipped_config_validates():
     for name in sorted(classifiers):
         load_config(TrainConfig, REPO / "configs" / name)
     recipe = load_generator_config(REPO / "configs" / "mcgan-64.yaml")
-    assert recipe.model.d_classifier and recipe.train.classifier_weight == 0.25 and recipe.privacy is None
+    assert recipe.model.d_classifier and recipe.model.d_twin_classifier and recipe.train.classifier_weight == 1.0
+    assert recipe.model.sample_blur == 0.6 and recipe.privacy is None
