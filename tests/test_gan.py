@@ -1,15 +1,20 @@
 """The conditional GAN: the condition is honoured, DP spend is right, sampling is reproducible and
 its provenance flows into a classifier's privacy record.
 
-Conditioning is judged on phantoms whose malignant masses are also denser (`density_gap`), as
-real malignant masses are on average (mean grey +9 in cbis-ddsm/train). On the shape-only
-phantoms a test-sized GAN (32 px, 750 steps) does not learn the boundary shapes, and whether a
-phantom classifier reads its samples as the intended class was luck of the seed (class fidelity
-of the recipe 0.844/0.785/0.851/0.141 at training seeds 0-3; the reference's conditioning alone
-0.695/0.230 at seeds 1/2). With the density gap the recipe measured 1.000/0.998/1.000/1.000 at
-seeds 0-3 and its DP variant at ε = 10 1.000 in five runs with secret noise; the reference's
-conditioning alone (the plain config of `gan_config`) 0.064/0.985/1.000/0.965. So the condition is
-asserted for the recipe (what configs/mcgan-64.yaml ships) and its DP variant."""
+Conditioning is judged on phantoms whose malignant masses are also denser (`density_gap` 0.3), as
+real malignant masses are on average (mean grey +9 in cbis-ddsm/train), by a phantom classifier
+(val AUROC 0.945). On the shape-only phantoms a test-sized GAN (32 px, 750 steps) does not learn
+the boundary shapes, and whether the judge read its samples as the intended class was luck of the
+seed (0.844/0.785/0.851/0.141 at training seeds 0-3 for an AC-GAN recipe). With the density gap
+(class fidelity, measured outside the suite at these test settings):
+- the recipe as configs/mcgan-64.yaml ships it (TAC-GAN), at test size: 0.993/0.989/0.989/0.972 at
+  training seeds 0-3, with samples near the phantoms (judge-feature FD 2-6 against 0.29 for real
+  train vs val);
+- its DP variant at ε = 10 per patient, five runs with secret noise: 1.000 ×4 and 0.963; one run
+  each at ε = 3 and ε = 1: 1.000;
+- the reference's conditioning alone (the plain config of `gan_config`): 0.725/1.000/1.000/0.987
+  at seeds 0-3, with no realism to speak of (FD 10-29).
+So the condition is asserted for the shipped recipe at three seeds and for its DP variant."""
 
 from __future__ import annotations
 
@@ -57,11 +62,11 @@ def phantoms(phantom_root) -> Path:
 
 @pytest.fixture(scope="module")
 def dense_phantoms(tmp_path_factory) -> Path:
-    """Phantoms whose malignant masses are 0.2 denser (contrast 0.42-0.65 vs 0.22-0.45): a class
+    """Phantoms whose malignant masses are 0.3 denser (contrast 0.52-0.75 vs 0.22-0.45): a class
     difference a GAN of test size learns (see the module docstring)."""
     from dpmammo.data.phantoms import make_phantoms
 
-    return make_phantoms(tmp_path_factory.mktemp("dense"), n=400, seed=0, size=128, density_gap=0.2)
+    return make_phantoms(tmp_path_factory.mktemp("dense"), n=400, seed=0, size=128, density_gap=0.3)
 
 
 def test_dense_phantoms_differ_from_the_plain_ones_only_in_malignant_density(phantoms, dense_phantoms, tmp_path):
@@ -75,7 +80,7 @@ def test_dense_phantoms_differ_from_the_plain_ones_only_in_malignant_density(pha
         x = load_images(recs, SIZE).float().mean(dim=(1, 2, 3))
         grey[name] = {c: x[torch.tensor([r.label == c for r in recs])] for c in (0, 1)}
     assert torch.equal(grey["plain"][0], grey["dense"][0])
-    assert (grey["dense"][1] >= grey["plain"][1]).all() and (grey["dense"][1] - grey["plain"][1]).mean() > 2  # measured 3.2
+    assert (grey["dense"][1] >= grey["plain"][1]).all() and (grey["dense"][1] - grey["plain"][1]).mean() > 3  # measured 4.7
     with pytest.raises(DpMammoError, match="density_gap"):
         make_phantoms(tmp_path / "refused", density_gap=0.9)
     assert not (tmp_path / "refused").exists()
@@ -93,7 +98,7 @@ def train_judge(root: Path, out: Path) -> float:
 @pytest.fixture(scope="module")
 def classifier(dense_phantoms, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("clf") / "run"
-    assert train_judge(dense_phantoms, out) >= 0.8  # the judge itself must see the classes (measured 0.862)
+    assert train_judge(dense_phantoms, out) >= 0.8  # the judge itself must see the classes (measured 0.945)
     return out
 
 
@@ -107,12 +112,26 @@ def class_fidelity(run: Path, classifier: Path, blur: float | None = None) -> fl
     return roc_auc_score(labels.numpy(), predict_proba(model, generate(gen, labels, seed=0)))
 
 
-# --- the small-data recipe: DiffAugment, spectral norm, EMA, flips, label smoothing, kernel 6, AC-GAN
+# --- the small-data recipe, as configs/mcgan-64.yaml ships it
 
-RECIPE = {"model": {"d_norm": "none", "d_kernel": 6, "spectral_norm": True, "d_projection": True,
-                    "d_classifier": True},
-          "train": {"flips": True, "diffaugment": ["translation"], "label_smoothing": 0.1,
-                    "ema_decay": 0.99}}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shipped_recipe() -> dict:
+    """configs/mcgan-64.yaml's discriminator, classifier terms and augmentations, so that these tests
+    follow what is shipped; resolution, widths, steps and a shorter EMA horizon (0.99, for 750
+    steps) are the test's."""
+    from dpmammo.gan.registry import load_generator_config
+
+    shipped = load_generator_config(REPO / "configs" / "mcgan-64.yaml")
+    m, t = shipped.model, shipped.train
+    return {"model": {k: getattr(m, k) for k in ("d_norm", "d_kernel", "d_projection", "spectral_norm",
+                                                  "d_classifier", "d_twin_classifier")},
+            "train": {"flips": t.flips, "diffaugment": list(t.diffaugment), "label_smoothing": t.label_smoothing,
+                      "classifier_weight": t.classifier_weight, "ema_decay": 0.99}}
+
+
+RECIPE = shipped_recipe()
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +166,7 @@ def test_recipe_run_keeps_the_condition_when_blurred_and_records_what_it_saw(gan
     auroc = class_fidelity(gan_run, classifier, blur=0.6)
     assert auroc >= 0.8, f"with sample_blur 0.6 the samples carry their label with AUROC {auroc:.3f} only"
     _, cfg = load_generator(gan_run)
-    assert cfg.train.ema_decay == 0.99 and cfg.model.spectral_norm and cfg.model.d_classifier
+    assert cfg.train.ema_decay == 0.99 and cfg.model.d_classifier and cfg.model.d_twin_classifier
     # A finished run keeps no checkpoint, records the patches it saw, and says it gives no guarantee.
     metrics = json.loads((gan_run / "metrics.json").read_text())
     assert not (gan_run / "checkpoint.pt").exists()
@@ -156,13 +175,14 @@ def test_recipe_run_keeps_the_condition_when_blurred_and_records_what_it_saw(gan
     assert read_privacy(gan_run / "privacy.json").total.reason == "non-private"  # real data, no DP
 
 
-# The recipe without what DP cannot clip per patient (spectral norm, the auxiliary classifier).
-DP_RECIPE = {"model": {"d_kernel": 6}, "train": RECIPE["train"]}
+# The recipe without what DP cannot clip per patient (the auxiliary classifier and its twin).
+DP_RECIPE = {"model": {"d_kernel": 6},
+             "train": {k: v for k, v in RECIPE["train"].items() if k != "classifier_weight"}}
 
 
 def test_dp_gan_honours_the_condition(dense_phantoms, classifier, tmp_path):
     """The DP discriminator at ε = 10 per patient (seeded noise here so that the test repeats; five
-    runs with secret noise all measured 1.000)."""
+    runs with secret noise measured 1.000 in four and 0.963 in one)."""
     cfg = gan_config(dense_phantoms, **DP_RECIPE,
                      privacy={"target_epsilon": 10.0, "delta": 1e-3, "seeded_noise_for_tests": True})
     train_gan(cfg, tmp_path / "run", progress=False)
@@ -414,11 +434,11 @@ def test_diffaugment_is_differentiable_per_sample_and_seeded():
 
 def test_dp_recipe_trains_and_spectral_norm_is_refused_under_dp(phantoms, tmp_path):
     with pytest.raises(DpMammoError, match="spectral_norm"):
-        gan_config(phantoms, **RECIPE, privacy={"target_epsilon": 3.0, "delta": 1e-3})
+        gan_config(phantoms, model={"spectral_norm": True}, privacy={"target_epsilon": 3.0, "delta": 1e-3})
     with pytest.raises(DpMammoError, match="d_classifier"):  # its pass on private rows is not clipped per unit
-        gan_config(phantoms, model={"d_classifier": True}, privacy={"target_epsilon": 3.0, "delta": 1e-3})
-    cfg = gan_config(phantoms, model={"d_kernel": 6}, train={**RECIPE["train"], "epochs": 1, "batch_size": 32,
-                                                              "sample_every": 0},
+        gan_config(phantoms, **RECIPE, privacy={"target_epsilon": 3.0, "delta": 1e-3})
+    cfg = gan_config(phantoms, model=DP_RECIPE["model"],
+                     train={**DP_RECIPE["train"], "epochs": 1, "batch_size": 32, "sample_every": 0},
                      privacy={"target_epsilon": 3.0, "delta": 1e-3, "grad_sample_mode": "functorch"})
     train_gan(cfg, tmp_path / "run", progress=False)
     assert read_privacy(tmp_path / "run" / "privacy.json").own.epsilon <= 3.0
