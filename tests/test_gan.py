@@ -6,8 +6,8 @@ real malignant masses are on average (mean grey +9 in cbis-ddsm/train), by a pha
 (val AUROC 0.945). On the shape-only phantoms a test-sized GAN (32 px, 750 steps) does not learn
 the boundary shapes, and whether the judge read its samples as the intended class was luck of the
 seed (0.844/0.785/0.851/0.141 at training seeds 0-3 for the earlier test recipe: AC-GAN with
-spectral norm and projection). With the density gap
-(class fidelity, measured outside the suite at these test settings):
+spectral norm and projection). With the density gap (class fidelity, measured outside the suite at
+these test settings):
 - the recipe as configs/mcgan-64.yaml ships it (TAC-GAN), at test size: 0.993/0.989/0.989/0.972 at
   training seeds 0-3, with samples near the phantoms (judge-feature FD 2-6 against 0.29 for real
   train vs val);
