@@ -33,6 +33,7 @@ from dpmammo.errors import DpMammoError
 from dpmammo.evaluate.run import load_run_model
 from dpmammo.gan import GanConfig, sample, score, train_gan
 from dpmammo.gan.models import Discriminator
+from dpmammo.gan.registry import load_generator_config
 from dpmammo.gan.sample import generate, intended_labels, load_generator
 from dpmammo.gan.score import frechet_distance
 from dpmammo.models import CnnSmallConfig
@@ -40,6 +41,7 @@ from dpmammo.privacy import read_privacy
 from dpmammo.privacy.accounting import RDP_ORDERS
 from dpmammo.train import DataConfig, OptimConfig, TrainConfig, TrainSettings, fit
 from dpmammo.train.predict import predict_proba
+from tests.conftest import REPO
 
 SIZE = 32  # GAN and classifier resolution in these tests: the architecture scales with image_size
 
@@ -115,15 +117,10 @@ def class_fidelity(run: Path, classifier: Path, blur: float | None = None) -> fl
 
 # --- the small-data recipe, as configs/mcgan-64.yaml ships it
 
-REPO = Path(__file__).resolve().parents[1]
-
-
 def shipped_recipe() -> dict:
     """configs/mcgan-64.yaml's discriminator, classifier terms and augmentations, so that these tests
     follow what is shipped; resolution, widths, steps and a shorter EMA horizon (0.99, for 750
     steps) are the test's."""
-    from dpmammo.gan.registry import load_generator_config
-
     shipped = load_generator_config(REPO / "configs" / "mcgan-64.yaml")
     m, t = shipped.model, shipped.train
     return {"model": {k: getattr(m, k) for k in ("d_norm", "d_kernel", "d_projection", "spectral_norm",
