@@ -83,16 +83,15 @@ def _build(name: str, frozen: bool):
 
 def _dp_setup(model, batch: int, n: int, mode: str, units: torch.Tensor | None = None):
     """DP-SGD over n records; `units` groups them into patients (default: one unit per record)."""
-    from dpmammo.privacy import PoissonUnits, PrivacyConfig, make_private
+    from dpmammo.privacy import PoissonUnits, PrivacyConfig, SecretKey, make_private
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5, fused=True)  # as dpmammo.train.build_optimizer
     unit = "patch" if units is None else "patient"
     units = torch.arange(n) if units is None else units
     cfg = PrivacyConfig(target_epsilon=6.0, delta=1e-4, grad_sample_mode=mode, unit=unit)
-    sampler = PoissonUnits(units, batch, torch.Generator().manual_seed(0))
-    return make_private(model=model, optimizer=opt, sampler=sampler, epochs=300, config=cfg,
-                        noise_generator=torch.Generator().manual_seed(1))
+    sampler = PoissonUnits(units, batch, SecretKey.fresh())
+    return make_private(model=model, optimizer=opt, sampler=sampler, epochs=300, config=cfg)
 
 
 def measure_full(spec: dict) -> dict:

@@ -1,8 +1,8 @@
 """A run directory, and the one place that knows its files.
 
 Life of a run: new → training (config.yaml, log.txt, checkpoint.pt) → finished (model.safetensors,
-privacy.json, then metrics.json, written last: it *is* the finished mark; the checkpoint, with the
-secret DP generator's state, is deleted then) → evaluated (eval/<dataset>_<split>.json + ROC PNG).
+privacy.json, then metrics.json, written last: it *is* the finished mark; the checkpoint is
+deleted then) → evaluated (eval/<dataset>_<split>.json + ROC PNG).
 
 Every package (train, gan, evaluate, study, report, cli) reaches a run's files through `RunDir`:
 names, atomic writes, typed reads of the privacy record, "finished", and a lock so that two
@@ -18,7 +18,7 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 import yaml
@@ -108,6 +108,14 @@ class RunDir:
                                    f"{hint}") from None
             raise
 
+    def evaluations(self) -> dict[str, dict[str, Any]]:
+        """Every evaluation of the run, by set name (eval/*.json)."""
+        found = {}
+        for path in sorted((self.path / EVAL).glob("*.json")):
+            metrics = json.loads(path.read_text())
+            found[metrics["set"]] = metrics
+        return found
+
     def read_eval(self, test_set: str) -> dict[str, Any]:
         path = self.eval_json(test_set)
         if not path.is_file():
@@ -132,33 +140,40 @@ class RunDir:
             (self.path / name).unlink(missing_ok=True)
         shutil.rmtree(self.path / EVAL, ignore_errors=True)
 
-    def save_training_state(self, parts: dict, dp, gen: torch.Generator, secret: Optional[torch.Generator],
-                            state: dict) -> None:
-        """checkpoint.pt: every part's state_dict (models, optimisers), the accountant's history, the
-        seeded generator, the secret DP generator and torch's RNG. Privacy state included: a resume
-        never re-spends or forgets ε. The secret generator's state exists only here, and `finish`
-        deletes this file."""
+    def save_training_state(self, parts: dict, dp, gen: torch.Generator, state: dict) -> None:
+        """checkpoint.pt: every part's state_dict (models, optimisers), the accountant's history and
+        the DP stage's draw counts and released unit count, the seeded (public) generator and
+        torch's RNG. Privacy state
+        included: a resume never re-spends or forgets ε. No secret is in it: a DP stage's key exists
+        only in memory, and a resumed stage draws a fresh one (dpmammo.privacy.secret)."""
         ckpt = {
             "state": state,
             "parts": {name: part.state_dict() for name, part in parts.items()},
             "accountant_history": list(dp.accountant.history) if dp else None,
+            "dp_draws": dp.draws if dp else None,
+            "rate_units": dp.sampler.rate_units if dp else None,
             "gen": gen.get_state(),
-            "secret_gen": secret.get_state() if secret is not None else None,
             "torch_rng": torch.get_rng_state(),
         }
         with atomic_path(self.checkpoint) as tmp:
             torch.save(ckpt, tmp)
 
-    def load_training_state(self, parts: dict, dp, gen: torch.Generator, secret: Optional[torch.Generator]) -> dict:
-        """Restore what save_training_state wrote into `parts`, `dp` and the generators; returns the loop state."""
+    def released_rate_units(self) -> float | None:
+        """The noisy unit count an interrupted DP stage set its sample rate from (None: no
+        checkpoint, or not DP): a resume reuses it instead of releasing the count again."""
+        if not self.checkpoint.is_file():
+            return None
+        return torch.load(self.checkpoint, map_location="cpu", weights_only=False).get("rate_units")
+
+    def load_training_state(self, parts: dict, dp, gen: torch.Generator) -> dict:
+        """Restore what save_training_state wrote into `parts`, `dp` and the generator; returns the loop state."""
         ckpt = torch.load(self.checkpoint, map_location="cpu", weights_only=False)
         for name, part in parts.items():
             part.load_state_dict(ckpt["parts"][name])
         if dp is not None:
             dp.accountant.history = [tuple(h) for h in ckpt["accountant_history"]]
+            dp.restore_draws(ckpt["dp_draws"])
         gen.set_state(ckpt["gen"])
-        if secret is not None:
-            secret.set_state(ckpt["secret_gen"])
         torch.set_rng_state(ckpt["torch_rng"])
         return ckpt["state"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -45,3 +46,10 @@ def _private_cache(tmp_path_factory):
 def _two_threads():
     torch.set_num_threads(2)
     yield
+
+
+def no_unit_count(privacy_json: Path) -> bool:
+    """A privacy.json records no exact count of private units (under add/remove adjacency that
+    count is private): no count field in any stage."""
+    stages = json.loads(privacy_json.read_text())["stages"]
+    return all(not {"n_units", "n_private"} & set(s) for s in stages)

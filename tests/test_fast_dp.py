@@ -18,7 +18,7 @@ from dpmammo.errors import DpMammoError
 from dpmammo.models import create_model
 from dpmammo.models.classifier import Classifier
 from dpmammo.models.swin import SwinBackbone
-from dpmammo.privacy import Batch, PoissonUnits, PrivacyConfig, make_private, read_privacy
+from dpmammo.privacy import Batch, PoissonUnits, PrivacyConfig, SecretKey, make_private, read_privacy
 from dpmammo.privacy.grad_samplers import DPWindowAttention, compute_linear_norm_sample_mixed, prepare_for_dp
 from dpmammo.train import TrainConfig, fit
 
@@ -45,7 +45,8 @@ def frozen_cnn_config(root, cache: bool, dp: bool) -> TrainConfig:
     }
     if dp:
         # Seeded noise (test-only) so that the cached and the uncached run can be compared.
-        data["privacy"] = {"target_epsilon": 4.0, "delta": 1e-3, "max_grad_norm": 0.5, "seeded_noise_for_tests": True}
+        data["privacy"] = {"target_epsilon": 4.0, "delta": 1e-3, "max_grad_norm": 0.5, "seeded_noise_for_tests": True,
+                           "unit_count_noise": 1.0}
     return TrainConfig.model_validate(data)
 
 
@@ -77,7 +78,8 @@ def test_cached_features_train_the_same_head(phantom_root, tmp_path, monkeypatch
     else:
         own = read_privacy(runs[True] / "privacy.json").own
         assert 0 < own.epsilon <= 4.0
-        assert own.steps == 2 * 4  # epochs / q = 2 / (10 / 40)
+        # epochs / q with q = 10 / N̂, N̂ the noisy count of the 40 phantom patients (σ_N = 1 here).
+        assert own.steps == round(2 / own.sample_rate) and 35 < 10 / own.sample_rate < 45
 
 
 def tiny_swin() -> nn.Module:
@@ -125,11 +127,10 @@ def per_sample_norms(dp) -> torch.Tensor:
 def private(model, params, *, units: torch.Tensor, expected_units: int, mode: str, clip: float = 1.0,
             unit: str = "patch", target: float = 10.0, delta: float = 1e-5):
     """make_private over a Poisson sampler of `units` (one unit number per record)."""
-    sampler = PoissonUnits(units, expected_units, torch.Generator().manual_seed(0))
+    sampler = PoissonUnits(units, expected_units, SecretKey.for_tests(0))
     return make_private(model=model, optimizer=torch.optim.SGD(params, lr=1.0), sampler=sampler, epochs=1,
                         config=PrivacyConfig(target_epsilon=target, delta=delta, max_grad_norm=clip,
-                                             grad_sample_mode=mode, unit=unit),
-                        noise_generator=torch.Generator().manual_seed(1))
+                                             grad_sample_mode=mode, unit=unit))
 
 
 # Five samples of three patients (2 + 1 + 2 patches): patient-level clipping clips each patient's sum.
@@ -354,11 +355,11 @@ def test_bookkeeping_clips_the_gan_discriminator_like_a_per_example_loop():
 
     params = [p for p in disc.parameters() if p.requires_grad]
     before = torch.cat([p.detach().flatten() for p in params]).clone()
-    sampler = PoissonUnits(torch.arange(len(x)), len(x), torch.Generator().manual_seed(0))
+    sampler = PoissonUnits(torch.arange(len(x)), len(x), SecretKey.for_tests(0))
     dp = make_private(model=disc, optimizer=torch.optim.SGD(params, lr=1.0), sampler=sampler, epochs=1,
                       config=PrivacyConfig(target_epsilon=10.0, delta=1e-5, max_grad_norm=clip,
                                            grad_sample_mode="bookkeeping", unit="patch"),
-                      noise_generator=torch.Generator().manual_seed(1), criterion=nn.BCEWithLogitsLoss())
+                      criterion=nn.BCEWithLogitsLoss())
     dp.optimizer.noise_multiplier = 0.0
     for part, _ in dp.chunks(Batch(torch.arange(len(x))), 4):
         dp.criterion(dp.model(x[part], labels[part]), target[part]).backward()
@@ -369,19 +370,18 @@ def test_bookkeeping_clips_the_gan_discriminator_like_a_per_example_loop():
 
 
 @pytest.mark.parametrize("mode", ["hooks", "bookkeeping"])
-def test_noise_drawn_ahead_has_the_calibrated_scale_and_comes_from_the_secret_generator(mode):
+def test_noise_drawn_ahead_has_the_calibrated_scale_and_comes_from_the_secret_key(mode):
     """An all-noise step (empty Poisson batch) moves the weights by noise of std σC / B, whether the
     noise was drawn ahead on the worker thread (a step that starts with chunks) or on the spot (an
-    empty step); the same secret seed gives the same noise, another seed other noise."""
+    empty step); the same key gives the same noise, another key other noise."""
     def noise_of_two_steps(secret_seed: int) -> tuple[torch.Tensor, torch.Tensor, float, float]:
         torch.manual_seed(0)
         head = nn.Linear(300, 100).to(DEVICE)
         params = list(head.parameters())
-        sampler = PoissonUnits(torch.arange(1000), 50, torch.Generator().manual_seed(0))
+        sampler = PoissonUnits(torch.arange(1000), 50, SecretKey.for_tests(secret_seed))
         dp = make_private(model=head, optimizer=torch.optim.SGD(params, lr=1.0), sampler=sampler, epochs=1,
                           config=PrivacyConfig(target_epsilon=2.0, delta=1e-5, max_grad_norm=0.7,
-                                               grad_sample_mode=mode, unit="patch"),
-                          noise_generator=torch.Generator().manual_seed(secret_seed))
+                                               grad_sample_mode=mode, unit="patch"))
         moves = []
         for ahead in (True, False):
             before = torch.cat([p.detach().flatten() for p in params]).clone()
@@ -414,7 +414,7 @@ def test_noise_ahead_works_in_a_forked_child():
     from dpmammo.privacy.noise import NoiseAhead
 
     params = [nn.Parameter(torch.zeros(100))]
-    NoiseAhead(torch.Generator().manual_seed(0), params).take(1.0)  # the parent's worker thread exists now
+    NoiseAhead(SecretKey.for_tests(0), params).take(1.0)  # the parent's worker thread exists now
     with mp.get_context("fork").Pool(1) as pool:
         std = pool.apply_async(_draw_in_child).get(timeout=60)
     assert 0.5 < std < 1.5
@@ -423,4 +423,4 @@ def test_noise_ahead_works_in_a_forked_child():
 def _draw_in_child() -> float:
     from dpmammo.privacy.noise import NoiseAhead
 
-    return float(NoiseAhead(torch.Generator().manual_seed(1), [nn.Parameter(torch.zeros(1000))]).take(1.0)[0].std())
+    return float(NoiseAhead(SecretKey.for_tests(1), [nn.Parameter(torch.zeros(1000))]).take(1.0)[0].std())

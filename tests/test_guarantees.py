@@ -4,26 +4,34 @@ brings its privacy chain into the total."""
 
 from __future__ import annotations
 
+import json
+import pickle
 import shutil
+from pathlib import Path
 
 import dp_accounting
 import pytest
+import torch
 
 from dpmammo.privacy import epsilon_of, read_privacy
 from dpmammo.privacy.accounting import RDP_ORDERS
 from dpmammo.train import fit
+from tests.conftest import no_unit_count
 from tests.test_train import phantom_config
 
 
-def pld_epsilon(sigma: float, q: float, steps: int, delta: float) -> float:
-    """Independent PLD accounting (Google's dp-accounting), the tightest known for this mechanism."""
+def pld_epsilon(sigma: float, q: float, steps: int, delta: float, count_noise: float) -> float:
+    """Independent PLD accounting (Google's dp-accounting), the tightest known for this mechanism:
+    the Gaussian release of the unit count, then the Poisson-sampled steps."""
     acc = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)
+    acc.compose(dp_accounting.GaussianDpEvent(count_noise))
     acc.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
     return acc.get_epsilon(delta)
 
 
-def rdp_epsilon(sigma: float, q: float, steps: int, delta: float) -> float:
+def rdp_epsilon(sigma: float, q: float, steps: int, delta: float, count_noise: float) -> float:
     acc = dp_accounting.rdp.RdpAccountant(orders=RDP_ORDERS)
+    acc.compose(dp_accounting.GaussianDpEvent(count_noise))
     acc.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
     return acc.get_epsilon(delta)
 
@@ -39,10 +47,13 @@ def test_patient_level_run_on_real_data_matches_dp_accounting(real_root, tmp_pat
     fit(cfg, tmp_path / "run", progress=False)
     rec = read_privacy(tmp_path / "run" / "privacy.json")
     p = rec.own
-    assert p.unit == rec.total.unit == "patient" and p.n_units == p.n_private == 578
-    assert p.sample_rate == pytest.approx(64 / 578) and p.steps == round(2 * 578 / 64)
+    assert p.unit == rec.total.unit == "patient"
+    # q = 64 / N̂ for a noisy count N̂ of the 578 patients (σ_N = 20); 578 itself is never written.
+    assert abs(64 / p.sample_rate - 578) < 4 * 20 and p.steps == round(2 / p.sample_rate)
+    assert no_unit_count(tmp_path / "run" / "privacy.json") and p.sample_rate != 64 / 578
     assert p.epsilon <= 2.0
-    assert p.epsilon == pytest.approx(independent(p.noise_multiplier, p.sample_rate, p.steps, p.delta), rel=0.01)
+    assert p.epsilon == pytest.approx(independent(p.noise_multiplier, p.sample_rate, p.steps, p.delta,
+                                                  p.unit_count_noise), rel=0.01)
 
 
 @pytest.mark.parametrize("unit,delta,message", [("patient", 1 / 500, r"N=578 private units \(patients\)"),
@@ -108,7 +119,9 @@ def test_init_from_a_dp_run_composes_both_stages(phantom_root, dp_run, tmp_path)
     rec = read_privacy(tmp_path / "run" / "privacy.json")
     first, second = rec.stages
     assert rec.total.guarantee == "dp" and rec.total.unit == "patient"
-    history = [(s.noise_multiplier, s.sample_rate, s.steps) for s in (first, second)]
+    # Each stage: its noisy unit count (one Gaussian release, σ_N), then its Poisson-sampled steps.
+    history = [seg for s in (first, second) for seg in ((s.unit_count_noise, 1.0, 1),
+                                                          (s.noise_multiplier, s.sample_rate, s.steps))]
     assert rec.total.epsilon == pytest.approx(epsilon_of(history, second.delta))
     assert max(first.epsilon, second.epsilon) < rec.total.epsilon < first.epsilon + second.epsilon
 
@@ -123,8 +136,8 @@ def test_a_stage_calibrated_to_the_chain_total_lands_on_it(phantom_root, dp_run,
     first, second = rec.stages
     assert second.target_epsilon == 4.0 and second.epsilon < 4.0
     assert 4.0 - 0.011 <= rec.total.epsilon <= 4.0 + 1e-9
-    assert rec.total.epsilon == pytest.approx(epsilon_of([(s.noise_multiplier, s.sample_rate, s.steps)
-                                                          for s in (first, second)], second.delta))
+    assert rec.total.epsilon == pytest.approx(epsilon_of([seg for s in (first, second) for seg in s.segments()],
+                                                         second.delta))
 
 
 def test_a_patch_level_stage_makes_the_chain_total_patch_level(phantom_root, dp_run, tmp_path):
@@ -136,3 +149,144 @@ def test_a_patch_level_stage_makes_the_chain_total_patch_level(phantom_root, dp_
     rec = read_privacy(tmp_path / "run" / "privacy.json")
     assert [s.unit for s in rec.stages] == ["patient", "patch"] and rec.total.unit == "patch"
     assert "per lesion patch" in rec.describe()
+
+
+# --- second pass: what enters a ledger, what a released file holds, the strength of the secret ---
+
+def provenance_less_folder(path: Path, n: int = 64, size: int = 32) -> Path:
+    """A synthetic-looking folder with no provenance.json (as the shipped c-dcgan set): unknown origin."""
+    from PIL import Image
+
+    path.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    for i in range(n):
+        img = torch.randint(0, 256, (size, size), generator=g, dtype=torch.uint8).numpy()
+        Image.fromarray(img, mode="L").save(path / f"{i:05d}_{'malignant' if i % 2 else 'benign'}.png")
+    return path
+
+
+def tiny_gan(root: Path, train: list[str], **privacy):
+    from dpmammo.config import parse_config
+    from dpmammo.gan.config import GanConfig
+
+    data = {"data": {"root": str(root), "train": train}, "model": {"image_size": 16, "g_width": 8, "d_width": 8},
+            "train": {"epochs": 1, "batch_size": 16, "sample_every": 0, "device": "cpu"}}
+    if privacy:
+        data["privacy"] = {"delta": 1e-3, **privacy}
+    return parse_config(GanConfig, data, "test")
+
+
+def classifier_on(folder: Path, root: Path, out: Path):
+    cfg = phantom_config(root, data__={"root": str(root), "train": [str(folder)], "val": "phantom/val"},
+                         model__={"name": "cnn-small", "input_size": 32, "width": 8}, train__epochs=1,
+                         train__batch_size=16)
+    fit(cfg, out, progress=False)
+    return read_privacy(out / "privacy.json")
+
+
+def test_a_generator_brings_the_chain_of_its_inputs_into_every_consumer(phantom_root, tmp_path):
+    """Laundering closed: an MCGAN or DP-MERF trained on a folder of unknown origin, its samples, and
+    a classifier on those samples all say "no guarantee"; a DP generator's ε composes downstream."""
+    from dpmammo.gan import sample
+    from dpmammo.gan.merf import train_merf
+    from dpmammo.gan.train import train_gan
+    from tests.test_merf import tiny_config
+
+    unknown = provenance_less_folder(tmp_path / "unknown")
+    train_gan(tiny_gan(phantom_root, [str(unknown)]), tmp_path / "gan", progress=False)
+    rec = read_privacy(tmp_path / "gan" / "privacy.json")
+    assert rec.total.guarantee == "none" and rec.total.reason == "unknown-origin"
+    assert [s.stage for s in rec.stages] == ["generator", "gan"]
+    prov = sample(tmp_path / "gan", 32, tmp_path / "gan-samples", seed=0)
+    assert prov["total"]["guarantee"] == "none"
+    assert classifier_on(tmp_path / "gan-samples", phantom_root, tmp_path / "clf").total.reason == "unknown-origin"
+
+    merf = tiny_config(phantom_root, data={"root": str(phantom_root), "train": [str(unknown)]},
+                       privacy={"target_epsilon": 3.0, "delta": 1e-3})
+    train_merf(merf, tmp_path / "merf-unknown", progress=False)
+    assert read_privacy(tmp_path / "merf-unknown" / "privacy.json").total.reason == "unknown-origin"
+
+    # A DP-MERF set (ε ≈ 3 per patient) feeding a DP MCGAN (ε ≤ 2 for its own stage): the chain composes.
+    train_merf(tiny_config(phantom_root, privacy={"target_epsilon": 3.0, "delta": 1e-3}), tmp_path / "merf",
+               progress=False)
+    sample(tmp_path / "merf", 64, tmp_path / "merf-samples", seed=0)
+    merf_eps = read_privacy(tmp_path / "merf" / "privacy.json").total.epsilon
+    train_gan(tiny_gan(phantom_root, [str(tmp_path / "merf-samples"), "phantom/train"], target_epsilon=2.0),
+              tmp_path / "dp-gan", progress=False)
+    rec = read_privacy(tmp_path / "dp-gan" / "privacy.json")
+    assert [s.stage for s in rec.stages] == ["dp-merf", "gan"] and rec.total.guarantee == "dp"
+    assert rec.own.epsilon <= 2.0 and max(merf_eps, rec.own.epsilon) < rec.total.epsilon <= merf_eps + rec.own.epsilon
+    sample(tmp_path / "dp-gan", 32, tmp_path / "dp-gan-samples", seed=0)
+    downstream = classifier_on(tmp_path / "dp-gan-samples", phantom_root, tmp_path / "clf-dp")
+    assert downstream.total.epsilon == pytest.approx(rec.total.epsilon, rel=1e-6)
+
+
+def test_secret_keys_have_256_bits_and_seeds_equal_mod_2_32_give_other_noise():
+    from dpmammo.privacy.secret import KEY_BYTES, SecretKey
+
+    assert KEY_BYTES * 8 == 256
+    a, b = SecretKey.for_tests(7), SecretKey.for_tests(7 + 2**32)
+    assert not torch.equal(a.normal("noise", 0, 1000), b.normal("noise", 0, 1000))
+    assert not torch.equal(a.uniform("sample", 0, 1000), b.uniform("sample", 0, 1000))
+    fresh = [SecretKey.fresh() for _ in range(2)]
+    assert not torch.equal(fresh[0].normal("noise", 0, 100), fresh[1].normal("noise", 0, 100))
+    # Draws are addressed by (purpose, step), independent of each other and of order.
+    assert torch.equal(a.normal("noise", 3, 100), a.normal("noise", 3, 100))
+    assert not torch.equal(a.normal("noise", 3, 100), a.normal("noise", 4, 100))
+    assert not torch.equal(a.uniform("noise", 3, 100), a.uniform("sample", 3, 100))
+    with pytest.raises(TypeError, match="never pickled"):
+        pickle.dumps(fresh[0])
+    # The secure Gaussian: std as asked, mean 0 (a distribution test that a wrong transform fails).
+    noise, = SecretKey.fresh().gaussian_noise("noise", 0, [torch.Size([200_000])], 1.5)
+    assert noise.std().item() == pytest.approx(1.5, rel=0.01) and abs(noise.mean().item()) < 0.015
+    assert abs(((noise / 1.5) ** 4).mean().item() - 3.0) < 0.1  # Gaussian kurtosis
+
+
+def test_public_views_of_a_record_do_not_depend_on_the_batch_around_it():
+    """Augmentation views of record r at step t are the same whether the step held 3 units or 300."""
+    from dpmammo.train.loop import flip_views
+
+    big = torch.arange(300)
+    small = torch.tensor([5, 150, 299])
+    assert torch.equal(flip_views(0, 7, big)[small], flip_views(0, 7, small))
+    assert not torch.equal(flip_views(0, 7, big), flip_views(0, 8, big))  # another step, other views
+    counts = torch.bincount(flip_views(0, 7, torch.arange(40_000)), minlength=4)
+    assert counts.min() > 9_500 and counts.max() < 10_500  # each of the 4 views ~ 1/4
+
+
+def test_provenance_carries_no_exact_private_count(phantom_root, tmp_path):
+    """Samples travel with provenance.json: its keys are fixed, and no stage of its chain records the
+    number of private units (under add/remove adjacency that number is private)."""
+    from dpmammo.gan import sample
+    from dpmammo.gan.train import train_gan
+
+    train_gan(tiny_gan(phantom_root, ["phantom/train"], target_epsilon=3.0), tmp_path / "gan", progress=False)
+    sample(tmp_path / "gan", 20, tmp_path / "s", seed=0)
+    prov = json.loads((tmp_path / "s" / "provenance.json").read_text())
+    assert set(prov) == {"folder", "generator_run", "training_data", "n", "n_malignant", "balance", "seed",
+                         "image_size", "guarantee", "total", "chain", "dpmammo_version"}
+    stage_keys = {"stage", "run", "data", "guarantee", "reason", "unit", "epsilon", "delta", "target_epsilon",
+                  "noise_multiplier", "sample_rate", "steps", "accountant", "max_grad_norm", "unit_count_noise", "note"}
+    assert all(set(s) == stage_keys for s in prov["chain"])
+    # phantom/train has 400 patients: neither 400 nor the exact rate 16/400 is written anywhere.
+    text = (tmp_path / "s" / "provenance.json").read_text() + (tmp_path / "gan" / "log.txt").read_text()
+    assert "n_units" not in text and "n_private" not in text and "400 units" not in text
+    assert str(16 / 400) not in text
+    assert prov["chain"][0]["sample_rate"] != 16 / 400
+
+
+def test_report_grids_show_only_pixels_that_carry_a_guarantee(phantom_root, tmp_path):
+    from dpmammo.data.sets import load_set
+    from dpmammo.gan import sample
+    from dpmammo.gan.train import train_gan
+    from dpmammo.study.quality import pixels_may_be_shown
+
+    assert not pixels_may_be_shown(load_set(phantom_root, "phantom/val"))  # private patches
+    unknown = provenance_less_folder(tmp_path / "unknown", n=8)
+    assert not pixels_may_be_shown(load_set(phantom_root, str(unknown)))
+    train_gan(tiny_gan(phantom_root, ["phantom/train"]), tmp_path / "gan", progress=False)  # non-private
+    sample(tmp_path / "gan", 8, tmp_path / "non-dp", seed=0)
+    assert not pixels_may_be_shown(load_set(phantom_root, str(tmp_path / "non-dp")))
+    train_gan(tiny_gan(phantom_root, ["phantom/train"], target_epsilon=3.0), tmp_path / "dp-gan", progress=False)
+    sample(tmp_path / "dp-gan", 8, tmp_path / "dp", seed=0)
+    assert pixels_may_be_shown(load_set(phantom_root, str(tmp_path / "dp")))

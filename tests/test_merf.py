@@ -26,7 +26,7 @@ from dpmammo.privacy.config import ReleasePrivacyConfig
 from dpmammo.privacy.ledger import StageSpend, compose, release_stage
 from dpmammo.privacy.sampling import unit_ids
 from dpmammo.train import DataConfig, TrainConfig, TrainSettings, fit
-from tests.conftest import REPO
+from tests.conftest import REPO, no_unit_count
 from tests.test_cli import assert_one_line_error, dpmammo
 from tests.test_gan import SIZE, class_fidelity, train_judge
 
@@ -97,7 +97,7 @@ def test_conditioning_is_recovered(which, classifier, request):
     assert (run / "samples" / "epoch_005.png").is_file()
     metrics = json.loads((run / "metrics.json").read_text())
     assert len(metrics["history"]) == 5 and all("loss_g" in row for row in metrics["history"])
-    assert metrics["train_size"] == metrics["n_units"] == 400  # one patch per phantom patient
+    assert metrics["train_size"] == 400
 
 
 def test_non_private_run_says_no_guarantee(merf_run):
@@ -119,9 +119,9 @@ def test_release_on_real_data_spends_what_dp_accounting_says(real_root, tmp_path
     rec = read_privacy(tmp_path / "run" / "privacy.json")
     own = rec.own
     assert own.stage == "dp-merf" and own.guarantee == rec.total.guarantee == "dp"
-    assert own.unit == rec.total.unit == "patient" and own.n_units == own.n_private == 578
+    assert own.unit == rec.total.unit == "patient" and no_unit_count(tmp_path / "run" / "privacy.json")
     assert (own.sample_rate, own.steps, own.max_grad_norm) == (1.0, 1, 1.0) and "sensitivity 1" in own.note
-    assert metrics["train_size"] == 1104 and metrics["n_units"] == 578
+    assert metrics["train_size"] == 1104 and "n_units" not in metrics
     assert metrics["noise_multiplier"] == own.noise_multiplier
     assert own.epsilon <= 3.0 and rec.total.epsilon == pytest.approx(own.epsilon)
     if accountant == "rdp":
@@ -221,7 +221,7 @@ def test_gan_sample_carries_the_dp_merf_stage_into_a_classifier(phantoms, tmp_pa
 
 def test_release_composes_with_a_dp_sgd_stage_by_rdp():
     merf = release_stage(stage="dp-merf", run="g", data=["x"], privacy=ReleasePrivacyConfig(target_epsilon=3.0),
-                         noise_multiplier=1.33, n_units=578, n_private=578)
+                         noise_multiplier=1.33)
     sgd = StageSpend(stage="classifier", run="c", data=["x"], guarantee="dp", unit="patient",
                      epsilon=epsilon_of([(1.1, 0.1, 100)], 1e-4), delta=1e-4, noise_multiplier=1.1, sample_rate=0.1,
                      steps=100, accountant="rdp")
@@ -253,7 +253,7 @@ def test_config_is_strict_and_the_example_config_loads(tmp_path):
 
 def test_refused_start_leaves_nothing_and_an_interrupted_run_resumes_without_a_second_release(
         phantoms, tmp_path, monkeypatch):
-    from dpmammo.privacy import sampling
+    from dpmammo.privacy import secret
     from dpmammo.runs import RunDir
 
     with pytest.raises(DpMammoError, match=r"delta=0.01 must be in \(0, 1/N\)"):
@@ -261,9 +261,9 @@ def test_refused_start_leaves_nothing_and_an_interrupted_run_resumes_without_a_s
                    progress=False)
     assert not (tmp_path / "refused").exists()
 
-    # The secret seed pinned, then changed for the resume: only a release read back from the
+    # The secret key pinned, then changed for the resume: only a release read back from the
     # checkpoint (not drawn again) gives the straight run's generator.
-    monkeypatch.setattr(sampling.secrets, "randbits", lambda bits: 24681357)
+    monkeypatch.setattr(secret.secrets, "token_bytes", lambda n: b"\x01" * n)
     cfg = tiny_config(phantoms, optim={"epochs": 3, "steps_per_epoch": 2, "batch_size": 8},
                       privacy={"target_epsilon": 3.0, "delta": 1e-3})
     train_merf(cfg, tmp_path / "straight", progress=False)
@@ -279,7 +279,7 @@ def test_refused_start_leaves_nothing_and_an_interrupted_run_resumes_without_a_s
         train_merf(cfg, tmp_path / "resumed", progress=False)
     assert not RunDir(tmp_path / "resumed").is_finished and RunDir(tmp_path / "resumed").checkpoint.is_file()
     monkeypatch.setattr(RunDir, "save_training_state", real_save)
-    monkeypatch.setattr(sampling.secrets, "randbits", lambda bits: 13572468)
+    monkeypatch.setattr(secret.secrets, "token_bytes", lambda n: b"\x02" * n)
     train_merf(cfg, tmp_path / "resumed", progress=False)
     a, b = ((tmp_path / d / "model.safetensors").read_bytes() for d in ("straight", "resumed"))
     assert a == b

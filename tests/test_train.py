@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 from dpmammo.config import parse_config
 from dpmammo.errors import DpMammoError
 from dpmammo.privacy import read_privacy
-from dpmammo.privacy import sampling
 from dpmammo.train import TrainConfig, fit
 from dpmammo.runs import RunDir
+from tests.conftest import no_unit_count
 from tests.test_privacy import dp_accounting_epsilon
 
 SEEDED = {"seeded_noise_for_tests": True}
@@ -54,16 +54,17 @@ def test_dp_cnn_learns_phantoms_within_budget(phantom_root, tmp_path):
     p = rec.own
     assert m["val"]["auroc"] >= 0.75
     assert p.epsilon <= 8.0 and p.unit == "patient"
-    # Phantom patients have one patch each: 400 units.
-    assert p.steps == round(20 * 400 / 100) and p.n_units == p.n_private == 400
+    # Phantom patients have one patch each: 400 units, counted with noise (σ_N = 20) for the rate.
+    assert p.steps == round(20 / p.sample_rate) and abs(100 / p.sample_rate - 400) < 4 * 20
+    assert p.unit_count_noise == 20.0 and no_unit_count(tmp_path / "run" / "privacy.json")
     # The recorded ε is what an independent accountant computes from the recorded parameters.
-    theirs = dp_accounting_epsilon(p.noise_multiplier, p.sample_rate, p.steps, p.delta)
+    theirs = dp_accounting_epsilon(p.noise_multiplier, p.sample_rate, p.steps, p.delta, count_noise=20.0)
     assert p.epsilon == pytest.approx(theirs, rel=0.01)
     assert rec.total.guarantee == "none" and rec.total.reason == "seeded-noise"
     # Nothing computed from private batches without noise is released: no training loss.
     assert all("loss" not in row for row in m["history"]) and any("not recorded" in n for n in rec.notes)
     assert "loss" not in (tmp_path / "run" / "log.txt").read_text()
-    assert not (tmp_path / "run" / "checkpoint.pt").exists()  # the secret generator's state is gone
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
 def test_dp_noise_is_secret_unless_the_test_switch_is_on(phantom_root, tmp_path):
@@ -93,27 +94,33 @@ def test_virtual_batches_match_one_physical_batch(phantom_root, tmp_path):
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
 
 
-def test_interrupted_run_resumes_to_identical_weights(phantom_root, tmp_path, monkeypatch):
-    """The secret generator's state is checkpointed: with its OS seed pinned, a resumed run ends
-    bit-identical to an uninterrupted one (a resume that re-drew the secret would not)."""
-    monkeypatch.setattr(sampling.secrets, "randbits", lambda bits: 123456789)
-    cfg = phantom_config(phantom_root, privacy__={"target_epsilon": 4.0}, train__epochs=3,
-                         train__checkpoint_every_s=0)
-    fit(cfg, tmp_path / "straight", progress=False)
-
+def interrupt_after_first_epoch(monkeypatch, cfg, out) -> dict:
+    """Train `cfg` into `out` until its first checkpoint, then stop as Ctrl-C would; returns that checkpoint."""
     real_save = RunDir.save_training_state
 
-    def crash_after_first_epoch(run, parts, dp, gen, secret, state):
-        real_save(run, parts, dp, gen, secret, state)
+    def crash_after_first_epoch(run, parts, dp, gen, state):
+        real_save(run, parts, dp, gen, state)
         if state["epoch"] == 1:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(RunDir, "save_training_state", crash_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
-        fit(cfg, tmp_path / "resumed", progress=False)
+        fit(cfg, out, progress=False)
     monkeypatch.setattr(RunDir, "save_training_state", real_save)
-    assert not (tmp_path / "resumed" / "metrics.json").exists()
-    monkeypatch.setattr(sampling.secrets, "randbits", lambda bits: 987654321)  # a fresh draw would differ
+    assert not (out / "metrics.json").exists()
+    return torch.load(out / "checkpoint.pt", weights_only=False)
+
+
+def test_interrupted_run_resumes_to_identical_weights(phantom_root, tmp_path, monkeypatch):
+    """Secret draws are addressed by step: with the (test-only) seeded key, a resumed run ends
+    bit-identical to an uninterrupted one; the checkpoint holds the step counts, never a key."""
+    cfg = phantom_config(phantom_root, privacy__={"target_epsilon": 4.0, **SEEDED}, train__epochs=3,
+                         train__checkpoint_every_s=0)
+    fit(cfg, tmp_path / "straight", progress=False)
+    ckpt = interrupt_after_first_epoch(monkeypatch, cfg, tmp_path / "resumed")
+    assert set(ckpt) == {"state", "parts", "accountant_history", "dp_draws", "rate_units", "gen", "torch_rng"}
+    steps = sum(s for _, _, s in ckpt["accountant_history"])
+    assert ckpt["dp_draws"] == {"sample": steps, "noise": steps} and steps > 0
     m = fit(cfg, tmp_path / "resumed", progress=False)
     a = load_file(tmp_path / "straight" / "model.safetensors")
     b = load_file(tmp_path / "resumed" / "model.safetensors")
@@ -121,6 +128,26 @@ def test_interrupted_run_resumes_to_identical_weights(phantom_root, tmp_path, mo
     pa, pb = (read_privacy(tmp_path / d / "privacy.json").own for d in ("straight", "resumed"))
     assert pb.steps == pa.steps and pb.epsilon == pytest.approx(pa.epsilon)
     assert len(m["history"]) == 3
+
+
+def test_interrupted_secret_run_keeps_no_key_on_disk_and_resumes_with_its_whole_spend(phantom_root, tmp_path,
+                                                                                      monkeypatch):
+    """With secret noise, no byte of the stage's 256-bit key is in the checkpoint; the resumed run draws
+    a fresh key and still accounts every step, before and after the interruption, once."""
+    from dpmammo.privacy import secret
+
+    keys = []
+    real_token_bytes = secret.secrets.token_bytes
+    monkeypatch.setattr(secret.secrets, "token_bytes", lambda n: keys.append(real_token_bytes(n)) or keys[-1])
+    cfg = phantom_config(phantom_root, privacy__={"target_epsilon": 4.0}, train__epochs=3, train__checkpoint_every_s=0)
+    ckpt = interrupt_after_first_epoch(monkeypatch, cfg, tmp_path / "run")
+    raw = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    assert len(keys) == 1 and len(keys[0]) == 32 and keys[0] not in raw
+    fit(cfg, tmp_path / "run", progress=False)
+    assert len(keys) == 2 and keys[1] != keys[0]  # the resume drew a fresh key
+    own = read_privacy(tmp_path / "run" / "privacy.json").own
+    assert own.guarantee == "dp" and own.steps == round(3 / own.sample_rate) and own.epsilon <= 4.0
+    assert own.sample_rate == pytest.approx(32 / ckpt["rate_units"])  # the count was released once, then reused
 
 
 def test_finished_run_is_not_overwritten(phantom_root, tmp_path):

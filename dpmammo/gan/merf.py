@@ -18,8 +18,8 @@ The mechanism, exactly:
 - Release: S̃ = Σ_units v + N(0, σ²I), once. Adding or removing one unit moves the sum by its v,
   of norm ≤ 1: L2 sensitivity 1 under add/remove adjacency, so this is one Gaussian mechanism
   (sample rate 1, one step for the accountant), σ calibrated to (target ε, δ). The noise comes
-  from a secret generator (OS entropy; dpmammo.privacy.sampling.noise_generator), through
-  Opacus's floating-point-safe sampler.
+  from the stage's secret key (dpmammo.privacy.secret: ChaCha20 keyed with 256 bits of OS
+  entropy), four draws per value against floating-point attacks as Opacus's secure mode.
 - From S̃ alone: per-class noisy sums of φ and noisy class counts (counts clamped to ≥ 1), hence
   the per-class mean embeddings μ_c the generator must match.
 - Generator: each step draws a batch with as many patches of each class, and Adam minimises an
@@ -38,7 +38,6 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
-from opacus.optimizers.optimizer import _generate_noise
 
 from dpmammo import __version__
 from dpmammo.data.images import load_images, to_float
@@ -49,10 +48,10 @@ from dpmammo.gan.merf_config import MerfConfig, MerfFeatures
 from dpmammo.gan.models import N_CLASSES, build_generator
 from dpmammo.gan.train import SAMPLES_DIR, grid_inputs, write_grid
 from dpmammo.models import save_weights
-from dpmammo.privacy import StageSpend, non_dp_stage, release_stage, write_privacy
+from dpmammo.privacy import StageSpend, non_dp_stage, release_stage, synthetic_chain, write_privacy
 from dpmammo.privacy.accounting import calibrate_noise, check_delta
 from dpmammo.privacy.config import ReleasePrivacyConfig
-from dpmammo.privacy.sampling import noise_generator, unit_ids
+from dpmammo.privacy.sampling import secret_key, unit_ids
 from dpmammo.progress import StepProgress
 from dpmammo.runs import RunDir
 
@@ -94,12 +93,12 @@ def train_merf_run(cfg: MerfConfig, run: RunDir, resuming: bool, say: Callable[[
     if resuming:
         # The release was made once and checkpointed: reading it back spends nothing; drawing
         # new noise would release the data a second time.
-        state = run.load_training_state(parts, None, rng, None)
+        state = run.load_training_state(parts, None, rng)
         t0 = time.time()
         say(f"resumed after epoch {state['epoch']} (the release is read back, not redone)")
     else:
         state = {"epoch": 0, "history": [], "wall_s": 0.0, **private_release(cfg, freqs, say)}
-        run.save_training_state(parts, None, rng, None, state)  # before anything is derived from it
+        run.save_training_state(parts, None, rng, state)  # before anything is derived from it
     # From here on nothing touches private data: everything below is post-processing of the release.
     target, freqs = class_targets(state["release"]).to(device), freqs.to(device)
     fixed_z, fixed_y = grid_inputs(cfg.model, cfg.train.seed)
@@ -124,21 +123,20 @@ def train_merf_run(cfg: MerfConfig, run: RunDir, resuming: bool, say: Callable[[
             every = cfg.train.sample_every
             if every and ((epoch + 1) % every == 0 or epoch + 1 == o.epochs):
                 write_grid(gen_model, fixed_z, fixed_y, run.path / SAMPLES_DIR / f"epoch_{epoch + 1:03d}.png", device)
-            run.save_training_state(parts, None, rng, None, state)
+            run.save_training_state(parts, None, rng, state)
 
     # Outputs: generator weights, privacy record, metrics (written last: it marks the run finished).
     save_weights(gen_model, run.weights)
     upstream = [StageSpend.model_validate(s) for s in state["upstream"]]
     if cfg.privacy is not None:
         own = release_stage(stage=STAGE, run=run.name, data=cfg.data.train, privacy=cfg.privacy,
-                            noise_multiplier=state["sigma"], n_units=state["n_units"],
-                            n_private=state["n_private_units"], note="the generator is post-processing")
+                            noise_multiplier=state["sigma"], note="the generator is post-processing")
     else:
         own = non_dp_stage(stage=STAGE, run=run.name, data=cfg.data.train, n_private=state["n_private"])
     privacy = write_privacy(run.privacy, own, upstream, notes=[LOSS_NOTE])
     metrics = {
         "history": state["history"], "train_size": state["train_size"], "n_private": state["n_private"],
-        "training_data": state["training_data"], "n_units": state["n_units"], "unit": cfg.privacy.unit if cfg.privacy else None,
+        "training_data": state["training_data"], "unit": cfg.privacy.unit if cfg.privacy else None,
         "noise_multiplier": state["sigma"],
         "class_counts": state["release"]["counts"].tolist(),  # noisy under DP; per patient, fractional
         "privacy_total": privacy.total.model_dump(mode="json"),
@@ -174,16 +172,15 @@ def private_release(cfg: MerfConfig, freqs: torch.Tensor, say) -> dict:
     labels = torch.tensor([r.label for r in records], dtype=torch.long)
     total = embedding_sum(images, labels, unit_weights(units), freqs, cfg.features.resolution)
     released = gaussian_release(total, sigma, cfg.privacy, cfg.train.seed)
-    n_units = int(units.max()) + 1 if len(units) else 0
     if cfg.privacy is not None:
         p = cfg.privacy
-        say(f"released the mean embedding of {n_units} units ({p.unit}) with sigma={sigma:.4f} "
+        say(f"released the mean embedding of the units ({p.unit}) with sigma={sigma:.4f} "
             f"(sensitivity {SENSITIVITY:g}) target eps={p.target_epsilon} delta={p.delta:g} accountant={p.accountant}"
             + (" SEEDED NOISE (tests only): no guarantee" if p.seeded_noise_for_tests else ""))
     else:
         say(f"non-private: the mean embedding of {len(records)} patches is used without noise")
     return {"release": decode_release(released, cfg.features.n_features), "sigma": sigma,
-            "n_units": n_units, "n_private_units": n_private_units, "train_size": len(records),
+            "train_size": len(records),
             "n_private": sum(is_private), "upstream": upstream,
             "training_data": training_data_record(records, root)}
 
@@ -234,14 +231,14 @@ def gaussian_release(total: torch.Tensor, sigma: float, privacy: Optional[Releas
                      seed: int) -> torch.Tensor:
     """total + N(0, (σ·sensitivity)² I) from a secret generator (None privacy: total, no noise).
 
-    The generator is seeded from the OS (or, tests only, from `seed`), used for this one draw and
-    dropped: its state is never stored. Opacus's secure sampler (four draws per value) guards the
-    Gaussian against floating-point attacks, as the DP-SGD stages' noise is.
+    The key comes from the OS (or, tests only, from `seed`), is used for this one draw and
+    dropped: it is never stored. Four draws per value guard the Gaussian against floating-point
+    attacks, as the DP-SGD stages' noise is (dpmammo.privacy.secret).
     """
     if privacy is None:
         return total
-    secret = noise_generator(privacy, seed)
-    return total + _generate_noise(sigma * SENSITIVITY, total, secret, secure_mode=True)
+    noise, = secret_key(privacy, seed).gaussian_noise("release", 0, [total.shape], sigma * SENSITIVITY)
+    return total + noise.to(total.dtype)
 
 
 def decode_release(released: torch.Tensor, n_features: int) -> dict[str, torch.Tensor]:
@@ -286,6 +283,4 @@ def merf_step(gen_model, opt, freqs: torch.Tensor, target: torch.Tensor, cfg: Me
 
 def upstream_chain(records: list[PatchRecord]) -> list[dict]:
     """The privacy chains of synthetic training folders (their generators' stages), as dicts."""
-    from dpmammo.train.loop import provenance_stages
-
-    return [s.model_dump(mode="json") for prov in synthetic_provenance(records) for s in provenance_stages(prov)]
+    return [s.model_dump(mode="json") for s in synthetic_chain(synthetic_provenance(records))]

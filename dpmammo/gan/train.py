@@ -29,13 +29,14 @@ from torchvision.utils import save_image
 from dpmammo import __version__
 from dpmammo.device import resolve_device
 from dpmammo.data.images import load_images
-from dpmammo.data.sets import generator_training_records, resolve_root, training_data_record
-from dpmammo.gan.augment import diff_augment, flip_real
+from dpmammo.data.sets import generator_training_records, resolve_root, synthetic_provenance, training_data_record
+from dpmammo.gan.augment import U_FLIPS, diff_augment, flip_real, uniforms_needed
 from dpmammo.gan.config import GanConfig, GeneratorShape
 from dpmammo.gan.models import N_CLASSES, build, to_model_range
 from dpmammo.models import save_weights
-from dpmammo.privacy import Batch, dp_stage, make_private, non_dp_stage, write_privacy
+from dpmammo.privacy import Batch, dp_stage, make_private, non_dp_stage, prior_history, synthetic_chain, write_privacy
 from dpmammo.privacy.sampling import batch_selection, epoch_steps
+from dpmammo.randomness import keyed_uniform, step_generator
 from dpmammo.progress import StepProgress
 from dpmammo.runs import RunDir
 
@@ -71,6 +72,7 @@ def train_gan_run(cfg: GanConfig, run: RunDir, resuming: bool, say: Callable[[st
     labels = torch.tensor([r.label for r in records], dtype=torch.long)
     n_private = sum(r.source == "real" for r in records)
     n, batch_size = len(records), cfg.train.batch_size
+    upstream = synthetic_chain(synthetic_provenance(records))  # the chains of synthetic inputs come along
 
     # Models and optimisers; DP wraps the discriminator only, fed by Poisson-sampled units.
     gen_model, disc = build(cfg.model, cfg.train.seed)
@@ -78,16 +80,17 @@ def train_gan_run(cfg: GanConfig, run: RunDir, resuming: bool, say: Callable[[st
     o = cfg.optim
     opt_g = torch.optim.Adam(gen_model.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2))
     opt_d = torch.optim.Adam(disc.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2))
-    rng = torch.Generator().manual_seed(cfg.train.seed)  # latents, labels, non-private sampling
-    sampler, secret = batch_selection(records, cfg.privacy, batch_size, rng, cfg.train.seed,
-                                      cfg.train.physical_batch_size, ", ".join(cfg.data.train))
+    rng = torch.Generator().manual_seed(cfg.train.seed)  # non-private sampling
+    sampler = batch_selection(records, cfg.privacy, batch_size, rng, cfg.train.seed,
+                              cfg.train.physical_batch_size, ", ".join(cfg.data.train),
+                              released_rate_units=run.released_rate_units() if resuming else None)
     d_train, dp = disc, None
     if cfg.privacy is not None:
         p = cfg.privacy
         dp = make_private(model=disc, optimizer=opt_d, sampler=sampler, epochs=cfg.train.epochs, config=p,
-                          noise_generator=secret, criterion=nn.BCEWithLogitsLoss())
+                          criterion=nn.BCEWithLogitsLoss(), prior=prior_history(upstream, p))
         d_train, opt_d = dp.model, dp.optimizer
-        say(f"DP discriminator (unit {p.unit}, {sampler.n_units} units): sigma={dp.noise_multiplier:.4f} "
+        say(f"DP discriminator (unit {p.unit}; q from a noisy unit count): sigma={dp.noise_multiplier:.4f} "
             f"q={dp.sample_rate:.5f} steps={dp.planned_steps} target eps={p.target_epsilon} delta={p.delta:g}"
             + (" SEEDED NOISE (tests only): no guarantee" if p.seeded_noise_for_tests else ""))
     fixed_z, fixed_y = grid_inputs(cfg.model, cfg.train.seed)
@@ -102,7 +105,7 @@ def train_gan_run(cfg: GanConfig, run: RunDir, resuming: bool, say: Callable[[st
     if ema is not None:
         parts["generator_ema"] = ema
     if resuming:
-        state = run.load_training_state(parts, dp, rng, secret)
+        state = run.load_training_state(parts, dp, rng)
         t0 = time.time()
         say(f"resumed after epoch {state['epoch']}")
 
@@ -115,8 +118,9 @@ def train_gan_run(cfg: GanConfig, run: RunDir, resuming: bool, say: Callable[[st
             sums = {"loss_d": 0.0, "loss_g": 0.0}
             for step in range(steps[epoch]):
                 batch = sampler.next_batch()
-                sums["loss_d"] += d_step(d_train, opt_d, dp, gen_model, images, labels, batch, cfg, rng, device)
-                sums["loss_g"] += g_step(d_train, opt_g, gen_model, dp, cfg, rng, device)
+                t = sum(steps[:epoch]) + step  # public randomness is addressed by step (dpmammo.randomness)
+                sums["loss_d"] += d_step(d_train, opt_d, dp, gen_model, images, labels, batch, cfg, t, device)
+                sums["loss_g"] += g_step(d_train, opt_g, gen_model, dp, cfg, t, device)
                 if ema is not None:
                     ema.update_parameters(gen_model)
                 bar.advance(task)
@@ -136,7 +140,7 @@ def train_gan_run(cfg: GanConfig, run: RunDir, resuming: bool, say: Callable[[st
             every = cfg.train.sample_every
             if every and ((epoch + 1) % every == 0 or epoch + 1 == cfg.train.epochs):
                 write_grid(released, fixed_z, fixed_y, run.path / SAMPLES_DIR / f"epoch_{epoch + 1:03d}.png", device)
-            run.save_training_state(parts, dp, rng, secret, state)
+            run.save_training_state(parts, dp, rng, state)
 
     # Outputs: generator weights, privacy record, metrics (written last: it marks the run finished).
     save_weights(released, run.weights)
@@ -145,7 +149,7 @@ def train_gan_run(cfg: GanConfig, run: RunDir, resuming: bool, say: Callable[[st
                        note="DP discriminator; the generator is post-processing")
     else:
         own = non_dp_stage(stage="gan", run=run.name, data=cfg.data.train, n_private=n_private)
-    privacy = write_privacy(run.privacy, own, [], notes=[DP_LOSS_NOTE] if dp else [])
+    privacy = write_privacy(run.privacy, own, upstream, notes=[DP_LOSS_NOTE] if dp else [])
     metrics = {
         "history": state["history"], "train_size": n, "n_private": n_private,
         "training_data": training_data_record(records, root),
@@ -159,28 +163,31 @@ def train_gan_run(cfg: GanConfig, run: RunDir, resuming: bool, say: Callable[[st
 
 
 def random_inputs(count: int, cfg: GanConfig, rng: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latent vectors and uniformly drawn labels: data-independent, so free under DP."""
+    """Latent vectors and uniformly drawn labels: data-independent, so free under DP (`rng` is a
+    step's own generator, dpmammo.randomness.step_generator)."""
     z = torch.randn(count, cfg.model.latent_dim, generator=rng)
     y = torch.randint(0, N_CLASSES, (count,), generator=rng)
     return z.to(device), y.to(device)
 
 
-def d_step(d_train, opt_d, dp, gen_model, images, labels, batch: Batch, cfg: GanConfig, rng, device) -> float:
+def d_step(d_train, opt_d, dp, gen_model, images, labels, batch: Batch, cfg: GanConfig, t: int, device) -> float:
     """One discriminator update on the real rows of `batch` (target 1) plus batch_size fake rows (target 0).
 
     Loss = (sum of per-row BCE) / batch_size, so the non-DP and the DP update (clipped sum of
     units, noise, divided by the expected batch) have the same scale. Each fake row is its own
     unit: the rows of one real patient are contiguous and come first.
     """
-    b = cfg.train.batch_size
+    b, seed = cfg.train.batch_size, cfg.train.seed
     idx = batch.idx
-    z, y_fake = random_inputs(b, cfg, rng, device)
+    z, y_fake = random_inputs(b, cfg, step_generator(seed, "d-latents", t), device)
     with torch.no_grad():
         fake = gen_model(z, y_fake)
     real = to_model_range(images[idx])
     if cfg.train.flips:
-        real = flip_real(real, rng)
-    x_all = augment(torch.cat([real.to(device), fake]), cfg, rng)
+        real = flip_real(real, keyed_uniform(seed, "d-flips", t, idx, U_FLIPS))
+    # Rows are keyed by record (real) and by slot after the last record (fake).
+    keys = torch.cat([idx, len(images) + torch.arange(b)])
+    x_all = augment(torch.cat([real.to(device), fake]), cfg, seed, "d-augment", t, keys)
     y_all = torch.cat([labels[idx].to(device), y_fake])
     target = torch.cat([torch.full((len(idx),), 1.0 - cfg.train.label_smoothing), torch.zeros(b)]).to(device)
     total_rows = len(x_all)
@@ -231,13 +238,14 @@ def d_classifier_loss(d_train, x_all, y_all, part: slice, n_real: int, n_fake: i
     return loss
 
 
-def g_step(d_train, opt_g, gen_model, dp, cfg: GanConfig, rng, device) -> float:
+def g_step(d_train, opt_g, gen_model, dp, cfg: GanConfig, t: int, device) -> float:
     """Non-saturating generator loss through the (released) discriminator; touches no real data."""
-    z, y = random_inputs(cfg.train.batch_size, cfg, rng, device)
+    b, seed = cfg.train.batch_size, cfg.train.seed
+    z, y = random_inputs(b, cfg, step_generator(seed, "g-latents", t), device)
     if dp is not None:
         d_train.disable_hooks()  # no per-sample gradients for D here: they would leak into its next step
     try:
-        fake = augment(gen_model(z, y), cfg, rng)
+        fake = augment(gen_model(z, y), cfg, seed, "g-augment", t, torch.arange(b))
         logits = d_train(fake, y)
         loss = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
         if cfg.model.d_classifier:  # AC-GAN: patches that D's classifier assigns to their label ...
@@ -255,9 +263,13 @@ def g_step(d_train, opt_g, gen_model, dp, cfg: GanConfig, rng, device) -> float:
     return loss.item()
 
 
-def augment(x: torch.Tensor, cfg: GanConfig, rng: torch.Generator) -> torch.Tensor:
-    """DiffAugment of what the discriminator sees (both players' steps), when configured."""
-    return diff_augment(x, cfg.train.diffaugment, rng) if cfg.train.diffaugment else x
+def augment(x: torch.Tensor, cfg: GanConfig, seed: int, stream: str, t: int, keys: torch.Tensor) -> torch.Tensor:
+    """DiffAugment of what the discriminator sees (both players' steps), when configured; row i's
+    transforms depend only on (seed, stream, step t, keys[i])."""
+    policy = cfg.train.diffaugment
+    if not policy:
+        return x
+    return diff_augment(x, policy, keyed_uniform(seed, stream, t, keys, uniforms_needed(policy)))
 
 
 def grid_inputs(shape: GeneratorShape, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

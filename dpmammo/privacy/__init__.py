@@ -12,7 +12,8 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
                                 "ReleasePrivacyConfig", "Unit"],
     "dpmammo.privacy.engine": ["DPSetup", "make_private"],
     "dpmammo.privacy.ledger": ["ChainTotal", "PrivacyRecord", "StageSpend", "compose", "describe", "dp_stage",
-                               "non_dp_stage", "prior_history", "read_privacy", "release_stage", "short",
-                               "weights_stage", "write_privacy"],
-    "dpmammo.privacy.sampling": ["Batch", "PoissonUnits", "ShuffledBatches", "noise_generator", "unit_ids"],
+                               "non_dp_stage", "prior_history", "provenance_stages", "read_privacy", "release_stage",
+                               "short", "synthetic_chain", "weights_stage", "write_privacy"],
+    "dpmammo.privacy.sampling": ["Batch", "PoissonUnits", "ShuffledBatches", "secret_key", "unit_ids"],
+    "dpmammo.privacy.secret": ["SecretKey"],
 })

@@ -63,7 +63,8 @@ def steps_for(epochs: int, sample_rate: float) -> int:
 def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, steps: int,
                     accountant: str, prior: Sequence[tuple[float, float, int]] = ()) -> float:
     """Smallest σ (to 0.01 in ε) with ε(σ, q, steps, δ) ≤ target_epsilon; with `prior` (the
-    (σ, q, steps) segments of the DP stages before this one, RDP only), of their composition."""
+    (σ, q, steps) segments composed before this stage's steps: earlier DP stages of a chain, the
+    stage's noisy unit count), of their composition."""
     return _calibrate_noise(float(target_epsilon), float(delta), float(sample_rate), int(steps), accountant,
                             tuple(tuple(h) for h in prior))
 
@@ -76,9 +77,7 @@ def _calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, st
     if not 0 < sample_rate <= 1:
         raise DpMammoError(f"sample_rate={sample_rate} must be in (0, 1]")
     if prior:
-        if accountant != "rdp":
-            raise DpMammoError(f"a stage calibrated after earlier ones composes by RDP; got accountant {accountant}")
-        return _calibrate_after(list(prior), target_epsilon, delta, sample_rate, steps)
+        return _calibrate_after(list(prior), target_epsilon, delta, sample_rate, steps, accountant)
     try:
         with _full_batch_quiet(accountant, [sample_rate]):
             return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
@@ -89,14 +88,14 @@ def _calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, st
 
 
 def _calibrate_after(prior: list[tuple[float, float, int]], target: float, delta: float, q: float,
-                     steps: int) -> float:
-    """Opacus's get_noise_multiplier takes no history of earlier stages, so its bisection is done
-    here on the composed RDP ε: the σ returned keeps ε(prior + this stage) ≤ target, within 0.01."""
-    spent = epsilon_of(prior, delta, "rdp")
+                     steps: int, accountant: str) -> float:
+    """Opacus's get_noise_multiplier takes no history of earlier segments, so its bisection is done
+    here on the composed ε: the σ returned keeps ε(prior + this stage) ≤ target, within 0.01."""
+    spent = epsilon_of(prior, delta, accountant)
     if spent >= target:
         raise DpMammoError(f"the DP stages before this one already spend ε = {spent:.3g} of the chain's target "
                            f"{target:g} (privacy.target: total); raise target_epsilon or give them less")
-    total = lambda sigma: epsilon_of([*prior, (sigma, q, steps)], delta, "rdp")  # noqa: E731
+    total = lambda sigma: epsilon_of([*prior, (sigma, q, steps)], delta, accountant)  # noqa: E731
     low, high = 0.0, 10.0
     while total(high) > target:
         low, high = high, 2 * high
@@ -130,16 +129,21 @@ class EpsilonCurve:
     The recorded ε of a stage still comes from the stage's own accountant (`DPSetup.epsilon`).
     """
 
-    def __init__(self, noise_multiplier: float, sample_rate: float, delta: float):
+    def __init__(self, noise_multiplier: float, sample_rate: float, delta: float,
+                 before: Sequence[tuple[float, float, int]] = ()):
+        """`before`: segments composed ahead of the stage's steps (its noisy unit count)."""
         self.delta = delta
         self._orders = np.array(RDP_ORDERS)
         self._rdp_one = np.array(rdp_analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier,
                                                           steps=1, orders=RDP_ORDERS))
+        self._rdp_before = sum((np.array(rdp_analysis.compute_rdp(q=q, noise_multiplier=s, steps=k, orders=RDP_ORDERS))
+                                for s, q, k in before), np.zeros(len(RDP_ORDERS)))
 
     def __call__(self, steps: int) -> float:
-        if steps == 0:
+        if steps == 0 and not self._rdp_before.any():
             return 0.0
-        eps, _ = rdp_analysis.get_privacy_spent(orders=self._orders, rdp=self._rdp_one * steps, delta=self.delta)
+        eps, _ = rdp_analysis.get_privacy_spent(orders=self._orders, rdp=self._rdp_before + self._rdp_one * steps,
+                                                delta=self.delta)
         return float(eps)
 
 

@@ -30,6 +30,11 @@ class PrivacySettings(StrictModel):
         "auto", description="how per-unit gradients are clipped: hooks/functorch instantiate per-sample gradients, "
                             "ghost (fast gradient clipping) computes only norms in two backward passes, bookkeeping needs one "
                             "(layers with an Opacus grad sampler only); auto picks by the trainable layers")
+    unit_count_noise: float = Field(
+        20.0, gt=0, le=1000, allow_inf_nan=False,
+        description="σ of the Gaussian noise on the number N of private units (sensitivity 1) from which the sample "
+                    "rate q = batch_size/N̂ is set: the exact N is private and never released; the count's small "
+                    "privacy cost is part of the stage's ε")
     seeded_noise_for_tests: bool = Field(
         False, description="TESTS ONLY: draw DP noise and Poisson sampling from train.seed, so runs repeat exactly. "
                            "Whoever knows the seed can remove the noise: such a run has no guarantee")

@@ -29,6 +29,7 @@ from dpmammo.privacy.config import PrivacyConfig
 from dpmammo.privacy.grad_samplers import UnitGhostClipping, prepare_for_dp
 from dpmammo.privacy.noise import NoiseAheadMixin
 from dpmammo.privacy.sampling import Batch, PoissonUnits
+from dpmammo.privacy.secret import SecretKey
 
 # Opacus hooks every trainable layer; for the first one (its input is data, which needs no
 # gradient) torch warns on every step that the hook sees output gradients only. That is all
@@ -114,9 +115,8 @@ class DPSetup:
 
     def draw_next_noise(self) -> None:
         """Start drawing the next step's noise now, so that it overlaps the next batch's sampling and
-        gathering too. Its seed comes off the secret generator before that batch is sampled: a loop
-        calls this only where another step of the same epoch follows, so the order of secret draws
-        never depends on whether a checkpoint (which saves the generator at an epoch's end) is taken."""
+        gathering too. A loop calls this only where another step of the same epoch follows, so no
+        draw is pending when a checkpoint (taken at an epoch's end) records the step counts."""
         self.optimizer.noise_ahead.start(self.optimizer.noise_std())
 
     def step_empty(self) -> None:
@@ -133,11 +133,28 @@ class DPSetup:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
+    @property
+    def count_event(self) -> list[tuple[float, float, int]]:
+        """The Gaussian release of the noisy unit count the sample rate was set from, as an
+        accountant segment (σ, q = 1, one step); [] when the rate used an exact, public count."""
+        sigma = self.sampler.unit_count_noise
+        return [] if sigma is None else [(sigma, 1.0, 1)]
+
     def epsilon(self) -> float:
-        """The stage's ε from its accountant: what privacy.json records."""
-        if not self.accountant.history:
+        """The stage's ε from its accountant and the count release: what privacy.json records."""
+        history = [*self.count_event, *self.accountant.history]
+        if not history:
             return 0.0
-        return epsilon_of(self.accountant.history, self.config.delta, self.config.accountant)  # memoised
+        return epsilon_of(history, self.config.delta, self.config.accountant)  # memoised
+
+    @property
+    def draws(self) -> dict[str, int]:
+        """How many batches and noise vectors the stage has drawn (public: its step counts); a
+        checkpoint keeps them so that a resume with the same key continues the same streams."""
+        return {"sample": self.sampler.draws, "noise": self.optimizer.noise_ahead.draws}
+
+    def restore_draws(self, draws: dict[str, int]) -> None:
+        self.sampler.draws, self.optimizer.noise_ahead.draws = draws["sample"], draws["noise"]
 
     def running_epsilon(self) -> float | None:
         """ε so far, cheaply, for per-epoch logs (RDP stages; None for PRV, which is computed at the end)."""
@@ -177,8 +194,7 @@ def choose_grad_sample_mode(model: nn.Module) -> str:
 
 
 def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer, sampler: PoissonUnits, epochs: int,
-                 config: PrivacyConfig, noise_generator: torch.Generator,
-                 criterion: nn.Module | None = None, prior: Sequence[tuple[float, float, int]] = ()) -> DPSetup:
+                 config: PrivacyConfig, criterion: nn.Module | None = None, prior: Sequence[tuple[float, float, int]] = ()) -> DPSetup:
     """Wrap `model` and `optimizer` for DP-SGD at `config.target_epsilon` over `epochs`.
 
     Args:
@@ -187,11 +203,12 @@ def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer, sampler:
             keeping their state-dict keys (see dpmammo.privacy.grad_samplers).
         optimizer: a plain torch optimizer over those parameters.
         sampler: the Poisson sampler of units (patients or patches); its rate q sets the
-            accounting, its expected batch (in units) the scale of the noisy mean.
+            accounting, its expected batch (in units) the scale of the noisy mean, and its
+            secret key draws the noise too; a rate set from a noisy unit count adds that
+            count's Gaussian release to the stage's accounting.
         epochs: planned epochs; the noise is calibrated so that ε after epochs/q steps is
             ≤ target_epsilon.
         config: the privacy block (target ε, δ, unit, clipping norm, accountant, grad-sample mode).
-        noise_generator: secret generator of the Gaussian noise (dpmammo.privacy.sampling.noise_generator).
         criterion: the loss with mean reduction (default cross-entropy); DPSetup.criterion wraps it.
         prior: with `config.target == "total"`, the (σ, q, steps) of the DP stages before this one
             (dpmammo.privacy.ledger.prior_history): the noise is calibrated to their RDP composition
@@ -205,38 +222,38 @@ def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer, sampler:
     if getattr(criterion, "reduction", "mean") != "mean":
         raise DpMammoError(f"the DP loss must use reduction='mean' (got {criterion.reduction!r})")
     steps = steps_for(epochs, sampler.sample_rate)
+    count = [] if sampler.unit_count_noise is None else [(sampler.unit_count_noise, 1.0, 1)]
+    before = [*(prior if config.target == "total" else ()), *count]
     sigma = calibrate_noise(target_epsilon=config.target_epsilon, delta=config.delta,
-                            sample_rate=sampler.sample_rate, steps=steps, accountant=config.accountant,
-                            prior=prior if config.target == "total" else ())
+                            sample_rate=sampler.sample_rate, steps=steps, accountant=config.accountant, prior=before)
     prepare_for_dp(model)
     mode = choose_grad_sample_mode(model) if config.grad_sample_mode == "auto" else config.grad_sample_mode
     gsm, dp_opt, dp_criterion = _WRAPPERS[mode](model, optimizer, criterion, sigma, sampler.expected_units,
-                                                config.max_grad_norm, noise_generator)
+                                                config.max_grad_norm, sampler.key)
     accountant = new_accountant(config.accountant)
     dp_opt.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=sampler.sample_rate))
-    curve = EpsilonCurve(sigma, sampler.sample_rate, config.delta) if config.accountant == "rdp" else None
+    curve = EpsilonCurve(sigma, sampler.sample_rate, config.delta, before=count) if config.accountant == "rdp" else None
     return DPSetup(model=gsm, optimizer=dp_opt, criterion=dp_criterion, grad_sample_mode=mode,
                    accountant=accountant, noise_multiplier=sigma, sampler=sampler, planned_steps=steps, config=config,
                    curve=curve)
 
 
-# secure_mode: Opacus's guard of the Gaussian sampler against floating-point attacks (Mironov 2012;
-# arXiv 2107.10138): four draws per noise value instead of one, 4.3 ms a step for a 768→384→2 head on
-# a 2-core CPU; NoiseAhead draws it on a worker thread while the step's gradients are computed.
+# The optimizers' noise comes from the sampler's secret key (dpmammo.privacy.noise.NoiseAhead):
+# ChaCha20 with Opacus's secure-mode sum of four draws against floating-point attacks.
 def _per_sample(mode: str):
     """hooks / functorch: instantiate per-sample gradients, sum them per unit, clip in the optimizer."""
 
-    def wrap(model, optimizer, criterion, sigma, expected_units, max_grad_norm, generator):
+    def wrap(model, optimizer, criterion, sigma, expected_units, max_grad_norm, key):
         gsm = wrap_model(model, grad_sample_mode=mode, batch_first=True, loss_reduction="mean")
         opt = UnitDPOptimizer(optimizer, noise_multiplier=sigma, max_grad_norm=max_grad_norm,
                               expected_batch_size=expected_units, loss_reduction="mean",
-                              generator=generator, secure_mode=True)
+                              secret_key=key)
         return gsm, opt, criterion
 
     return wrap
 
 
-def _ghost(model, optimizer, criterion, sigma, expected_units, max_grad_norm, generator):
+def _ghost(model, optimizer, criterion, sigma, expected_units, max_grad_norm, key):
     """Fast gradient clipping (Lee & Kifer 2021; Li et al. 2022 "ghost clipping"): a first
     backward pass computes only per-unit gradient norms, a second one back-propagates the
     per-sample losses scaled by their unit's clipping factor, giving the sum of clipped gradients."""
@@ -244,17 +261,17 @@ def _ghost(model, optimizer, criterion, sigma, expected_units, max_grad_norm, ge
                             use_ghost_clipping=True)
     opt = FastClippingDPOptimizer(optimizer, noise_multiplier=sigma, max_grad_norm=max_grad_norm,
                                   expected_batch_size=expected_units, loss_reduction="mean",
-                                  generator=generator, secure_mode=True)
+                                  secret_key=key)
     return gsm, opt, DPLossFastGradientClipping(gsm, opt, criterion, loss_reduction="mean")
 
 
-def _bookkeeping(model, optimizer, criterion, sigma, expected_units, max_grad_norm, generator):
+def _bookkeeping(model, optimizer, criterion, sigma, expected_units, max_grad_norm, key):
     """Book-keeping clipping (one backward pass): the clipped sum lands in p.grad, and Opacus's
     fast-gradient-clipping optimizer adds the noise, as in ghost mode."""
     module = BookKeepingClipping(model, max_grad_norm)
     opt = FastClippingDPOptimizer(optimizer, noise_multiplier=sigma, max_grad_norm=max_grad_norm,
                                   expected_batch_size=expected_units, loss_reduction="mean",
-                                  generator=generator, secure_mode=True)
+                                  secret_key=key)
     return module, opt, BookKeepingLoss(module, criterion)
 
 

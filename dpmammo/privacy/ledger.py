@@ -58,9 +58,18 @@ class StageSpend(_Record):
     steps: Optional[int] = None
     accountant: Optional[str] = None
     max_grad_norm: Optional[float] = None
-    n_units: Optional[int] = None  # units the Poisson sampler drew from (patients, or patches; public ones too)
-    n_private: Optional[int] = None  # private units among them (δ < 1/n_private)
+    # σ of the Gaussian release of the private unit count (sensitivity 1) that `sample_rate` was set
+    # from; the exact count is never recorded (under add/remove adjacency it is private).
+    unit_count_noise: Optional[float] = None
     note: str = ""
+
+    def segments(self) -> list[tuple[float, float, int]]:
+        """The stage's Gaussian mechanisms as accountant segments (σ, q, steps): the noisy unit
+        count (one release, q = 1), then the Poisson-sampled steps (or a release: q = 1, one step)."""
+        if self.guarantee != "dp":
+            return []
+        count = [] if self.unit_count_noise is None else [(self.unit_count_noise, 1.0, 1)]
+        return [*count, (self.noise_multiplier, self.sample_rate, self.steps)]
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -106,13 +115,13 @@ def dp_stage(*, stage: str, run: str, data: list[str], dp, note: str = "") -> St
         stage=stage, run=run, data=list(data), guarantee="none" if seeded else "dp",
         reason="seeded-noise" if seeded else None, unit=p.unit, epsilon=dp.epsilon(), delta=p.delta,
         target_epsilon=p.target_epsilon, noise_multiplier=dp.noise_multiplier, sample_rate=dp.sample_rate,
-        steps=dp.steps_taken, accountant=p.accountant, max_grad_norm=p.max_grad_norm, n_units=dp.sampler.n_units,
-        n_private=dp.sampler.n_private_units,
+        steps=dp.steps_taken, accountant=p.accountant, max_grad_norm=p.max_grad_norm,
+        unit_count_noise=dp.sampler.unit_count_noise,
         note=("seeded noise: anyone who knows train.seed can remove it; for tests only. " if seeded else "") + note)
 
 
 def release_stage(*, stage: str, run: str, data: list[str], privacy: ReleasePrivacyConfig, noise_multiplier: float,
-                  n_units: int, n_private: int, note: str = "") -> StageSpend:
+                  note: str = "") -> StageSpend:
     """The record of one Gaussian release of a sum of per-unit vectors of L2 norm ≤ 1 (DP-MERF's
     mean embedding): the sensitivity, 1, is recorded as `max_grad_norm` (the bound on one unit's
     contribution, as a clipping norm is in DP-SGD), with sample rate 1 and one step, so RDP
@@ -123,17 +132,17 @@ def release_stage(*, stage: str, run: str, data: list[str], privacy: ReleasePriv
         stage=stage, run=run, data=list(data), guarantee="none" if seeded else "dp",
         reason="seeded-noise" if seeded else None, unit=privacy.unit, epsilon=epsilon, delta=privacy.delta,
         target_epsilon=privacy.target_epsilon, noise_multiplier=noise_multiplier, sample_rate=1.0, steps=1,
-        accountant=privacy.accountant, max_grad_norm=1.0, n_units=n_units, n_private=n_private,
+        accountant=privacy.accountant, max_grad_norm=1.0,
         note=("seeded noise: anyone who knows train.seed can remove it; for tests only. " if seeded else "")
         + "one Gaussian release of the sum of per-unit embeddings, sensitivity 1 (max_grad_norm)" + (f"; {note}" if note else ""))
 
 
 def non_dp_stage(*, stage: str, run: str, data: list[str], n_private: int) -> StageSpend:
-    """A stage without DP: no guarantee if it touched private data, public otherwise."""
+    """A stage without DP: no guarantee if it touched private data (`n_private` > 0), public otherwise."""
     if n_private:
         return StageSpend(stage=stage, run=run, data=list(data), guarantee="none", reason="non-private",
-                          n_private=n_private, note=f"{stage} trained on {n_private} private patches without DP")
-    return StageSpend(stage=stage, run=run, data=list(data), guarantee="public", n_private=0,
+                          note=f"{stage} trained on private patches without DP")
+    return StageSpend(stage=stage, run=run, data=list(data), guarantee="public",
                       note="no private data in the training sets")
 
 
@@ -149,7 +158,7 @@ def weights_stage(path: Path, *, declared_public: bool) -> StageSpend:
 
 
 def prior_history(upstream: list[StageSpend], privacy: Optional[PrivacyConfig]) -> list[tuple[float, float, int]]:
-    """The (σ, q, steps) of the DP stages in `upstream`, for a stage whose `privacy.target` is the
+    """The (σ, q, steps) segments of the DP stages in `upstream`, for a stage whose `privacy.target` is the
     chain's total; [] for a stage-only target or a non-private stage. The total is an RDP composition
     in one unit, so anything else is refused, as is an input that carries no guarantee at all."""
     if privacy is None or privacy.target != "total":
@@ -166,7 +175,7 @@ def prior_history(upstream: list[StageSpend], privacy: Optional[PrivacyConfig]) 
         if s.unit != privacy.unit:
             raise DpMammoError(f"privacy.target is total: {s.stage} ({s.run}) protects each {s.unit}, this stage each "
                                f"{privacy.unit}; a total needs one unit")
-    return [(s.noise_multiplier, s.sample_rate, s.steps) for s in dp]
+    return [seg for s in dp for seg in s.segments()]
 
 
 def compose(stages: list[StageSpend], delta: Optional[float] = None) -> ChainTotal:
@@ -181,10 +190,11 @@ def compose(stages: list[StageSpend], delta: Optional[float] = None) -> ChainTot
     if not dp:
         return ChainTotal(guarantee="public", method="no stage touched private data", stages=names)
     unit = "patient" if all(s.unit == "patient" for s in dp) else "patch"
-    if delta is None:
-        delta = sum(s.delta for s in dp)
     if all(s.accountant == "rdp" for s in dp):
-        eps = epsilon_of([(s.noise_multiplier, s.sample_rate, s.steps) for s in dp], delta, "rdp")
+        # RDP composition converts the whole chain at one δ: the caller's, else the last DP stage's
+        # (so a consumer that adds no DP stage states its input's guarantee unchanged).
+        delta = dp[-1].delta if delta is None else delta
+        eps = epsilon_of([seg for s in dp for seg in s.segments()], delta, "rdp")
         return ChainTotal(guarantee="dp", epsilon=eps, delta=delta, unit=unit,
                           method="RDP composition of all DP stages", stages=names)
     return ChainTotal(guarantee="dp", epsilon=sum(s.epsilon for s in dp), delta=sum(s.delta for s in dp), unit=unit,
@@ -195,8 +205,8 @@ def write_privacy(path: str | Path, own: StageSpend, upstream: list[StageSpend],
                   notes: list[str] | None = None) -> PrivacyRecord:
     """privacy.json for a run: its chain (upstream stages, then its own) and the composed total."""
     chain = [*upstream, own]
-    # A chain's total is stated at the δ of its last DP stage when there is one (RDP composition
-    # lets the whole chain be converted at one δ); otherwise the δs add.
+    # A chain's total is stated at the δ of this stage when it is DP, else at that of the chain's
+    # last DP stage (RDP composition lets the whole chain be converted at one δ; see compose).
     record = PrivacyRecord(stages=chain, total=compose(chain, delta=own.delta if own.guarantee == "dp" else None),
                            notes=list(notes or []))
     write_json_atomic(path, record.model_dump(mode="json"))
@@ -229,3 +239,20 @@ def short(total: ChainTotal) -> str:
     if total.guarantee == "dp":
         return f"ε={total.epsilon:.2f}/{total.unit}"
     return "public" if total.guarantee == "public" else "no guarantee"
+
+
+def provenance_stages(prov: dict) -> list[StageSpend]:
+    """The privacy chain a synthetic folder carries (provenance.json, written by `dpmammo gan sample`);
+    a folder without one is of unknown origin: no guarantee for whatever uses it."""
+    if prov.get("chain"):
+        return [StageSpend.model_validate(s) for s in prov["chain"]]
+    return [StageSpend(stage="generator", run=Path(prov["folder"]).name, data=["unknown"], guarantee="none",
+                       reason="unknown-origin",
+                       note="synthetic folder without provenance.json: its generator's training is unaccounted "
+                            "(the shipped c-dcgan set came from a GAN trained on CBIS-DDSM without DP)")]
+
+
+def synthetic_chain(provenances: list[dict]) -> list[StageSpend]:
+    """The chains of every synthetic folder a stage consumes (dpmammo.data.sets.synthetic_provenance):
+    every stage that trains on data brings this into its own ledger."""
+    return [s for prov in provenances for s in provenance_stages(prov)]

@@ -9,11 +9,10 @@ a second core while the first computes the clipped sum, and the optimizer's `add
 CPU time is unchanged; the wall time overlaps the two (a third off the paper grid's head-only
 runs, benchmarks/README.md).
 
-Each step's noise comes from a fresh generator on the parameters' device, seeded with 63 bits
-drawn from the stage's secret generator in the calling thread, in step order: the secret
-generator stays the one source of randomness (never written down; its state is what a
-checkpoint saves), and a resumed run draws exactly what an uninterrupted one would. The draw
-itself is Opacus's `_generate_noise` with `secure_mode=True`, unchanged.
+Step t's noise is the keystream of ("noise", t) under the stage's `SecretKey`
+(dpmammo.privacy.secret): ChaCha20 with a 256-bit key from the OS, Box–Muller in float64 and
+Opacus's secure-mode sum of four draws. Draws are addressed by step, so a resume with the same
+key (tests only: a seeded key) draws exactly what an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -22,7 +21,9 @@ import os
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
-from opacus.optimizers.optimizer import _check_processed_flag, _generate_noise, _mark_as_processed
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+
+from dpmammo.privacy.secret import SecretKey
 
 
 _worker: ThreadPoolExecutor | None = None  # one thread for every DP stage of the process (they run one at a time)
@@ -45,10 +46,11 @@ os.register_at_fork(after_in_child=_forget_worker_after_fork)
 
 
 class NoiseAhead:
-    """Secure-mode noise for `params`, one step ahead of the optimizer that adds it."""
+    """Secure noise for `params`, one step ahead of the optimizer that adds it."""
 
-    def __init__(self, secret: torch.Generator, params: list[torch.nn.Parameter]):
-        self.secret, self.params = secret, params
+    def __init__(self, key: SecretKey, params: list[torch.nn.Parameter]):
+        self.key, self.params = key, params
+        self.draws = 0  # noise draws started so far: the step index of the next one (public)
         # A worker thread pays off on CPU only; CUDA kernels are asynchronous already.
         self.threaded = all(p.device.type == "cpu" for p in params)
         self._pending: Future | list[torch.Tensor] | None = None
@@ -57,8 +59,8 @@ class NoiseAhead:
         """Begin drawing the next step's noise (standard deviation `std` per coordinate)."""
         if self._pending is not None:
             return  # already drawn for this step (a logical batch split into chunks starts once)
-        seed = int(torch.randint(0, 2**63 - 1, (1,), generator=self.secret))
-        self._pending = _pool().submit(self._draw, std, seed) if self.threaded else self._draw(std, seed)
+        index, self.draws = self.draws, self.draws + 1
+        self._pending = _pool().submit(self._draw, std, index) if self.threaded else self._draw(std, index)
 
     def take(self, std: float) -> list[torch.Tensor]:
         """The step's noise, one tensor per parameter (drawn now if no step started it)."""
@@ -66,22 +68,20 @@ class NoiseAhead:
         pending, self._pending = self._pending, None
         return pending.result() if isinstance(pending, Future) else pending
 
-    def _draw(self, std: float, seed: int) -> list[torch.Tensor]:
-        generators: dict[torch.device, torch.Generator] = {}
-        noise = []
-        for p in self.params:
-            if p.device not in generators:
-                generators[p.device] = torch.Generator(device=p.device).manual_seed(seed + len(generators))
-            noise.append(_generate_noise(std=std, reference=p, generator=generators[p.device], secure_mode=True))
-        return noise
+    def _draw(self, std: float, index: int) -> list[torch.Tensor]:
+        if std == 0:
+            return [torch.zeros_like(p) for p in self.params]
+        noise = self.key.gaussian_noise("noise", index, [p.shape for p in self.params], std)
+        return [n.to(device=p.device, dtype=p.dtype) for n, p in zip(noise, self.params)]
 
 
 class NoiseAheadMixin:
-    """For Opacus DP optimizers: `add_noise` adds the noise `noise_ahead` drew, instead of drawing it."""
+    """For Opacus DP optimizers: `add_noise` adds the noise `noise_ahead` drew from `secret_key`,
+    instead of Opacus's own draw from a torch.Generator (which is never created: generator=None)."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.noise_ahead = NoiseAhead(self.generator, self.params)  # Opacus keeps the generator it was given
+    def __init__(self, *args, secret_key: SecretKey, **kwargs):
+        super().__init__(*args, generator=None, secure_mode=False, **kwargs)
+        self.noise_ahead = NoiseAhead(secret_key, self.params)
 
     def noise_std(self) -> float:
         return self.noise_multiplier * self.max_grad_norm

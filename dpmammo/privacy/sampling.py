@@ -10,16 +10,19 @@ jax_privacy's batch-selection strategies), so training loops do not branch on DP
   patches, laid out contiguously, and `Batch.groups` says which unit each record belongs to so
   the optimizer clips each unit's summed gradient.
 
-Secret randomness: the Poisson draws and the Gaussian noise of a DP stage come from
-`noise_generator`, seeded from the operating system's entropy, never from `train.seed`. If the
-seed decided them, anyone holding config.yaml could replay both neighbouring worlds and remove
-the noise. The generator's state lives only in the training checkpoint (so a resume is exact)
-and is deleted with it when the run finishes.
+Secret randomness: the Poisson draws and the Gaussian noise of a DP stage come from its
+`SecretKey` (dpmammo.privacy.secret: ChaCha20 keyed with 256 bits of OS entropy), never from
+`train.seed`. If the seed decided them, anyone holding config.yaml could replay both neighbouring
+worlds and remove the noise. The key exists only in memory; draws are addressed by step.
+
+The number of private units N is not released either: under add/remove adjacency it is itself
+private (B/N would tell whether a patient is in). The sample rate is set from a noisy count
+N̂ = N + N(0, σ_N²) (sensitivity 1, `privacy.unit_count_noise`), a Gaussian release that the
+stage's accounting includes; q = B / N̂, the steps and σ are then functions of N̂ only.
 """
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
@@ -28,21 +31,17 @@ import torch
 from dpmammo.errors import DpMammoError
 from dpmammo.privacy.accounting import check_delta
 from dpmammo.privacy.config import PrivacyConfig, ReleasePrivacyConfig, Unit
-
-# Offset so that the test-only seeded noise stream never coincides with the seed's own stream.
-_SEEDED_NOISE_OFFSET = 0x5EED_0F_D9
+from dpmammo.privacy.secret import SecretKey
 
 
-def noise_generator(privacy: PrivacyConfig | ReleasePrivacyConfig, seed: int) -> torch.Generator:
-    """The generator of a DP stage's sampling and noise: OS entropy, or (tests only) the seed.
+def secret_key(privacy: PrivacyConfig | ReleasePrivacyConfig, seed: int) -> SecretKey:
+    """The key of a DP stage's sampling and noise: OS entropy, or (tests only) derived from the seed."""
+    return SecretKey.for_tests(seed) if privacy.seeded_noise_for_tests else SecretKey.fresh()
 
-    torch's Mersenne Twister is not a cryptographic generator, but its 63-bit secret seed is
-    never written anywhere and its outputs are never released (only noisy sums are), which is
-    what the DP argument needs. Opacus's `secure_mode` additionally guards the Gaussian sampler
-    against floating-point attacks; make_private turns it on.
-    """
-    seed_value = seed + _SEEDED_NOISE_OFFSET if privacy.seeded_noise_for_tests else secrets.randbits(63)
-    return torch.Generator().manual_seed(seed_value)
+
+def noisy_unit_count(key: SecretKey, n_private_units: int, noise: float) -> float:
+    """N̂ = N + N(0, noise²): the private unit count as released (a Gaussian mechanism, sensitivity 1)."""
+    return n_private_units + noise * float(key.normal("count", 0, 1)[0])
 
 
 def unit_ids(patients: Sequence[str], is_private: Sequence[bool], unit: Unit, what: str = "") -> torch.Tensor:
@@ -109,26 +108,35 @@ class Batch:
 
 
 def batch_selection(records: Sequence, privacy: Optional[PrivacyConfig], batch_size: int, seed_generator: torch.Generator,
-                    seed: int, max_physical: int, what: str = "") -> tuple["ShuffledBatches | PoissonUnits",
-                                                                             Optional[torch.Generator]]:
-    """The batch selection of a training stage (records: PatchRecords), and its secret generator.
+                    seed: int, max_physical: int, what: str = "",
+                    released_rate_units: Optional[float] = None) -> "ShuffledBatches | PoissonUnits":
+    """The batch selection of a training stage (records: PatchRecords).
 
     Without DP: shuffled batches from the run's seeded generator (no secret). Under DP: Poisson
-    sampling of the units of `privacy.unit` from a secret generator, with δ checked against the
-    number of private units and every unit small enough to be clipped in one physical pass.
+    sampling of the units of `privacy.unit` with a fresh secret key, at the rate set by the noisy
+    unit count (module docstring), with δ checked against the number of private units and every
+    unit small enough to be clipped in one physical pass. A resumed stage passes the count it
+    released before (`released_rate_units`, from its checkpoint): the count is released once.
     """
     if privacy is None:
-        return ShuffledBatches(len(records), batch_size, seed_generator), None
+        return ShuffledBatches(len(records), batch_size, seed_generator)
     is_private = [r.source == "real" for r in records]
     units = unit_ids([r.patient for r in records], is_private, privacy.unit, what)
-    secret = noise_generator(privacy, seed)
-    sampler = PoissonUnits(units, batch_size, secret, torch.tensor(is_private))
-    if sampler.n_private_units:
-        check_delta(privacy.delta, sampler.n_private_units, privacy.unit)
+    key = secret_key(privacy, seed)
+    private = torch.tensor(is_private, dtype=torch.bool)
+    n_private_units = len(torch.unique(units[private]))
+    n_public_units = (int(units.max()) + 1 if len(units) else 0) - n_private_units
+    if n_private_units:
+        check_delta(privacy.delta, n_private_units, privacy.unit)
+    if released_rate_units is None:
+        counted = n_public_units + noisy_unit_count(key, n_private_units, privacy.unit_count_noise)
+        released_rate_units = max(float(batch_size), counted)
+    sampler = PoissonUnits(units, batch_size, key, rate_units=released_rate_units,
+                           unit_count_noise=privacy.unit_count_noise)
     if sampler.max_unit_size > max_physical:
         raise DpMammoError(f"a patient has {sampler.max_unit_size} patches, more than train.physical_batch_size="
                            f"{max_physical}: a patient's gradient is clipped in one pass; raise physical_batch_size")
-    return sampler, secret
+    return sampler
 
 
 def epoch_steps(sampler, epochs: int, planned_steps: Optional[int] = None) -> list[int]:
@@ -161,23 +169,27 @@ class ShuffledBatches:
 
 
 class PoissonUnits:
-    """DP sampling: every unit joins a step independently with probability q = expected / n_units."""
+    """DP sampling: every unit joins a step independently with probability q = expected / rate_units.
+
+    `rate_units` is the (noisy, released) unit count the rate is set from; by default the exact
+    number of units, for callers whose unit count is public (tests, audits of a known pool).
+    """
 
     private = True
 
-    def __init__(self, units: torch.Tensor, expected_units: int, generator: torch.Generator,
-                 is_private: Optional[torch.Tensor] = None):
-        """units: the unit number of each record (see `unit_ids`); is_private: which records are
-        private (default all); the accountant's N and δ < 1/N count private units only."""
+    def __init__(self, units: torch.Tensor, expected_units: int, key: SecretKey, *,
+                 rate_units: Optional[float] = None, unit_count_noise: Optional[float] = None):
+        """units: the unit number of each record (see `unit_ids`)."""
         self.n_units = int(units.max()) + 1 if len(units) else 0
-        private = is_private if is_private is not None else torch.ones(len(units), dtype=torch.bool)
-        self.n_private_units = len(torch.unique(units[private]))
         if not 0 < expected_units <= self.n_units:
-            raise DpMammoError(f"batch_size={expected_units} must be between 1 and the {self.n_units} units of privacy "
+            raise DpMammoError(f"batch_size={expected_units} must be between 1 and the number of units of privacy "
                                "in the training set")
-        self.sample_rate = expected_units / self.n_units
+        self.rate_units = float(self.n_units if rate_units is None else rate_units)
+        self.unit_count_noise = unit_count_noise  # σ of the count behind rate_units (None: exact, public)
+        self.sample_rate = min(1.0, expected_units / self.rate_units)
         self.expected_units = expected_units
-        self.generator = generator
+        self.key = key
+        self.draws = 0  # batches drawn so far: the index of the next draw (public: the step count)
         self.grouped = self.n_units < len(units)  # some unit has several records
         order = torch.argsort(units, stable=True)
         counts = torch.bincount(units, minlength=self.n_units)
@@ -185,7 +197,9 @@ class PoissonUnits:
         self.max_unit_size = int(counts.max()) if len(units) else 0
 
     def next_batch(self) -> Batch:
-        chosen = (torch.rand(self.n_units, generator=self.generator) < self.sample_rate).nonzero().squeeze(1).tolist()
+        u = self.key.uniform("sample", self.draws, self.n_units)
+        self.draws += 1
+        chosen = (u < self.sample_rate).nonzero().squeeze(1).tolist()
         if not chosen:
             return Batch(torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long) if self.grouped else None)
         parts = [self._records_of[u] for u in chosen]

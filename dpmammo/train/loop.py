@@ -31,7 +31,9 @@ from dpmammo.errors import DpMammoError
 from dpmammo.models import create_model, load_weights, save_weights
 from dpmammo.privacy import (StageSpend, dp_stage, make_private, non_dp_stage, prior_history, weights_stage,
                              write_privacy)
+from dpmammo.privacy.ledger import synthetic_chain
 from dpmammo.privacy.sampling import batch_selection, epoch_steps
+from dpmammo.randomness import keyed_uniform
 from dpmammo.progress import StepProgress
 from dpmammo.runs import METRICS, RunDir
 from dpmammo.train import features as fc
@@ -95,17 +97,18 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, say: Callable[[str]
     params = [p for p in trainable.parameters() if p.requires_grad]
     optimizer = build_optimizer(cfg, params)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
-    gen = torch.Generator().manual_seed(cfg.train.seed)  # augmentation and non-private sampling
+    gen = torch.Generator().manual_seed(cfg.train.seed)  # non-private sampling
     epochs, batch_size = cfg.train.epochs, cfg.train.batch_size
-    sampler, secret = batch_selection(train_records, cfg.privacy, batch_size, gen, cfg.train.seed,
-                                      cfg.train.physical_batch_size, ", ".join(cfg.data.train))
+    sampler = batch_selection(train_records, cfg.privacy, batch_size, gen, cfg.train.seed,
+                              cfg.train.physical_batch_size, ", ".join(cfg.data.train),
+                              released_rate_units=run.released_rate_units() if resuming else None)
     dp = None
     if cfg.privacy is not None:
         p = cfg.privacy
         dp = make_private(model=trainable, optimizer=optimizer, sampler=sampler, epochs=epochs, config=p,
-                          noise_generator=secret, criterion=criterion, prior=prior_history(upstream, p))
+                          criterion=criterion, prior=prior_history(upstream, p))
         trainable, optimizer, criterion = dp.model, dp.optimizer, dp.criterion
-        say(f"DP-SGD ({dp.grad_sample_mode}, unit {p.unit}: {sampler.n_units} units, {sampler.n_private_units} private): "
+        say(f"DP-SGD ({dp.grad_sample_mode}, unit {p.unit}; q from a noisy unit count, sigma_N={p.unit_count_noise:g}): "
             f"sigma={dp.noise_multiplier:.4f} q={dp.sample_rate:.5f} steps={dp.planned_steps} "
             f"target eps={p.target_epsilon}{' (chain total)' if p.target == 'total' else ''} delta={p.delta:g}"
             + (" SEEDED NOISE (tests only): no guarantee" if p.seeded_noise_for_tests else ""))
@@ -116,7 +119,7 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, say: Callable[[str]
     parts = {"trained": changing, "optimizer": optimizer}
     state = {"epoch": 0, "history": [], "best": None, "best_auroc": -1.0, "best_epoch": None, "wall_s": 0.0}
     if resuming:
-        state = run.load_training_state(parts, dp, gen, secret)
+        state = run.load_training_state(parts, dp, gen)
         t0 = time.time()  # time before the interruption is in state["wall_s"]
         say(f"resumed after epoch {state['epoch']}")
 
@@ -133,7 +136,8 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, say: Callable[[str]
             losses = []
             for step in range(steps_per_epoch[epoch]):
                 batch = sampler.next_batch()
-                views = torch.randint(0, N_VIEWS, (len(batch),), generator=gen) if cfg.train.augment == "flips" else None
+                views = flip_views(cfg.train.seed, sum(steps_per_epoch[:epoch]) + step, batch.idx) \
+                    if cfg.train.augment == "flips" else None
                 x = fc.take_views(inputs, batch.idx, views) if cached else image_batch(images, batch.idx, views)
                 losses.append(train_step(trainable, optimizer, criterion, dp, batch, x, labels[batch.idx], physical, device))
                 if dp is not None and step + 1 < steps_per_epoch[epoch]:
@@ -157,11 +161,11 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, say: Callable[[str]
             # Checkpoint by time, not every epoch (300 epochs × 72 runs of the paper grid); a resume
             # replays the epochs since, with the same random streams, to the same result.
             if epoch + 1 < epochs and time.time() - last_checkpoint >= cfg.train.checkpoint_every_s:
-                run.save_training_state(parts, dp, gen, secret, state)
+                run.save_training_state(parts, dp, gen, state)
                 last_checkpoint = time.time()
 
     # Outputs: selected weights, privacy record, metrics (written last: it marks the run finished;
-    # the checkpoint, and with it the secret generator's state, is deleted then).
+    # the checkpoint is deleted then).
     changing.load_state_dict(state["best"])
     save_weights(model, run.weights)
     if dp is not None:
@@ -207,9 +211,13 @@ def input_chain(cfg: TrainConfig, train_records) -> list[StageSpend]:
     if getattr(cfg.model, "pretrained", False):
         chain.append(StageSpend(stage="weights", run="timm ImageNet-1k", data=["ImageNet-1k"], guarantee="public",
                                 note="ImageNet weights from timm: public data"))
-    for prov in synthetic_provenance(train_records):
-        chain += provenance_stages(prov)
-    return chain
+    return chain + synthetic_chain(synthetic_provenance(train_records))
+
+
+def flip_views(seed: int, step: int, idx: torch.Tensor) -> torch.Tensor:
+    """The flip view of each record of a step: a function of (seed, step, record) alone, so the
+    views never depend on which other records the (secret) sampling put into the step."""
+    return (keyed_uniform(seed, "views", step, idx)[:, 0] * N_VIEWS).long().clamp_(max=N_VIEWS - 1)
 
 
 def build_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -254,13 +262,3 @@ def train_step(trainable, optimizer, criterion, dp, batch, x_all, y_all, physica
             optimizer.step()  # on non-last chunks: clip and accumulate only (signal_skip_step)
             optimizer.zero_grad(set_to_none=True)
     return total / n
-
-
-def provenance_stages(prov: dict) -> list[StageSpend]:
-    """The privacy chain a synthetic folder carries (see dpmammo.gan sample)."""
-    if prov.get("chain"):
-        return [StageSpend.model_validate(s) for s in prov["chain"]]
-    return [StageSpend(stage="generator", run=Path(prov["folder"]).name, data=["unknown"], guarantee="none",
-                       reason="unknown-origin",
-                       note="synthetic folder without provenance.json: its generator's training is unaccounted "
-                            "(the shipped c-dcgan set came from a GAN trained on CBIS-DDSM without DP)")]
