@@ -176,6 +176,18 @@ def evaluate(run_dir: Path, on: List[str] = typer.Option(["cbis-ddsm/test", "bcd
     console.print(table)
 
 
+@app.command("release")
+def release(run_dir: Path, out: Path = typer.Option(..., "--out", help="folder to write the release into"),
+            no_guarantee_ok: bool = typer.Option(False, "--no-guarantee-ok",
+                                                 help="package a run that has no privacy guarantee (said first in PRIVACY.md)"),
+            force: bool = typer.Option(False, "--force", help="replace an earlier release in --out")):
+    """Package one finished run to share: weights, ledger, privacy statement, model card."""
+    from dpmammo.release import release_run
+
+    rel = release_run(run_dir, out, allow_no_guarantee=no_guarantee_ok, force=force)
+    console.print(f"{out}: {', '.join(rel.files)}; {rel.guarantee}", highlight=False)
+
+
 @app.command("study")
 def study(config: Optional[Path] = typer.Argument(None, help="study config YAML (or use --preset)"),
           preset: Optional[str] = typer.Option(None, "--preset", help="packaged study: quick | quick-audit | quick-e2e | paper"),

@@ -242,10 +242,12 @@ def test_dp_study_quality_table_and_report(dp_study):
         assert r["status"] == "ok" and int(r["n"]) == 48 and r["image_size"] == "32"
         assert math.isfinite(float(r["classifier_fd"])) and float(r["classifier_fd"]) >= 0
         assert 0 <= float(r["class_fidelity"]) <= 1
-        assert (dp_study / r["grid"]).is_file()
         assert r["frd"] == "" and r["frd_note"] == "not requested" and r["n_ref"] == "96"
     assert rows["generator/eps2-samples"]["guarantee"].startswith("ε=")
     assert rows["phantom/val"]["guarantee"] == "private data"
+    # Pixels: a grid of the DP generator's samples, none of the private validation patches.
+    assert (dp_study / rows["generator/eps2-samples"]["grid"]).is_file() and rows["phantom/val"]["grid"] == ""
+    assert not (dp_study / "quality" / "grids" / "phantom_val.png").exists()
     assert float(rows["phantom/val"]["class_fidelity"]) > 0.6  # the judge sees the phantom classes (0.703 measured)
     from PIL import Image
 
@@ -254,8 +256,9 @@ def test_dp_study_quality_table_and_report(dp_study):
     assert "| set | kind | guarantee |" in (dp_study / "quality.md").read_text()
     html = (dp_study / "report.html").read_text()
     assert 'id="quality"' in html and "generator/eps2" in html
-    # Plots (2), one grid per scored set (2).
-    assert html.count("data:image/png;base64,") == 4
+    # Plots (2), and one grid: the DP generator's samples; no <img> of the private validation set.
+    assert html.count("data:image/png;base64,") == 3 and 'alt="phantom/val"' not in html
+    assert "What may be released" in html and "dpmammo release" in html
 
 
 def test_rerun_dp_study_reuses_generator_and_runs(dp_study):

@@ -23,7 +23,9 @@ def caveats(cfg: StudyConfig) -> tuple[str, ...]:
         "from), composed by the ledger; \"target ε\" labels the grid only.",
         "A chain with a stage that saw private data without DP (e.g. the shipped c-dcgan set, whose GAN was "
         "trained on CBIS-DDSM without DP) has no guarantee, whatever its DP stage spent.",
-        "DP noise and Poisson sampling come from secret randomness (OS entropy), never from the recorded seed.",
+        "DP noise and Poisson sampling come from ChaCha20 keyed with 256 bits of OS entropy, never from the recorded "
+        "seed; the key is never written to disk. The number of private units is released only as a noisy count "
+        "(accounted in each stage's ε), from which the sample rate q is set.",
         "Model selection uses the validation set (best validation AUROC by default); that use is not DP-accounted. "
         "No value of any preset was chosen on a test set.",
         "AUPRC and sensitivity/specificity are malignant-positive; the threshold is chosen on validation (Youden's J).",
@@ -64,6 +66,26 @@ def privacy_table(cfg: StudyConfig, study_dir: Path) -> str:
     return _table(head, rows, "privacy")
 
 
+def release_section(cfg: StudyConfig, study_dir: Path) -> str:
+    """Which of the study's files may leave the data owner: a study folder is a research record."""
+    plan = expand(cfg, study_dir.resolve())
+    releasable = []
+    for run_id in plan.runs:
+        run = RunDir(study_dir / run_id)
+        if run.privacy.is_file() and run.read_privacy().total.guarantee in ("dp", "public"):
+            releasable.append(run_id)
+    items = "".join(f"<li><code>dpmammo release {html.escape(str(study_dir / r))} --out DIR</code></li>"
+                    for r in releasable) or "<li>none: no finished run of this study has a guarantee</li>"
+    return f"""<p>This folder is a research record, not a release. Each run with a DP guarantee can be shared
+on its own with <code>dpmammo release</code>, which packages its weights, ledger, privacy statement and model card
+(and nothing from its log or metrics). Releasing several runs trained on the same patients spends all of their
+budgets: the ε of the runs compose (they add up at worst). Not releasable: every other file here (logs, metrics,
+results computed without DP on the validation and test sets), runs without a guarantee, the non-private judge and
+audit models (<code>quality/</code>, <code>audit/</code>), and the feature caches of private images in the user
+cache (<code>~/.cache/dpmammo</code>). This report draws no private pixels: sample grids show only sets whose
+pixels carry a guarantee.</p><p>Runs that can be released one at a time ({len(releasable)}):</p><ul>{items}</ul>"""
+
+
 def _table(head, rows, table_id: str) -> str:
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
@@ -98,6 +120,7 @@ Model: {html.escape(cfg.model.name)}. Test sets: {html.escape(', '.join(cfg.test
 <h2>Privacy spend of every run</h2>{privacy_table(cfg, study_dir)}
 <h2>Run status</h2>{failures(summary)}
 {extra_sections}
+<h2>What may be released</h2>{release_section(cfg, study_dir)}
 <h2>Caveats</h2><ul>{caveat_items}</ul>
 <p>Per-run metrics (AUPRC, accuracy, sensitivity, specificity, CI, wall time): <code>results.csv</code>.</p>
 </body></html>

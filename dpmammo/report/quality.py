@@ -1,5 +1,7 @@
 """The report's "quality of the synthetic sets" section: quality.csv as a table and a sample grid
-per set (benign row above, malignant row below); "" when the study scored no quality."""
+per set whose pixels carry a guarantee (benign row above, malignant row below); "" when the
+study scored no quality. Private patches and samples of generators that saw private data without
+DP are never drawn (dpmammo.study.quality.pixels_may_be_shown)."""
 
 from __future__ import annotations
 
@@ -37,4 +39,6 @@ def quality_section(study_dir: Path, embed_png: Callable[[Path, str], str]) -> s
     return f"""<h2>Quality of the synthetic sets</h2>
 <p>Each set against {html.escape(ref)} at {size} px (details: <code>quality.md</code>). {html.escape(PRIVACY_NOTE)}</p>
 <table id="quality"><thead><tr>{th}</tr></thead><tbody>{''.join(body)}</tbody></table>
-<h3>Samples</h3>{grids}"""
+<h3>Samples</h3>{grids}
+<p>Samples are shown only of sets whose pixels carry a guarantee (a DP generator, or no private data); never
+of the private sets, nor of a generator trained on them without DP.</p>"""

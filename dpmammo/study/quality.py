@@ -34,7 +34,7 @@ from rich.console import Console
 from dpmammo.data.manifest import BENIGN, MALIGNANT, PatchRecord
 from dpmammo.data.sets import load_set, synthetic_provenance
 from dpmammo.files import write_text_atomic
-from dpmammo.privacy.ledger import compose, short
+from dpmammo.privacy.ledger import ChainTotal, compose, short, synthetic_chain
 from dpmammo.study.config import StudyConfig
 from dpmammo.study.outcome import Outcome, failed
 from dpmammo.study.recipes import Plan
@@ -65,7 +65,7 @@ class QualityRow(BaseModel):
     class_fidelity: Optional[float] = None
     frd: Optional[float] = None
     frd_note: str = ""
-    grid: str = ""  # the sample grid PNG, relative to the study directory
+    grid: str = ""  # the sample grid PNG, relative to the study directory; "" for sets whose pixels are private
     error: str = ""
 
 
@@ -106,14 +106,24 @@ def candidates(cfg: StudyConfig, plan: Plan, study_dir: Path, outcomes: dict[str
     return out
 
 
-def set_guarantee(records: list[PatchRecord]) -> str:
+def set_chain(records: list[PatchRecord]) -> Optional[ChainTotal]:
     """What a set's origin guarantees: the composed chain of its synthetic folders' provenance
-    (a folder without one: no guarantee); real patches are the private data itself."""
-    from dpmammo.train.loop import provenance_stages
+    (a folder without one: no guarantee); None for real patches, the private data itself."""
+    if any(r.source == "real" for r in records):
+        return None
+    return compose(synthetic_chain(synthetic_provenance(records)))
 
-    if all(r.source == "real" for r in records):
-        return "private data"
-    return short(compose([s for prov in synthetic_provenance(records) for s in provenance_stages(prov)]))
+
+def set_guarantee(records: list[PatchRecord]) -> str:
+    chain = set_chain(records)
+    return "private data" if chain is None else short(chain)
+
+
+def pixels_may_be_shown(records: list[PatchRecord]) -> bool:
+    """A sample grid is drawn only of sets whose pixels carry a guarantee (DP, or no private data):
+    never of private patches, nor of samples of a generator that saw private data without DP."""
+    chain = set_chain(records)
+    return chain is not None and chain.guarantee in ("dp", "public")
 
 
 def run_quality(cfg: StudyConfig, plan: Plan, study_dir: Path, outcomes: dict[str, Outcome], *,
@@ -171,12 +181,14 @@ def score_set(c: Candidate, records: list[PatchRecord], ref: list[PatchRecord], 
 
     try:
         s = score_records(records, ref, model, frd=frd, frd_size=base["image_size"])
-        grid = Path(QUALITY_DIR) / "grids" / f"{c.label.replace('/', '_')}.png"
-        write_grid(records, base["image_size"], study_dir / grid)
+        grid = ""
+        if pixels_may_be_shown(records):
+            grid = (Path(QUALITY_DIR) / "grids" / f"{c.label.replace('/', '_')}.png").as_posix()
+            write_grid(records, base["image_size"], study_dir / grid)
         return QualityRow(set=c.label, kind=c.kind, guarantee=set_guarantee(records), status="ok", n=len(records),
                           n_ref=len(ref), classifier_fd=s["classifier_fd"]["value"],
                           class_fidelity=s["class_fidelity"]["auroc"], frd=s["frd"]["value"],
-                          frd_note=s["frd"].get("note", ""), grid=grid.as_posix(), **base)
+                          frd_note=s["frd"].get("note", ""), grid=grid, **base)
     except Exception as e:  # noqa: BLE001
         return _failed_row(c, e, base)
 
