@@ -46,4 +46,19 @@ class SwinTConfig(StrictModel):
         return self
 
 
-ModelConfig = CnnSmallConfig | SwinTConfig
+class PixelsConfig(StrictModel):
+    name: Literal["pixels"] = "pixels"
+    input_size: int = Field(64, ge=16, le=256, description="patch side in pixels as loaded (resized on load)")
+    resolution: int = Field(32, ge=4, le=128, description="side the patch is average-pooled to: the features "
+                                                          "are resolution² standardised pixels")
+    weights: Optional[Path] = Field(None, description="whole-model weight file (the head), loaded strictly")
+    freeze_backbone: Literal[True] = Field(True, description="the backbone has no parameters: only the head trains")
+
+    @model_validator(mode="after")
+    def _pools_down(self):
+        if self.resolution > self.input_size:
+            raise ValueError(f"resolution {self.resolution} exceeds input_size {self.input_size}")
+        return self
+
+
+ModelConfig = CnnSmallConfig | SwinTConfig | PixelsConfig

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 from typing_extensions import Annotated
 
 from dpmammo.config import StrictModel
-from dpmammo.models.config import CnnSmallConfig, SwinTConfig
+from dpmammo.models.config import CnnSmallConfig
+from dpmammo.models.config import ModelConfig as AnyModelConfig
 from dpmammo.privacy.config import PrivacyConfig
 from dpmammo.train.members import AuditSplit
 
-ModelConfig = Annotated[Union[CnnSmallConfig, SwinTConfig], Field(discriminator="name")]
+ModelConfig = Annotated[AnyModelConfig, Field(discriminator="name")]  # the models' one union, by `name`
 
 
 class DataConfig(StrictModel):

@@ -1,0 +1,25 @@
+"""`pixels`: downsampled, per-image standardised pixels as fixed features, and a linear head.
+
+The baseline any prior must beat under DP at small ε (Tramèr & Boneh, ICLR 2021, "Differentially
+Private Learning Needs Better Features (or Much More Data)": at small ε a linear model on fixed,
+well-normalised features beats end-to-end DP CNNs). The backbone has no parameters and touches no
+data beyond the image it maps: average-pool to `resolution`, then zero mean and unit variance per
+image (a per-sample operation, so DP-safe; no statistics of the data set enter it). Only the head
+trains; with `train.feature_cache` the features are computed once per image and flip view.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from dpmammo.models.classifier import Classifier
+from dpmammo.models.cnn import _Standardize
+from dpmammo.models.config import PixelsConfig
+from dpmammo.models.registry import register_model
+
+
+@register_model("pixels", PixelsConfig)
+def pixels(cfg: PixelsConfig) -> Classifier:
+    backbone = nn.Sequential(nn.AdaptiveAvgPool2d(cfg.resolution), _Standardize(), nn.Flatten())
+    head = nn.Linear(cfg.resolution ** 2, 2)
+    return Classifier(backbone, head, input_size=cfg.input_size, num_features=cfg.resolution ** 2)
