@@ -58,6 +58,27 @@ def load_weights(module: nn.Module, path: str | Path) -> None:
     load_state_dict_strict(module, read_state_dict(path), str(path))
 
 
+def load_init_weights(model: nn.Module, path: str | Path, parts: str) -> None:
+    """A parent run's weights into `model` (a Classifier), strictly: `all` loads every weight;
+    `backbone` loads every backbone weight and leaves the head as initialised (the file's head,
+    trained for other classes, is not used: the choice is the config's, never a fallback)."""
+    state = read_state_dict(path)
+    if parts == "backbone":
+        backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+        if not backbone:
+            raise DpMammoError(f"{path} holds no backbone weights (no key starts with 'backbone.')")
+        load_state_dict_strict(model.backbone, backbone, f"{path} (its backbone)")
+        return
+    own = model.state_dict()
+    head = [k for k in own if k.startswith("head.") and k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if head:
+        k = head[0]
+        raise DpMammoError(f"the head in {path} has another shape ({k}: file {tuple(state[k].shape)}, model "
+                           f"{tuple(own[k].shape)}): it was trained for other classes; set init_weights: backbone to "
+                           "load the backbone only (the head starts fresh)")
+    load_state_dict_strict(model, state, str(path))
+
+
 def save_weights(module: nn.Module, path: str | Path) -> None:
     """safetensors, written atomically."""
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
