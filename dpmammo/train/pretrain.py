@@ -1,0 +1,190 @@
+"""`dpmammo pretrain`: train a classifier backbone on procedural images only, a public stage.
+
+Supervised on the processes' own labels: each image's class is "<kind>/<class>" as its process drew
+it (dead-leaves shape family, spectral slope bin, random-generator activation, mammo-phantom margin).
+Chosen over a contrastive objective (SimCLR / alignment-uniformity, as in Baradad et al. and
+DP-RandP) for a 2-core CPU: one forward pass per image instead of two augmented views in large
+batches, and the mammo-phantom label is the cue the downstream task needs (spiculated or irregular
+margins against round, smooth ones).
+
+Nothing here opens a file under a data root: the images come from `generate` or from folders
+written by `dpmammo data procedural`. The run is a normal run directory (config.yaml,
+model.safetensors, metrics.json, log.txt, privacy.json) whose privacy.json holds one `public` stage
+naming each process, its seed and index range, so a DP run started from it (`init_from`) states
+the same total as one from random initialisation.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from dpmammo import __version__
+from dpmammo.data.images import N_VIEWS, apply_views, to_float
+from dpmammo.data.procedural.kinds import KINDS
+from dpmammo.data.procedural.store import generate, read_procedural
+from dpmammo.device import resolve_device
+from dpmammo.errors import DpMammoError
+from dpmammo.models import create_model, save_weights
+from dpmammo.privacy.ledger import StageSpend, write_privacy
+from dpmammo.progress import StepProgress
+from dpmammo.runs import RunDir
+from dpmammo.train.loop import build_optimizer
+from dpmammo.train.pretrain_config import PretrainConfig
+
+
+@dataclass
+class Source:
+    """One process's share of the data: its training images and labels, and where its held-out ones start."""
+
+    kind: str
+    seed: int
+    classes: tuple[str, ...]
+    images: torch.Tensor  # (N, 1, S, S) uint8
+    labels: torch.Tensor  # (N,) class index within the kind
+    origin: str  # "on the fly" or the folder
+
+    @property
+    def n(self) -> int:
+        return len(self.labels)
+
+
+def pretrain(cfg: PretrainConfig, out: str | Path, *, force: bool = False, progress: bool = True) -> dict:
+    """Pretrain into run directory `out` and return its metrics (resumes an interrupted run).
+
+    Example:
+        >>> pretrain(load_config(PretrainConfig, "configs/pretrain-procedural.yaml"), "runs/pretrain")  # doctest: +SKIP
+    """
+    run = RunDir(out)
+    with run.training(cfg, force) as resuming:
+        with run.log_writer(f"{'resume' if resuming else 'start'} pretrain {run.path} dpmammo {__version__}") as say:
+            return _pretrain_run(cfg, run, resuming, say, progress)
+
+
+def load_sources(cfg: PretrainConfig, say: Callable[[str], None]) -> list[Source]:
+    size, d = cfg.model.input_size, cfg.data
+    sources = []
+    for folder in d.folders:
+        images, labels, prov = read_procedural(folder)
+        if prov["size"] != size:
+            raise DpMammoError(f"{folder} holds {prov['size']} px images; model.input_size is {size}: regenerate the "
+                               f"set with --size {size} or change the model")
+        sources.append(Source(prov["kind"], prov["seed"], tuple(prov["classes"]),
+                              torch.from_numpy(np.array(images)).unsqueeze(1), torch.from_numpy(labels),
+                              str(Path(folder).expanduser().resolve())))
+        say(f"{folder}: {prov['n']} images of {prov['kind']} (seed {prov['seed']}), provenance checked")
+    for kind in d.kinds:
+        if kind in {s.kind for s in sources}:
+            raise DpMammoError(f"data: {kind} comes both from a folder and from kinds; keep one")
+        t = time.time()
+        images, labels = generate(kind, seed=d.seed, start=0, stop=d.n, size=size)
+        sources.append(Source(kind, d.seed, KINDS[kind].classes, images, labels, "on the fly"))
+        say(f"generated {d.n} images of {kind} (seed {d.seed}, {size} px) in {time.time() - t:.1f} s")
+    return sources
+
+
+def _pretrain_run(cfg: PretrainConfig, run: RunDir, resuming: bool, say: Callable[[str], None], progress: bool) -> dict:
+    t0 = time.time()
+    device = resolve_device(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+    size = cfg.model.input_size
+
+    # Data: each process's training images, and its next n_val indices as the held-out set.
+    sources = load_sources(cfg, say)
+    offsets = np.cumsum([0] + [len(s.classes) for s in sources])
+    classes = [f"{s.kind}/{c}" for s in sources for c in s.classes]
+    images = torch.cat([s.images for s in sources])
+    labels = torch.cat([s.labels + int(o) for s, o in zip(sources, offsets)])
+    val = [generate(s.kind, seed=s.seed, start=s.n, stop=s.n + cfg.data.n_val, size=size) for s in sources]
+    val_images = torch.cat([v[0] for v in val])
+    val_labels = torch.cat([v[1] + int(o) for v, o in zip(val, offsets)])
+    val_source = torch.cat([torch.full((len(v[1]),), i) for i, v in enumerate(val)])
+
+    # Model: the classifier's backbone, a head with one output per kind/class.
+    model = create_model(cfg.model)
+    model.head = nn.Linear(model.num_features, len(classes))
+    model.to(device)
+    optimizer = build_optimizer(cfg, list(model.parameters()))
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    parts = {"trained": model, "optimizer": optimizer}
+    state = {"epoch": 0, "history": [], "wall_s": 0.0}
+    if resuming:
+        state = run.load_training_state(parts, None, gen, None)
+        t0 = time.time()
+        say(f"resumed after epoch {state['epoch']}")
+
+    n, bs, epochs = len(labels), cfg.train.batch_size, cfg.train.epochs
+    steps = math.ceil(n / bs)
+    last_checkpoint = time.time()
+    with StepProgress(enabled=progress) as bar:
+        task = bar.add_task("pretrain", total=steps * epochs, completed=steps * state["epoch"])
+        for epoch in range(state["epoch"], epochs):
+            model.train()
+            order, total = torch.randperm(n, generator=gen), 0.0
+            for step in range(steps):
+                idx = order[step * bs:(step + 1) * bs]
+                x = images[idx]
+                if cfg.train.augment == "flips":
+                    x = apply_views(x, torch.randint(0, N_VIEWS, (len(idx),), generator=gen))
+                loss = criterion(model(to_float(x).to(device)), labels[idx].to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * len(idx)
+                bar.advance(task)
+            correct = (predict(model, val_images, device) == val_labels)
+            per_kind = {s.kind: float(correct[val_source == i].float().mean()) for i, s in enumerate(sources)}
+            row = {"epoch": epoch + 1, "loss": total / n, "val_accuracy": float(correct.float().mean()),
+                   "val_accuracy_per_kind": per_kind}
+            state["history"].append(row)
+            state["epoch"] = epoch + 1
+            state["wall_s"] += time.time() - t0
+            t0 = time.time()
+            bar.update(task, description=f"epoch {epoch + 1}/{epochs} loss={row['loss']:.3f} "
+                                         f"val acc={row['val_accuracy']:.3f}")
+            say(f"epoch {epoch + 1} loss {row['loss']:.4f} val_accuracy {row['val_accuracy']:.4f} "
+                + " ".join(f"{k}={v:.3f}" for k, v in per_kind.items()))
+            if epoch + 1 < epochs and time.time() - last_checkpoint >= cfg.train.checkpoint_every_s:
+                run.save_training_state(parts, None, gen, None, state)
+                last_checkpoint = time.time()
+
+    # Outputs: the last epoch's weights (nothing private to select on), the public stage, metrics last.
+    save_weights(model, run.weights)
+    described = "; ".join(f"{s.kind}: images 0..{s.n - 1} of seed {s.seed} ({s.origin}), held-out "
+                          f"{s.n}..{s.n + cfg.data.n_val - 1}" for s in sources)
+    own = StageSpend(stage="pretrain", run=run.name, data=[f"procedural/{s.kind}" for s in sources],
+                     guarantee="public", n_private=0,
+                     note=f"supervised pretraining on images of public random processes at {size} px ({described}; "
+                          f"dpmammo {__version__}): no private data")
+    privacy = write_privacy(run.privacy, own, [])
+    last = state["history"][-1]
+    metrics = {
+        "objective": "supervised on the processes' own labels",
+        "classes": classes,
+        "val": {"accuracy": last["val_accuracy"], "accuracy_per_kind": last["val_accuracy_per_kind"],
+                "epoch": state["epoch"], "n": len(val_labels)},
+        "history": state["history"],
+        "train_size": n, "n_private": 0,
+        "sources": [{"kind": s.kind, "seed": s.seed, "n": s.n, "origin": s.origin} for s in sources],
+        "privacy_total": privacy.total.model_dump(mode="json"),
+        "wall_time_s": state["wall_s"] + (time.time() - t0),
+        "device": str(device), "dpmammo_version": __version__,
+    }
+    run.finish(metrics)
+    say(f"done: val accuracy {last['val_accuracy']:.4f}; {privacy.describe()}")
+    return metrics
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, device, batch: int = 512) -> torch.Tensor:
+    model.eval()
+    out = [model(to_float(images[i:i + batch]).to(device)).argmax(1).cpu() for i in range(0, len(images), batch)]
+    return torch.cat(out)
