@@ -211,7 +211,8 @@ def mammo_phantom(gen: torch.Generator, n: int, size: int, p: dict) -> tuple[tor
     subtle = torch.rand(n, generator=gen) < p["subtle_fraction"]
     lo, hi = p["spicules"]
     slo, shi = p["subtle_spicules"]
-    count = torch.where(subtle, torch.randint(slo, shi + 1, (n,), generator=gen), torch.randint(lo, hi + 1, (n,), generator=gen))
+    few, many = torch.randint(slo, shi + 1, (n,), generator=gen), torch.randint(lo, hi + 1, (n,), generator=gen)
+    count = torch.where(subtle, few, many)
     count = count * (label == 1)
     strength = torch.where(subtle, uniform(gen, n, (0.2, 0.5)), uniform(gen, n, (0.5, 0.9)))
     alpha = uniform(gen, (n, hi), (-math.pi, math.pi))
@@ -235,8 +236,10 @@ def mammo_phantom(gen: torch.Generator, n: int, size: int, p: dict) -> tuple[tor
     slo, shi = p["specks"]
     n_specks = torch.randint(slo, shi + 1, (n,), generator=gen)
     near = torch.rand(n, 1, generator=gen) < 0.5
-    px = torch.where(near, cx[:, None] + torch.randn(n, shi, generator=gen) * radius[:, None], torch.rand(n, shi, generator=gen) * size)
-    py = torch.where(near, cy[:, None] + torch.randn(n, shi, generator=gen) * radius[:, None], torch.rand(n, shi, generator=gen) * size)
+    spread = lambda c: c[:, None] + torch.randn(n, shi, generator=gen) * radius[:, None]  # noqa: E731
+    anywhere = lambda: torch.rand(n, shi, generator=gen) * size  # noqa: E731
+    px = torch.where(near, spread(cx), anywhere())
+    py = torch.where(near, spread(cy), anywhere())
     sigma = uniform(gen, n, (0.5, 1.0)) * max(s, 0.5)
     height = uniform(gen, (n, shi), (0.1, 0.4)) * (torch.arange(shi)[None] < n_specks[:, None])
     flat = (py.round().clamp(0, size - 1) * size + px.round().clamp(0, size - 1)).long()

@@ -16,8 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -71,12 +72,25 @@ def generate(kind: str, *, seed: int, start: int, stop: int, size: int) -> tuple
     if not 0 <= start < stop:
         raise DpMammoError(f"index range [{start}, {stop}) is empty or negative")
     images, labels = [], []
-    for b in range(start // BLOCK, (stop - 1) // BLOCK + 1):
-        x, y = _block(k, seed, b, size)
-        lo, hi = max(start - b * BLOCK, 0), min(stop - b * BLOCK, BLOCK)
-        images.append(x[lo:hi])
-        labels.append(y[lo:hi])
+    with _one_thread():
+        for b in range(start // BLOCK, (stop - 1) // BLOCK + 1):
+            x, y = _block(k, seed, b, size)
+            lo, hi = max(start - b * BLOCK, 0), min(stop - b * BLOCK, BLOCK)
+            images.append(x[lo:hi])
+            labels.append(y[lo:hi])
     return torch.cat(images).unsqueeze(1), torch.cat(labels)
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Generate on one thread: a block's tensors are small and its ops many, so OpenMP's threads cost
+    more than they give, most of all on a busy machine (benchmarks/procedural_speed.py measures both)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def public_stage(kind: str, seed: int, start: int, stop: int, size: int) -> dict[str, Any]:
