@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import io
 import json
+import math
 import os
 import shutil
 from contextlib import contextmanager
@@ -29,8 +30,8 @@ from dpmammo.errors import DpMammoError
 from dpmammo.models import create_model, load_init_weights
 from dpmammo.privacy import StageSpend, read_privacy
 from dpmammo.train import TrainConfig, fit
-from dpmammo.train.pretrain import pretrain
-from dpmammo.train.pretrain_config import PretrainConfig
+from dpmammo.train.pretrain import align_loss, pretrain, uniform_loss
+from dpmammo.train.pretrain_config import AlignUniform, PretrainConfig
 from tests.test_train import phantom_config
 
 
@@ -170,17 +171,35 @@ def pretrained(tmp_path_factory):
     root = tmp_path_factory.mktemp("pretrain")
     pretrain(tiny_pretrain_config(), root / "mixed", progress=False)
     pretrain(tiny_pretrain_config(kinds=["mammo-phantom"]), root / "phantom", progress=False)
+    cfg = tiny_pretrain_config().model_copy(update={"objective": AlignUniform(name="align-uniform", feature_dim=16)})
+    pretrain(cfg, root / "contrastive", progress=False)
     return root
 
 
-def test_a_pretrain_run_is_one_public_stage(pretrained):
-    rec = read_privacy(pretrained / "mixed" / "privacy.json")
+@pytest.mark.parametrize("run,objective", [("mixed", "supervised"), ("contrastive", "align-uniform")])
+def test_a_pretrain_run_is_one_public_stage(pretrained, run, objective):
+    rec = read_privacy(pretrained / run / "privacy.json")
     (stage,) = rec.stages
     assert stage.guarantee == "public" and stage.n_private == 0 and rec.total.guarantee == "public"
     assert stage.data == ["procedural/mammo-phantom", "procedural/spectral"]
     assert "seed 0" in stage.note and "no private data" in stage.note and rec.describe() == "no private data used"
-    metrics = json.loads((pretrained / "mixed" / "metrics.json").read_text())
-    assert len(metrics["classes"]) == 6 and metrics["n_private"] == 0 and metrics["train_size"] == 512
+    metrics = json.loads((pretrained / run / "metrics.json").read_text())
+    assert metrics["objective"] == objective and metrics["n_private"] == 0 and metrics["train_size"] == 512
+    assert len(metrics["classes"]) == 6 and 0 <= metrics["val"]["accuracy"] <= 1 and metrics["val"]["n"] == 512
+
+
+def test_alignment_and_uniformity_match_a_naive_loop():
+    """Wang & Isola (2020): alignment E||x - y||^alpha over pairs; uniformity log E_{i<j} exp(-t||x_i - x_j||²)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(7, 5, generator=gen), dim=1)
+    y = torch.nn.functional.normalize(torch.randn(7, 5, generator=gen), dim=1)
+    align = sum(float(torch.dot(x[i] - y[i], x[i] - y[i])) ** 1.5 for i in range(7)) / 7
+    pairs = [float(torch.dot(x[i] - x[j], x[i] - x[j])) for i in range(7) for j in range(i + 1, 7)]
+    uniform = math.log(sum(math.exp(-2.0 * d) for d in pairs) / len(pairs))
+    assert align_loss(x, y, 3.0).item() == pytest.approx(align, rel=1e-5)
+    assert uniform_loss(x, 2.0).item() == pytest.approx(uniform, rel=1e-5)
+    # Identical views align perfectly; a collapsed representation is as non-uniform as can be (0).
+    assert align_loss(x, x, 2.0).item() == 0 and uniform_loss(x[:1].expand(7, 5), 2.0).item() == pytest.approx(0, abs=1e-6)
 
 
 def test_the_backbone_loads_strictly_and_the_head_starts_fresh(pretrained):
@@ -200,6 +219,11 @@ def test_the_backbone_loads_strictly_and_the_head_starts_fresh(pretrained):
     wider = create_model("cnn-small", input_size=32, width=16)
     with pytest.raises(DpMammoError, match="do not fit the model"):
         load_init_weights(wider, weights, "backbone")
+    projection = pretrained / "contrastive" / "model.safetensors"
+    with pytest.raises(DpMammoError, match="set init_weights: backbone"):
+        load_init_weights(model, projection, "all")
+    load_init_weights(model, projection, "backbone")
+    assert torch.equal(model.backbone.state_dict()["1.0.weight"], load_file(projection)["backbone.1.0.weight"])
 
 
 def test_a_dp_run_from_a_pretrain_run_keeps_the_total_of_random_init(phantom_root, pretrained, tmp_path):

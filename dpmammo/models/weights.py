@@ -69,13 +69,12 @@ def load_init_weights(model: nn.Module, path: str | Path, parts: str) -> None:
             raise DpMammoError(f"{path} holds no backbone weights (no key starts with 'backbone.')")
         load_state_dict_strict(model.backbone, backbone, f"{path} (its backbone)")
         return
-    own = model.state_dict()
-    head = [k for k in own if k.startswith("head.") and k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if head:
-        k = head[0]
-        raise DpMammoError(f"the head in {path} has another shape ({k}: file {tuple(state[k].shape)}, model "
-                           f"{tuple(own[k].shape)}): it was trained for other classes; set init_weights: backbone to "
-                           "load the backbone only (the head starts fresh)")
+    shapes = lambda d: {k: tuple(v.shape) for k, v in d.items() if k.startswith("head.")}  # noqa: E731
+    mine, theirs = shapes(model.state_dict()), shapes(state)
+    if mine != theirs:
+        raise DpMammoError(f"the head in {path} is another one ({theirs} against this model's {mine}): it was "
+                           "trained for other classes or as a projection; set init_weights: backbone to load the "
+                           "backbone only (the head starts fresh)")
     load_state_dict_strict(model, state, str(path))
 
 

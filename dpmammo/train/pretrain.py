@@ -1,11 +1,13 @@
 """`dpmammo pretrain`: train a classifier backbone on procedural images only, a public stage.
 
-Supervised on the processes' own labels: each image's class is "<kind>/<class>" as its process drew
-it (dead-leaves shape family, spectral slope bin, random-generator activation, mammo-phantom margin).
-Chosen over a contrastive objective (SimCLR / alignment-uniformity, as in Baradad et al. and
-DP-RandP) for a 2-core CPU: one forward pass per image instead of two augmented views in large
-batches, and the mammo-phantom label is the cue the downstream task needs (spiculated or irregular
-margins against round, smooth ones).
+Two objectives (`objective.name`):
+- `supervised` (default): cross-entropy on the processes' own labels, each image's class
+  "<kind>/<class>" as its process drew it (dead-leaves shape family, spectral slope bin,
+  random-generator activation, mammo-phantom margin). The default for a 2-core CPU: one forward
+  pass per image instead of two augmented views, and the mammo-phantom label is the cue the
+  downstream task needs (spiculated or irregular margins against round, smooth ones).
+- `align-uniform`: self-supervised on two augmented views (Wang & Isola 2020), as Baradad et al.
+  and DP-RandP pretrain; held-out k-NN accuracy on the processes' labels is reported.
 
 Nothing here opens a file under a data root: the images come from `generate` or from folders
 written by `dpmammo data procedural`. The run is a normal run directory (config.yaml,
@@ -37,7 +39,7 @@ from dpmammo.privacy.ledger import StageSpend, write_privacy
 from dpmammo.progress import StepProgress
 from dpmammo.runs import RunDir
 from dpmammo.train.loop import build_optimizer
-from dpmammo.train.pretrain_config import PretrainConfig
+from dpmammo.train.pretrain_config import AlignUniform, PretrainConfig
 
 
 @dataclass
@@ -107,12 +109,18 @@ def _pretrain_run(cfg: PretrainConfig, run: RunDir, resuming: bool, say: Callabl
     val_labels = torch.cat([v[1] + int(o) for v, o in zip(val, offsets)])
     val_source = torch.cat([torch.full((len(v[1]),), i) for i, v in enumerate(val)])
 
-    # Model: the classifier's backbone, a head with one output per kind/class.
+    # Model: the classifier's backbone and the objective's head (one output per kind/class, or a
+    # projection MLP).
     model = create_model(cfg.model)
-    model.head = nn.Linear(model.num_features, len(classes))
+    obj = cfg.objective
+    contrastive = isinstance(obj, AlignUniform)
+    f = model.num_features
+    model.head = (nn.Sequential(nn.Linear(f, f), nn.ReLU(), nn.Linear(f, obj.feature_dim)) if contrastive
+                  else nn.Linear(f, len(classes)))
     model.to(device)
     optimizer = build_optimizer(cfg, list(model.parameters()))
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+    bank = torch.arange(0, len(labels), max(1, len(labels) // KNN_BANK))[:KNN_BANK]  # k-NN references, every kind
     gen = torch.Generator().manual_seed(cfg.train.seed)
     parts = {"trained": model, "optimizer": optimizer}
     state = {"epoch": 0, "history": [], "wall_s": 0.0}
@@ -134,13 +142,25 @@ def _pretrain_run(cfg: PretrainConfig, run: RunDir, resuming: bool, say: Callabl
                 x = images[idx]
                 if cfg.train.augment == "flips":
                     x = apply_views(x, torch.randint(0, N_VIEWS, (len(idx),), generator=gen))
-                loss = criterion(model(to_float(x).to(device)), labels[idx].to(device))
+                if contrastive:
+                    views = torch.cat([augment(to_float(x), gen, obj.crop_scale) for _ in range(2)]).to(device)
+                    z = nn.functional.normalize(model(views), dim=1)
+                    z1, z2 = z[:len(idx)], z[len(idx):]
+                    loss = align_loss(z1, z2, obj.alpha) + obj.uniform_weight * (
+                        uniform_loss(z1, obj.t) + uniform_loss(z2, obj.t)) / 2
+                else:
+                    loss = criterion(model(to_float(x).to(device)), labels[idx].to(device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 total += loss.item() * len(idx)
                 bar.advance(task)
-            correct = (predict(model, val_images, device) == val_labels)
+            if contrastive:
+                guess = knn_predict(features(model, images[bank], device), labels[bank],
+                                    features(model, val_images, device))
+            else:
+                guess = predict(model, val_images, device)
+            correct = guess == val_labels
             per_kind = {s.kind: float(correct[val_source == i].float().mean()) for i, s in enumerate(sources)}
             row = {"epoch": epoch + 1, "loss": total / n, "val_accuracy": float(correct.float().mean()),
                    "val_accuracy_per_kind": per_kind}
@@ -162,12 +182,12 @@ def _pretrain_run(cfg: PretrainConfig, run: RunDir, resuming: bool, say: Callabl
                           f"{s.n}..{s.n + cfg.data.n_val - 1}" for s in sources)
     own = StageSpend(stage="pretrain", run=run.name, data=[f"procedural/{s.kind}" for s in sources],
                      guarantee="public", n_private=0,
-                     note=f"supervised pretraining on images of public random processes at {size} px ({described}; "
+                     note=f"{obj.name} pretraining on images of public random processes at {size} px ({described}; "
                           f"dpmammo {__version__}): no private data")
     privacy = write_privacy(run.privacy, own, [])
     last = state["history"][-1]
     metrics = {
-        "objective": "supervised on the processes' own labels",
+        "objective": obj.name,
         "classes": classes,
         "val": {"accuracy": last["val_accuracy"], "accuracy_per_kind": last["val_accuracy_per_kind"],
                 "epoch": state["epoch"], "n": len(val_labels)},
@@ -181,6 +201,52 @@ def _pretrain_run(cfg: PretrainConfig, run: RunDir, resuming: bool, say: Callabl
     run.finish(metrics)
     say(f"done: val accuracy {last['val_accuracy']:.4f}; {privacy.describe()}")
     return metrics
+
+
+KNN_BANK, KNN_K = 4096, 20
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, scale: tuple[float, float]) -> torch.Tensor:
+    """A random view of each image of x (N, 1, S, S) in [0, 1]: resized crop (area fraction in
+    `scale`, aspect 3/4–4/3), flips, gamma 0.6–1.6 and Gaussian noise up to 0.05. Brightness and
+    contrast are left alone: cnn-small standardises each image, which undoes them."""
+    n = len(x)
+    u = lambda lo, hi: torch.rand(n, generator=gen) * (hi - lo) + lo  # noqa: E731
+    area, ratio = u(*scale), torch.exp(u(math.log(3 / 4), math.log(4 / 3)))
+    w, h = torch.sqrt(area * ratio).clamp(max=1.0), torch.sqrt(area / ratio).clamp(max=1.0)
+    flip = lambda: torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)  # noqa: E731
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1] = w * flip(), h * flip()
+    theta[:, 0, 2], theta[:, 1, 2] = u(-1, 1) * (1 - w), u(-1, 1) * (1 - h)
+    grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    out = nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    out = out.clamp(1e-4, 1.0) ** torch.exp(u(math.log(0.6), math.log(1.6)))[:, None, None, None]
+    return out + u(0.0, 0.05)[:, None, None, None] * torch.randn(out.shape, generator=gen)
+
+
+def align_loss(x: torch.Tensor, y: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Wang & Isola (2020): mean ||x_i - y_i||^alpha over positive pairs (rows L2-normalised)."""
+    return (x - y).norm(dim=1).pow(alpha).mean()
+
+
+def uniform_loss(x: torch.Tensor, t: float) -> torch.Tensor:
+    """Wang & Isola (2020): log of the mean of exp(-t ||x_i - x_j||²) over pairs i < j."""
+    return torch.pdist(x, p=2).pow(2).mul(-t).exp().mean().log()
+
+
+@torch.no_grad()
+def features(model: nn.Module, images: torch.Tensor, device, batch: int = 512) -> torch.Tensor:
+    model.eval()
+    out = [model.forward_features(to_float(images[i:i + batch]).to(device)).cpu() for i in range(0, len(images), batch)]
+    return nn.functional.normalize(torch.cat(out), dim=1)
+
+
+def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, query: torch.Tensor, k: int = KNN_K) -> torch.Tensor:
+    """Majority label of each query's k nearest bank features (cosine; features L2-normalised)."""
+    nearest = (query @ bank.T).topk(min(k, len(bank)), dim=1).indices
+    votes = torch.zeros(len(query), int(bank_labels.max()) + 1).scatter_add_(
+        1, bank_labels[nearest], torch.ones(nearest.shape))
+    return votes.argmax(1)
 
 
 @torch.no_grad()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Union
 
 from pydantic import Field, field_validator, model_validator
+from typing_extensions import Annotated
 
 from dpmammo.config import StrictModel
 from dpmammo.data.procedural.kinds import KINDS
@@ -48,12 +49,44 @@ class PretrainSettings(StrictModel):
     checkpoint_every_s: float = Field(60.0, ge=0, description="resume checkpoint at an epoch's end after this long")
 
 
-class PretrainConfig(StrictModel):
-    """Supervised pretraining on the processes' own labels (which kind, and the class each process
-    drew: shape family, spectral slope bin, activation, margin); the head has one output per
-    kind/class. A DP classifier loads the backbone with `init_from: RUN` and `init_weights: backbone`
-    (or the whole model when the head has its two classes, e.g. mammo-phantom alone)."""
+class Supervised(StrictModel):
+    """Cross-entropy on the processes' own labels (which kind, and the class each process drew:
+    shape family, spectral slope bin, activation, margin); the head has one output per kind/class."""
 
+    name: Literal["supervised"] = "supervised"
+
+
+class AlignUniform(StrictModel):
+    """Self-supervised: two augmented views per image (random resized crop, flips, gamma, noise)
+    through backbone + projection MLP, L2-normalised; loss = alignment + weight · uniformity (Wang &
+    Isola, ICML 2020), as Baradad et al. and DP-RandP pretrain. Labels are not used (only the
+    held-out k-NN accuracy reports them)."""
+
+    name: Literal["align-uniform"]
+    feature_dim: int = Field(128, ge=2, description="output of the projection MLP")
+    alpha: float = Field(2.0, gt=0, description="alignment: E ||f(x) - f(y)||^alpha over positive pairs")
+    t: float = Field(2.0, gt=0, description="uniformity: log E exp(-t ||f(x) - f(y)||²) over all pairs")
+    uniform_weight: float = Field(1.0, gt=0)
+    crop_scale: tuple[float, float] = Field((0.3, 1.0), description="area fraction of the random crop")
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1] <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < low ≤ high ≤ 1, got {list(v)}")
+        return v
+
+
+Objective = Annotated[Union[Supervised, AlignUniform], Field(discriminator="name")]
+
+
+class PretrainConfig(StrictModel):
+    """Pretraining on procedural images; `objective` picks supervised (default) or align-uniform.
+    The saved model's head is the objective's (classes or projection), so a DP classifier loads the
+    backbone with `init_from: RUN` and `init_weights: backbone` (or the whole model when the head
+    has its two classes: supervised on mammo-phantom alone)."""
+
+    objective: Objective = Supervised()
     data: ProceduralData
     model: CnnSmallConfig = CnnSmallConfig()
     optim: OptimConfig = OptimConfig()
