@@ -263,10 +263,23 @@ def test_a_run_from_an_unaccounted_parent_has_no_guarantee(phantom_root, pretrai
     assert rec.total.guarantee == "none" and rec.describe() == "no guarantee (an input of unknown origin)"
 
 
+def test_pretrain_refuses_an_out_that_overlaps_its_input_folder(tmp_path):
+    write_procedural(tmp_path / "set", "spectral", n=8, size=32, seed=0)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "set").iterdir()}
+    cfg = tiny_pretrain_config(kinds=[], folders=[str(tmp_path / "set")])
+    for out in (tmp_path / "set", tmp_path / "set" / "run", tmp_path):
+        with pytest.raises(DpMammoError, match="is, holds or lies inside the input folder"):
+            pretrain(cfg, out, progress=False)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "set").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]
+
+
 def test_bad_pretrain_configs_are_refused():
     with pytest.raises(DpMammoError, match="unknown kind 'plasma'; registered kinds: dead-leaves"):
         tiny_pretrain_config(kinds=["plasma"])
     with pytest.raises(DpMammoError, match="give kinds"):
         tiny_pretrain_config(kinds=[])
+    with pytest.raises(DpMammoError, match=r"crop_scale must satisfy 0 < low ≤ high ≤ 1, got \[0.5, 0.2\]"):
+        parse_config(AlignUniform, {"name": "align-uniform", "crop_scale": [0.5, 0.2]}, "test")
     with pytest.raises(DpMammoError, match="init_weights: backbone needs init_from"):
         parse_config(TrainConfig, {"init_weights": "backbone"}, "test")

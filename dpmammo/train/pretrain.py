@@ -64,6 +64,11 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, force: bool = False, progr
     Example:
         >>> pretrain(load_config(PretrainConfig, "configs/pretrain-procedural.yaml"), "runs/pretrain")  # doctest: +SKIP
     """
+    target = Path(out).expanduser().resolve()
+    for folder in cfg.data.folders:
+        f = Path(folder).expanduser().resolve()
+        if target == f or target.is_relative_to(f) or f.is_relative_to(target):
+            raise DpMammoError(f"--out {out} is, holds or lies inside the input folder {folder}; choose another --out")
     run = RunDir(out)
     with run.training(cfg, force) as resuming:
         with run.log_writer(f"{'resume' if resuming else 'start'} pretrain {run.path} dpmammo {__version__}") as say:
