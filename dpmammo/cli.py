@@ -86,8 +86,10 @@ def data_procedural(out: Path,
     from dpmammo.data.procedural.kinds import check_kind
 
     check_kind(kind)  # an unknown kind fails before torch loads
-    from dpmammo.data.procedural.store import write_procedural
+    from dpmammo.data.procedural.store import check_request, write_procedural
     from dpmammo.progress import StepProgress
+
+    check_request(out, kind, n=n, size=size, seed=seed, force=force)  # refused before the progress bar
 
     with StepProgress(console=console, every=0.25, unit="images") as bar:
         task = bar.add_task(f"generating {kind}", total=n)

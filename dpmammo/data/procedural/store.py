@@ -101,13 +101,9 @@ def public_stage(kind: str, seed: int, start: int, stop: int, size: int) -> dict
                     f"{__version__}): made by a program from its seed; no private data"}
 
 
-def write_procedural(out: str | Path, kind: str, *, n: int, size: int, seed: int, force: bool = False,
-                     on_block: Optional[Callable[[int], None]] = None) -> dict[str, Any]:
-    """Write images 0..n-1 of process `kind` to folder `out`; return its provenance.
-
-    `out` must be new or empty; with `force`, a procedural set written there before is replaced,
-    and a folder holding anything else is refused. `on_block(k)` is told after each k images.
-    """
+def check_request(out: str | Path, kind: str, *, n: int, size: int, seed: int, force: bool) -> Kind:
+    """Refuse a bad request before anything is written: an unknown kind, size, seed or count, or an
+    `out` that holds anything but a procedural set (and that one without `force`)."""
     k = check_kind(kind)
     check_size(size)
     check_seed(seed)
@@ -125,7 +121,19 @@ def write_procedural(out: str | Path, kind: str, *, n: int, size: int, seed: int
         if not force:
             raise DpMammoError(f"{out} already holds a procedural set; choose another folder or pass --force to "
                                "replace it")
-        (out / PROVENANCE_FILE).unlink(missing_ok=True)  # the set is incomplete from here until rewritten
+    return k
+
+
+def write_procedural(out: str | Path, kind: str, *, n: int, size: int, seed: int, force: bool = False,
+                     on_block: Optional[Callable[[int], None]] = None) -> dict[str, Any]:
+    """Write images 0..n-1 of process `kind` to folder `out`; return its provenance.
+
+    `out` must be new or empty; with `force`, a procedural set written there before is replaced,
+    and a folder holding anything else is refused. `on_block(k)` is told after each k images.
+    """
+    k = check_request(out, kind, n=n, size=size, seed=seed, force=force)
+    out = Path(out).expanduser()
+    (out / PROVENANCE_FILE).unlink(missing_ok=True)  # the set is incomplete from here until rewritten
     out.mkdir(parents=True, exist_ok=True)
 
     digest, counts = hashlib.sha256(), np.zeros(len(k.classes), dtype=np.int64)
