@@ -80,6 +80,9 @@ def load_sources(cfg: PretrainConfig, say: Callable[[str], None]) -> list[Source
     sources = []
     for folder in d.folders:
         images, labels, prov = read_procedural(folder)
+        if prov["kind"] in {s.kind for s in sources}:
+            raise DpMammoError(f"data.folders: two folders hold {prov['kind']}; one folder per kind (its classes "
+                               "would be counted twice)")
         if prov["size"] != size:
             raise DpMammoError(f"{folder} holds {prov['size']} px images; model.input_size is {size}: regenerate the "
                                f"set with --size {size} or change the model")
