@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from dpmammo.data.procedural.kinds import KINDS, kind_help
 from dpmammo.errors import DpMammoError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -72,6 +73,33 @@ def data_phantoms(out: Path, n: int = typer.Option(400, "--n", help="training pa
 
     path = make_phantoms(out, n=n, seed=seed, size=size)
     console.print(f"wrote phantoms to {path}")
+
+
+@data_app.command("procedural")
+def data_procedural(out: Path,
+                    kind: str = typer.Option(..., "--kind", help=f"the random process: {' | '.join(KINDS)}"),
+                    n: int = typer.Option(..., "--n", help="number of images"),
+                    size: int = typer.Option(64, "--size", help="side in pixels (a multiple of 16, 32-256)"),
+                    seed: int = typer.Option(0, "--seed", help="the process's seed: same seed, same images"),
+                    force: bool = typer.Option(False, "--force", help="replace a procedural set written in OUT before")):
+    """Images from a public random process (no private data): images.npy, labels.npy, provenance.json."""
+    from dpmammo.data.procedural.kinds import check_kind
+
+    check_kind(kind)  # an unknown kind fails before torch loads
+    from dpmammo.data.procedural.store import check_request, write_procedural
+    from dpmammo.progress import StepProgress
+
+    check_request(out, kind, n=n, size=size, seed=seed, force=force)  # refused before the progress bar
+
+    with StepProgress(console=console, every=0.25, unit="images") as bar:
+        task = bar.add_task(f"generating {kind}", total=n)
+        prov = write_procedural(out, kind, n=n, size=size, seed=seed, force=force, on_block=lambda k: bar.advance(task, k))
+    counts = ", ".join(f"{c} {k}" for c, k in zip(prov["class_counts"], prov["classes"]))
+    console.print(escape(f"wrote {n} {kind} images ({size} px, seed {seed}; {counts}) to {out}: "
+                         f"{prov['guarantee']}"), soft_wrap=True, highlight=False)
+
+
+data_procedural.__doc__ += "\n\nKinds: " + kind_help()  # the registry's one table
 
 
 extract_app = typer.Typer(no_args_is_help=True,
@@ -155,6 +183,25 @@ def train(config: Path,
     out = out or Path("runs") / config.stem
     metrics = fit(cfg, out, force=force, progress=True)
     console.print(f"{out}: val AUROC {metrics['val']['auroc']:.3f} (epoch {metrics['val']['epoch']}), "
+                  f"{RunDir(out).read_privacy().describe()}", highlight=False)
+
+
+@app.command("pretrain")
+def pretrain(config: Path,
+             out: Optional[Path] = typer.Option(None, "--out", help="run directory (default runs/<config name>)"),
+             set_: List[str] = typer.Option([], "--set", help="override a config key: --set train.epochs=5"),
+             force: bool = typer.Option(False, "--force", help="replace a finished run in --out")):
+    """Pretrain a classifier backbone on procedural images only (a public stage: costs no ε)."""
+    from dpmammo.config import load_config
+    from dpmammo.train.pretrain_config import PretrainConfig
+
+    cfg = load_config(PretrainConfig, config, set_)
+    from dpmammo.runs import RunDir
+    from dpmammo.train.pretrain import pretrain as run_pretrain
+
+    out = out or Path("runs") / config.stem
+    metrics = run_pretrain(cfg, out, force=force, progress=True)
+    console.print(f"{out}: val accuracy {metrics['val']['accuracy']:.3f} over {len(metrics['classes'])} classes, "
                   f"{RunDir(out).read_privacy().describe()}", highlight=False)
 
 

@@ -59,6 +59,8 @@ def test_help_config_errors_and_index_load_no_torch(tmp_path, phantom_root):
         ("gan", "train", "gan.yaml"): 2, ("study", "study.yaml"): 2, ("study", "--preset", "nope"): 2,
         ("study", "--preset", "paper", "--set", "epsilons=[0]"): 2,
         ("data", "index", str(phantom_root)): 0, ("data", "index", "missing-folder"): 2,
+        ("data", "procedural", "--help"): 0, ("pretrain", "--help"): 0, ("pretrain", "key.yaml"): 2,
+        ("data", "procedural", "out", "--kind", "plasma", "--n", "5"): 2,
     }
     results = probe([list(argv) for argv in cases], tmp_path)
     for r in results:

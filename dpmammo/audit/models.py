@@ -25,7 +25,7 @@ from dpmammo.data.images import N_VIEWS, apply_views, load_images, to_float
 from dpmammo.data.manifest import PatchRecord
 from dpmammo.data.sets import load_set, resolve_root
 from dpmammo.errors import DpMammoError
-from dpmammo.models import Classifier, create_model, load_weights
+from dpmammo.models import Classifier, create_model, load_init_weights, load_weights
 from dpmammo.device import resolve_device
 from dpmammo.privacy.config import Unit
 from dpmammo.runs import RunDir
@@ -68,7 +68,7 @@ def recipe_model(cfg: TrainConfig) -> Classifier:
     torch.manual_seed(cfg.train.seed)
     model = create_model(cfg.model)
     if cfg.init_from is not None:
-        load_weights(model, RunDir(cfg.init_from).weights)
+        load_init_weights(model, RunDir(cfg.init_from).weights, cfg.init_weights)
         if cfg.model.freeze_backbone:
             model.freeze_backbone()
     return model

@@ -9,5 +9,5 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "dpmammo.models.config": ["CnnSmallConfig", "ModelConfig", "PixelsConfig", "SwinTConfig"],
     "dpmammo.models.classifier": ["Classifier"],
     "dpmammo.models.registry": ["create_model", "list_models", "model_config_class", "register_model"],
-    "dpmammo.models.weights": ["load_weights", "save_weights"],
+    "dpmammo.models.weights": ["load_init_weights", "load_weights", "save_weights"],
 })

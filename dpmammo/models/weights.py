@@ -58,6 +58,26 @@ def load_weights(module: nn.Module, path: str | Path) -> None:
     load_state_dict_strict(module, read_state_dict(path), str(path))
 
 
+def load_init_weights(model: nn.Module, path: str | Path, parts: str) -> None:
+    """A parent run's weights into `model` (a Classifier), strictly: `all` loads every weight;
+    `backbone` loads every backbone weight and leaves the head as initialised (the file's head,
+    trained for other classes, is not used: the choice is the config's, never a fallback)."""
+    state = read_state_dict(path)
+    if parts == "backbone":
+        backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+        if not backbone:
+            raise DpMammoError(f"{path} holds no backbone weights (no key starts with 'backbone.')")
+        load_state_dict_strict(model.backbone, backbone, f"{path} (its backbone)")
+        return
+    shapes = lambda d: {k: tuple(v.shape) for k, v in d.items() if k.startswith("head.")}  # noqa: E731
+    mine, theirs = shapes(model.state_dict()), shapes(state)
+    if mine != theirs:
+        raise DpMammoError(f"the head in {path} is another one ({theirs} against this model's {mine}): it was "
+                           "trained for other classes or as a projection; set init_weights: backbone to load the "
+                           "backbone only (the head starts fresh)")
+    load_state_dict_strict(model, state, str(path))
+
+
 def save_weights(module: nn.Module, path: str | Path) -> None:
     """safetensors, written atomically."""
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}

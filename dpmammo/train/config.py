@@ -67,10 +67,19 @@ class TrainConfig(StrictModel):
     privacy: Optional[PrivacyConfig] = Field(None, description="absent: non-private training")
     init_from: Optional[Path] = Field(
         None, description="a finished run directory: its weights are loaded strictly and its privacy chain extended")
+    init_weights: Literal["all", "backbone"] = Field(
+        "all", description="which weights of init_from are loaded, strictly: all (the whole model) or backbone (the "
+                           "head starts fresh, e.g. after `dpmammo pretrain` with other classes)")
     public_weights: list[Path] = Field(
         [], description="weight files (model.weights, model.backbone_weights) you declare trained on public data only; "
                         "any other weight file must lie in a finished dpmammo run (its privacy chain is carried on), "
                         "or the run's total is 'no guarantee'")
+
+    @model_validator(mode="after")
+    def _init_weights_need_a_parent(self):
+        if self.init_weights != "all" and self.init_from is None:
+            raise ValueError(f"init_weights: {self.init_weights} needs init_from (the run to load from)")
+        return self
 
     @model_validator(mode="after")
     def _audit_split_unit(self):

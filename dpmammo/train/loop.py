@@ -28,7 +28,7 @@ from dpmammo.device import resolve_device
 from dpmammo.data.images import N_VIEWS, apply_views, load_images, load_labels, to_float
 from dpmammo.data.sets import load_set, resolve_root, synthetic_provenance
 from dpmammo.errors import DpMammoError
-from dpmammo.models import create_model, load_weights, save_weights
+from dpmammo.models import create_model, load_init_weights, save_weights
 from dpmammo.privacy import (StageSpend, dp_stage, make_private, non_dp_stage, prior_history, weights_stage,
                              write_privacy)
 from dpmammo.privacy.ledger import synthetic_chain
@@ -75,7 +75,7 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, say: Callable[[str]
     model = create_model(cfg.model)
     upstream = input_chain(cfg, train_records)
     if cfg.init_from is not None:
-        load_weights(model, RunDir(cfg.init_from).weights)
+        load_init_weights(model, RunDir(cfg.init_from).weights, cfg.init_weights)
         if cfg.model.freeze_backbone:
             model.freeze_backbone()  # re-freeze: loading does not touch requires_grad, but be explicit
     images = load_images(train_records, model.input_size)
