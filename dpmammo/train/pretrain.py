@@ -133,7 +133,7 @@ def _pretrain_run(cfg: PretrainConfig, run: RunDir, resuming: bool, say: Callabl
     parts = {"trained": model, "optimizer": optimizer}
     state = {"epoch": 0, "history": [], "wall_s": 0.0}
     if resuming:
-        state = run.load_training_state(parts, None, gen, None)
+        state = run.load_training_state(parts, None, gen)
         t0 = time.time()
         say(f"resumed after epoch {state['epoch']}")
 
@@ -181,7 +181,7 @@ def _pretrain_run(cfg: PretrainConfig, run: RunDir, resuming: bool, say: Callabl
             say(f"epoch {epoch + 1} loss {row['loss']:.4f} val_accuracy {row['val_accuracy']:.4f} "
                 + " ".join(f"{k}={v:.3f}" for k, v in per_kind.items()))
             if epoch + 1 < epochs and time.time() - last_checkpoint >= cfg.train.checkpoint_every_s:
-                run.save_training_state(parts, None, gen, None, state)
+                run.save_training_state(parts, None, gen, state)
                 last_checkpoint = time.time()
 
     # Outputs: the last epoch's weights (nothing private to select on), the public stage, metrics last.
@@ -189,7 +189,7 @@ def _pretrain_run(cfg: PretrainConfig, run: RunDir, resuming: bool, say: Callabl
     described = "; ".join(f"{s.kind}: images 0..{s.n - 1} of seed {s.seed} ({s.origin}), held-out "
                           f"{s.n}..{s.n + cfg.data.n_val - 1}" for s in sources)
     own = StageSpend(stage="pretrain", run=run.name, data=[f"procedural/{s.kind}" for s in sources],
-                     guarantee="public", n_private=0,
+                     guarantee="public",
                      note=f"{obj.name} pretraining on images of public random processes at {size} px ({described}; "
                           f"dpmammo {__version__}): no private data")
     privacy = write_privacy(run.privacy, own, [])

@@ -96,7 +96,7 @@ def _one_thread() -> Iterator[None]:
 def public_stage(kind: str, seed: int, start: int, stop: int, size: int) -> dict[str, Any]:
     """The ledger record (a `StageSpend` mapping) of images start..stop-1 of a process: public."""
     return {"stage": "procedural", "run": f"{kind} seed {seed} [{start}, {stop}) {size}px", "data": [f"procedural/{kind}"],
-            "guarantee": "public", "n_private": 0,
+            "guarantee": "public",
             "note": f"images {start}..{stop - 1} of the random process {kind} (seed {seed}, {size} px, dpmammo "
                     f"{__version__}): made by a program from its seed; no private data"}
 
