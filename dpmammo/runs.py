@@ -150,6 +150,10 @@ class RunDir:
         with atomic_path(self.checkpoint) as tmp:
             torch.save(ckpt, tmp)
 
+    def read_training_state(self) -> dict:
+        """The loop state saved in checkpoint.pt (epoch, history, the files it trained on), nothing restored."""
+        return torch.load(self.checkpoint, map_location="cpu", weights_only=False)["state"]
+
     def load_training_state(self, parts: dict, dp, gen: torch.Generator, secret: Optional[torch.Generator]) -> dict:
         """Restore what save_training_state wrote into `parts`, `dp` and the generators; returns the loop state."""
         ckpt = torch.load(self.checkpoint, map_location="cpu", weights_only=False)
