@@ -201,7 +201,7 @@ CASES: list[tuple[str, Callable[[Ctx], list], str]] = [
      "hold the same patches"),
     # -- images
     ("index-one-pixel-png", lambda c: ["data", "index", one_pixel_patch(c)],
-     "patientphantom__900_image1_mass1_is_benign_1.png: only 1×1 pixels, below the 16×16"),
+     "patientphantom__900_image1_mass1_is_benign_1.png: only 1×1 pixels, below the 8×8"),
     ("train-one-pixel-png", lambda c: ["train", c.train_yaml(), "--out", c.tmp / "r", "--set",
                                        f"data.root={one_pixel_patch(c)}"], "only 1×1 pixels"),
     ("index-dangling-link", lambda c: ["data", "index", dangling_link(c)],
