@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dpmammo.data.sets import check_training_sets, resolve_root
+from dpmammo.data.sets import check_training_sets, load_set, resolve_root
 from dpmammo.errors import DpMammoError
 from dpmammo.study.config import StudyConfig
 from dpmammo.study.recipes import Plan
@@ -28,7 +28,17 @@ def check_study_data(cfg: StudyConfig, plan: Plan, study_dir: Path) -> None:
         if train in checked or not train:
             continue
         checked.add(train)
+        if not all(_loads(root, name) for name in train):
+            continue  # that run fails alone, with its reason, and the study goes on (dpmammo.study.runner)
         try:
             check_training_sets(root, list(train), cfg.val_set, test_sets=tuple(cfg.test_sets))
         except DpMammoError as e:
             raise DpMammoError(f"run {spec.run_id}: {e}") from None
+
+
+def _loads(root: Path, name: str) -> bool:
+    try:
+        load_set(root, name)
+    except DpMammoError:
+        return False
+    return True
