@@ -35,7 +35,7 @@ class StrictModel(BaseModel):
 
     Numbers are numbers: `inf`/`nan` are refused wherever a float is validated (a field that means
     "unbounded" by ∞, such as ε, opts in), an integer must fit in 64 bits, and YAML `true`/`false` is
-    not taken for 1 or 0: `epochs: true` would otherwise run one epoch.
+    not taken for 1 or 0 (nor 1/0 for a switch): `epochs: true` would otherwise run one epoch.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
@@ -71,6 +71,8 @@ def _number_problems(annotation: Any, value: Any, at: tuple = ()) -> list[tuple[
     kinds = _scalar_types(annotation)
     if isinstance(value, bool) and bool not in kinds and kinds & {int, float}:
         return [(at, value, "Input should be a number, not true/false")]
+    if bool in kinds and kinds <= {bool, type(None)} and value is not None and not isinstance(value, bool):
+        return [(at, value, "Input should be true or false")]  # not 1/0 or "yes"/"off" taken for a switch
     if isinstance(value, int) and not isinstance(value, bool) and int in kinds and abs(value) > INT64_MAX:
         return [(at, value, f"Input should fit in 64 bits (at most {INT64_MAX})")]
     return []

@@ -142,6 +142,8 @@ CASES: list[tuple[str, Callable[[Ctx], list], str]] = [
                                       "train.batch_size=99999999999999999999"], "train.batch_size: Input should fit in 64 bits"),
     ("seed-negative", lambda c: ["train", c.train_yaml(), "--out", c.tmp / "r", "--set", "train.seed=-1"],
      "train.seed: Input should be greater than or equal to 0"),
+    ("switch-one", lambda c: ["train", c.train_yaml(), "--out", c.tmp / "r", "--set", "train.feature_cache=1"],
+     "train.feature_cache: Input should be true or false (got 1)"),
     ("study-seeds-true", lambda c: ["study", c.study_yaml("seeds: [0, true]\n"), "--out", c.tmp / "s"],
      "seeds.1: Input should be a number, not true/false"),
     ("phantoms-seed-negative", lambda c: ["data", "phantoms", c.tmp / "p", "--seed", "-1"], "--seed -1: must be between 0"),
