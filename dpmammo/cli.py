@@ -359,9 +359,26 @@ def gan_score(folder: Path, ref: str = typer.Option("cbis-ddsm/train", "--ref", 
         console.print(escape(f"classifier-feature Fréchet distance: {s['classifier_fd']['note']}"), soft_wrap=True)
 
 
+MAX_ERROR_CHARS = 2000  # a message that repeats a user's input stays a line, not megabytes
+
+
 def error_line(err: DpMammoError) -> str:
     """What the user sees for a DpMammoError: one line on stderr."""
-    return "error: " + " ".join(str(err).split("\n"))
+    line = " ".join(str(err).split("\n"))
+    if len(line) > MAX_ERROR_CHARS:
+        line = f"{line[:MAX_ERROR_CHARS]}… ({len(line) - MAX_ERROR_CHARS:,} more characters)"
+    return "error: " + line
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether `exc` ends a Ctrl-C: typer turns a KeyboardInterrupt into a silent exit 130."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def main() -> None:
@@ -376,6 +393,10 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except SystemExit as e:
+        if e.code == 130 and _interrupted(e):
+            print("interrupted", file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import torch
 import yaml
 from pydantic import BaseModel
 
+from dpmammo.config import read_yaml
 from dpmammo.errors import DpMammoError
 from dpmammo.files import atomic_path, write_json_atomic, write_text_atomic
 from dpmammo.privacy.ledger import PrivacyRecord, read_privacy
@@ -92,7 +93,7 @@ class RunDir:
     def read_config(self) -> dict[str, Any]:
         if not self.config.is_file():
             raise DpMammoError(f"{self.path} has no {CONFIG}: not a dpmammo run")
-        return yaml.safe_load(self.config.read_text()) or {}
+        return read_yaml(self.config)
 
     def read_config_as(self, parse: Callable[[dict[str, Any], str], M], kind: str, *,
                        is_other: Callable[[dict[str, Any]], bool], other_kind: str, hint: str) -> M:
@@ -164,6 +165,10 @@ class RunDir:
         if not self.checkpoint.is_file():
             return None
         return torch.load(self.checkpoint, map_location="cpu", weights_only=False).get("rate_units")
+
+    def read_training_state(self) -> dict:
+        """The loop state saved in checkpoint.pt (epoch, history, the files it trained on), nothing restored."""
+        return torch.load(self.checkpoint, map_location="cpu", weights_only=False)["state"]
 
     def load_training_state(self, parts: dict, dp, gen: torch.Generator) -> dict:
         """Restore what save_training_state wrote into `parts`, `dp` and the generator; returns the loop state."""

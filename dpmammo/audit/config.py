@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, field_validator
 
-from dpmammo.config import StrictModel
+from dpmammo.config import Seed, StrictModel
 from dpmammo.privacy.config import Unit
 
 Method = Literal["lira", "rmia", "one-run", "auto"]
@@ -27,7 +27,7 @@ class AuditSettings(StrictModel):
                                                        "in exactly half of them")
     canaries: int = Field(200, ge=8, description="one-run: m mislabelled canaries (at most the private units), "
                                                  "each trained on with probability 1/2")
-    seed: int = Field(0, description="the audit's own randomness (member split, canaries, bootstrap); not DP noise")
+    seed: Seed = Field(0, description="the audit's own randomness (member split, canaries, bootstrap); not DP noise")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="of the ε lower bounds and the intervals")
     unit: Optional[Unit] = Field(None, description="non-private recipes: the unit to split the pool by (default "
                                                    "patient); a DP recipe always splits by its privacy unit")

@@ -73,7 +73,13 @@ def published_name(patient: str, image: str, mass: str, label: int) -> str:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
+    dangling = [p for p in images if not p.is_file()]
+    if dangling:  # leaving them out would train and test on a silently smaller set
+        more = f" and {len(dangling) - 1} more" if len(dangling) > 1 else ""
+        raise DpMammoError(f"{dangling[0]}{more}: a link to a missing file (or not a regular file); restore what it "
+                           "points to or remove the link")
+    return images
 
 
 def _published_records(folder: Path, label: int, dataset: str, split: str) -> list[PatchRecord]:

@@ -28,10 +28,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dpmammo.config import check_option
 from dpmammo.errors import DpMammoError
 
 DATASET = "phantom"
 SPLITS = ("train", "val", "test")
+MAX_SIZE = 1024  # a patch, not a mammogram: larger sizes only exhaust memory
 _CLASS_FOLDER = {1: "is_benign_false", 0: "is_benign_true"}  # 1 = malignant, 0 = benign
 
 
@@ -138,8 +140,10 @@ def make_phantoms(out: str | Path, n: int = 400, seed: int = 0, size: int = 128,
     """
     if n < 4:
         raise DpMammoError(f"phantoms: n must be at least 4 (both classes in every split), got {n}")
-    if size < 32:
-        raise DpMammoError(f"phantoms: size must be at least 32 px, got {size}")
+    if not 32 <= size <= MAX_SIZE:
+        raise DpMammoError(f"phantoms: size must be between 32 and {MAX_SIZE} px, got {size}")
+    check_option("--n", n)
+    check_option("--seed", seed, minimum=0)
     if not 0.0 <= density_gap <= 0.5:
         raise DpMammoError(f"phantoms: density_gap must be in [0, 0.5] (added contrast), got {density_gap}")
     out = Path(out).expanduser()

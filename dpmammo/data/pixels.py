@@ -25,6 +25,9 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 # 16-bit files are scaled by their bit depth (below); one whose values all stay under 2^12 would
 # come out nearly black (0–15), so it is refused rather than silently darkened.
 MIN_16BIT_MAX = 1 << 12
+# Patches are resized to the model's input (128 → 224 px for Swin-T is the published pipeline), but a
+# file a few pixels a side is a placeholder or a broken export: resizing it would invent the lesion.
+MIN_SIDE = 8
 
 
 class ImageProblem(Exception):
@@ -39,6 +42,9 @@ def decode_gray(path: str | Path) -> Image.Image:
             # Pillow only warns between 89M and 179M pixels; a patch is a small crop, so refuse both.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
+                if min(im.size) < MIN_SIDE:
+                    raise ImageProblem(f"only {im.size[0]}×{im.size[1]} pixels, below the {MIN_SIDE}×{MIN_SIDE} a patch needs "
+                                       "(a placeholder or a broken export?); remove or re-export it")
                 im.load()
                 return _to_gray(im)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

@@ -60,18 +60,79 @@ def synthetic_provenance(records: list[PatchRecord]) -> list[dict]:
 
 
 def generator_training_records(root: Path, names: list[str]) -> list[PatchRecord]:
-    """The records a generator trains on; a test split is refused.
+    """The records a generator trains on; test patients are refused.
 
     A generator that saw a test patient leaks that patient into every classifier trained on its
-    samples, and the test AUROC of those classifiers is then contaminated. Patients are disjoint
-    across the splits of one data set (the index checks it), so refusing `*/test` sets suffices
-    within a data root; a study also checks the generator's patients against its own test sets.
+    samples, and the test AUROC of those classifiers is then contaminated. The check is on the
+    patients of the resolved records (see `check_training_sets`), so a path to a test split, or to
+    the whole data root, is refused like the set name; a study also checks the generator's patients
+    against its own test sets.
     """
-    for name in names:
-        if name.rstrip("/").split("/")[-1] == "test":
-            raise DpMammoError(f"data.train names {name!r}: a generator must not see test patients (their "
-                               "synthetic patches would contaminate every test result); train it on a train split")
-    return [r for name in names for r in load_set(root, name)]
+    return check_training_sets(root, names, None, consumer="a generator")
+
+
+TEST_SPLIT = "test"
+Unit = tuple[str, str]
+
+
+def unit_of(record: PatchRecord) -> Unit:
+    """Whose data a record is: (data set, patient) where its file name carries a patient; otherwise
+    the file itself, resolved (symlinks, `.`/`..`), so the same file reached by two paths is one."""
+    return (record.dataset, record.patient) if record.patient else ("", os.path.realpath(record.path))
+
+
+def check_training_sets(root: Path, train: list[str], val: Optional[str], *, test_sets: tuple[str, ...] = (),
+                        consumer: str = "a model") -> list[PatchRecord]:
+    """The records of the training sets `train`, after refusing what would make a result or a
+    guarantee wrong. Judged on the records each name resolves to, never on the names:
+
+    - a patch that enters training twice (a set listed twice, or a path and a set name that are the
+      same files): it would count as two units under `unit: patch` and weigh double otherwise;
+    - a training patient who is a test patient: one in a test split of the data root or of a folder
+      a training set names, or in one of `test_sets` (a study's); a test result would then be on
+      training patients;
+    - a validation patient who is a training patient (`val`): selection on training patients
+      overstates the selected model, and under DP the training patients' data would be used beyond
+      what the accountant counts.
+    """
+    records: list[PatchRecord] = []
+    seen: dict[str, str] = {}  # resolved file → the training set that brought it
+    units: dict[Unit, str] = {}  # whose data → the training set that brought it
+    for name in train:
+        for r in load_set(root, name):
+            path = os.path.realpath(r.path)
+            if path in seen:
+                raise DpMammoError(
+                    f"data.train: {_short(name)} and {_short(seen[path])} hold the same patches (e.g. {r.path}), so "
+                    "each would count twice (as two units of privacy under unit: patch); list each set once")
+            seen[path] = name
+            units.setdefault(unit_of(r), name)
+            records.append(r)
+    tests = {unit_of(r): r.set_name for r in (*_index(root), *records) if r.source == "real" and r.split == TEST_SPLIT}
+    tests.update({unit_of(r): name for name in test_sets for r in load_set(root, name) if r.source == "real"})
+    shared = sorted(units.keys() & tests.keys())
+    if shared:
+        raise DpMammoError(
+            f"data.train: {_short(units[shared[0]])} holds {len(shared)} patient(s) of test set {_short(tests[shared[0]])} "
+            f"(e.g. {_unit_name(shared[0])}); {consumer} must not see test patients (a test result would then be on "
+            "patients seen in training): use training sets patient-disjoint from the test sets")
+    if val is not None:
+        both = sorted({unit_of(r) for r in load_set(root, val)} & units.keys())
+        if both:
+            raise DpMammoError(
+                f"data.val {_short(val)} shares {len(both)} patient(s) with data.train (e.g. {_unit_name(both[0])}): "
+                "selecting the model on patients it trained on overstates it (and is outside any DP guarantee); "
+                "use a validation set patient-disjoint from the training sets")
+    return records
+
+
+def _unit_name(unit: Unit) -> str:
+    dataset, patient = unit
+    return f"patient {patient!r} of {dataset}" if dataset else f"file {patient}"
+
+
+def _short(name: str, limit: int = 120) -> str:
+    return name if len(name) <= limit else name[:limit] + "…"
 
 
 def training_data_record(records: list[PatchRecord], root: Path) -> dict:

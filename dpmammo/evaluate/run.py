@@ -8,7 +8,7 @@ import numpy as np
 from sklearn.metrics import roc_curve
 
 from dpmammo.data.images import load_images, load_labels
-from dpmammo.data.sets import load_set, resolve_root
+from dpmammo.data.sets import load_set, resolve_root, unit_of
 from dpmammo.errors import DpMammoError
 from dpmammo.evaluate.metrics import binary_metrics, check_both_classes, youden_threshold
 from dpmammo.models import create_model, load_weights
@@ -54,6 +54,13 @@ def evaluate_run(run_dir: str | Path, on: list[str], *, data_root: str | Path | 
     model.to(dev)
     root = resolve_root(data_root if data_root is not None else cfg.data.root)
     test_sets = {name: load_set(root, name) for name in on}  # every name checked before anything is written
+    trained = {unit_of(r) for name in cfg.data.train for r in load_set(root, name)}
+    for name, records in test_sets.items():
+        shared = sorted(trained & {unit_of(r) for r in records})
+        if shared:  # by patient after resolution: a path or another name for the training split is caught too
+            raise DpMammoError(f"--on {name}: {len(shared)} of its patients are among the run's training patients "
+                               f"(e.g. {shared[0][1]!r}); a result on them is not a test result: evaluate on a "
+                               "patient-disjoint test set")
     val = load_set(root, cfg.data.val)
     yv = load_labels(val).numpy()
     check_both_classes(yv, cfg.data.val)

@@ -11,7 +11,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from dpmammo.config import StrictModel
+from dpmammo.config import Seed, StrictModel
 from dpmammo.privacy.config import PrivacyConfig
 
 
@@ -78,7 +78,7 @@ class GanTrainSettings(StrictModel):
     epochs: int = Field(50, ge=1)
     batch_size: int = Field(64, ge=1, description="real patches per discriminator step; under DP the expected Poisson batch")
     physical_batch_size: int = Field(256, ge=1, description="most samples per forward pass (virtual batches)")
-    seed: int = 0
+    seed: Seed = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     sample_every: int = Field(5, ge=0, description="write samples/epoch_XXX.png every N epochs (0: never)")
     flips: bool = Field(False, description="random horizontal and vertical flips of the real patches (the reference's augmentation)")

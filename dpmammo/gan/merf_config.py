@@ -11,7 +11,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from dpmammo.config import StrictModel
+from dpmammo.config import Seed, StrictModel
 from dpmammo.gan.config import GanDataConfig, GeneratorShape
 from dpmammo.privacy.config import ReleasePrivacyConfig
 
@@ -64,7 +64,7 @@ class MerfOptim(StrictModel):
 
 
 class MerfTrainSettings(StrictModel):
-    seed: int = Field(0, description="initialisation, latents and the random frequencies (never the DP noise)")
+    seed: Seed = Field(0, description="initialisation, latents and the random frequencies (never the DP noise)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the generator trains")
     sample_every: int = Field(5, ge=0, description="write samples/epoch_XXX.png every N epochs (0: never)")
 

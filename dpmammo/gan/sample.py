@@ -19,7 +19,7 @@ from dpmammo.data.manifest import SAMPLED_MANIFEST, PatchRecord, write_manifest
 from dpmammo.data.sets import PROVENANCE_FILE
 from dpmammo.errors import DpMammoError
 from dpmammo.files import write_json_atomic
-from dpmammo.config import is_valid
+from dpmammo.config import check_option, is_valid
 from dpmammo.gan.config import GanConfig
 from dpmammo.gan.registry import parse_generator_config
 from dpmammo.gan.models import Generator, to_uint8
@@ -72,6 +72,8 @@ def sample(run_dir: str | Path, n: int, out: str | Path, *, balance: float = 0.5
     """
     if n < 2:
         raise DpMammoError(f"--n {n}: need at least 2 patches (one per class)")
+    check_option("--n", n)
+    check_option("--seed", seed, minimum=0)
     run_dir, out = Path(run_dir).resolve(), Path(out).resolve()
     gen, cfg = load_generator(run_dir)
     labels = intended_labels(n, balance)

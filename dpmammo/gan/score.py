@@ -24,6 +24,7 @@ from sklearn.metrics import roc_auc_score
 from dpmammo.data.images import load_images, load_labels, to_float
 from dpmammo.data.manifest import PatchRecord
 from dpmammo.data.sets import load_set, resolve_root
+from dpmammo.config import check_option
 from dpmammo.errors import DpMammoError
 from dpmammo.runs import METRICS, RunDir
 
@@ -62,6 +63,9 @@ def classifier_features(model, records: list[PatchRecord]) -> np.ndarray:
     return torch.cat([model.forward_features(to_float(x)) for x in images.split(256)]).numpy().astype(np.float64)
 
 
+MIN_SCORED = 10  # patches per set at least: Fréchet distances and class fidelity need a few of each class
+
+
 def subsample(records: list[PatchRecord], max_images: Optional[int], seed: int) -> list[PatchRecord]:
     if max_images is None or len(records) <= max_images:
         return records
@@ -79,6 +83,8 @@ def score_sets(folder: str | Path, ref: str, *, root: Optional[str | Path] = Non
                seed: int = 0) -> tuple[list[PatchRecord], list[PatchRecord]]:
     """The synthetic and the real patches `score` compares; call it first to check the inputs
     before a scoring classifier is trained."""
+    if max_images is not None:
+        check_option("--max-images", max_images, minimum=MIN_SCORED)
     folder = Path(folder).expanduser().resolve()
     if not folder.is_dir():
         raise DpMammoError(f"synthetic folder not found: {folder} (make one with `dpmammo gan sample`)")

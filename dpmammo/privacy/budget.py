@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, PlainSerializer
+from pydantic import AllowInfNan, BeforeValidator, PlainSerializer
 
 NON_PRIVATE = math.inf
 INF_SPELLINGS = ("inf", "infinity", "∞", "nonprivate", "non-private")
@@ -49,5 +49,5 @@ def is_private(eps: float) -> bool:
 
 
 # A config or record field holding ε: parsed from any spelling, written as a number or "inf".
-Epsilon = Annotated[float, BeforeValidator(parse_epsilon),
+Epsilon = Annotated[float, AllowInfNan(True), BeforeValidator(parse_epsilon),
                     PlainSerializer(lambda e: "inf" if math.isinf(e) else e, when_used="json")]

@@ -49,7 +49,7 @@ def _finite_epsilon(v: float) -> float:
 class PrivacyConfig(PrivacySettings):
     """The `privacy:` block of a DP stage: its budget and settings."""
 
-    target_epsilon: float = Field(..., gt=0, description="privacy budget ε for this stage (or its chain: `target`)")
+    target_epsilon: float = Field(..., gt=0, allow_inf_nan=True, description="privacy budget ε for this stage (or its chain: `target`)")
     target: Literal["stage", "total"] = Field(
         "stage", description="what target_epsilon bounds: `stage` (this stage alone) or `total` (the RDP composition "
                              "of this stage and every DP stage that its inputs carry: a DP generator's samples, "
@@ -66,7 +66,7 @@ class ReleasePrivacyConfig(StrictModel):
     (the Gaussian mechanism, once: sample rate 1, one step). No clipping norm or per-sample
     gradient mode: nothing is clipped, each unit's vector is bounded by construction."""
 
-    target_epsilon: float = Field(..., gt=0, description="privacy budget ε of the release")
+    target_epsilon: float = Field(..., gt=0, allow_inf_nan=True, description="privacy budget ε of the release")
     delta: float = Field(DEFAULT_DELTA, gt=0, lt=1, description="δ; must be < 1/N for N private units")
     unit: Unit = Field(
         "patient", description="what one unit of privacy is: `patient` (a patient's patches contribute their mean "

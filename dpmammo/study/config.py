@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import Discriminator, Field, PrivateAttr, Tag, field_validator, model_validator
 
 from dpmammo.audit.config import AuditSettings
-from dpmammo.config import StrictModel, apply_overrides, read_yaml
+from dpmammo.config import Seed, StrictModel, apply_overrides, read_yaml
 from dpmammo.errors import DpMammoError
 from dpmammo.privacy.budget import Epsilon, format_epsilon, is_private
 from dpmammo.privacy.config import PrivacyConfig, PrivacySettings
@@ -74,7 +74,7 @@ class SyntheticFromGenerator(StrictModel):
     overrides: list[str] = Field([], description="`key=value` changes to the generator config, as `gan train --set`")
     n: int = Field(3000, ge=2, description="patches sampled from each generator run")
     balance: float = Field(0.5, gt=0, lt=1, description="malignant fraction of the sampled patches")
-    seed: int = Field(0, description="sampling seed (latents); the generator's own seed is in its config")
+    seed: Seed = Field(0, description="sampling seed (latents); the generator's own seed is in its config")
     generator_share: Optional[float] = Field(
         None, gt=0, lt=1, description="DP generator only: the part s of each study ε the generator spends; the DP "
                                       "classifier stages that use its samples are calibrated so that the chain's "
@@ -153,7 +153,7 @@ class StudyConfig(StrictModel):
                                          "sample`, or {generator: CONFIG, n, balance, generator_share} to train one")
     conditions: list[Condition] = Field(..., min_length=1)
     epsilons: list[Epsilon] = Field(..., min_length=1, description="target ε per DP stage; inf/∞ = non-private")
-    seeds: list[int] = Field([0], min_length=1)
+    seeds: list[Seed] = Field([0], min_length=1)
     model: ModelConfig = CnnSmallConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainSettings = TrainSettings()

@@ -25,6 +25,7 @@ from dpmammo.files import write_text_atomic
 from dpmammo.privacy.ledger import short
 from dpmammo.progress import StepProgress
 from dpmammo.study.config import StudyConfig
+from dpmammo.study.datacheck import check_study_data
 from dpmammo.study.generators import check_generator_data, run_generators
 from dpmammo.study.outcome import Outcome, failed, torch_threads
 from dpmammo.study.recipes import Plan, RunSpec, expand
@@ -125,6 +126,7 @@ def run_study(cfg: StudyConfig, out: str | Path, *, executor: Executor = "local"
         check_pretrained_weights(expand(cfg, Path(out).resolve()), Path(out))
     cfg, out = resolve_study(cfg, Path(out))
     plan = expand(cfg, out)
+    check_study_data(cfg, plan, out)
     check_generator_data(cfg, plan)
     claim_study_dir(cfg, out)
     result = StudyResult(out, plan)

@@ -8,7 +8,7 @@ from typing import Literal, Optional
 from pydantic import Field, model_validator
 from typing_extensions import Annotated
 
-from dpmammo.config import StrictModel
+from dpmammo.config import Seed, StrictModel
 from dpmammo.models.config import CnnSmallConfig
 from dpmammo.models.config import ModelConfig as AnyModelConfig
 from dpmammo.privacy.config import PrivacyConfig
@@ -47,7 +47,7 @@ class TrainSettings(StrictModel):
     physical_batch_size: int = Field(256, ge=1, description="most samples per forward pass (virtual batches); a head "
                                                           "on cached features takes each batch in one pass")
     augment: Literal["flips", "none"] = "flips"
-    seed: int = 0
+    seed: Seed = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     feature_cache: bool = Field(
         True, description="frozen backbone: compute its features once per image and flip view, cache them on disk "

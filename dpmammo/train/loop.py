@@ -26,7 +26,7 @@ from sklearn.metrics import roc_auc_score
 from dpmammo import __version__
 from dpmammo.device import resolve_device
 from dpmammo.data.images import N_VIEWS, apply_views, load_images, load_labels, to_float
-from dpmammo.data.sets import load_set, resolve_root, synthetic_provenance
+from dpmammo.data.sets import check_training_sets, load_set, resolve_root, synthetic_provenance
 from dpmammo.errors import DpMammoError
 from dpmammo.models import create_model, load_init_weights, save_weights
 from dpmammo.privacy import (StageSpend, dp_stage, make_private, non_dp_stage, prior_history, weights_stage,
@@ -53,9 +53,31 @@ def fit(cfg: TrainConfig, out: str | Path, *, force: bool = False, progress: boo
         >>> fit(load_config(TrainConfig, "configs/cnn-small-dp.yaml"), "runs/cnn-eps6")  # doctest: +SKIP
     """
     run = RunDir(out)
+    check_data(cfg, run)  # before the run directory is touched: a refusal leaves it as it was
     with run.training(cfg, force) as resuming:  # holds the directory; a refused start leaves nothing
         with run.log_writer(f"{'resume' if resuming else 'start'} {run.path} dpmammo {__version__}") as say:
             return train_run(cfg, run, resuming, say, progress)
+
+
+def check_data(cfg: TrainConfig, run: RunDir) -> None:
+    """Refuse data that would make the run's result or guarantee wrong (a patch twice, test patients
+    in training, validation patients in training: `check_training_sets`), and a resume whose data
+    changed since the interruption (a file deleted, added or moved would silently change N and
+    what the checkpointed epochs saw)."""
+    root = resolve_root(cfg.data.root)
+    train = apply_audit_split(check_training_sets(root, cfg.data.train, cfg.data.val), cfg.data.audit_split)
+    if not (run.checkpoint.is_file() and run.has_config(cfg)):
+        return
+    before = run.read_training_state().get("data")
+    if before is None:  # a checkpoint of an earlier version: it recorded no file list
+        return
+    for what, now in (("train", train), ("val", load_set(root, cfg.data.val))):
+        was, files = set(before[what]), {r.path for r in now}
+        for gone, word in ((sorted(was - files), "is gone"), (sorted(files - was), "is new")):
+            if gone:
+                raise DpMammoError(
+                    f"cannot resume {run.path}: {gone[0]} {word} since the run was interrupted ({len(gone)} file(s) of "
+                    f"data.{what} changed); restore the data as it was, or train into another --out")
 
 
 def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, say: Callable[[str], None], progress: bool) -> dict:
@@ -117,7 +139,8 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, say: Callable[[str]
     # copied at each new best epoch and checkpointed (a frozen Swin-T is 110 MB a copy).
     changing = model.head if model.is_backbone_frozen else model
     parts = {"trained": changing, "optimizer": optimizer}
-    state = {"epoch": 0, "history": [], "best": None, "best_auroc": -1.0, "best_epoch": None, "wall_s": 0.0}
+    state = {"epoch": 0, "history": [], "best": None, "best_auroc": -1.0, "best_epoch": None, "wall_s": 0.0,
+             "data": {"train": [r.path for r in train_records], "val": [r.path for r in val_records]}}
     if resuming:
         state = run.load_training_state(parts, dp, gen)
         t0 = time.time()  # time before the interruption is in state["wall_s"]
@@ -172,7 +195,7 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, say: Callable[[str]
         own = dp_stage(stage="classifier", run=run.name, data=cfg.data.train, dp=dp)
     else:
         own = non_dp_stage(stage="classifier", run=run.name, data=cfg.data.train, n_private=n_private)
-    privacy = write_privacy(run.privacy, own, upstream, notes=[DP_LOSS_NOTE] if dp else [])
+    privacy = write_privacy(run.privacy, own, upstream, notes=[DP_LOSS_NOTE, selection_note(cfg)] if dp else [])
     metrics = {
         "val": {"set": cfg.data.val, "auroc": state["best_auroc"], "epoch": state["best_epoch"], "n": len(val_records)},
         "selection": (f"{cfg.train.select} on {cfg.data.val}; the validation set is used without DP accounting "
@@ -186,6 +209,15 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, say: Callable[[str]
     run.finish(metrics)
     say(f"done: val auroc {state['best_auroc']:.4f} (epoch {state['best_epoch']}); {privacy.describe()}")
     return metrics
+
+
+def selection_note(cfg: TrainConfig) -> str:
+    """What privacy.json says about the validation set: used, not accounted."""
+    use = "selects the released epoch and is logged per epoch" if cfg.train.select == "best-val-auroc" else \
+        "is logged per epoch (the last epoch is released)"
+    return (f"model selection is not DP-accounted: the validation set {cfg.data.val} {use}, so what is released may "
+            "reveal a little about validation patients; they are checked to be patient-disjoint from the training "
+            "sets, and the stated ε covers the training patients only")
 
 
 def input_chain(cfg: TrainConfig, train_records) -> list[StageSpend]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from dpmammo.config import StrictModel
+from dpmammo.config import Seed, StrictModel
 from dpmammo.data.manifest import PatchRecord
 from dpmammo.errors import DpMammoError
 from dpmammo.privacy.config import Unit
@@ -35,7 +35,7 @@ class AuditSplit(StrictModel):
     members: list[str] = Field(..., description="ids of the private units kept for training; the others are left out")
     mislabelled: list[str] = Field(
         [], description="ids among `members` trained with the other label (one-run audit canaries)")
-    seed: int = Field(..., description="the audit's seed that drew the split (not DP randomness)")
+    seed: Seed = Field(..., description="the audit's seed that drew the split (not DP randomness)")
     role: str = Field(..., min_length=1, description="which model of the audit this is, e.g. target or reference-03")
 
     @model_validator(mode="after")

@@ -15,7 +15,7 @@ from typing import Literal, Union
 from pydantic import Field, field_validator
 from typing_extensions import Annotated
 
-from dpmammo.config import StrictModel
+from dpmammo.config import Seed, StrictModel
 
 SPLITS = ("train", "val", "test")
 
@@ -46,7 +46,7 @@ class SplitConfig(StrictModel):
     fractions: tuple[float, float, float] = Field((0.7, 0.1, 0.2), description="train, val, test (mode fractions)")
     val_fraction: float = Field(0.15, gt=0.0, lt=1.0,
                                 description="share of the source's training patients drawn into val (mode source)")
-    seed: int = 0
+    seed: Seed = 0
 
     @field_validator("fractions")
     @classmethod
