@@ -1,0 +1,102 @@
+"""Which prior helps a DP classifier: an ablation on the *validation* set (never a test set).
+
+Trains each recipe on cbis-ddsm/train with DP-SGD per patient at each ε, `--repeats` times with
+fresh secret noise, and prints the selected-epoch AUROC on cbis-ddsm/val (mean ± spread). The
+recipes are TrainConfig overrides of one base (below); `--pretrained RUN` is a finished
+`dpmammo pretrain` run (public: procedural images only) for the recipes that start from it.
+No test set is loaded. Run by hand; the table goes into benchmarks/README.md.
+
+    DPMAMMO_DATA=../shared/data/mammo_dp python benchmarks/prior_ablation.py --out /tmp/ablation \\
+        --pretrained runs/pretrain-procedural --recipes scratch pixels probe finetune
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+BASE = {
+    "data": {"train": ["cbis-ddsm/train"], "val": "cbis-ddsm/val"},
+    "model": {"name": "cnn-small", "input_size": 64, "width": 16},
+    "optim": {"name": "adamw", "lr": 2e-3},
+    "train": {"epochs": 30, "batch_size": 128, "augment": "flips", "device": "cpu"},
+    "privacy": {"delta": 1e-4, "max_grad_norm": 1.0, "unit": "patient"},
+}
+
+# name → (overrides of BASE, needs the pretrained run)
+RECIPES: dict[str, tuple[dict, bool]] = {
+    # the quick preset's `real` condition: cnn-small from random init, whole model under DP
+    "scratch": ({}, False),
+    # downsampled standardised pixels (fixed, no parameters) and a DP linear head
+    "pixels": ({"model": {"name": "pixels", "input_size": 64, "resolution": 32},
+                "optim": {"name": "sgd", "lr": 0.5, "momentum": 0.9},
+                "train": {"epochs": 20, "batch_size": 256}}, False),
+    "pixels16": ({"model": {"name": "pixels", "input_size": 64, "resolution": 16},
+                  "optim": {"name": "sgd", "lr": 0.5, "momentum": 0.9},
+                  "train": {"epochs": 20, "batch_size": 256}}, False),
+    # procedural backbone frozen, DP linear probe on its cached features
+    "probe": ({"model": {"freeze_backbone": True}, "init_weights": "backbone",
+               "optim": {"name": "sgd", "lr": 0.5, "momentum": 0.9},
+               "train": {"epochs": 20, "batch_size": 256}}, True),
+    # procedural backbone, whole model fine-tuned under DP
+    "finetune": ({"init_weights": "backbone"}, True),
+}
+
+
+def merged(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    ap.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 6.0])
+    ap.add_argument("--repeats", type=int, default=2, help="runs with fresh secret noise per cell")
+    ap.add_argument("--pretrained", type=Path, help="a finished `dpmammo pretrain` run")
+    args = ap.parse_args()
+
+    import torch
+
+    from dpmammo.config import parse_config
+    from dpmammo.train import TrainConfig, fit
+
+    torch.set_num_threads(2)
+    print(f"load average at start: {os.getloadavg()}", flush=True)
+    for name in args.recipes:
+        over, needs_prior = RECIPES[name]
+        if needs_prior and args.pretrained is None:
+            raise SystemExit(f"recipe {name} needs --pretrained RUN")
+        cells = []
+        for eps in args.epsilons:
+            aurocs, wall = [], 0.0
+            for r in range(args.repeats):
+                data = merged(BASE, over)
+                data["privacy"] = {**data["privacy"], "target_epsilon": eps}
+                data["train"] = {**data["train"], "seed": r}
+                if needs_prior:
+                    data["init_from"] = str(args.pretrained)
+                out = args.out / name / f"eps{eps:g}" / f"rep{r}"
+                if not (out / "metrics.json").is_file():
+                    t0 = time.time()
+                    fit(parse_config(TrainConfig, data, name), out, progress=False)
+                    wall += time.time() - t0
+                aurocs.append(json.loads((out / "metrics.json").read_text())["val"]["auroc"])
+            spread = statistics.pstdev(aurocs) if len(aurocs) > 1 else 0.0
+            cells.append(f"ε={eps:g}: {statistics.mean(aurocs):.3f} ± {spread:.3f} ({wall:.0f} s)")
+        print(f"{name:10s} " + "   ".join(cells) + f"   load {os.getloadavg()[0]:.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
