@@ -19,9 +19,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dpmammo.config import parse_config, read_yaml
-from dpmammo.data.sets import resolve_root
+from dpmammo.data.sets import data_inputs, resolve_root
 from dpmammo.errors import DpMammoError
-from dpmammo.files import write_text_atomic
+from dpmammo.files import check_out, write_text_atomic
 from dpmammo.privacy.ledger import short
 from dpmammo.progress import StepProgress
 from dpmammo.study.config import StudyConfig
@@ -89,6 +89,16 @@ def resolve_study(cfg: StudyConfig, out: Path) -> tuple[StudyConfig, Path]:
     return cfg.model_copy(update=update), Path(out).resolve()
 
 
+def study_inputs(cfg: StudyConfig, plan: Plan) -> list[tuple[str, Optional[Path]]]:
+    """The data and weight files a study reads: its directory must not overlap any of them."""
+    sets = [cfg.train_set, cfg.val_set, *cfg.test_sets] + ([cfg.synthetic] if isinstance(cfg.synthetic, str) else [])
+    inputs = data_inputs(cfg.data_root, sets)
+    inputs += [(f"model.{k}", getattr(cfg.model, k, None)) for k in ("weights", "backbone_weights")]
+    for spec in plan.generators.values():
+        inputs += data_inputs(spec.config.data.root, spec.config.data.train)
+    return inputs
+
+
 def claim_study_dir(cfg: StudyConfig, out: Path) -> None:
     """Write study.yaml, refusing a study directory made with another config."""
     out.mkdir(parents=True, exist_ok=True)
@@ -125,6 +135,7 @@ def run_study(cfg: StudyConfig, out: str | Path, *, executor: Executor = "local"
         check_pretrained_weights(expand(cfg, Path(out).resolve()), Path(out))
     cfg, out = resolve_study(cfg, Path(out))
     plan = expand(cfg, out)
+    check_out(out, study_inputs(cfg, plan))  # before anything is written
     check_generator_data(cfg, plan)
     claim_study_dir(cfg, out)
     result = StudyResult(out, plan)
