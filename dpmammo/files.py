@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import glob
 import json
 import os
 import shutil
@@ -184,8 +185,11 @@ def exclusive(path: Path, what: str = "writing") -> Iterator[None]:
 def staged_folder(out: Path) -> Iterator[Path]:
     """A new temporary folder beside `out` to write the whole output into; when the block ends
     without an error it replaces `out` (an existing `out` is moved aside first and removed last),
-    otherwise it is removed and `out` stays as it was. Hold `exclusive(out)` around it."""
+    otherwise it is removed and `out` stays as it was. Hold `exclusive(out)` around it: what a
+    killed writer of `out` left beside it is cleaned up first (a previous `out` it had moved aside
+    is put back)."""
     with user_os_errors(out):
+        _clean_after_killed_writer(out)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         with user_os_errors(out):
@@ -210,3 +214,12 @@ def publish_folder(tmp: Path, out: Path) -> None:
         raise
     finally:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _clean_after_killed_writer(out: Path) -> None:
+    for old in out.parent.glob(f".{glob.escape(out.name)}.old-*"):
+        if (old / out.name).exists() and not out.exists():
+            (old / out.name).rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    for tmp in out.parent.glob(f".{glob.escape(out.name)}.tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)

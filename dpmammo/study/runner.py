@@ -9,6 +9,7 @@ names a generator) come first, in this process, whichever the executor (dpmammo.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,11 +193,29 @@ def _run_local(cfg: StudyConfig, plan: Plan, out: Path, generators: dict[str, Ou
         report(done[run_id])
 
 
+TOKEN_HINT = ("RAY_AUTH_TOKEN=<token>, RAY_AUTH_TOKEN_PATH=<file> or the file ~/.ray/auth_token "
+              "(`ray get-auth-token` prints it on the head)")
+
+
+def ray_token_auth(address: Optional[str]) -> None:
+    """Token authentication (Ray ≥ 2.52): `ray start --head` turns it on when a token is at hand
+    (and Ray ≥ 2.59 does by default for local clusters), but a driver given an explicit address
+    sends its token only under RAY_AUTH_MODE=token. Where a token is at hand (TOKEN_HINT) and
+    RAY_AUTH_MODE is unset, set it, as `ray start` does; a cluster without authentication
+    ignores the token. RAY_AUTH_MODE=disabled, set by the user, is kept."""
+    if address is None or "RAY_AUTH_MODE" in os.environ:
+        return
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") \
+            or (Path.home() / ".ray" / "auth_token").is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def _run_ray(cfg: StudyConfig, plan: Plan, out: Path, generators: dict[str, Outcome], report: Callable,
              announce: Callable, *, address: Optional[str]) -> None:
     """One Ray task per run with the config's resource request; a chained run takes its parent's
     result as an argument, so Ray starts it only when the parent has finished. The generator runs
     have finished before (in this process): their outcomes go as plain arguments."""
+    ray_token_auth(address)
     try:
         import ray
     except ImportError:
@@ -206,7 +225,9 @@ def _run_ray(cfg: StudyConfig, plan: Plan, out: Path, generators: dict[str, Outc
         try:
             ray.init(address=address, log_to_driver=False, include_dashboard=False)
         except ConnectionError as e:
-            raise DpMammoError(f"cannot reach the Ray cluster at {address}: {e}; start it with `ray start --head`") from None
+            cause = f" ({str(e.__cause__).splitlines()[-1][:200]})" if e.__cause__ is not None else ""
+            raise DpMammoError(f"cannot reach the Ray cluster at {address}: {e}{cause}; start it with `ray start "
+                               f"--head`; a cluster with token authentication needs its token here: {TOKEN_HINT}") from None
     try:
         res = cfg.resources
         task = ray.remote(execute_run).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_retries=0)
