@@ -96,6 +96,6 @@ def plot_roc(fpr: np.ndarray, tpr: np.ndarray, auroc: float, title: str, path: P
     ax.legend(loc="lower right")
     fig.tight_layout()
     try:
-        fig.savefig(path, format="png")  # the path may be a temporary name without .png
+        fig.savefig(path, format="png")  # a temporary name without .png (RunDir.write_eval)
     finally:
         plt.close(fig)

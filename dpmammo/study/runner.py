@@ -101,9 +101,13 @@ def study_inputs(cfg: StudyConfig, plan: Plan) -> list[tuple[str, Optional[Path]
 
 
 def claim_study_dir(cfg: StudyConfig, out: Path) -> None:
-    """Write study.yaml, refusing a study directory made with another config."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Write study.yaml, refusing a study directory made with another config, and a folder with
+    files of its own (no study.yaml): a study's results.md or report.html would replace the user's."""
     path = out / STUDY_FILE
+    if not path.is_file() and out.is_dir() and any(out.iterdir()):
+        raise DpMammoError(f"{out} is not empty and holds no {STUDY_FILE}: a study writes into a new or empty folder "
+                           "or its own study directory; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
     if path.is_file() and not _records(path, cfg):
         raise DpMammoError(f"{out} holds a study with another config; choose another --out "
                            f"(or delete it to start over)")
