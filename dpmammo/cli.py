@@ -31,8 +31,11 @@ def data_index(root: Path, output: Optional[Path] = typer.Option(None, "-o", "--
     """Index a patch folder, decode every image, and print counts per set and class."""
     from dpmammo.data.manifest import index_folder, skipped_files, summarize, write_manifest
     from dpmammo.data.pixels import check_images
+    from dpmammo.files import check_out
     from dpmammo.progress import StepProgress
 
+    if output is not None:
+        check_out(output, [("the data folder", root)], "-o", folder=False)
     records = index_folder(root)
     with StepProgress(console=console, every=0.25, unit="images") as bar:
         task = bar.add_task("decoding every image", total=len(records))
@@ -60,7 +63,10 @@ def data_index(root: Path, output: Optional[Path] = typer.Option(None, "-o", "--
 def data_fetch(dest: Optional[Path] = typer.Option(None, help="target folder (default: the user cache)")):
     """Download the pinned public patch archive, verify it, and extract the patch folders."""
     from dpmammo.data.fetch import fetch_dataset
+    from dpmammo.files import check_writable
 
+    if dest is not None:
+        check_writable(dest, "--dest")
     path = fetch_dataset(dest)
     console.print(f"data ready at {path} (export DPMAMMO_DATA={path})")
 
@@ -70,7 +76,9 @@ def data_phantoms(out: Path, n: int = typer.Option(400, "--n", help="training pa
                   seed: int = typer.Option(0, "--seed"), size: int = typer.Option(128, "--size")):
     """Write deterministic phantom patches (benign: smooth blobs; malignant: spiculated) for tests and demos."""
     from dpmammo.data.phantoms import make_phantoms
+    from dpmammo.files import check_writable
 
+    check_writable(out, "OUT")
     path = make_phantoms(out, n=n, seed=seed, size=size)
     console.print(f"wrote phantoms to {path}")
 
@@ -177,10 +185,12 @@ def train(config: Path,
     from dpmammo.train.config import TrainConfig
 
     cfg = load_config(TrainConfig, config, set_)
-    from dpmammo.runs import RunDir
+    from dpmammo.files import check_out
+    from dpmammo.runs import RunDir, config_input
     from dpmammo.train import fit
 
     out = out or Path("runs") / config.stem
+    check_out(out, config_input(config, out))
     metrics = fit(cfg, out, force=force, progress=True)
     console.print(f"{out}: val AUROC {metrics['val']['auroc']:.3f} (epoch {metrics['val']['epoch']}), "
                   f"{RunDir(out).read_privacy().describe()}", highlight=False)
@@ -246,10 +256,12 @@ def study(config: Optional[Path] = typer.Argument(None, help="study config YAML 
     from dpmammo.study.presets import load_study
 
     cfg = load_study(config, preset=preset, overrides=set_)
+    from dpmammo.files import check_out
     from dpmammo.report import build_report
     from dpmammo.study import run_study
 
     out = out or Path("runs") / cfg.name
+    check_out(out, [("the study config", config)])
     result = run_study(cfg, out, executor=executor, address=address, console=console)
     report = build_report(result.study_dir)
     counts = {s: sum(o.status == s for o in result.outcomes.values()) for s in ("done", "cached", "failed", "skipped")}
@@ -277,6 +289,10 @@ def audit(config: Path,
     from dpmammo.train import TrainConfig
 
     cfg = load_config(TrainConfig, config, set_)
+    from dpmammo.files import check_out
+    from dpmammo.train.config import input_paths
+
+    check_out(out, [("the config file", config), *input_paths(cfg)])
     settings = parse_config(AuditSettings, {"method": method, "models": models, "canaries": canaries, "seed": seed},
                             "audit options")
     rec = audit_recipe(cfg, out, settings, progress="bar" if sys.stderr.isatty() else "lines")
@@ -303,10 +319,12 @@ def gan_train(config: Path,
     from dpmammo.gan.registry import load_generator_config
 
     cfg = load_generator_config(config, set_)
+    from dpmammo.files import check_out
     from dpmammo.gan.registry import train_generator
-    from dpmammo.runs import RunDir
+    from dpmammo.runs import RunDir, config_input
 
     out = out or Path("runs") / config.stem
+    check_out(out, config_input(config, out))
     metrics = train_generator(cfg, out, force=force, progress=True)
     console.print(f"{out}: {len(metrics['history'])} epochs in {metrics['wall_time_s']:.0f} s, "
                   f"{RunDir(out).read_privacy().describe()}; sample grids in {out / 'samples'}", highlight=False)
@@ -335,13 +353,21 @@ def gan_score(folder: Path, ref: str = typer.Option("cbis-ddsm/train", "--ref", 
               frd: bool = typer.Option(True, "--frd/--no-frd", help="Fréchet Radiomics Distance (needs the frd extra)"),
               json_out: Optional[Path] = typer.Option(None, "--json", help="also write the scores to this JSON file")):
     """FRD, classifier-feature Fréchet distance and class fidelity of a synthetic folder, each timed."""
+    from dpmammo.data.sets import data_inputs
+    from dpmammo.files import check_out
     from dpmammo.gan import score, train_score_classifier
     from dpmammo.gan.score import score_sets
     from dpmammo.runs import RunDir
 
     score_sets(folder, ref, root=data_root, max_images=max_images)  # bad inputs fail before any training
+    inputs = [("the synthetic folder", folder), *data_inputs(data_root, [ref, val]), ("--classifier", classifier)]
+    trained = classifier or classifier_out or Path("runs") / "gan-score" / f"cnn-small-{ref.replace('/', '-')}"
     if classifier is None:
-        classifier = classifier_out or Path("runs") / "gan-score" / f"cnn-small-{ref.replace('/', '-')}"
+        check_out(trained, inputs, "--classifier-out")
+    if json_out is not None:
+        check_out(json_out, [*inputs, ("the classifier run", trained)], "--json", folder=False)
+    if classifier is None:
+        classifier = trained
         if not RunDir(classifier).is_finished:
             console.print(escape(f"no --classifier given: training a non-private cnn-small on {ref} (selected on "
                                  f"{val}) into {classifier} first; it is reused next time"), soft_wrap=True)
@@ -385,10 +411,17 @@ def main() -> None:
     from dpmammo.allocator import keep_freed_memory
 
     keep_freed_memory()  # a training step no longer page-faults its activations in again (see there)
+    from dpmammo.files import USER_OS_ERRORS, os_error
+
     try:
         app()
     except DpMammoError as e:
         print(error_line(e), file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:  # no space, no permission, ...: the user's to fix (files.USER_OS_ERRORS)
+        if e.errno not in USER_OS_ERRORS:
+            raise
+        print(error_line(os_error(e, e.filename or "a file")), file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -1,10 +1,11 @@
-"""Shared fixtures: the real patch data beside the repository, and phantom data made once."""
+"""Shared fixtures: the real patch data (found as `real_data_candidates` says), and phantom data made once."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
@@ -12,16 +13,40 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
+# Read before `_private_cache` points the package at a temporary cache: where the user keeps data.
+_USER_ENV = {k: os.environ.get(k) for k in ("DPMAMMO_TEST_DATA", "DPMAMMO_DATA", "DPMAMMO_CACHE")}
+
+
+def real_data_candidates() -> list[tuple[str, Path]]:
+    """Where the published patch set is looked for, in order: DPMAMMO_TEST_DATA, the folder beside
+    the repository (as in CI), DPMAMMO_DATA, the folder `dpmammo data fetch` fills (as the package does)."""
+    env = {k: Path(v).expanduser() for k, v in _USER_ENV.items() if v}
+    if "DPMAMMO_TEST_DATA" in env:  # set on purpose: the only place looked at
+        return [("DPMAMMO_TEST_DATA", env["DPMAMMO_TEST_DATA"])]
+    cache = env.get("DPMAMMO_CACHE", Path.home() / ".cache" / "dpmammo")
+    found = [("beside the repository", REPO.parent / "shared" / "data" / "mammo_dp")]
+    if "DPMAMMO_DATA" in env:
+        found.append(("DPMAMMO_DATA", env["DPMAMMO_DATA"]))
+    return found + [("the fetch cache", cache / "mammo_dp")]
+
+
+def find_real_data() -> Optional[Path]:
+    return next((path for _, path in real_data_candidates() if path.is_dir()), None)
+
+
 def real_data_root() -> Path:
-    """The published patch set: ../shared/data/mammo_dp beside the repository (as in CI)."""
-    return Path(os.environ.get("DPMAMMO_TEST_DATA", REPO.parent / "shared" / "data" / "mammo_dp"))
+    """The published patch set (see `real_data_candidates`); a test that needs it fails with what to do."""
+    root = find_real_data()
+    if root is None:
+        looked = "; ".join(f"{what}: {path}" for what, path in real_data_candidates())
+        pytest.fail(f"the real patch set is not here (looked at {looked}); run `dpmammo data fetch` (it fills the "
+                    "fetch cache) or set DPMAMMO_TEST_DATA to a copy", pytrace=False)
+    return root
 
 
 @pytest.fixture(scope="session")
 def real_root() -> Path:
-    root = real_data_root()
-    assert root.is_dir(), f"real test data missing at {root}: set DPMAMMO_TEST_DATA"
-    return root
+    return real_data_root()
 
 
 @pytest.fixture(scope="session")

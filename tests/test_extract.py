@@ -392,7 +392,12 @@ def test_existing_out_is_refused_unless_forced(cbis, tmp_path):
     (out / "keep.txt").write_text("mine")
     with pytest.raises(DpMammoError, match="exists and is not empty"):
         extract(cbis_config(root, csvs), out, progress=False)
-    assert (out / "keep.txt").exists()
+    with pytest.raises(DpMammoError, match="is not a folder written by `dpmammo data extract`"):
+        extract(cbis_config(root, csvs), out, force=True, progress=False)  # --force replaces only its own output
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    out = tmp_path / "extracted"
+    extract(cbis_config(root, csvs), out, progress=False)
+    (out / "keep.txt").write_text("stale")
     lines: list[str] = []
     extract(cbis_config(root, csvs), out, force=True, progress=True, write=lines.append)
     assert not (out / "keep.txt").exists() and (out / "extract.json").is_file()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -273,8 +274,19 @@ def free_port() -> int:
 
 
 def test_ray_executor_gives_the_same_runs_as_local(local_study, data, tmp_path):
+    """On a cluster with token authentication, as `ray start` makes one where a token exists
+    (~/.ray/auth_token, left by any earlier local Ray): the driver must send the token (it did not:
+    "Authentication token is missing or incorrect"). The head is bound to 127.0.0.1, so the test
+    holds whatever address the machine's name resolves to."""
     ray_bin = Path(sys.executable).with_name("ray")
     ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text(secrets.token_hex(16))
+    env = {**ENV, "HOME": str(home)}
+    env.pop("RAY_AUTH_MODE", None)
+    env.pop("RAY_AUTH_TOKEN", None)
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
     port = free_port()
     head = subprocess.Popen(
         [str(ray_bin), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", f"--port={port}",
@@ -282,7 +294,7 @@ def test_ray_executor_gives_the_same_runs_as_local(local_study, data, tmp_path):
          f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
          f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
          f"--ray-client-server-port={free_port()}", f"--temp-dir={ray_tmp}"],
-        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 60
         while time.time() < deadline and head.poll() is None:
@@ -294,7 +306,7 @@ def test_ray_executor_gives_the_same_runs_as_local(local_study, data, tmp_path):
         cfg = write_study(tmp_path / "tiny.yaml", tiny_study(data))
         out = tmp_path / "study"
         cmd = study_cmd(cfg, out, "--executor", "ray", "--address", f"127.0.0.1:{port}")
-        proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=400)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert sorted(p.parent.relative_to(out).as_posix() for p in out.rglob("metrics.json")) == sorted(
             p.parent.relative_to(local_study).as_posix() for p in local_study.rglob("metrics.json"))

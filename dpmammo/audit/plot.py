@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 
 from dpmammo.audit.record import AuditRecord  # noqa: E402
 from dpmammo.privacy.ledger import short  # noqa: E402
+from dpmammo.files import save_figure  # noqa: E402
 
 
 def roc_plot(record: AuditRecord, curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> Path:
@@ -28,6 +29,5 @@ def roc_plot(record: AuditRecord, curves: dict[str, tuple[np.ndarray, np.ndarray
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
     return path

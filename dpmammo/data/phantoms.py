@@ -30,6 +30,7 @@ from PIL import Image
 
 from dpmammo.config import check_option
 from dpmammo.errors import DpMammoError
+from dpmammo.files import user_os_errors
 
 DATASET = "phantom"
 SPLITS = ("train", "val", "test")
@@ -147,6 +148,11 @@ def make_phantoms(out: str | Path, n: int = 400, seed: int = 0, size: int = 128,
     if not 0.0 <= density_gap <= 0.5:
         raise DpMammoError(f"phantoms: density_gap must be in [0, 0.5] (added contrast), got {density_gap}")
     out = Path(out).expanduser()
+    with user_os_errors(out):
+        return _write_phantoms(out, n, seed, size, density_gap)
+
+
+def _write_phantoms(out: Path, n: int, seed: int, size: int, density_gap: float) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     final = out / DATASET
     tmp = Path(tempfile.mkdtemp(prefix=f".{DATASET}.tmp-", dir=out))

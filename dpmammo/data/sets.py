@@ -34,9 +34,20 @@ def _index(root: Path) -> tuple[PatchRecord, ...]:
     return tuple(index_folder(root))
 
 
+def is_folder_set(name: str) -> bool:
+    """Whether a set name is a path to a folder (a synthetic set) rather than `dataset/split`."""
+    return name.startswith(("/", "./", "../", "~"))
+
+
+def data_inputs(root: Optional[str | Path], names: list[str]) -> list[tuple[str, Path]]:
+    """The folders a command reads for data `root` and sets `names`, for `dpmammo.files.check_out`."""
+    inputs = [("the data folder", resolve_root(root))]
+    return inputs + [(f"the set {name}", Path(name)) for name in names if is_folder_set(name)]
+
+
 def load_set(root: Path, name: str) -> list[PatchRecord]:
     """The records of set `name` (`<dataset>/<split>`), or a path to a synthetic folder."""
-    if name.startswith(("/", "./", "../", "~")):
+    if is_folder_set(name):
         return list(_index(Path(name).expanduser().resolve()))
     return select(list(_index(root)), name)
 

@@ -8,13 +8,14 @@ import numpy as np
 from sklearn.metrics import roc_curve
 
 from dpmammo.data.images import load_images, load_labels
-from dpmammo.data.sets import load_set, resolve_root, unit_of
+from dpmammo.data.sets import data_inputs, load_set, resolve_root, unit_of
 from dpmammo.errors import DpMammoError
 from dpmammo.evaluate.metrics import binary_metrics, check_both_classes, youden_threshold
 from dpmammo.models import create_model, load_weights
 from dpmammo.train import TrainConfig
 from dpmammo.privacy.ledger import short
-from dpmammo.runs import METRICS, RunDir
+from dpmammo.files import check_out
+from dpmammo.runs import EVAL, METRICS, RunDir
 from dpmammo.device import resolve_device
 from dpmammo.train.predict import predict_proba
 
@@ -53,6 +54,8 @@ def evaluate_run(run_dir: str | Path, on: list[str], *, data_root: str | Path | 
     dev = resolve_device(device)
     model.to(dev)
     root = resolve_root(data_root if data_root is not None else cfg.data.root)
+    run = RunDir(run_dir)
+    check_out(run.path / EVAL, data_inputs(root, [*on, cfg.data.val]), f"{run_dir}: its eval folder")
     test_sets = {name: load_set(root, name) for name in on}  # every name checked before anything is written
     trained = {unit_of(r) for name in cfg.data.train for r in load_set(root, name)}
     for name, records in test_sets.items():
@@ -65,7 +68,6 @@ def evaluate_run(run_dir: str | Path, on: list[str], *, data_root: str | Path | 
     yv = load_labels(val).numpy()
     check_both_classes(yv, cfg.data.val)
     threshold = youden_threshold(yv, predict_proba(model, load_images(val, model.input_size), device=dev))
-    run = RunDir(run_dir)
     results = {}
     for name, records in test_sets.items():
         y = load_labels(records).numpy()
@@ -74,8 +76,7 @@ def evaluate_run(run_dir: str | Path, on: list[str], *, data_root: str | Path | 
         m.update(set=name, threshold_from=cfg.data.val)
         fpr, tpr, _ = roc_curve(y, p)
         m["roc"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
-        run.write_eval(name, m)
-        plot_roc(fpr, tpr, m["auroc"], f"{run_title(run)}\non {name}", run.eval_roc(name))
+        run.write_eval(name, m, roc=lambda path: plot_roc(fpr, tpr, m["auroc"], f"{run_title(run)}\non {name}", path))
         results[name] = m
     return results
 
@@ -101,5 +102,7 @@ def plot_roc(fpr: np.ndarray, tpr: np.ndarray, auroc: float, title: str, path: P
     ax.set(xlabel="1 − specificity", ylabel="sensitivity (malignant)", title=title)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        fig.savefig(path, format="png")  # a temporary name without .png (RunDir.write_eval)
+    finally:
+        plt.close(fig)

@@ -71,5 +71,9 @@ def is_generator_config(data: dict[str, Any]) -> bool:
 
 def train_generator(cfg: StrictModel, out: str | Path, *, force: bool = False, progress: bool = True) -> dict:
     """Train the generator `cfg` names into run directory `out` (resumes an interrupted run)."""
+    from dpmammo.data.sets import data_inputs
+    from dpmammo.files import check_out
+
+    check_out(out, data_inputs(cfg.data.root, cfg.data.train))  # before anything is touched
     name = getattr(cfg, "generator", DEFAULT_GENERATOR)
     return _load(BUILTIN[name][1])(cfg, out, force=force, progress=progress)

@@ -8,7 +8,6 @@ trains on the folder, so the GAN's spend is composed into that classifier's tota
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
@@ -18,7 +17,7 @@ from dpmammo import __version__
 from dpmammo.data.manifest import SAMPLED_MANIFEST, PatchRecord, write_manifest
 from dpmammo.data.sets import PROVENANCE_FILE
 from dpmammo.errors import DpMammoError
-from dpmammo.files import write_json_atomic
+from dpmammo.files import check_out, exclusive, staged_folder, user_os_errors, write_json_atomic
 from dpmammo.config import check_option, is_valid
 from dpmammo.gan.config import GanConfig
 from dpmammo.gan.registry import parse_generator_config
@@ -67,6 +66,10 @@ def sample(run_dir: str | Path, n: int, out: str | Path, *, balance: float = 0.5
            force: bool = False) -> dict:
     """Write `n` patches from the generator in `run_dir` to folder `out`; return its provenance.
 
+    The folder is written whole into a temporary sibling and moved into place; one process at a
+    time writes `out`. With `force`, an `out` that is a folder written by this command (it holds
+    provenance.json) is replaced; any other non-empty folder is refused.
+
     Example:
         >>> sample("runs/gan", 3000, "synthetic/mcgan-dp10", balance=0.5)  # doctest: +SKIP
     """
@@ -74,41 +77,55 @@ def sample(run_dir: str | Path, n: int, out: str | Path, *, balance: float = 0.5
         raise DpMammoError(f"--n {n}: need at least 2 patches (one per class)")
     check_option("--n", n)
     check_option("--seed", seed, minimum=0)
-    run_dir, out = Path(run_dir).resolve(), Path(out).resolve()
+    out = check_out(out, [("the generator run", run_dir)])
+    run_dir = Path(run_dir).resolve()
     gen, cfg = load_generator(run_dir)
     labels = intended_labels(n, balance)
     if labels.min() == labels.max():
         raise DpMammoError(f"balance={balance} with n={n} gives one class only; training and AUROC need both")
-    prepare_out(out, force)
+    check_replaceable(out, force)
+    with user_os_errors(out.parent):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(out, "sampling into"):
+        check_replaceable(out, force)  # again, now that no other process can be writing it
+        with staged_folder(out) as tmp:
+            prov = write_samples(gen, cfg, run_dir, labels, seed, balance, out, tmp)
+    return prov
+
+
+def write_samples(gen: Generator, cfg: GanConfig, run_dir: Path, labels: torch.Tensor, seed: int, balance: float,
+                  out: Path, tmp: Path) -> dict:
+    """PNGs, manifest.csv and provenance.json (last) into `tmp`, which will become `out`."""
     images = generate(gen, labels, seed)
     records = []
     for i, (img, y) in enumerate(zip(images, labels.tolist())):
         name = f"{i:05d}_{CLASS_NAMES[y]}.png"
-        Image.fromarray(img[0].numpy(), mode="L").save(out / name)
+        Image.fromarray(img[0].numpy(), mode="L").save(tmp / name)
         records.append(PatchRecord(name, y, "", "synthetic", out.name, "synthetic"))
-    write_manifest(records, out / SAMPLED_MANIFEST)
+    write_manifest(records, tmp / SAMPLED_MANIFEST)
     privacy = RunDir(run_dir).read_privacy()
     prov = {
         "folder": str(out),
         "generator_run": str(run_dir),
         "training_data": list(cfg.data.train),
-        "n": n, "n_malignant": int(labels.sum()), "balance": balance, "seed": seed,
+        "n": len(labels), "n_malignant": int(labels.sum()), "balance": balance, "seed": seed,
         "image_size": cfg.model.image_size,
         "guarantee": privacy.describe(),
         "total": privacy.total.model_dump(mode="json"),
         "chain": [s.model_dump(mode="json") for s in privacy.stages],
         "dpmammo_version": __version__,
     }
-    write_json_atomic(out / PROVENANCE_FILE, prov)
+    write_json_atomic(tmp / PROVENANCE_FILE, prov)
     return prov
 
 
-def prepare_out(out: Path, force: bool) -> None:
-    """An empty (or new) folder; a folder with files is replaced only with `force`."""
+def check_replaceable(out: Path, force: bool) -> None:
+    """`out` is new or empty, or (with `force`) a folder this command wrote: it holds provenance.json."""
     if out.exists() and not out.is_dir():
         raise DpMammoError(f"--out {out} is a file")
     if out.is_dir() and any(out.iterdir()):
         if not force:
             raise DpMammoError(f"--out {out} is not empty; choose another folder or pass --force to replace it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+        if not (out / PROVENANCE_FILE).is_file():
+            raise DpMammoError(f"--out {out} is not a folder written by `dpmammo gan sample` (no {PROVENANCE_FILE}); "
+                               "--force replaces only such a folder: choose another --out")

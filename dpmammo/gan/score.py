@@ -12,7 +12,6 @@ class fidelity. Entry point: `score`.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Optional
@@ -26,6 +25,7 @@ from dpmammo.data.manifest import PatchRecord
 from dpmammo.data.sets import load_set, resolve_root
 from dpmammo.config import check_option
 from dpmammo.errors import DpMammoError
+from dpmammo.files import write_json_atomic
 from dpmammo.runs import METRICS, RunDir
 
 FRD_INSTALL = "pip install 'dpmammo[frd]' (frd-score and pyradiomics-bhklab; needs Python >= 3.10)"
@@ -120,7 +120,7 @@ def score(folder: str | Path, ref: str, *, classifier: str | Path, root: Optiona
                     "classifier": str(classifier)}
     result |= score_records(syn, real, model, frd=frd, frd_size=frd_size)
     if out is not None:
-        Path(out).write_text(json.dumps(result, indent=2))
+        write_json_atomic(out, result)
     return result
 
 

@@ -24,6 +24,7 @@ from dpmammo.privacy.config import UNIT_WORDS  # noqa: E402
 from dpmammo.privacy.ledger import describe  # noqa: E402
 from dpmammo.study.audits import read_audits  # noqa: E402
 from dpmammo.study.config import StudyConfig  # noqa: E402
+from dpmammo.files import save_figure  # noqa: E402
 
 PLOT_AUDIT = "audit_epsilon.png"
 
@@ -71,8 +72,7 @@ def promised_vs_measured_plot(cfg: StudyConfig, audited, path: Path) -> Optional
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 

@@ -16,6 +16,7 @@ from dpmammo.privacy.budget import format_epsilon, parse_epsilon  # noqa: E402
 from dpmammo.study.config import StudyConfig  # noqa: E402
 from dpmammo.study.results import aggregate  # noqa: E402
 from dpmammo.runs import RunDir  # noqa: E402
+from dpmammo.files import save_figure  # noqa: E402
 
 
 def privacy_utility(cfg: StudyConfig, rows: list[dict], path: Path) -> Path:
@@ -68,8 +69,7 @@ def privacy_utility(cfg: StudyConfig, rows: list[dict], path: Path) -> Path:
         axes[0][0].plot([], [], "o", mfc="white", color="grey", label="hollow: no guarantee (at target ε)")
     axes[0][0].legend(fontsize=8, loc="best")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -102,8 +102,7 @@ def roc_curves(cfg: StudyConfig, rows: list[dict], study_dir: Path, path: Path) 
                title=f"{test_set}, {'non-private' if math.isinf(eps) else 'target ε=' + format_epsilon(eps)}, seed {seed}")
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
     return path if drawn else None
 
 

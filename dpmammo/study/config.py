@@ -143,7 +143,8 @@ Synthetic = Annotated[Union[Annotated[str, Tag("set")], Annotated[SyntheticFromG
 
 
 class StudyConfig(StrictModel):
-    name: str = Field("study", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field("study", min_length=1, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$",
+                      description="the default study folder runs/<name>: letters, digits, _ . - (not a leading dot)")
     data_root: Optional[Path] = Field(None, description="data folder; default $DPMAMMO_DATA, then the fetch cache")
     train_set: str = Field("cbis-ddsm/train", description="the private training set")
     val_set: str = Field("cbis-ddsm/val", description="validation set for model selection (not DP-accounted)")

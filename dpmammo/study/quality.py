@@ -33,7 +33,7 @@ from rich.console import Console
 
 from dpmammo.data.manifest import BENIGN, MALIGNANT, PatchRecord
 from dpmammo.data.sets import load_set, synthetic_provenance
-from dpmammo.files import write_text_atomic
+from dpmammo.files import atomic_path, write_text_atomic
 from dpmammo.privacy.ledger import ChainTotal, compose, short, synthetic_chain
 from dpmammo.study.config import StudyConfig
 from dpmammo.study.outcome import Outcome, failed
@@ -215,7 +215,8 @@ def write_grid(records: list[PatchRecord], size: int, path: Path, per_class: int
             y, x = pad + row * (size + pad), pad + col * (size + pad)
             canvas[y:y + size, x:x + size] = img
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas, mode="L").save(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(canvas, mode="L").save(tmp, format="PNG")
     return path
 
 

@@ -9,6 +9,7 @@ names a generator) come first, in this process, whichever the executor (dpmammo.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +20,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dpmammo.config import parse_config, read_yaml
-from dpmammo.data.sets import resolve_root
+from dpmammo.data.sets import data_inputs, resolve_root
 from dpmammo.errors import DpMammoError
-from dpmammo.files import write_text_atomic
+from dpmammo.files import check_out, write_text_atomic
 from dpmammo.privacy.ledger import short
 from dpmammo.progress import StepProgress
 from dpmammo.study.config import StudyConfig
@@ -90,10 +91,24 @@ def resolve_study(cfg: StudyConfig, out: Path) -> tuple[StudyConfig, Path]:
     return cfg.model_copy(update=update), Path(out).resolve()
 
 
+def study_inputs(cfg: StudyConfig, plan: Plan) -> list[tuple[str, Optional[Path]]]:
+    """The data and weight files a study reads: its directory must not overlap any of them."""
+    sets = [cfg.train_set, cfg.val_set, *cfg.test_sets] + ([cfg.synthetic] if isinstance(cfg.synthetic, str) else [])
+    inputs = data_inputs(cfg.data_root, sets)
+    inputs += [(f"model.{k}", getattr(cfg.model, k, None)) for k in ("weights", "backbone_weights")]
+    for spec in plan.generators.values():
+        inputs += data_inputs(spec.config.data.root, spec.config.data.train)
+    return inputs
+
+
 def claim_study_dir(cfg: StudyConfig, out: Path) -> None:
-    """Write study.yaml, refusing a study directory made with another config."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Write study.yaml, refusing a study directory made with another config, and a folder with
+    files of its own (no study.yaml): a study's results.md or report.html would replace the user's."""
     path = out / STUDY_FILE
+    if not path.is_file() and out.is_dir() and any(out.iterdir()):
+        raise DpMammoError(f"{out} is not empty and holds no {STUDY_FILE}: a study writes into a new or empty folder "
+                           "or its own study directory; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
     if path.is_file() and not _records(path, cfg):
         raise DpMammoError(f"{out} holds a study with another config; choose another --out "
                            f"(or delete it to start over)")
@@ -126,6 +141,7 @@ def run_study(cfg: StudyConfig, out: str | Path, *, executor: Executor = "local"
         check_pretrained_weights(expand(cfg, Path(out).resolve()), Path(out))
     cfg, out = resolve_study(cfg, Path(out))
     plan = expand(cfg, out)
+    check_out(out, study_inputs(cfg, plan))  # before anything is written
     check_study_data(cfg, plan, out)
     check_generator_data(cfg, plan)
     claim_study_dir(cfg, out)
@@ -183,11 +199,29 @@ def _run_local(cfg: StudyConfig, plan: Plan, out: Path, generators: dict[str, Ou
         report(done[run_id])
 
 
+TOKEN_HINT = ("RAY_AUTH_TOKEN=<token>, RAY_AUTH_TOKEN_PATH=<file> or the file ~/.ray/auth_token "
+              "(`ray get-auth-token` prints it on the head)")
+
+
+def ray_token_auth(address: Optional[str]) -> None:
+    """Token authentication (Ray ≥ 2.52): `ray start --head` turns it on when a token is at hand
+    (and Ray ≥ 2.59 does by default for local clusters), but a driver given an explicit address
+    sends its token only under RAY_AUTH_MODE=token. Where a token is at hand (TOKEN_HINT) and
+    RAY_AUTH_MODE is unset, set it, as `ray start` does; a cluster without authentication
+    ignores the token. RAY_AUTH_MODE=disabled, set by the user, is kept."""
+    if address is None or "RAY_AUTH_MODE" in os.environ:
+        return
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") \
+            or (Path.home() / ".ray" / "auth_token").is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def _run_ray(cfg: StudyConfig, plan: Plan, out: Path, generators: dict[str, Outcome], report: Callable,
              announce: Callable, *, address: Optional[str]) -> None:
     """One Ray task per run with the config's resource request; a chained run takes its parent's
     result as an argument, so Ray starts it only when the parent has finished. The generator runs
     have finished before (in this process): their outcomes go as plain arguments."""
+    ray_token_auth(address)
     try:
         import ray
     except ImportError:
@@ -197,7 +231,9 @@ def _run_ray(cfg: StudyConfig, plan: Plan, out: Path, generators: dict[str, Outc
         try:
             ray.init(address=address, log_to_driver=False, include_dashboard=False)
         except ConnectionError as e:
-            raise DpMammoError(f"cannot reach the Ray cluster at {address}: {e}; start it with `ray start --head`") from None
+            cause = f" ({str(e.__cause__).splitlines()[-1][:200]})" if e.__cause__ is not None else ""
+            raise DpMammoError(f"cannot reach the Ray cluster at {address}: {e}{cause}; start it with `ray start "
+                               f"--head`; a cluster with token authentication needs its token here: {TOKEN_HINT}") from None
     try:
         res = cfg.resources
         task = ray.remote(execute_run).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_retries=0)

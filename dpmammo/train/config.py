@@ -87,3 +87,12 @@ class TrainConfig(StrictModel):
         if split is not None and self.privacy is not None and split.unit != self.privacy.unit:
             raise ValueError(f"data.audit_split.unit={split.unit} must be the privacy unit ({self.privacy.unit})")
         return self
+
+
+def input_paths(cfg: TrainConfig) -> list[tuple[str, Optional[Path]]]:
+    """Every path a training run reads (data, weights, the run it starts from): its --out must not
+    overlap any of them (dpmammo.files.check_out)."""
+    from dpmammo.data.sets import data_inputs
+
+    weights = [(f"model.{k}", getattr(cfg.model, k, None)) for k in ("weights", "backbone_weights")]
+    return [*data_inputs(cfg.data.root, [*cfg.data.train, cfg.data.val]), ("init_from", cfg.init_from), *weights]

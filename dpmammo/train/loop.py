@@ -28,6 +28,7 @@ from dpmammo.device import resolve_device
 from dpmammo.data.images import N_VIEWS, apply_views, load_images, load_labels, to_float
 from dpmammo.data.sets import check_training_sets, load_set, resolve_root, synthetic_provenance
 from dpmammo.errors import DpMammoError
+from dpmammo.files import check_out
 from dpmammo.models import create_model, load_init_weights, save_weights
 from dpmammo.privacy import (StageSpend, dp_stage, make_private, non_dp_stage, prior_history, weights_stage,
                              write_privacy)
@@ -37,7 +38,7 @@ from dpmammo.randomness import keyed_uniform
 from dpmammo.progress import StepProgress
 from dpmammo.runs import METRICS, RunDir
 from dpmammo.train import features as fc
-from dpmammo.train.config import TrainConfig
+from dpmammo.train.config import TrainConfig, input_paths
 from dpmammo.train.members import apply_audit_split
 from dpmammo.train.predict import predict_proba
 
@@ -52,6 +53,7 @@ def fit(cfg: TrainConfig, out: str | Path, *, force: bool = False, progress: boo
     Example:
         >>> fit(load_config(TrainConfig, "configs/cnn-small-dp.yaml"), "runs/cnn-eps6")  # doctest: +SKIP
     """
+    check_out(out, input_paths(cfg))  # before anything is touched
     run = RunDir(out)
     check_data(cfg, run)  # before the run directory is touched: a refusal leaves it as it was
     with run.training(cfg, force) as resuming:  # holds the directory; a refused start leaves nothing

@@ -18,9 +18,7 @@ import csv
 import hashlib
 import json
 import multiprocessing
-import shutil
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
@@ -34,6 +32,7 @@ from dpmammo.data.extract.jobs import ImageJob, JobResult, Lesion, Skipped, proc
 from dpmammo.data.extract.splits import LesionKey, assign_splits, check_both_classes
 from dpmammo.data.manifest import PUBLISHED_FOLDER, index_folder, published_name, summarize, write_manifest
 from dpmammo.errors import DpMammoError
+from dpmammo.files import check_out, exclusive, staged_folder, user_os_errors
 
 CONFIG_FILE = "extract.json"
 MANIFEST_FILE = "patches.csv"
@@ -43,12 +42,32 @@ _STAGING = ".staging"
 
 
 def prepare_out(out: Path, force: bool) -> None:
-    """Refuse an existing non-empty OUT unless forced (it is replaced only at the very end)."""
+    """Refuse an existing non-empty OUT unless forced and written by this command (it holds
+    extract.json); it is replaced only at the very end."""
     if out.exists() and not out.is_dir():
         raise DpMammoError(f"--out {out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise DpMammoError(f"--out {out} exists and is not empty; choose another folder or pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise DpMammoError(f"--out {out} exists and is not empty; choose another folder or pass --force to replace it")
+        if not (out / CONFIG_FILE).is_file():
+            raise DpMammoError(f"--out {out} is not a folder written by `dpmammo data extract` (no {CONFIG_FILE}); "
+                               "--force replaces only such a folder: choose another --out")
+
+
+def source_inputs(cfg: ExtractConfig) -> list[tuple[str, Path]]:
+    if isinstance(cfg.source, CbisDdsmSource):
+        return [("--dicom-root", cfg.source.dicom_root), *(("the --csv table", c) for c in cfg.source.csv)]
+    return [("the --table", cfg.source.table)]
+
+
+def job_inputs(jobs: list[ImageJob]) -> Iterator[tuple[str, Path]]:
+    """Every image and mask file the jobs read."""
+    for job in jobs:
+        for f in job.image_files:
+            yield "the image", Path(f)
+        for a in job.annotations:
+            for f in a.mask_files:
+                yield "the mask", Path(f)
 
 
 def plan(cfg: ExtractConfig) -> tuple[list[ImageJob], list[Skipped], dict]:
@@ -126,17 +145,6 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
         w.writerows(rows)
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished folder into place; an old OUT (only with --force) goes last."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        out.rename(old / out.name)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def extract(cfg: ExtractConfig, out: str | Path, *, force: bool = False, progress: bool = True,
             write: Callable[[str], None] | None = None) -> dict:
     """Cut every annotated lesion into a patch and write OUT in the published layout.
@@ -150,14 +158,18 @@ def extract(cfg: ExtractConfig, out: str | Path, *, force: bool = False, progres
         >>> extract(cfg, "data/hospital")  # doctest: +SKIP
     """
     start = time.perf_counter()
-    out = Path(out).expanduser().resolve()
+    given = out
+    out = check_out(out, source_inputs(cfg))
     prepare_out(out, force)
     jobs, skipped, counts = plan(cfg)
     if not jobs:
         reasons = "; ".join(f"{s.file}: {s.reason}" for s in skipped[:3])
         raise DpMammoError(f"nothing to extract: no annotation points at an existing image ({reasons or 'no rows'})")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    check_out(given, job_inputs(jobs))
+    with user_os_errors(out.parent):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(out, "extracting into"), staged_folder(out) as tmp:
+        prepare_out(out, force)  # again, now that no other process can be writing it
         staging = tmp / _STAGING
         staging.mkdir()
         results: list[JobResult] = []
@@ -178,11 +190,7 @@ def extract(cfg: ExtractConfig, out: str | Path, *, force: bool = False, progres
         summary = _write_out(tmp, staging, lesions, skipped, cfg)
         summary.update(counts)
         summary.update(images=len(jobs), seconds=round(time.perf_counter() - start, 2))
-        (tmp / CONFIG_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-        _publish(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / CONFIG_FILE).write_text(json.dumps(summary, indent=2) + "\n")  # last: it marks the folder ours
     return summary
 
 
