@@ -39,6 +39,10 @@ RECIPES: dict[str, tuple[dict, bool]] = {
     "pixels16": ({"model": {"name": "pixels", "input_size": 64, "resolution": 16},
                   "optim": {"name": "sgd", "lr": 0.5, "momentum": 0.9},
                   "train": {"epochs": 20, "batch_size": 256}}, False),
+    # the same with nearly full batches (q ≈ 0.9): few, less noisy steps
+    "pixels-b512": ({"model": {"name": "pixels", "input_size": 64, "resolution": 32},
+                     "optim": {"name": "sgd", "lr": 1.0, "momentum": 0.9},
+                     "train": {"epochs": 30, "batch_size": 512}}, False),
     # procedural backbone frozen, DP linear probe on its cached features
     "probe": ({"model": {"freeze_backbone": True}, "init_weights": "backbone",
                "optim": {"name": "sgd", "lr": 0.5, "momentum": 0.9},
@@ -51,7 +55,7 @@ RECIPES: dict[str, tuple[dict, bool]] = {
 def merged(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and "name" not in value:  # a named block replaces
             out[key] = {**out[key], **value}
         else:
             out[key] = value

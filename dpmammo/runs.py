@@ -15,6 +15,7 @@ and no command replaces them, even with `force`.
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
 import re
@@ -172,8 +173,12 @@ class RunDir:
             "gen": gen.get_state(),
             "torch_rng": torch.get_rng_state(),
         }
+        # Serialised in memory, then written by Python: a full disk is an OSError that atomic_path
+        # turns into one line (torch.save's own writer reports it as a RuntimeError).
+        buffer = io.BytesIO()
+        torch.save(ckpt, buffer)
         with atomic_path(self.checkpoint) as tmp:
-            torch.save(ckpt, tmp)
+            tmp.write_bytes(buffer.getbuffer())
 
     def _read_checkpoint(self) -> dict:
         try:

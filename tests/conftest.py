@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -78,3 +79,23 @@ def no_unit_count(privacy_json: Path) -> bool:
     count is private): no count field in any stage."""
     stages = json.loads(privacy_json.read_text())["stages"]
     return all(not {"n_units", "n_private"} & set(s) for s in stages)
+
+
+@contextmanager
+def stopped_after_first_checkpoint(monkeypatch):
+    """Within the block, training (any RunDir stage: classifier, GAN, DP-MERF, pretrain) stops as
+    Ctrl-C would, right after it writes its first checkpoint; the block expects that interrupt."""
+    from dpmammo.runs import RunDir
+
+    real_save = RunDir.save_training_state
+
+    def save_then_stop(run, *args):
+        real_save(run, *args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunDir, "save_training_state", save_then_stop)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        monkeypatch.setattr(RunDir, "save_training_state", real_save)

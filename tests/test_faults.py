@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import stopped_after_first_checkpoint
 from tests.test_bad_inputs import (REPO, Ctx, assert_one_line_error, ctx, digest, invoke,  # noqa: F401
                                    run_cli, runs)
 
@@ -130,6 +131,17 @@ def test_force_over_a_finished_run_on_a_full_disk_keeps_the_run(ctx, monkeypatch
     assert tree(ctx.tmp) == before
 
 
+def test_a_checkpoint_on_a_full_disk_is_one_line_and_leaves_the_folder_as_it_was(ctx, monkeypatch):
+    """The disk fills while the first checkpoint is written (torch's own writer would raise a
+    RuntimeError: a traceback); the refused start is undone."""
+    cfg = ctx.train_yaml()
+    before = tree(ctx.tmp)
+    full_disk(monkeypatch, ctx.tmp / "run", left=20_000)  # config and log fit, the checkpoint does not
+    r = invoke("train", cfg, "--out", ctx.tmp / "run", "--set", "train.epochs=2", "--set", "train.checkpoint_every_s=0")
+    assert_one_line_error(r.code, r.stderr, "No space left on device")
+    assert tree(ctx.tmp) == before
+
+
 def _limited(max_bytes: int):
     def preexec():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
@@ -176,20 +188,11 @@ def test_permission_denied_is_one_line(ctx, monkeypatch, command):
 
 def _interrupted_run(c: Ctx, monkeypatch) -> Path:
     from dpmammo.config import load_config
-    from dpmammo.runs import RunDir
     from dpmammo.train import TrainConfig, fit
 
-    real_save = RunDir.save_training_state
-
-    def stop(self, *args):
-        real_save(self, *args)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(RunDir, "save_training_state", stop)
-    with pytest.raises(KeyboardInterrupt):
+    with stopped_after_first_checkpoint(monkeypatch):
         fit(load_config(TrainConfig, c.train_yaml(), ["train.epochs=3", "train.checkpoint_every_s=0"]),
             c.tmp / "run", progress=False)
-    monkeypatch.setattr(RunDir, "save_training_state", real_save)
     return c.tmp / "run"
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from dpmammo.errors import DpMammoError
+from tests.conftest import stopped_after_first_checkpoint
 from tests.test_bad_inputs import Ctx, assert_one_line_error, ctx, digest, invoke, runs, tiny_tree  # noqa: F401
 
 MINE = "my own notes\n"
@@ -85,21 +86,12 @@ def test_force_replaces_a_finished_run_but_not_the_users_files_in_it(ctx):
 def test_a_run_resumes_from_its_own_config_file(ctx, monkeypatch):
     """The run's own config.yaml given back (`train RUN/config.yaml --out RUN`) is not an overlap."""
     from dpmammo.config import load_config
-    from dpmammo.runs import RunDir
     from dpmammo.train import TrainConfig, fit
 
     run = ctx.tmp / "r"
-    real_save = RunDir.save_training_state
-
-    def stop(self, *args):
-        real_save(self, *args)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(RunDir, "save_training_state", stop)
     cfg = load_config(TrainConfig, ctx.train_yaml(), ["train.epochs=2", "train.checkpoint_every_s=0"])
-    with pytest.raises(KeyboardInterrupt):
+    with stopped_after_first_checkpoint(monkeypatch):
         fit(cfg, run, progress=False)
-    monkeypatch.setattr(RunDir, "save_training_state", real_save)
     assert (run / "checkpoint.pt").is_file()
     out = invoke("train", run / "config.yaml", "--out", run)
     assert out.code == 0, out.stderr

@@ -41,7 +41,7 @@ from dpmammo.privacy import read_privacy
 from dpmammo.privacy.accounting import RDP_ORDERS
 from dpmammo.train import DataConfig, OptimConfig, TrainConfig, TrainSettings, fit
 from dpmammo.train.predict import predict_proba
-from tests.conftest import REPO, no_unit_count
+from tests.conftest import REPO, no_unit_count, stopped_after_first_checkpoint
 
 SIZE = 32  # GAN and classifier resolution in these tests: the architecture scales with image_size
 
@@ -281,17 +281,8 @@ def test_interrupted_dp_gan_resumes_to_identical_generator_and_spend(phantoms, t
                               "seeded_noise_for_tests": True})
     train_gan(cfg, tmp_path / "straight", progress=False)
 
-    real_save = RunDir.save_training_state
-
-    def crash_after_first_epoch(run, *args):
-        real_save(run, *args)
-        if args[-1]["epoch"] == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(RunDir, "save_training_state", crash_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with stopped_after_first_checkpoint(monkeypatch):
         train_gan(cfg, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(RunDir, "save_training_state", real_save)
     train_gan(cfg, tmp_path / "resumed", progress=False)
 
     a = load_file(tmp_path / "straight" / "model.safetensors")

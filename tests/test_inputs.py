@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from dpmammo.runs import RunDir
-from tests.conftest import REPO
+from tests.conftest import REPO, stopped_after_first_checkpoint
 from tests.test_bad_inputs import assert_one_line_error, digest, invoke, run_cli
 
 
@@ -254,16 +254,8 @@ def test_resume_after_a_training_image_was_deleted_is_refused(ctx, monkeypatch):
     from dpmammo.train import TrainConfig, fit
 
     cfg = load_config(TrainConfig, ctx.train_yaml(), ["train.epochs=2", "train.checkpoint_every_s=0"])
-    real_save = RunDir.save_training_state
-
-    def stop_after_first_epoch(run, parts, dp, gen, secret, state):
-        real_save(run, parts, dp, gen, secret, state)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(RunDir, "save_training_state", stop_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with stopped_after_first_checkpoint(monkeypatch):
         fit(cfg, ctx.tmp / "run", progress=False)
-    monkeypatch.setattr(RunDir, "save_training_state", real_save)
     assert RunDir(ctx.tmp / "run").checkpoint.is_file()
     gone = sorted((ctx.root / "phantom" / "train" / "is_benign_false").iterdir())[3]
     gone.unlink()

@@ -26,7 +26,7 @@ from dpmammo.privacy.config import ReleasePrivacyConfig
 from dpmammo.privacy.ledger import StageSpend, compose, release_stage
 from dpmammo.privacy.sampling import unit_ids
 from dpmammo.train import DataConfig, TrainConfig, TrainSettings, fit
-from tests.conftest import REPO, no_unit_count
+from tests.conftest import REPO, no_unit_count, stopped_after_first_checkpoint
 from tests.test_cli import assert_one_line_error, dpmammo
 from tests.test_gan import SIZE, class_fidelity, train_judge
 
@@ -267,18 +267,9 @@ def test_refused_start_leaves_nothing_and_an_interrupted_run_resumes_without_a_s
     cfg = tiny_config(phantoms, optim={"epochs": 3, "steps_per_epoch": 2, "batch_size": 8},
                       privacy={"target_epsilon": 3.0, "delta": 1e-3})
     train_merf(cfg, tmp_path / "straight", progress=False)
-    real_save = RunDir.save_training_state
-
-    def crash_after_first_epoch(run, *args):
-        real_save(run, *args)
-        if args[-1]["epoch"] == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(RunDir, "save_training_state", crash_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with stopped_after_first_checkpoint(monkeypatch):
         train_merf(cfg, tmp_path / "resumed", progress=False)
     assert not RunDir(tmp_path / "resumed").is_finished and RunDir(tmp_path / "resumed").checkpoint.is_file()
-    monkeypatch.setattr(RunDir, "save_training_state", real_save)
     monkeypatch.setattr(secret.secrets, "token_bytes", lambda n: b"\x02" * n)
     train_merf(cfg, tmp_path / "resumed", progress=False)
     a, b = ((tmp_path / d / "model.safetensors").read_bytes() for d in ("straight", "resumed"))

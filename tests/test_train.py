@@ -13,7 +13,7 @@ from dpmammo.errors import DpMammoError
 from dpmammo.privacy import read_privacy
 from dpmammo.train import TrainConfig, fit
 from dpmammo.runs import RunDir
-from tests.conftest import no_unit_count
+from tests.conftest import no_unit_count, stopped_after_first_checkpoint
 from tests.test_privacy import dp_accounting_epsilon
 
 SEEDED = {"seeded_noise_for_tests": True}
@@ -96,17 +96,8 @@ def test_virtual_batches_match_one_physical_batch(phantom_root, tmp_path):
 
 def interrupt_after_first_epoch(monkeypatch, cfg, out) -> dict:
     """Train `cfg` into `out` until its first checkpoint, then stop as Ctrl-C would; returns that checkpoint."""
-    real_save = RunDir.save_training_state
-
-    def crash_after_first_epoch(run, parts, dp, gen, state):
-        real_save(run, parts, dp, gen, state)
-        if state["epoch"] == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(RunDir, "save_training_state", crash_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with stopped_after_first_checkpoint(monkeypatch):
         fit(cfg, out, progress=False)
-    monkeypatch.setattr(RunDir, "save_training_state", real_save)
     assert not (out / "metrics.json").exists()
     return torch.load(out / "checkpoint.pt", weights_only=False)
 
