@@ -11,13 +11,13 @@ from typing import Optional
 from dpmammo.privacy.budget import format_epsilon
 from dpmammo.privacy.config import UNIT_WORDS
 from dpmammo.report.reference import CITATION
-from dpmammo.report.tables import budget_split, html_tables
+from dpmammo.report.tables import budget_split, html_tables, prior_note
 from dpmammo.study.config import StudyConfig
 from dpmammo.study.recipes import expand
 from dpmammo.runs import RunDir
 
 def caveats(cfg: StudyConfig) -> tuple[str, ...]:
-    return budget_split(cfg) + (
+    return budget_split(cfg) + prior_note(cfg) + (
         f"Unit of privacy of the DP stages: {UNIT_WORDS[cfg.privacy.unit]}.",
         "Every ε shown is the total of the run's chain (generator, pretraining, fine-tuning, weights it started "
         "from), composed by the ledger; \"target ε\" labels the grid only.",
@@ -53,7 +53,7 @@ def privacy_table(cfg: StudyConfig, study_dir: Path) -> str:
     head = ("run", "stage", "stage guarantee", "unit", "stage ε", "δ", "σ", "q", "steps", "chain total")
     rows = []
     plan = expand(cfg, study_dir.resolve())
-    for run_id in [*plan.generators, *plan.runs]:
+    for run_id in [*plan.upstream, *plan.runs]:
         run = RunDir(study_dir / run_id)
         if not run.privacy.is_file():
             rows.append([run_id, "", "not finished", *[""] * 8])

@@ -27,6 +27,16 @@ def budget_split(cfg: StudyConfig) -> tuple[str, ...]:
             "study ε (its column). At ε = ∞ the generator is non-private.",)
 
 
+def prior_note(cfg: StudyConfig) -> tuple[str, ...]:
+    """The sentence on what a procedural prior costs (none without `prior:`)."""
+    if cfg.prior is None:
+        return ()
+    return ("prior→real starts from a backbone pretrained on procedural images (made by public random processes "
+            "from a seed; run prior/pretrain/seed<s>): that pretraining touches no private data, so it is a public "
+            f"stage (ε = 0 for it) and the chain total of the DP fine-tune is the fine-tune's own ε per "
+            f"{cfg.privacy.unit}.",)
+
+
 def column_notes(cfg: StudyConfig) -> list[str]:
     """What the columns and the bracketed guarantees of the AUROC tables mean."""
     split = budget_split(cfg)
@@ -37,7 +47,7 @@ def column_notes(cfg: StudyConfig) -> list[str]:
                  "`synthetic` touches no private patch in training and is shown under non-private.")
     return [f"{columns} In brackets after each cell: the guarantee the released model actually has, the chain "
             "total over every stage behind it (generator, pretraining, fine-tuning), or `no guarantee` when any "
-            f"stage (e.g. a generator trained without DP) has none. {synthetic}", *split]
+            f"stage (e.g. a generator trained without DP) has none. {synthetic}", *split, *prior_note(cfg)]
 
 
 def eps_columns(cfg: StudyConfig) -> list[float]:

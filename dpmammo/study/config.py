@@ -11,6 +11,10 @@ study ε; every DP classifier stage that uses its samples targets the chain's to
 `privacy.target` is `total`): its noise is calibrated so that the RDP composition of generator and
 stage is the study ε. A condition's total then equals the study ε and compares with `real` at
 the same ε (splitting ε linearly instead left a composed total well below it: 4.45 at ε = 6).
+
+`prior:` is a procedural pretraining (`dpmammo pretrain`) the study runs once per seed for the
+`prior→real` condition: images of public random processes only, a `public` stage that spends no
+ε, so the DP fine-tune on the private set has the whole study ε and its total is that ε.
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import Discriminator, Field, PrivateAttr, Tag, field_validator, model_validator
 
 from dpmammo.audit.config import AuditSettings
-from dpmammo.config import Seed, StrictModel, apply_overrides, read_yaml
+from dpmammo.config import Seed, StrictModel, apply_overrides, parse_config, read_yaml
 from dpmammo.errors import DpMammoError
 from dpmammo.privacy.budget import Epsilon, format_epsilon, is_private
 from dpmammo.privacy.config import PrivacyConfig, PrivacySettings
-from dpmammo.study.recipes import CONDITION_ALIASES, Condition, STAGES, Stage
+from dpmammo.study.recipes import CONDITION_ALIASES, PRIOR_CONDITIONS, Condition, STAGES, Stage
 from dpmammo.train.config import ModelConfig, OptimConfig, TrainSettings
+from dpmammo.train.pretrain_config import PretrainConfig
 from dpmammo.models.config import CnnSmallConfig
 
 class StageOverride(StrictModel):
@@ -133,6 +138,57 @@ class SyntheticFromGenerator(StrictModel):
                                "update dpmammo or choose another generator") from None
 
 
+class PriorSettings(StrictModel):
+    """`prior:` a backbone pretrained on procedural images (`dpmammo pretrain`), trained by the
+    study once per seed into `prior/pretrain/seed<s>` and fine-tuned with DP on the private set by
+    the `prior→real` condition (stage `prior-finetune` of `stages:`: head only with
+    `{model: {freeze_backbone: true}}`, else the whole model as the study's `model:` says).
+
+    The study owns one key of the pretrain config: `train.seed`, set to each study seed (replacing
+    any value in the config, so that a file written for `dpmammo pretrain` serves as it is). The
+    processes' own seed (`data.seed`) stays the config's: every seed pretrains on the same images.
+    """
+
+    pretrain: Union[Path, dict[str, Any]] = Field(
+        ..., description="the pretrain config: a YAML file as for `dpmammo pretrain` (relative to the working "
+                         "directory) or the same keys inline; its model must be the study's")
+    overrides: list[str] = Field([], description="`key=value` changes to the pretrain config, as `pretrain --set`")
+    init_weights: Literal["all", "backbone"] = Field(
+        "backbone", description="what the fine-tune loads from the pretrain run: backbone (the head starts fresh; "
+                                "the pretrain head has one output per process class) or all (only for a pretrain "
+                                "head with the task's two classes)")
+
+    _data: dict[str, Any] = PrivateAttr(default_factory=dict)  # the pretrain config, overrides applied
+
+    @model_validator(mode="after")
+    def _load(self):
+        try:  # re-raised as validation errors, so that the message names this block
+            data = read_yaml(self.pretrain) if isinstance(self.pretrain, Path) else copy.deepcopy(self.pretrain)
+            self._data = apply_overrides(data, self.overrides)
+        except DpMammoError as e:
+            raise ValueError(f"pretrain: {e}") from None
+        try:
+            self.config_for(0)  # every key validated now, not mid-study
+        except DpMammoError as e:
+            raise ValueError(str(e)) from None
+        return self
+
+    def inlined(self) -> "PriorSettings":
+        """The same block with the pretrain config inline, its overrides applied and its folders
+        absolute: what a study directory records (study.yaml then holds everything)."""
+        data = copy.deepcopy(self._data)
+        folders = (data.get("data") or {}).get("folders")
+        if folders:
+            data["data"]["folders"] = [str(Path(f).expanduser().resolve()) for f in folders]
+        return self.model_copy(update={"pretrain": data, "overrides": []})
+
+    def config_for(self, seed: int) -> PretrainConfig:
+        """The typed pretrain config of study seed `seed`."""
+        data = copy.deepcopy(self._data)
+        data["train"] = {**(data.get("train") or {}), "seed": seed}
+        return parse_config(PretrainConfig, data, "pretrain")
+
+
 def _synthetic_kind(v: Any) -> str:
     return "generator" if isinstance(v, (dict, SyntheticFromGenerator)) else "set"
 
@@ -152,6 +208,9 @@ class StudyConfig(StrictModel):
     synthetic: Synthetic = Field(
         "synthetic/c-dcgan", description="synthetic set: `dataset/split` under data_root, a folder from `dpmammo gan "
                                          "sample`, or {generator: CONFIG, n, balance, generator_share} to train one")
+    prior: Optional[PriorSettings] = Field(
+        None, description="{pretrain: CONFIG, overrides, init_weights}: the procedural pretraining of the prior→real "
+                          "condition (public: costs no ε), once per seed")
     conditions: list[Condition] = Field(..., min_length=1)
     epsilons: list[Epsilon] = Field(..., min_length=1, description="target ε per DP stage; inf/∞ = non-private")
     seeds: list[Seed] = Field([0], min_length=1)
@@ -199,7 +258,25 @@ class StudyConfig(StrictModel):
             raise ValueError(f"roc_epsilon {self.roc_epsilon} is not one of epsilons {self.epsilons}")
         if self.generator is not None and self.generator.is_private:
             self._check_generator_privacy()
+        self._check_prior()
         return self
+
+    def _check_prior(self) -> None:
+        """A prior is planned only for a condition that fine-tunes it, on the study's own model
+        (the fine-tune loads its backbone strictly: any other shape would fail every run alike)."""
+        uses = [c for c in self.conditions if c in PRIOR_CONDITIONS]
+        if uses and self.prior is None:
+            raise ValueError(f"conditions: {uses[0]} needs a prior: block, e.g. prior: {{pretrain: "
+                             "configs/pretrain-procedural.yaml}")
+        if self.prior is None:
+            return
+        if not uses:
+            raise ValueError(f"prior: no condition uses it; add {PRIOR_CONDITIONS[0]} to conditions or remove prior")
+        pre = self.prior.config_for(0).model
+        shape = lambda m: (m.name, m.input_size, getattr(m, "width", None))  # noqa: E731
+        if shape(pre) != shape(self.model):
+            raise ValueError(f"prior: the pretrain model ({_describe(pre)}) differs from the study's "
+                             f"({_describe(self.model)}); set the same name, input_size and width in both")
 
     def _check_generator_privacy(self) -> None:
         """A DP generator accounts like the study's DP stages. Why: a chain's total is per patient
@@ -248,3 +325,8 @@ class StudyConfig(StrictModel):
 
     def stage(self, name: Stage) -> StageOverride:
         return self.stages.get(name, StageOverride())
+
+
+def _describe(model) -> str:
+    width = getattr(model, "width", None)
+    return f"{model.name}, input_size {model.input_size}" + (f", width {width}" if width is not None else "")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable
 
 from dpmammo.data.manifest import PROVENANCE_FILE
 from dpmammo.data.sets import load_set, resolve_root
@@ -68,14 +67,3 @@ def execute_generator(spec: GeneratorSpec, study_dir: Path, *, num_threads: int)
                            wall_s=0.0 if cached else time.time() - t0)
         except Exception as e:  # noqa: BLE001 — a failed generator skips its consumers, not the study
             return failed(spec.run_id, e, t0)
-
-
-def run_generators(cfg: StudyConfig, plan: Plan, study_dir: Path, report: Callable[[Outcome], None],
-                   announce: Callable[[str], None]) -> dict[str, Outcome]:
-    """Every generator run of the plan, in order; their outcomes by run id."""
-    done: dict[str, Outcome] = {}
-    for run_id, spec in plan.generators.items():
-        announce(run_id)
-        done[run_id] = execute_generator(spec, study_dir, num_threads=cfg.resources.num_cpus)
-        report(done[run_id])
-    return done

@@ -22,6 +22,14 @@ generator makes the synthetic runs depend on ε: the pretrain run is then
 the pretrained weights) is calibrated to a chain total of ε (`StudyConfig.consumer_target`).
 Classifier run ids carry the study ε (their column in the tables); a generator run id carries
 its own target.
+
+``prior→real`` starts from a backbone pretrained on procedural images (`study.prior`, run by
+`dpmammo.train.pretrain`), then fine-tunes on the private set with DP at ε. The pretrain run
+``prior/pretrain/seed<s>`` touches no private data (a `public` stage, ε = 0), so it is one run per
+seed for every ε, and the fine-tune's own ε is its chain's total (its target is the stage).
+
+Generator and pretrain runs are the study's upstream runs (`Plan.upstream`): planned once by id,
+run before every classifier run, and named by the classifier runs that need them.
 """
 
 from __future__ import annotations
@@ -39,12 +47,13 @@ from dpmammo.train.config import TrainConfig
 if TYPE_CHECKING:
     from dpmammo.study.config import StudyConfig
 
-STAGES = ("real", "real+synthetic", "pretrain", "finetune")
+STAGES = ("real", "real+synthetic", "pretrain", "finetune", "prior-finetune")
 Stage = Literal[STAGES]  # type: ignore[valid-type]
 
 # Weight sources a chained stage must not load again: init_from already holds the whole model.
 WEIGHT_SOURCES = {"weights": None, "backbone_weights": None, "pretrained": False}
 GENERATOR_DIR = "generator"  # generator runs and their sampled sets, inside the study directory
+PRIOR_DIR = "prior"  # procedural pretrain runs, inside the study directory
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,7 @@ class RunSpec:
     epsilon: float  # the study ε (the table column) this run belongs to; inf = non-private
     seed: int
     generator: Optional[str] = None  # the generator run whose samples are among its training sets
+    prior: Optional[str] = None  # the procedural pretrain run (Plan.priors) it starts from; also its parent
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,22 @@ def generator_spec(study: "StudyConfig", eps: float) -> GeneratorSpec:
 
 
 @dataclass(frozen=True)
+class PriorSpec:
+    """A procedural pretrain run of the study (dpmammo.train.pretrain): public, one per seed."""
+
+    run_id: str  # prior/pretrain/seed0
+    config: Any  # the typed PretrainConfig, train.seed = seed
+    seed: int
+
+
+def prior_spec(study: "StudyConfig", seed: int) -> PriorSpec:
+    """The pretrain run of seed `seed`, shared by every ε (no private data enters it)."""
+    if study.prior is None:
+        raise DpMammoError("this study has no prior: block; add prior: {pretrain: CONFIG} to use a procedural prior")
+    return PriorSpec(f"{PRIOR_DIR}/pretrain/seed{seed}", study.prior.config_for(seed), seed)
+
+
+@dataclass(frozen=True)
 class SyntheticInput:
     """The synthetic training set at one study ε: a `data.train` entry and the generator behind it."""
 
@@ -102,16 +128,27 @@ def synthetic_input(study: "StudyConfig", eps: float, study_dir: Optional[Path])
 
 
 Recipe = Callable[["StudyConfig", float, int, Optional[Path]], list[RunSpec]]
-_RECIPES: dict[str, tuple[str, Recipe]] = {}
 
 
-def register_recipe(name: str, slug: str):
-    """Register a condition under `name`; `slug` is its run-id prefix (safe in a path)."""
+@dataclass(frozen=True)
+class RecipeEntry:
+    slug: str  # run-id prefix, safe in a path (also accepted as a name in a config)
+    fn: Recipe
+    aliases: tuple[str, ...]  # ASCII spellings accepted in a config
+    needs_prior: bool  # plans the study's `prior:` pretrain runs
+
+
+_RECIPES: dict[str, RecipeEntry] = {}
+
+
+def register_recipe(name: str, slug: str, *, aliases: tuple[str, ...] = (), needs_prior: bool = False):
+    """Register a condition under `name`; `slug` is its run-id prefix (safe in a path); `aliases`
+    are other spellings a config may use (ASCII for `→`); `needs_prior`: it needs `prior:`."""
 
     def deco(fn: Recipe) -> Recipe:
         if name in _RECIPES:
             raise ValueError(f"recipe {name!r} registered twice")
-        _RECIPES[name] = (slug, fn)
+        _RECIPES[name] = RecipeEntry(slug, fn, aliases, needs_prior)
         return fn
 
     return deco
@@ -122,7 +159,7 @@ def list_conditions() -> list[str]:
 
 
 def condition_slug(name: str) -> str:
-    return _RECIPES[name][0]
+    return _RECIPES[name].slug
 
 
 def build_runs(study: "StudyConfig", condition: str, eps: float, seed: int,
@@ -131,7 +168,7 @@ def build_runs(study: "StudyConfig", condition: str, eps: float, seed: int,
     `study_dir` is needed only when the synthetic set comes from a generator."""
     if condition not in _RECIPES:
         raise DpMammoError(f"unknown condition {condition!r}; known: {', '.join(_RECIPES)}")
-    return _RECIPES[condition][1](study, eps, seed, study_dir)
+    return _RECIPES[condition].fn(study, eps, seed, study_dir)
 
 
 def stage_config(study: "StudyConfig", stage: str, *, train_sets: list[str], eps: float, seed: int,
@@ -190,20 +227,40 @@ def synthetic(study: "StudyConfig", eps: float, seed: int, study_dir: Optional[P
                     generator=syn.generator.run_id if syn.generator else None)]
 
 
-@register_recipe("synthetic→real", slug="synthetic-to-real")
+@register_recipe("synthetic→real", slug="synthetic-to-real", aliases=("synthetic->real",))
 def synthetic_to_real(study: "StudyConfig", eps: float, seed: int, study_dir: Optional[Path]) -> list[RunSpec]:
     """Pretrain (shared with `synthetic`), then fine-tune on the private set; head only by default.
     The fine-tune inherits the generator's chain through the pretrained weights, hence its budget."""
     (pretrain,) = synthetic(study, eps, seed, study_dir)
-    sources = {k: v for k, v in WEIGHT_SOURCES.items() if k in type(pretrain.config.model).model_fields}
-    model = pretrain.config.model.model_dump() | sources | {"freeze_backbone": True}
+    model = _without_weight_sources(pretrain.config.model.model_dump()) | {"freeze_backbone": True}
     cfg = stage_config(study, "finetune", train_sets=[study.train_set], eps=eps, seed=seed, model=model,
                        target=study.consumer_target())
     return [pretrain, RunSpec(_run_id("synthetic→real", eps, seed), cfg, pretrain.run_id, "finetune", eps, seed)]
 
 
+@register_recipe("prior→real", slug="prior-to-real", aliases=("prior->real",), needs_prior=True)
+def prior_to_real(study: "StudyConfig", eps: float, seed: int, study_dir: Optional[Path]) -> list[RunSpec]:
+    """Fine-tune on the private set (DP at ε) from the procedural pretrain run of `seed`. The
+    study's model block, then `dp`, then `stages.prior-finetune` say what trains (whole model by
+    default). The pretrain's chain is public, so the stage's ε is the chain total: target stage."""
+    prior = prior_spec(study, seed)
+    model = _without_weight_sources(study.model.model_dump())
+    cfg = stage_config(study, "prior-finetune", train_sets=[study.train_set], eps=eps, seed=seed, model=model)
+    # init_weights is set after validation: it needs init_from, which the runner fills from `parent`.
+    cfg = cfg.model_copy(update={"init_weights": study.prior.init_weights})
+    return [RunSpec(_run_id("prior→real", eps, seed), cfg, prior.run_id, "prior-finetune", eps, seed,
+                    prior=prior.run_id)]
+
+
+def _without_weight_sources(model: dict[str, Any]) -> dict[str, Any]:
+    """A model block whose weights come from `init_from` alone (no weight file, no ImageNet)."""
+    return model | {k: v for k, v in WEIGHT_SOURCES.items() if k in model}
+
+
 Condition = Literal[tuple(_RECIPES)]  # type: ignore[valid-type]
-CONDITION_ALIASES = {"synthetic->real": "synthetic→real", "synthetic-to-real": "synthetic→real"}
+# Other spellings of a condition in a config: its slug and its registered aliases.
+CONDITION_ALIASES = {alias: name for name, e in _RECIPES.items() for alias in (e.slug, *e.aliases) if alias != name}
+PRIOR_CONDITIONS = tuple(name for name, e in _RECIPES.items() if e.needs_prior)
 
 
 @dataclass(frozen=True)
@@ -219,6 +276,12 @@ class Plan:
     runs: dict[str, RunSpec]  # by run id, every parent before its children
     results: list[ResultKey]
     generators: dict[str, GeneratorSpec] = field(default_factory=dict)  # by run id; run before any classifier
+    priors: dict[str, PriorSpec] = field(default_factory=dict)  # by run id; run before any classifier
+
+    @property
+    def upstream(self) -> dict[str, GeneratorSpec | PriorSpec]:
+        """The runs that come before every classifier run (generators, then pretrain runs), by id."""
+        return {**self.generators, **self.priors}
 
 
 def expand(study: "StudyConfig", study_dir: Optional[Path] = None) -> Plan:
@@ -227,6 +290,7 @@ def expand(study: "StudyConfig", study_dir: Optional[Path] = None) -> Plan:
     runs: dict[str, RunSpec] = {}
     results: list[ResultKey] = []
     generators: dict[str, GeneratorSpec] = {}
+    priors: dict[str, PriorSpec] = {}
     for condition in study.conditions:
         for eps in study.epsilons:
             for seed in study.seeds:
@@ -239,7 +303,11 @@ def expand(study: "StudyConfig", study_dir: Optional[Path] = None) -> Plan:
                         gen = generator_spec(study, eps)
                         if generators.setdefault(gen.run_id, gen) != gen:
                             raise DpMammoError(f"two generator configs under one id {gen.run_id}")
+                    if spec.prior is not None:
+                        prior = prior_spec(study, seed)
+                        if priors.setdefault(prior.run_id, prior) != prior:
+                            raise DpMammoError(f"two pretrain configs under one id {prior.run_id}")
                 key = ResultKey(condition, specs[-1].run_id)
                 if key not in results:
                     results.append(key)
-    return Plan(runs, results, generators)
+    return Plan(runs, results, generators, priors)

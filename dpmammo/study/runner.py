@@ -3,8 +3,9 @@
 A study directory is resumable: a run whose metrics.json and eval files exist is not touched
 again, an interrupted run resumes from its checkpoint (dpmammo.train), and the results are
 written atomically at the end. A run that fails is recorded with its error; the other runs go
-on, and the runs that start from it are reported as skipped. Generator runs (when `synthetic:`
-names a generator) come first, in this process, whichever the executor (dpmammo.study.generators).
+on, and the runs that start from it are reported as skipped. Upstream runs (a generator when
+`synthetic:` names one, the pretrain runs of `prior:`) come first, in this process, whichever the
+executor (dpmammo.study.upstream).
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from dpmammo.privacy.ledger import short
 from dpmammo.progress import StepProgress
 from dpmammo.study.config import StudyConfig
 from dpmammo.study.datacheck import check_study_data
-from dpmammo.study.generators import check_generator_data, run_generators
+from dpmammo.study.generators import check_generator_data
 from dpmammo.study.outcome import Outcome, failed, torch_threads
 from dpmammo.study.recipes import Plan, RunSpec, expand
 from dpmammo.study.results import write_results
+from dpmammo.study.upstream import run_upstream
 from dpmammo.runs import RunDir
 
 STUDY_FILE = "study.yaml"
@@ -52,7 +54,8 @@ class StudyResult:
 def execute_run(spec: RunSpec, study_dir: str, test_sets: list[str], *, num_threads: int,
                 parent: Optional[Outcome] = None, generator: Optional[Outcome] = None, n_boot: int = 1000) -> Outcome:
     """Train (or resume) and evaluate one run; never raises: an error becomes a failed Outcome.
-    `parent` and `generator` are the outcomes of the runs it starts from (weights, samples)."""
+    `parent` and `generator` are the outcomes of the runs it starts from (weights, samples); a
+    parent may be a classifier or an upstream (pretrain) run."""
     from dpmammo.evaluate import evaluate_run
     from dpmammo.train import fit
 
@@ -82,8 +85,11 @@ def _total(run_dir: Path) -> str:
 
 
 def resolve_study(cfg: StudyConfig, out: Path) -> tuple[StudyConfig, Path]:
-    """Absolute paths (Ray workers run elsewhere) and the generator config inline; writes nothing."""
+    """Absolute paths (Ray workers run elsewhere) and the generator and pretrain configs inline;
+    writes nothing."""
     update: dict = {"data_root": resolve_root(cfg.data_root)}
+    if cfg.prior is not None:
+        update["prior"] = cfg.prior.inlined()
     if cfg.generator is not None:
         update["synthetic"] = cfg.generator.inlined()
     elif cfg.synthetic.startswith(("./", "../", "~")):
@@ -98,6 +104,8 @@ def study_inputs(cfg: StudyConfig, plan: Plan) -> list[tuple[str, Optional[Path]
     inputs += [(f"model.{k}", getattr(cfg.model, k, None)) for k in ("weights", "backbone_weights")]
     for spec in plan.generators.values():
         inputs += data_inputs(spec.config.data.root, spec.config.data.train)
+    for spec in plan.priors.values():
+        inputs += [(f"the procedural set {folder}", folder) for folder in spec.config.data.folders]
     return inputs
 
 
@@ -151,7 +159,7 @@ def run_study(cfg: StudyConfig, out: str | Path, *, executor: Executor = "local"
                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                        enabled=progress, console=console, every=0, unit="runs")
     with bar:
-        task = bar.add_task(f"study {cfg.name}", total=len(plan.generators) + len(plan.runs))
+        task = bar.add_task(f"study {cfg.name}", total=len(plan.upstream) + len(plan.runs))
 
         def report(o: Outcome, running: str = "") -> None:
             result.outcomes[o.run_id] = o
@@ -160,10 +168,10 @@ def run_study(cfg: StudyConfig, out: str | Path, *, executor: Executor = "local"
             bar.update(task, advance=1, description=f"{o.run_id}: {o.status}{eps}{nxt}")
 
         announce = lambda rid: bar.update(task, description=f"running {rid}")  # noqa: E731
-        generators = run_generators(cfg, plan, out, report, announce)
+        upstream = run_upstream(cfg, plan, out, report, announce)
         run = _run_local if executor == "local" else _run_ray
         kwargs = {} if executor == "local" else {"address": address}
-        run(cfg, plan, out, generators, report, announce, **kwargs)
+        run(cfg, plan, out, upstream, report, announce, **kwargs)
     write_results(cfg, plan, out, result.outcomes)
     if cfg.quality_settings is not None:  # Fréchet distances, class fidelity and sample grids of the synthetic sets
         from dpmammo.study.quality import run_quality
@@ -187,13 +195,13 @@ def check_pretrained_weights(plan: Plan, out: Path) -> None:
         imagenet_weights_file()
 
 
-def _run_local(cfg: StudyConfig, plan: Plan, out: Path, generators: dict[str, Outcome], report: Callable,
+def _run_local(cfg: StudyConfig, plan: Plan, out: Path, upstream: dict[str, Outcome], report: Callable,
                announce: Callable) -> None:
-    done: dict[str, Outcome] = {}
+    done: dict[str, Outcome] = dict(upstream)  # a parent is an earlier classifier run or an upstream run
     for run_id, spec in plan.runs.items():
         announce(run_id)
         parent = None if spec.parent is None else done[spec.parent]
-        generator = None if spec.generator is None else generators[spec.generator]
+        generator = None if spec.generator is None else upstream[spec.generator]
         done[run_id] = execute_run(spec, str(out), cfg.test_sets, num_threads=cfg.resources.num_cpus, parent=parent,
                                    generator=generator)
         report(done[run_id])
@@ -216,11 +224,12 @@ def ray_token_auth(address: Optional[str]) -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
-def _run_ray(cfg: StudyConfig, plan: Plan, out: Path, generators: dict[str, Outcome], report: Callable,
+def _run_ray(cfg: StudyConfig, plan: Plan, out: Path, upstream: dict[str, Outcome], report: Callable,
              announce: Callable, *, address: Optional[str]) -> None:
     """One Ray task per run with the config's resource request; a chained run takes its parent's
-    result as an argument, so Ray starts it only when the parent has finished. The generator runs
-    have finished before (in this process): their outcomes go as plain arguments."""
+    result as an argument, so Ray starts it only when the parent has finished. The upstream runs
+    (generators, pretraining) have finished before (in this process): their outcomes go as plain
+    arguments."""
     ray_token_auth(address)
     try:
         import ray
@@ -238,11 +247,12 @@ def _run_ray(cfg: StudyConfig, plan: Plan, out: Path, generators: dict[str, Outc
         res = cfg.resources
         task = ray.remote(execute_run).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_retries=0)
         refs: dict[str, object] = {}
+        inputs: dict[str, object] = dict(upstream)  # a parent: an upstream outcome or an earlier task's ref
         for run_id, spec in plan.runs.items():
-            parent_ref = refs.get(spec.parent) if spec.parent is not None else None
-            generator = None if spec.generator is None else generators[spec.generator]
-            refs[run_id] = task.remote(spec, str(out), cfg.test_sets, num_threads=res.num_cpus, parent=parent_ref,
-                                       generator=generator)
+            parent_ref = None if spec.parent is None else inputs[spec.parent]
+            generator = None if spec.generator is None else upstream[spec.generator]
+            refs[run_id] = inputs[run_id] = task.remote(spec, str(out), cfg.test_sets, num_threads=res.num_cpus,
+                                                        parent=parent_ref, generator=generator)
         pending = {ref: rid for rid, ref in refs.items()}
         announce(f"{len(pending)} Ray tasks")
         while pending:
