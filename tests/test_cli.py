@@ -70,15 +70,19 @@ def test_every_shipped_config_validates():
     from dpmammo.config import load_config
     from dpmammo.gan.registry import load_generator_config
     from dpmammo.train import TrainConfig
+    from dpmammo.train.pretrain_config import PretrainConfig
 
     generators = {"gan.yaml", "gan-dp.yaml", "mcgan-64.yaml", "dp-merf.yaml"}
     classifiers = {"cnn-small.yaml", "cnn-small-dp.yaml", "swin-t-dp.yaml"}
+    pretraining = {"pretrain-procedural.yaml"}
     shipped = {p.name for p in (REPO / "configs").glob("*.yaml")}
-    assert shipped == generators | classifiers, "list a new config under generators or classifiers"
+    assert shipped == generators | classifiers | pretraining, "list a new config under its kind"
     for name in sorted(generators):
         load_generator_config(REPO / "configs" / name)
     for name in sorted(classifiers):
         load_config(TrainConfig, REPO / "configs" / name)
+    for name in sorted(pretraining):
+        load_config(PretrainConfig, REPO / "configs" / name)
     recipe = load_generator_config(REPO / "configs" / "mcgan-64.yaml")
     assert recipe.model.d_classifier and recipe.model.d_twin_classifier and recipe.train.classifier_weight == 1.0
     assert recipe.model.sample_blur == 0.6 and recipe.privacy is None

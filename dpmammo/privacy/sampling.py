@@ -182,8 +182,8 @@ class PoissonUnits:
         """units: the unit number of each record (see `unit_ids`)."""
         self.n_units = int(units.max()) + 1 if len(units) else 0
         if not 0 < expected_units <= self.n_units:
-            raise DpMammoError(f"batch_size={expected_units} must be between 1 and the number of units of privacy "
-                               "in the training set")
+            raise DpMammoError(f"batch_size={expected_units} must be between 1 and the {self.n_units} units of privacy "
+                               "in the training set")  # an error for the data owner: not released
         self.rate_units = float(self.n_units if rate_units is None else rate_units)
         self.unit_count_noise = unit_count_noise  # σ of the count behind rate_units (None: exact, public)
         self.sample_rate = min(1.0, expected_units / self.rate_units)
