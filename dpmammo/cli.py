@@ -73,13 +73,14 @@ def data_fetch(dest: Optional[Path] = typer.Option(None, help="target folder (de
 
 @data_app.command("phantoms")
 def data_phantoms(out: Path, n: int = typer.Option(400, "--n", help="training patches (val and test get n/2)"),
-                  seed: int = typer.Option(0, "--seed"), size: int = typer.Option(128, "--size")):
+                  seed: int = typer.Option(0, "--seed"), size: int = typer.Option(128, "--size"),
+                  force: bool = typer.Option(False, "--force", help="replace phantoms written here before")):
     """Write deterministic phantom patches (benign: smooth blobs; malignant: spiculated) for tests and demos."""
     from dpmammo.data.phantoms import make_phantoms
     from dpmammo.files import check_writable
 
     check_writable(out, "OUT")
-    path = make_phantoms(out, n=n, seed=seed, size=size)
+    path = make_phantoms(out, n=n, seed=seed, size=size, force=force)
     console.print(f"wrote phantoms to {path}")
 
 

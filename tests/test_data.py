@@ -198,9 +198,18 @@ def test_phantoms_layout_counts_and_index(tmp_path):
     for r in recs:
         with Image.open(r.path) as im:
             assert im.mode == "L" and im.size == (64, 64)
-    # Re-running replaces the folder instead of mixing old and new files.
-    make_phantoms(tmp_path, n=4, seed=3, size=64)
+    # Re-running needs --force, then replaces the folder instead of mixing old and new files.
+    with pytest.raises(DpMammoError, match="pass --force"):
+        make_phantoms(tmp_path, n=4, seed=3, size=64)
+    assert len(index_folder(tmp_path)) == 24
+    make_phantoms(tmp_path, n=4, seed=3, size=64, force=True)
     assert len(index_folder(tmp_path)) == 8
+    # A file of the user's inside: never replaced, even with --force.
+    mine = tmp_path / "phantom" / "train" / "notes.txt"
+    mine.write_text("mine")
+    with pytest.raises(DpMammoError, match="not phantom patches"):
+        make_phantoms(tmp_path, n=4, seed=3, size=64, force=True)
+    assert mine.read_text() == "mine" and len(index_folder(tmp_path)) == 8
 
 
 def test_phantoms_reject_tiny_n(tmp_path):

@@ -21,6 +21,7 @@ The same seed gives byte-identical files.
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -133,11 +134,13 @@ def make_patch(rng: np.random.Generator, malignant: bool, size: int = 128, densi
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def make_phantoms(out: str | Path, n: int = 400, seed: int = 0, size: int = 128, density_gap: float = 0.0) -> Path:
+def make_phantoms(out: str | Path, n: int = 400, seed: int = 0, size: int = 128, density_gap: float = 0.0, *,
+                  force: bool = False) -> Path:
     """Write phantom patches under `out`/phantom and return `out`.
 
     `index_folder(out)` then gives the sets ``phantom/train`` (n patches), ``phantom/val`` and
-    ``phantom/test`` (n // 2 each). An existing `out`/phantom is replaced as a whole.
+    ``phantom/test`` (n // 2 each). An existing `out`/phantom is replaced as a whole only with
+    `force`, and only when it holds nothing but phantom patches (what this function writes).
     """
     if n < 4:
         raise DpMammoError(f"phantoms: n must be at least 4 (both classes in every split), got {n}")
@@ -148,8 +151,21 @@ def make_phantoms(out: str | Path, n: int = 400, seed: int = 0, size: int = 128,
     if not 0.0 <= density_gap <= 0.5:
         raise DpMammoError(f"phantoms: density_gap must be in [0, 0.5] (added contrast), got {density_gap}")
     out = Path(out).expanduser()
+    final = out / DATASET
+    if final.exists():
+        if not force:
+            raise DpMammoError(f"{final} exists; pass --force to replace the phantoms there, or choose another OUT")
+        foreign = [p for p in final.rglob("*") if p.is_file() and not _PHANTOM_FILE.fullmatch(
+            p.relative_to(final).as_posix())]
+        if foreign or not final.is_dir():
+            raise DpMammoError(f"{final} holds files that are not phantom patches (e.g. {foreign[0] if foreign else final}); "
+                               "it is not replaced, even with --force: choose another OUT")
     with user_os_errors(out):
         return _write_phantoms(out, n, seed, size, density_gap)
+
+
+# What _write_phantoms writes, relative to out/phantom: the only files --force may replace.
+_PHANTOM_FILE = re.compile(r"(train|val|test)/is_benign_(true|false)/patientphantom__\d+_image\d+_mass\d+_is_benign_[01]\.png")
 
 
 def _write_phantoms(out: Path, n: int, seed: int, size: int, density_gap: float) -> Path:
