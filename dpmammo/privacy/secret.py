@@ -79,25 +79,29 @@ class SecretKey:
 
     def uniform(self, purpose: Purpose, index: int, n: int) -> torch.Tensor:
         """n float64 values uniform in (0, 1) (53-bit, never 0 or 1)."""
-        words = np.frombuffer(self.random_bytes(purpose, index, 8 * n), dtype=np.uint64)
-        return torch.from_numpy(((words >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0 ** -53)
+        return torch.from_numpy(self._uniform(purpose, index, n))
 
     def normal(self, purpose: Purpose, index: int, n: int) -> torch.Tensor:
         """n float64 standard normal values (Box–Muller: both outputs of each pair are used)."""
+        return torch.from_numpy(self._normal(purpose, index, n))
+
+    # numpy, single-threaded: torch's OpenMP ops on these float64 vectors cost 10-100x more on a
+    # busy 2-core machine (threads spin while the other core is taken).
+    def _uniform(self, purpose: Purpose, index: int, n: int) -> np.ndarray:
+        words = np.frombuffer(self.random_bytes(purpose, index, 8 * n), dtype=np.uint64)
+        return ((words >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0 ** -53
+
+    def _normal(self, purpose: Purpose, index: int, n: int) -> np.ndarray:
         pairs = (n + 1) // 2
-        u = self.uniform(purpose, index, 2 * pairs)
-        radius = u[:pairs].log_().mul_(-2.0).sqrt_()
-        angle = u[pairs:].mul_(_TWO_PI)
-        out = torch.empty(2 * pairs, dtype=torch.float64)
-        torch.mul(radius, torch.cos(angle), out=out[:pairs])
-        torch.mul(radius, angle.sin_(), out=out[pairs:])
-        return out[:n]
+        u = self._uniform(purpose, index, 2 * pairs)
+        radius = np.sqrt(-2.0 * np.log(u[:pairs]))
+        angle = _TWO_PI * u[pairs:]
+        return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:n]
 
     def gaussian_noise(self, purpose: Purpose, index: int, shapes: list[torch.Size], std: float) -> list[torch.Tensor]:
         """Float64 noise of standard deviation `std` for tensors of `shapes`, each value the sum of
         four standard normal draws divided by 2 (Opacus's secure mode)."""
         sizes = [math.prod(s) for s in shapes]
         total = sum(sizes)
-        four = self.normal(purpose, index, 4 * total).view(4, total)
-        flat = four.sum(0).mul_(std / 2)
+        flat = torch.from_numpy(self._normal(purpose, index, 4 * total).reshape(4, total).sum(0) * (std / 2))
         return [part.view(s) for part, s in zip(flat.split(sizes), shapes)]
