@@ -47,6 +47,14 @@ RECIPES: dict[str, tuple[dict, bool]] = {
     "probe": ({"model": {"freeze_backbone": True}, "init_weights": "backbone",
                "optim": {"name": "sgd", "lr": 0.5, "momentum": 0.9},
                "train": {"epochs": 20, "batch_size": 256}}, True),
+    # the probe with nearly full batches and few steps: 64 features, little noise in all
+    "probe-b512": ({"model": {"freeze_backbone": True}, "init_weights": "backbone",
+                    "optim": {"name": "sgd", "lr": 0.5, "momentum": 0.9},
+                    "train": {"epochs": 10, "batch_size": 512}}, True),
+    # pixels, keeping the last epoch (no selection on the small validation set)
+    "pixels-last": ({"model": {"name": "pixels", "input_size": 64, "resolution": 32},
+                     "optim": {"name": "sgd", "lr": 0.5, "momentum": 0.9},
+                     "train": {"epochs": 20, "batch_size": 256, "select": "last"}}, False),
     # procedural backbone, whole model fine-tuned under DP
     "finetune": ({"init_weights": "backbone"}, True),
 }

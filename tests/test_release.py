@@ -59,3 +59,16 @@ def test_release_refuses_a_run_without_guarantee_and_folders_it_did_not_write(ru
     before = sorted(p.name for p in (runs / "dp").iterdir())
     assert_one_line_error(dpmammo("release", runs / "dp", "--out", runs / "dp" / "inside"), "inside the run")
     assert sorted(p.name for p in (runs / "dp").iterdir()) == before
+
+
+def test_a_dp_generator_run_is_released_with_its_statement(phantom_root, tmp_path):
+    from dpmammo.gan.train import train_gan
+    from tests.test_guarantees import tiny_gan
+
+    train_gan(tiny_gan(phantom_root, ["phantom/train"], target_epsilon=3.0), tmp_path / "gan", progress=False)
+    result = dpmammo("release", tmp_path / "gan", "--out", tmp_path / "release")
+    assert result.returncode == 0, result.stderr
+    card = (tmp_path / "release" / "MODEL_CARD.md").read_text()
+    assert "conditional generator" in card and "per patient" in card
+    total = read_privacy(tmp_path / "release" / "privacy.json").total
+    assert total.guarantee == "dp" and total.epsilon <= 3.0

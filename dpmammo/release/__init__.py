@@ -154,9 +154,12 @@ def privacy_statement(record: PrivacyRecord, run_name: str) -> str:
 
 
 def model_card(run: RunDir, model_cfg: BaseModel, record: PrivacyRecord) -> str:
+    generator = getattr(model_cfg, "name", None) is None  # generator shapes have no registry name
+    task = ("a conditional generator of mammography patches (condition 1 = malignant, 0 = benign)" if generator
+            else "breast-mass malignancy from a mammography patch; output: P(malignant) (class 1)")
     lines = [f"# Model card: {run.name}", "",
              f"- Model: `{getattr(model_cfg, 'name', type(model_cfg).__name__)}`; architecture in `model.json`.",
-             "- Task: breast-mass malignancy from a mammography patch; output: P(malignant) (class 1).",
+             f"- Task: {task}.",
              f"- Training data: {', '.join(record.own.data)}.",
              f"- Privacy: {describe(record.total)} (see PRIVACY.md).",
              "- Intended use: research on privacy-preserving mammography models; not a medical device.",
