@@ -29,6 +29,7 @@ from torchvision.utils import save_image
 from dpmammo import __version__
 from dpmammo.device import resolve_device
 from dpmammo.data.images import load_images
+from dpmammo.files import atomic_path
 from dpmammo.data.sets import generator_training_records, resolve_root, synthetic_provenance, training_data_record
 from dpmammo.gan.augment import U_FLIPS, diff_augment, flip_real, uniforms_needed
 from dpmammo.gan.config import GanConfig, GeneratorShape
@@ -287,4 +288,5 @@ def write_grid(gen_model, z, y, path: Path, device) -> None:
     x = gen_model.render(z.to(device), y.to(device)).cpu()
     gen_model.train(was)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(x.add(1).div(2).clamp(0, 1), path, nrow=GRID_COLUMNS, padding=2)
+    with atomic_path(path) as tmp:  # a full disk or a kill leaves the previous grid or none, never half of one
+        save_image(x.add(1).div(2).clamp(0, 1), tmp, nrow=GRID_COLUMNS, padding=2, format="png")
