@@ -32,6 +32,8 @@ BASE = {
 RECIPES: dict[str, tuple[dict, bool]] = {
     # the quick preset's `real` condition: cnn-small from random init, whole model under DP
     "scratch": ({}, False),
+    # the same, with the exponential moving average of its iterates scored and selectable (free under DP)
+    "scratch-ema": ({"train": {"ema_decay": 0.98}}, False),
     # downsampled standardised pixels (fixed, no parameters) and a DP linear head
     "pixels": ({"model": {"name": "pixels", "input_size": 64, "resolution": 32},
                 "optim": {"name": "sgd", "lr": 0.5, "momentum": 0.9},

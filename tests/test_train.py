@@ -231,3 +231,36 @@ def test_freed_memory_is_reused_without_page_faults():
     untouched, default_faults = probe("0")
     assert kept == "True" and untouched == "False"
     assert faults * 4 <= default_faults, (faults, default_faults)
+
+
+def test_parameter_ema_averages_the_iterates_with_warm_up():
+    from dpmammo.train.ema import ParameterEMA
+
+    layer = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        layer.weight.fill_(0.0)
+    ema = ParameterEMA(layer, decay=0.9)
+    expected = torch.zeros(1, 2)
+    for t, value in enumerate([1.0, 2.0, 3.0], start=1):
+        with torch.no_grad():
+            layer.weight.fill_(value)
+        ema.update(layer)
+        d = min(0.9, (1 + t) / (10 + t))
+        expected = d * expected + (1 - d) * value
+    assert torch.allclose(ema.shadow["weight"], expected)
+    with ema.applied(layer):
+        assert torch.allclose(layer.weight, expected)
+    assert torch.equal(layer.weight, torch.full((1, 2), 3.0))  # its own weights are back
+
+
+def test_dp_run_with_ema_scores_the_average_and_spends_the_same(phantom_root, tmp_path):
+    """The average is post-processing: the same steps and ε as without it; every epoch scores both."""
+    base = dict(privacy__={"target_epsilon": 4.0, **SEEDED}, train__epochs=2)
+    plain = fit(phantom_config(phantom_root, **base), tmp_path / "plain", progress=False)
+    ema = fit(phantom_config(phantom_root, **base, train__ema_decay=0.9), tmp_path / "ema", progress=False)
+    assert all("val_auroc_ema" in row for row in ema["history"]) and ema["val"]["weights"] in ("weights", "average")
+    assert [r["val_auroc"] for r in ema["history"]] == [r["val_auroc"] for r in plain["history"]]  # same iterates
+    pa, pb = (read_privacy(tmp_path / d / "privacy.json").own for d in ("plain", "ema"))
+    assert (pa.steps, pa.epsilon, pa.noise_multiplier) == (pb.steps, pb.epsilon, pb.noise_multiplier)
+    chosen = max(max(r["val_auroc"], r["val_auroc_ema"]) for r in ema["history"])
+    assert ema["val"]["auroc"] == chosen

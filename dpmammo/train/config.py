@@ -55,6 +55,10 @@ class TrainSettings(StrictModel):
     checkpoint_every_s: float = Field(
         60.0, ge=0, description="write the resume checkpoint at the end of an epoch once this many seconds have "
                                 "passed since the last one (0: every epoch)")
+    ema_decay: Optional[float] = Field(
+        None, gt=0, lt=1, description="keep an exponential moving average of the weights (post-processing: free under "
+                                      "DP); each epoch scores both the weights and their average on validation, and "
+                                      "selection may pick either (`last`: the average); absent: no average")
     select: Literal["best-val-auroc", "last"] = Field(
         "best-val-auroc", description="which epoch's weights to keep; validation data is not DP-accounted")
 

@@ -39,6 +39,7 @@ from dpmammo.progress import StepProgress
 from dpmammo.runs import METRICS, RunDir
 from dpmammo.train import features as fc
 from dpmammo.train.config import TrainConfig, input_paths
+from dpmammo.train.ema import ParameterEMA
 from dpmammo.train.members import apply_audit_split
 from dpmammo.train.predict import predict_proba
 
@@ -141,6 +142,9 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, say: Callable[[str]
     # copied at each new best epoch and checkpointed (a frozen Swin-T is 110 MB a copy).
     changing = model.head if model.is_backbone_frozen else model
     parts = {"trained": changing, "optimizer": optimizer}
+    ema = None if cfg.train.ema_decay is None else ParameterEMA(changing, cfg.train.ema_decay)
+    if ema is not None:
+        parts["ema"] = ema
     state = {"epoch": 0, "history": [], "best": None, "best_auroc": -1.0, "best_epoch": None, "wall_s": 0.0,
              "data": {"train": [r.path for r in train_records], "val": [r.path for r in val_records]}}
     if resuming:
@@ -165,17 +169,25 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, say: Callable[[str]
                     if cfg.train.augment == "flips" else None
                 x = fc.take_views(inputs, batch.idx, views) if cached else image_batch(images, batch.idx, views)
                 losses.append(train_step(trainable, optimizer, criterion, dp, batch, x, labels[batch.idx], physical, device))
+                if ema is not None:
+                    ema.update(changing)
                 if dp is not None and step + 1 < steps_per_epoch[epoch]:
                     dp.draw_next_noise()
                 bar.advance(task)
             val_auroc = float(roc_auc_score(val_labels, score_val()))
             eps = dp.running_epsilon() if dp else None
             row = {"epoch": epoch + 1, "val_auroc": val_auroc, "epsilon": eps}
+            candidate = (val_auroc, "weights", lambda: copy.deepcopy(changing.state_dict()))
+            if ema is not None:  # the average of the iterates: post-processing, scored beside them
+                with ema.applied(changing):
+                    row["val_auroc_ema"] = float(roc_auc_score(val_labels, score_val()))
+                if cfg.train.select == "last" or row["val_auroc_ema"] >= val_auroc:
+                    candidate = (row["val_auroc_ema"], "average", lambda: ema.averaged_state(changing))
             if dp is None:  # under DP a loss of private batches is not released (see DP_LOSS_NOTE)
                 row["loss"] = sum(losses) / max(1, len(losses))
             state["history"].append(row)
-            if cfg.train.select == "last" or val_auroc > state["best_auroc"]:
-                state.update(best=copy.deepcopy(changing.state_dict()), best_auroc=val_auroc, best_epoch=epoch + 1)
+            if cfg.train.select == "last" or candidate[0] > state["best_auroc"]:
+                state.update(best=candidate[2](), best_auroc=candidate[0], best_epoch=epoch + 1, best_kind=candidate[1])
             state["epoch"] = epoch + 1
             state["wall_s"] += time.time() - t0
             t0 = time.time()
@@ -199,7 +211,8 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, say: Callable[[str]
         own = non_dp_stage(stage="classifier", run=run.name, data=cfg.data.train, n_private=n_private)
     privacy = write_privacy(run.privacy, own, upstream, notes=[DP_LOSS_NOTE, selection_note(cfg)] if dp else [])
     metrics = {
-        "val": {"set": cfg.data.val, "auroc": state["best_auroc"], "epoch": state["best_epoch"], "n": len(val_records)},
+        "val": {"set": cfg.data.val, "auroc": state["best_auroc"], "epoch": state["best_epoch"], "n": len(val_records),
+                "weights": state.get("best_kind", "weights")},
         "selection": (f"{cfg.train.select} on {cfg.data.val}; the validation set is used without DP accounting "
                       "(selection leaks a little about it, nothing about the training set beyond the stated ε)"),
         "history": state["history"],
