@@ -2,9 +2,10 @@
 
 A DP stage's Poisson sampling and Gaussian noise must be unpredictable to anyone who holds its
 files: whoever can replay them can subtract the noise and see which patients were sampled. A
-`torch.Generator` cannot carry that: it is a Mersenne Twister whose `manual_seed` keeps 64 bits
-(and its CPU state is fully determined by far fewer in practice), so a seed is a secret of at
-most 2⁶⁴ candidates, and a state saved in a checkpoint is the whole secret in the clear.
+`torch.Generator` cannot carry that: it is a Mersenne Twister seeded with one integer, and on the
+CPU only its low 32 bits set the stream (`manual_seed(s & 0xFFFFFFFF)` replays it), so a seed is
+a secret of 2³² candidates, a few core-days to enumerate; and a state saved in a checkpoint is
+the whole secret in the clear.
 
 `SecretKey` is instead a 256-bit key drawn with `secrets.token_bytes` (the OS CSPRNG) and used
 as the key of ChaCha20 (RFC 8439; the OpenSSL implementation of the `cryptography` package),
