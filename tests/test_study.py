@@ -273,6 +273,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_ray_head(ray_bin: Path, env: dict, ray_tmp: str, tries: int = 3) -> tuple[subprocess.Popen, int]:
+    """`ray start --head` on free loopback ports, alive a few seconds after its GCS port opens. A
+    port picked free can be taken before Ray binds it (its own processes bind ports as they
+    start); then a Ray subprocess exits and the head with it: start again on other ports."""
+    for _ in range(tries):
+        port = free_port()
+        head = subprocess.Popen(
+            [str(ray_bin), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", f"--port={port}",
+             "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard=false", "--disable-usage-stats",
+             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+             f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+             f"--ray-client-server-port={free_port()}", f"--temp-dir={ray_tmp}"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + 60
+        while time.time() < deadline and head.poll() is None:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.5)
+        time.sleep(5)  # the subprocesses that bind the other ports start after the GCS
+        if head.poll() is None:
+            return head, port
+        try:  # what the dead head started still runs in its session
+            os.killpg(head.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        head.wait()
+    raise AssertionError(f"ray start --head exited {tries} times")
+
+
 def test_ray_executor_gives_the_same_runs_as_local(local_study, data, tmp_path):
     """On a cluster with token authentication, as `ray start` makes one where a token exists
     (~/.ray/auth_token, left by any earlier local Ray): the driver must send the token (it did not:
@@ -287,22 +317,8 @@ def test_ray_executor_gives_the_same_runs_as_local(local_study, data, tmp_path):
     env.pop("RAY_AUTH_MODE", None)
     env.pop("RAY_AUTH_TOKEN", None)
     env.pop("RAY_AUTH_TOKEN_PATH", None)
-    port = free_port()
-    head = subprocess.Popen(
-        [str(ray_bin), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", f"--port={port}",
-         "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard=false", "--disable-usage-stats",
-         f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-         f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
-         f"--ray-client-server-port={free_port()}", f"--temp-dir={ray_tmp}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    head, port = start_ray_head(ray_bin, env, ray_tmp)
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline and head.poll() is None:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.5)
-        assert head.poll() is None, "ray start --head exited"
         cfg = write_study(tmp_path / "tiny.yaml", tiny_study(data))
         out = tmp_path / "study"
         cmd = study_cmd(cfg, out, "--executor", "ray", "--address", f"127.0.0.1:{port}")
