@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from dpmammo.data.images import apply_views
 from dpmammo.data.phantoms import make_phantoms
 from dpmammo.errors import DpMammoError
 from dpmammo.models import create_model
@@ -21,6 +22,7 @@ from dpmammo.models.swin import SwinBackbone
 from dpmammo.privacy import Batch, PoissonUnits, PrivacyConfig, SecretKey, make_private, read_privacy
 from dpmammo.privacy.grad_samplers import DPWindowAttention, compute_linear_norm_sample_mixed, prepare_for_dp
 from dpmammo.train import TrainConfig, fit
+from dpmammo.train.loop import flip_views
 
 MODES = ["hooks", "functorch", "ghost"]
 
@@ -212,6 +214,66 @@ def test_one_patient_moves_the_clipped_sum_by_at_most_c(net, mode):
         without = clipped_sum(False, unit)
         moved = (with_p - without).norm().item()
         assert low <= moved <= high * (1 + 1e-4), f"{unit}: one patient moved the clipped sum by {moved:.4f}"
+
+
+@pytest.mark.parametrize("k", [2, 4])
+@pytest.mark.parametrize("mode", [*MODES, "bookkeeping"])
+def test_augmentation_multiplicity_keeps_the_sensitivity_c(mode, k):
+    """A patient with 14 patches × K flip views (train.augment_multiplicity): its 14·K rows are one
+    unit, summed before the one clip, so the patient moves the clipped sum by ≤ C; at patch level
+    each patch's K views are one unit, so the patient moves it by up to 14·C (and more than 10·C)."""
+    torch.manual_seed(0)
+    clip = 0.1
+    x = torch.rand(20, 1, 32, 32)
+    x[:14] = x[0] + 0.01 * torch.rand(14, 1, 32, 32)
+    y = torch.cat([torch.ones(14, dtype=torch.long), torch.randint(0, 2, (6,))])
+    patients = torch.cat([torch.zeros(14, dtype=torch.long), torch.arange(1, 7)])
+
+    def clipped_sum(with_patient: bool, unit: str) -> torch.Tensor:
+        model = tiny_cnn()
+        keep = torch.arange(20) if with_patient else torch.arange(14, 20)
+        groups = torch.unique_consecutive(patients[keep], return_inverse=True)[1]
+        units = groups if unit == "patient" else torch.arange(len(keep))
+        params = [p for p in model.parameters() if p.requires_grad]
+        dp = private(model, params, units=units, expected_units=1, mode=mode, clip=clip, unit=unit)
+        dp.optimizer.noise_multiplier = 0.0
+        batch = Batch(keep, groups if unit == "patient" else None).repeated(k)
+        assert len(batch) == k * len(keep) and batch.groups is not None
+        views = flip_views(0, 0, batch.idx, k)
+        assert all(len(set(views[i:i + k].tolist())) == k for i in range(0, len(views), k))  # K distinct views
+        xs, ys = apply_views(x[batch.idx], views), y[batch.idx]
+        for part, _ in dp.chunks(batch, 64 * k):
+            dp.criterion(dp.model(xs[part]), ys[part]).backward()
+            dp.optimizer.pre_step()
+        return torch.cat([p.grad.flatten() for p in params])
+
+    for unit, low, high in (("patient", 0.0, clip), ("patch", 10 * clip, 14 * clip)):
+        torch.manual_seed(0)
+        with_p = clipped_sum(True, unit)
+        torch.manual_seed(0)
+        without = clipped_sum(False, unit)
+        moved = (with_p - without).norm().item()
+        assert low <= moved <= high * (1 + 1e-4), f"{unit}, K={k}: one patient moved the clipped sum by {moved:.4f}"
+
+
+def test_multiplicity_trains_end_to_end(phantom_root, tmp_path, monkeypatch):
+    """K = 4 under DP on cached features and on images: the run finishes, states its ε per patient,
+    and a unit larger than physical_batch_size / K is refused before training."""
+    monkeypatch.setenv("DPMAMMO_CACHE", str(tmp_path / "cache"))
+    cfg = frozen_cnn_config(phantom_root, True, True).model_copy(deep=True)
+    cfg.train.augment_multiplicity = 4
+    fit(cfg, tmp_path / "cached", progress=False)
+    assert 0 < read_privacy(tmp_path / "cached" / "privacy.json").own.epsilon <= 4.0
+    whole = TrainConfig.model_validate({**frozen_cnn_config(phantom_root, False, True).model_dump(mode="json"),
+                                        "model": {"name": "cnn-small", "input_size": 32, "width": 8}})
+    whole.train.augment_multiplicity = 4
+    whole.train.physical_batch_size = 16
+    fit(whole, tmp_path / "images", progress=False)
+    assert json.loads((tmp_path / "images" / "metrics.json").read_text())["val"]["auroc"] >= 0
+    whole.train.physical_batch_size = 3  # one phantom patient: 1 patch × 4 views > 3 rows
+    with pytest.raises(DpMammoError, match="4 views"):
+        fit(whole, tmp_path / "refused", progress=False)
+    assert not (tmp_path / "refused").exists()
 
 
 def test_dp_window_attention_is_timm_window_attention():

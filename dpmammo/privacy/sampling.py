@@ -100,6 +100,14 @@ class Batch:
                 start = a
         yield slice(start, n), True
 
+    def repeated(self, k: int) -> "Batch":
+        """Each record k times in a row (augmentation multiplicity: k views of it), every copy in its
+        record's unit, so a unit's k·n rows stay contiguous and are clipped as one."""
+        if k == 1:
+            return self
+        groups = self.groups if self.groups is not None else torch.arange(len(self.idx))
+        return Batch(self.idx.repeat_interleave(k), groups.repeat_interleave(k))
+
     def chunk_groups(self, part: slice) -> Optional[torch.Tensor]:
         """The unit numbers of the records in chunk `part`, renumbered from 0."""
         if self.groups is None:
@@ -109,14 +117,16 @@ class Batch:
 
 def batch_selection(records: Sequence, privacy: Optional[PrivacyConfig], batch_size: int, seed_generator: torch.Generator,
                     seed: int, max_physical: int, what: str = "",
-                    released_rate_units: Optional[float] = None) -> "ShuffledBatches | PoissonUnits":
+                    released_rate_units: Optional[float] = None,
+                    views_per_record: int = 1) -> "ShuffledBatches | PoissonUnits":
     """The batch selection of a training stage (records: PatchRecords).
 
     Without DP: shuffled batches from the run's seeded generator (no secret). Under DP: Poisson
     sampling of the units of `privacy.unit` with a fresh secret key, at the rate set by the noisy
     unit count (module docstring), with δ checked against the number of private units and every
-    unit small enough to be clipped in one physical pass. A resumed stage passes the count it
-    released before (`released_rate_units`, from its checkpoint): the count is released once.
+    unit small enough to be clipped in one physical pass (with `views_per_record` rows per record:
+    augmentation multiplicity). A resumed stage passes the count it released before
+    (`released_rate_units`, from its checkpoint): the count is released once.
     """
     if privacy is None:
         return ShuffledBatches(len(records), batch_size, seed_generator)
@@ -133,9 +143,12 @@ def batch_selection(records: Sequence, privacy: Optional[PrivacyConfig], batch_s
         released_rate_units = max(float(batch_size), counted)
     sampler = PoissonUnits(units, batch_size, key, rate_units=released_rate_units,
                            unit_count_noise=privacy.unit_count_noise)
-    if sampler.max_unit_size > max_physical:
-        raise DpMammoError(f"a patient has {sampler.max_unit_size} patches, more than train.physical_batch_size="
-                           f"{max_physical}: a patient's gradient is clipped in one pass; raise physical_batch_size")
+    rows = sampler.max_unit_size * views_per_record
+    if rows > max_physical:
+        views = f" × {views_per_record} views (train.augment_multiplicity)" if views_per_record > 1 else ""
+        raise DpMammoError(f"a unit of privacy has {sampler.max_unit_size} patches{views}, more than "
+                           f"train.physical_batch_size={max_physical}: a unit's gradient is clipped in one pass; "
+                           "raise physical_batch_size")
     return sampler
 
 

@@ -47,6 +47,10 @@ class TrainSettings(StrictModel):
     physical_batch_size: int = Field(256, ge=1, description="most samples per forward pass (virtual batches); a head "
                                                           "on cached features takes each batch in one pass")
     augment: Literal["flips", "none"] = "flips"
+    augment_multiplicity: int = Field(
+        1, ge=1, le=4, description="K distinct flip views of every sampled patch in a step (De et al. 2022): under DP a "
+                                   "unit's K·n views are summed before its one clip, so the sensitivity stays C; "
+                                   "without DP the loss averages them. 1: one random view")
     seed: Seed = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     feature_cache: bool = Field(
@@ -83,6 +87,13 @@ class TrainConfig(StrictModel):
     def _init_weights_need_a_parent(self):
         if self.init_weights != "all" and self.init_from is None:
             raise ValueError(f"init_weights: {self.init_weights} needs init_from (the run to load from)")
+        return self
+
+    @model_validator(mode="after")
+    def _multiplicity_needs_views(self):
+        if self.train.augment_multiplicity > 1 and self.train.augment != "flips":
+            raise ValueError(f"train.augment_multiplicity={self.train.augment_multiplicity} needs train.augment: flips "
+                             "(the views are the flips)")
         return self
 
     @model_validator(mode="after")

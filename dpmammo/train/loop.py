@@ -126,7 +126,8 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, say: Callable[[str]
     epochs, batch_size = cfg.train.epochs, cfg.train.batch_size
     sampler = batch_selection(train_records, cfg.privacy, batch_size, gen, cfg.train.seed,
                               cfg.train.physical_batch_size, ", ".join(cfg.data.train),
-                              released_rate_units=run.released_rate_units() if resuming else None)
+                              released_rate_units=run.released_rate_units() if resuming else None,
+                              views_per_record=cfg.train.augment_multiplicity)
     dp = None
     if cfg.privacy is not None:
         p = cfg.privacy
@@ -155,7 +156,7 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, say: Callable[[str]
     steps_per_epoch = epoch_steps(sampler, epochs, dp.planned_steps if dp else None)
     # Physical chunks bound the memory of a backbone pass. A head on cached features needs none (a
     # batch of features is a few hundred KB), and each extra chunk costs a forward/backward call.
-    physical = len(labels) if cached else cfg.train.physical_batch_size
+    physical = len(labels) * cfg.train.augment_multiplicity if cached else cfg.train.physical_batch_size
     last_checkpoint = time.time()
     bar = StepProgress(enabled=progress)
     with bar:
@@ -164,9 +165,9 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, say: Callable[[str]
             trainable.train()
             losses = []
             for step in range(steps_per_epoch[epoch]):
-                batch = sampler.next_batch()
-                views = flip_views(cfg.train.seed, sum(steps_per_epoch[:epoch]) + step, batch.idx) \
-                    if cfg.train.augment == "flips" else None
+                batch = sampler.next_batch().repeated(cfg.train.augment_multiplicity)  # K views of each record
+                views = flip_views(cfg.train.seed, sum(steps_per_epoch[:epoch]) + step, batch.idx,
+                                   cfg.train.augment_multiplicity) if cfg.train.augment == "flips" else None
                 x = fc.take_views(inputs, batch.idx, views) if cached else image_batch(images, batch.idx, views)
                 losses.append(train_step(trainable, optimizer, criterion, dp, batch, x, labels[batch.idx], physical, device))
                 if ema is not None:
@@ -261,10 +262,17 @@ def input_chain(cfg: TrainConfig, train_records) -> list[StageSpend]:
     return chain + synthetic_chain(synthetic_provenance(train_records))
 
 
-def flip_views(seed: int, step: int, idx: torch.Tensor) -> torch.Tensor:
-    """The flip view of each record of a step: a function of (seed, step, record) alone, so the
-    views never depend on which other records the (secret) sampling put into the step."""
-    return (keyed_uniform(seed, "views", step, idx)[:, 0] * N_VIEWS).long().clamp_(max=N_VIEWS - 1)
+def flip_views(seed: int, step: int, idx: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """The flip view of each row of a step: a function of (seed, step, record) alone, so the
+    views never depend on which other records the (secret) sampling put into the step.
+
+    With k > 1, `idx` holds each record k times in a row (`Batch.repeated`) and its k rows get k
+    distinct views: the first k of a random permutation of the N_VIEWS flips."""
+    if k == 1:
+        return (keyed_uniform(seed, "views", step, idx)[:, 0] * N_VIEWS).long().clamp_(max=N_VIEWS - 1)
+    records = idx[::k]
+    order = torch.argsort(keyed_uniform(seed, "views-k", step, records, N_VIEWS), dim=1)
+    return order[:, :k].reshape(-1)
 
 
 def build_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
