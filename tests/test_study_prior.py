@@ -245,3 +245,46 @@ def test_failed_pretrain_skips_its_finetunes_and_the_others_go_on(data, tmp_path
     assert "no-such-procedural-set" in result.outcomes["prior/pretrain/seed0"].error
     rows = {r["run_id"]: r for r in read_csv(tmp_path / "study" / "results.csv")}
     assert rows["prior-to-real/epsinf/seed0"]["error"] == "parent run prior/pretrain/seed0 failed"
+
+
+def test_three_phase_plan_probes_then_fine_tunes_the_whole_model(data):
+    """prior→probe→real: the probe (frozen backbone from the pretrain run) at probe_share·ε, then the
+    whole model from the probe, calibrated to the chain's total ε; one pretrain run per seed serves
+    both prior conditions."""
+    cfg = study_config(prior_study(data, conditions=["prior->real", "prior->probe->real"], epsilons=[6, "inf"],
+                                   prior={"pretrain": tiny_pretrain(), "probe_share": 0.25},
+                                   stages={"prior-probe": {"lr": 0.5, "epochs": 3}}))
+    plan = expand(cfg)
+    assert list(plan.priors) == ["prior/pretrain/seed0"]
+    probe, whole = plan.runs["prior-probe-real/probe/eps6/seed0"], plan.runs["prior-probe-real/eps6/seed0"]
+    assert probe.parent == probe.prior == "prior/pretrain/seed0" and probe.stage == "prior-probe"
+    assert probe.config.model.freeze_backbone and probe.config.init_weights == "backbone"
+    assert probe.config.privacy.target_epsilon == pytest.approx(1.5) and probe.config.privacy.target == "stage"
+    assert probe.config.optim.lr == 0.5 and probe.config.train.epochs == 3
+    assert whole.parent == probe.run_id and whole.prior is None and whole.stage == "probe-finetune"
+    assert not whole.config.model.freeze_backbone and whole.config.init_weights == "all"
+    assert whole.config.privacy.target_epsilon == 6.0 and whole.config.privacy.target == "total"
+    assert whole.config.optim.lr == 3e-3 and whole.config.train.epochs == 2
+    inf = plan.runs["prior-probe-real/probe/epsinf/seed0"]
+    assert inf.config.privacy is None and plan.runs["prior-probe-real/epsinf/seed0"].config.privacy is None
+    assert [k.run_id for k in plan.results if k.condition == "prior→probe→real"] == [
+        "prior-probe-real/eps6/seed0", "prior-probe-real/epsinf/seed0"]
+
+
+def test_three_phase_chain_composes_to_the_study_epsilon(data, tmp_path):
+    """The run: [public pretrain, DP probe, DP fine-tune], both DP stages per patient, and their RDP
+    composition is the study ε (at most ε, more than either stage alone)."""
+    from dpmammo.study import run_study
+
+    cfg = study_config(prior_study(data, conditions=["prior->probe->real"], epsilons=[EPS],
+                                   prior={"pretrain": tiny_pretrain(), "probe_share": 0.3}))
+    result = run_study(cfg, tmp_path / "study", progress=False)
+    assert not result.failed, [(o.run_id, o.error) for o in result.failed]
+    rec = read_privacy(tmp_path / "study/prior-probe-real/eps4/seed0/privacy.json")
+    assert [(s.stage, s.guarantee) for s in rec.stages] == [("pretrain", "public"), ("classifier", "dp"),
+                                                            ("classifier", "dp")]
+    probe, own, total = rec.stages[1], rec.own, rec.total
+    assert probe.target_epsilon == pytest.approx(0.3 * EPS) and 0 < probe.epsilon <= 0.3 * EPS
+    assert total.guarantee == "dp" and total.unit == "patient" == own.unit == probe.unit
+    assert max(probe.epsilon, own.epsilon) < total.epsilon <= EPS * (1 + 1e-6)
+    assert total.epsilon > 0.97 * EPS  # calibrated to what the probe left, not to a linear split

@@ -31,10 +31,15 @@ def prior_note(cfg: StudyConfig) -> tuple[str, ...]:
     """The sentence on what a procedural prior costs (none without `prior:`)."""
     if cfg.prior is None:
         return ()
-    return ("prior→real starts from a backbone pretrained on procedural images (made by public random processes "
-            "from a seed; run prior/pretrain/seed<s>): that pretraining touches no private data, so it is a public "
-            f"stage (ε = 0 for it) and the chain total of the DP fine-tune is the fine-tune's own ε per "
-            f"{cfg.privacy.unit}.",)
+    notes = ("prior→real starts from a backbone pretrained on procedural images (made by public random processes "
+             "from a seed; run prior/pretrain/seed<s>): that pretraining touches no private data, so it is a public "
+             f"stage (ε = 0 for it) and the chain total of the DP fine-tune is the fine-tune's own ε per "
+             f"{cfg.privacy.unit}.",)
+    if "prior→probe→real" in cfg.conditions:
+        notes += (f"prior→probe→real trains a DP linear probe on the frozen prior at {cfg.prior.probe_share:g}·ε, then "
+                  "fine-tunes the whole model with DP, its noise calibrated so that the RDP composition of the two "
+                  f"stages is the column's ε per {cfg.privacy.unit}.",)
+    return notes
 
 
 def column_notes(cfg: StudyConfig) -> list[str]:

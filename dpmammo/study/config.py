@@ -157,6 +157,10 @@ class PriorSettings(StrictModel):
         "backbone", description="what the fine-tune loads from the pretrain run: backbone (the head starts fresh; "
                                 "the pretrain head has one output per process class) or all (only for a pretrain "
                                 "head with the task's two classes)")
+    probe_share: float = Field(
+        0.3, gt=0, lt=1, description="prior→probe→real only: the part of each study ε the DP linear probe spends; "
+                                     "the whole-model fine-tune after it is calibrated to what the probe left, so "
+                                     "that their RDP composition is ε")
 
     _data: dict[str, Any] = PrivateAttr(default_factory=dict)  # the pretrain config, overrides applied
 

@@ -28,6 +28,12 @@ its own target.
 ``prior/pretrain/seed<s>`` touches no private data (a `public` stage, ε = 0), so it is one run per
 seed for every ε, and the fine-tune's own ε is its chain's total (its target is the stage).
 
+``prior→probe→real`` is DP-RandP's three phases (Tang et al., NeurIPS 2023): (I) the same
+procedural pretrain run, (II) a DP linear probe on its frozen features (cached) at
+`prior.probe_share`·ε, run id ``prior-probe/<ε>/seed<s>``, (III) a DP fine-tune of the whole model
+from the probe, calibrated to what the probe left (`privacy.target: total`), so that the RDP
+composition of (II) and (III) is the study ε per patient.
+
 Generator and pretrain runs are the study's upstream runs (`Plan.upstream`): planned once by id,
 run before every classifier run, and named by the classifier runs that need them.
 """
@@ -47,7 +53,7 @@ from dpmammo.train.config import TrainConfig
 if TYPE_CHECKING:
     from dpmammo.study.config import StudyConfig
 
-STAGES = ("real", "real+synthetic", "pretrain", "finetune", "prior-finetune")
+STAGES = ("real", "real+synthetic", "pretrain", "finetune", "prior-finetune", "prior-probe", "probe-finetune")
 Stage = Literal[STAGES]  # type: ignore[valid-type]
 
 # Weight sources a chained stage must not load again: init_from already holds the whole model.
@@ -250,6 +256,24 @@ def prior_to_real(study: "StudyConfig", eps: float, seed: int, study_dir: Option
     cfg = cfg.model_copy(update={"init_weights": study.prior.init_weights})
     return [RunSpec(_run_id("prior→real", eps, seed), cfg, prior.run_id, "prior-finetune", eps, seed,
                     prior=prior.run_id)]
+
+
+@register_recipe("prior→probe→real", slug="prior-probe-real", aliases=("prior->probe->real",), needs_prior=True)
+def prior_probe_real(study: "StudyConfig", eps: float, seed: int, study_dir: Optional[Path]) -> list[RunSpec]:
+    """(II) DP linear probe on the frozen procedural backbone at probe_share·ε (stage `prior-probe`),
+    then (III) the whole model fine-tuned from the probe (stage `probe-finetune`) with its noise
+    calibrated so that the chain's RDP total is ε. At ε = ∞ both stages are non-private."""
+    prior = prior_spec(study, seed)
+    base = _without_weight_sources(study.model.model_dump())
+    probe_eps = eps * study.prior.probe_share if math.isfinite(eps) else eps
+    probe = stage_config(study, "prior-probe", train_sets=[study.train_set], eps=probe_eps, seed=seed,
+                         model=base | {"freeze_backbone": True})
+    probe = probe.model_copy(update={"init_weights": study.prior.init_weights})
+    probe_id = f"{condition_slug('prior→probe→real')}/probe/{epsilon_tag(eps)}/seed{seed}"
+    whole = stage_config(study, "probe-finetune", train_sets=[study.train_set], eps=eps, seed=seed,
+                         model=base | {"freeze_backbone": False}, target="total")
+    return [RunSpec(probe_id, probe, prior.run_id, "prior-probe", eps, seed, prior=prior.run_id),
+            RunSpec(_run_id("prior→probe→real", eps, seed), whole, probe_id, "probe-finetune", eps, seed)]
 
 
 def _without_weight_sources(model: dict[str, Any]) -> dict[str, Any]:
