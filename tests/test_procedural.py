@@ -288,3 +288,32 @@ def test_bad_pretrain_configs_are_refused():
         parse_config(AlignUniform, {"name": "align-uniform", "crop_scale": [0.5, 0.2]}, "test")
     with pytest.raises(DpMammoError, match="init_weights: backbone needs init_from"):
         parse_config(TrainConfig, {"init_weights": "backbone"}, "test")
+
+
+def test_a_procedural_prior_beats_random_init_under_dp_on_phantoms(tmp_path, monkeypatch):
+    """The prior's point, measured: on phantom masses (400 patients, 32 px), a DP linear probe at
+    ε = 4 per patient on a backbone pretrained on mammo-phantom processes (8000 images, 4 epochs;
+    no file of the data set is read) scores far above the same probe on a random-init backbone.
+    Two fresh secret-noise runs each; measured at this size: 0.85–0.87 vs 0.49–0.61 val AUROC."""
+    from dpmammo.data.phantoms import make_phantoms
+
+    monkeypatch.setenv("DPMAMMO_CACHE", str(tmp_path / "cache"))
+    root = make_phantoms(tmp_path / "data", n=400, seed=0, size=32)
+    model = {"name": "cnn-small", "input_size": 32, "width": 8}
+    pre = parse_config(PretrainConfig, {"data": {"kinds": ["mammo-phantom"], "n": 8000, "n_val": 64, "seed": 3},
+                                        "model": model, "train": {"epochs": 4, "batch_size": 64, "device": "cpu"}}, "t")
+    pretrain(pre, tmp_path / "prior", progress=False)
+    scores: dict[str, list[float]] = {"prior": [], "random": []}
+    for rep in range(2):
+        for start in scores:
+            cfg = {"data": {"root": str(root), "train": ["phantom/train"], "val": "phantom/val"},
+                   "model": model | {"freeze_backbone": True}, "optim": {"name": "sgd", "lr": 0.5},
+                   "train": {"epochs": 10, "batch_size": 32, "seed": rep, "select": "last", "device": "cpu"},
+                   "privacy": {"target_epsilon": 4.0, "delta": 1e-3}}
+            if start == "prior":
+                cfg |= {"init_from": str(tmp_path / "prior"), "init_weights": "backbone"}
+            metrics = fit(TrainConfig.model_validate(cfg), tmp_path / f"{start}{rep}", progress=False)
+            scores[start].append(metrics["val"]["auroc"])
+            assert read_privacy(tmp_path / f"{start}{rep}" / "privacy.json").total.epsilon <= 4.0
+    assert min(scores["prior"]) > max(scores["random"]) + 0.05, scores
+    assert np.mean(scores["prior"]) > 0.75, scores
