@@ -59,6 +59,25 @@ RECIPES: dict[str, tuple[dict, bool]] = {
                      "train": {"epochs": 20, "batch_size": 256, "select": "last"}}, False),
     # procedural backbone, whole model fine-tuned under DP
     "finetune": ({"init_weights": "backbone"}, True),
+    # Issue 27's training practice, each on the unbiased `pixels-last` (no selection on val):
+    # augmentation multiplicity, 4 flip views of each sampled patch summed in its patient's clip
+    "pixels-k4-last": ({"model": {"name": "pixels", "input_size": 64, "resolution": 32},
+                        "optim": {"name": "sgd", "lr": 0.5, "momentum": 0.9},
+                        "train": {"epochs": 20, "batch_size": 256, "select": "last", "augment_multiplicity": 4}},
+                       False),
+    # parameter EMA of the iterates, the average released (select: last releases the average)
+    "pixels-ema-last": ({"model": {"name": "pixels", "input_size": 64, "resolution": 32},
+                         "optim": {"name": "sgd", "lr": 0.5, "momentum": 0.9},
+                         "train": {"epochs": 20, "batch_size": 256, "select": "last", "ema_decay": 0.9}}, False),
+    "pixels16-k4-last": ({"model": {"name": "pixels", "input_size": 64, "resolution": 16},
+                          "optim": {"name": "sgd", "lr": 0.5, "momentum": 0.9},
+                          "train": {"epochs": 20, "batch_size": 256, "select": "last", "augment_multiplicity": 4}},
+                         False),
+    "probe-k4-last": ({"model": {"freeze_backbone": True}, "init_weights": "backbone",
+                       "optim": {"name": "sgd", "lr": 0.5, "momentum": 0.9},
+                       "train": {"epochs": 20, "batch_size": 256, "select": "last", "augment_multiplicity": 4}}, True),
+    "scratch-last": ({"train": {"select": "last"}}, False),
+    "scratch-k4-last": ({"train": {"select": "last", "augment_multiplicity": 4}}, False),
 }
 
 

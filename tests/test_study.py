@@ -141,6 +141,18 @@ def test_quick_preset_plan_shares_the_pretrain_run_and_chains_by_id():
     assert not expand(full).runs["synthetic-to-real/eps1/seed0"].config.model.freeze_backbone
 
 
+def test_a_stage_may_train_another_model():
+    """A stage's model block with another model's name replaces the study's block (its keys differ:
+    cnn-small's width is no pixels key); without a name it changes keys of the study's model."""
+    cfg = load_study(preset="quick", overrides=["stages.real={model: {name: pixels, resolution: 16}}"])
+    plan = expand(cfg)
+    real = plan.runs["real/eps1/seed0"].config.model
+    assert real.name == "pixels" and real.resolution == 16 and real.input_size == 64
+    assert plan.runs["synthetic/pretrain/seed0"].config.model.name == "cnn-small"
+    with pytest.raises(DpMammoError, match="width"):
+        expand(load_study(preset="quick", overrides=["stages.real={model: {name: pixels, width: 16}}"]))
+
+
 def test_paper_preset_is_the_published_setup():
     cfg = load_study(preset="paper")
     plan = expand(cfg)

@@ -43,7 +43,9 @@ class StageOverride(StrictModel):
     batch_size: Optional[int] = Field(None, ge=1)
     lr: Optional[float] = Field(None, gt=0)
     model: dict[str, Any] = Field(default_factory=dict,
-                                  description="keys of the model block to change, e.g. {freeze_backbone: false}")
+                                  description="keys of the model block to change, e.g. {freeze_backbone: false}; "
+                                              "with another model's name, that model's whole block, e.g. "
+                                              "{name: pixels, resolution: 32}")
 
 
 class Resources(StrictModel):

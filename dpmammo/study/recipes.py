@@ -186,7 +186,10 @@ def stage_config(study: "StudyConfig", stage: str, *, train_sets: list[str], eps
     optim = study.optim.model_dump()
     train = study.train.model_dump() | {"seed": seed}
     for over in ([study.dp] if privacy is not None else []) + [study.stage(stage)]:
-        model_block.update(over.model)
+        if over.model.get("name", model_block.get("name")) != model_block.get("name"):
+            model_block = dict(over.model)  # another model: its block replaces the study's (keys differ per model)
+        else:
+            model_block.update(over.model)
         if over.lr is not None:
             optim["lr"] = over.lr
         if over.epochs is not None:
