@@ -149,6 +149,13 @@ def test_a_stage_may_train_another_model():
     real = plan.runs["real/eps1/seed0"].config.model
     assert real.name == "pixels" and real.resolution == 16 and real.input_size == 64
     assert plan.runs["synthetic/pretrain/seed0"].config.model.name == "cnn-small"
+    sgd = expand(load_study(preset="quick", overrides=["stages.real.optim={name: sgd, lr: 0.1}",
+                                                       "stages.pretrain.optim={weight_decay: 0.01}"]))
+    for tag in ("eps6", "epsinf"):  # the `dp` block (lr 2e-3) comes first, the stage's whole optimiser last
+        assert sgd.runs[f"real/{tag}/seed0"].config.optim.model_dump() == {
+            "name": "sgd", "lr": 0.1, "weight_decay": 0.0, "momentum": None, "label_smoothing": 0.0}
+    pre = sgd.runs["synthetic/pretrain/seed0"].config.optim
+    assert pre.name == "adamw" and pre.weight_decay == 0.01 and pre.lr == 1e-3
     with pytest.raises(DpMammoError, match="width"):
         expand(load_study(preset="quick", overrides=["stages.real={model: {name: pixels, width: 16}}"]))
 

@@ -42,6 +42,9 @@ class StageOverride(StrictModel):
     epochs: Optional[int] = Field(None, ge=1)
     batch_size: Optional[int] = Field(None, ge=1)
     lr: Optional[float] = Field(None, gt=0)
+    optim: dict[str, Any] = Field(default_factory=dict,
+                                  description="keys of the optim block to change, e.g. {momentum: 0.9}; with another "
+                                              "optimiser's name, its whole block, e.g. {name: sgd, lr: 0.1, momentum: 0.9}")
     model: dict[str, Any] = Field(default_factory=dict,
                                   description="keys of the model block to change, e.g. {freeze_backbone: false}; "
                                               "with another model's name, that model's whole block, e.g. "

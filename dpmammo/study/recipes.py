@@ -186,10 +186,8 @@ def stage_config(study: "StudyConfig", stage: str, *, train_sets: list[str], eps
     optim = study.optim.model_dump()
     train = study.train.model_dump() | {"seed": seed}
     for over in ([study.dp] if privacy is not None else []) + [study.stage(stage)]:
-        if over.model.get("name", model_block.get("name")) != model_block.get("name"):
-            model_block = dict(over.model)  # another model: its block replaces the study's (keys differ per model)
-        else:
-            model_block.update(over.model)
+        model_block = _changed(model_block, over.model)  # another model's block replaces (keys differ per model)
+        optim = _changed(optim, over.optim)
         if over.lr is not None:
             optim["lr"] = over.lr
         if over.epochs is not None:
@@ -200,6 +198,13 @@ def stage_config(study: "StudyConfig", stage: str, *, train_sets: list[str], eps
     return parse_config(TrainConfig, {"data": data, "model": model_block, "optim": optim, "train": train,
                                       "privacy": None if privacy is None else privacy.model_dump()},
                         f"study {study.name}, stage {stage}")
+
+
+def _changed(block: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
+    """`block` with the keys of `change`; a change naming another model or optimiser replaces it whole."""
+    if change.get("name", block.get("name")) != block.get("name"):
+        return dict(change)
+    return {**block, **change}
 
 
 def _run_id(condition: str, eps: float, seed: int) -> str:
