@@ -92,6 +92,11 @@ def tiny_cnn() -> nn.Module:
     return create_model("cnn-small", input_size=32, width=8)
 
 
+def tiny_ws_cnn() -> nn.Module:
+    """cnn-small with weight-standardised convs: its per-sample gradients go through the standardisation."""
+    return create_model("cnn-small", input_size=32, width=8, weight_standardization=True)
+
+
 def tiny_head() -> nn.Module:
     """A head on cached features: linear layers only, so `auto` picks book-keeping."""
     return nn.Sequential(nn.Linear(12, 7), nn.ReLU(), nn.Linear(7, 2))
@@ -137,7 +142,7 @@ def private(model, params, *, units: torch.Tensor, expected_units: int, mode: st
 PATIENT_GROUPS = torch.tensor([0, 0, 1, 2, 2])
 
 
-NETWORKS = {"cnn": (tiny_cnn, (5, 1, 32, 32)), "swin": (tiny_swin, (5, 3, 56, 56)), "head": (tiny_head, (5, 12)),
+NETWORKS = {"cnn": (tiny_cnn, (5, 1, 32, 32)), "ws-cnn": (tiny_ws_cnn, (5, 1, 32, 32)), "swin": (tiny_swin, (5, 3, 56, 56)), "head": (tiny_head, (5, 12)),
             "token-head": (tiny_token_head, (5, 3, 6))}
 CASES = [(net, mode) for net in NETWORKS for mode in (*MODES, "bookkeeping")]
 
@@ -288,6 +293,7 @@ def test_auto_picks_the_clipping_mode_by_the_trainable_layers():
     assert choose_grad_sample_mode(create_model("cnn-small", input_size=32, width=8, freeze_backbone=True)) == "bookkeeping"
     assert choose_grad_sample_mode(prepare_for_dp(tiny_swin())) == "bookkeeping"
     assert choose_grad_sample_mode(tiny_cnn()) == "bookkeeping"
+    assert choose_grad_sample_mode(tiny_ws_cnn()) == "bookkeeping"  # its grad sampler is registered
     assert choose_grad_sample_mode(nn.Sequential(Scale(), nn.Linear(4, 2))) == "ghost"
     assert choose_grad_sample_mode(nn.Sequential(Scale(16), nn.Linear(4, 2))) == "hooks"
 

@@ -70,3 +70,24 @@ def test_corrupt_weight_file_is_an_error(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"not a tensor file")
     with pytest.raises(DpMammoError, match="cannot read weight file"):
         create_model("cnn-small", weights=tmp_path / "bad.safetensors")
+
+
+def test_weight_standardized_convs_see_standardized_filters():
+    """Each conv applies (w − mean) / sqrt(var + eps) per output channel; the parameters stay raw."""
+    from dpmammo.models.cnn import WSConv2d
+
+    torch.manual_seed(0)
+    ws = create_model("cnn-small", input_size=32, width=8, weight_standardization=True)
+    plain = create_model("cnn-small", input_size=32, width=8)
+    plain.load_state_dict(ws.state_dict())  # same keys: the raw weights move between both
+    convs = [m for m in ws.modules() if isinstance(m, WSConv2d)]
+    assert len(convs) == 3 and not any(isinstance(m, WSConv2d) for m in plain.modules())
+    x = torch.rand(2, 1, 32, 32)
+    for conv, ref in zip(convs, [m for m in plain.modules() if isinstance(m, torch.nn.Conv2d)]):
+        w = conv.weight.detach().flatten(1)
+        std_w = (w - w.mean(1, keepdim=True)) / (w.var(1, unbiased=False, keepdim=True) + conv.eps).sqrt()
+        h = torch.randn(2, conv.in_channels, 8, 8)
+        torch.testing.assert_close(conv(h), torch.nn.functional.conv2d(h, std_w.view_as(conv.weight), conv.bias,
+                                                                       padding=1))
+        assert (conv.weight.flatten(1).mean(1).abs() > 1e-3).any()  # the raw weights are not standardised
+    assert not torch.allclose(ws(x), plain(x), atol=1e-3)

@@ -18,6 +18,11 @@ class CnnSmallConfig(StrictModel):
     name: Literal["cnn-small"] = "cnn-small"
     input_size: int = Field(64, ge=32, le=256, description="patch side in pixels (resized on load)")
     width: int = Field(16, ge=4, le=256, description="channels of the first block; doubles twice")
+    weight_standardization: bool = Field(
+        False, description="standardise each conv filter (zero mean, unit variance per output channel) at every "
+                           "forward, before its GroupNorm: De et al. (2022) found weight standardisation with group "
+                           "norm the better-conditioned network for DP-SGD, whose clipped, noisy steps suit "
+                           "scale-invariant layers")
     weights: Optional[Path] = Field(None, description="whole-model weight file, loaded strictly")
     freeze_backbone: bool = False
 
