@@ -156,6 +156,18 @@ def test_a_stage_may_train_another_model():
             "name": "sgd", "lr": 0.1, "weight_decay": 0.0, "momentum": None, "label_smoothing": 0.0}
     pre = sgd.runs["synthetic/pretrain/seed0"].config.optim
     assert pre.name == "adamw" and pre.weight_decay == 0.01 and pre.lr == 1e-3
+    # A stage's own `dp` block: its DP runs train fixed features, its ε = ∞ run the study's model.
+    split = expand(load_study(preset="quick", overrides=[
+        "stages.real={epochs: 7, dp: {model: {name: pixels, resolution: 16}, optim: {name: sgd, lr: 0.1}, "
+        "batch_size: 256, select: last}}"]))
+    dp_real, plain = split.runs["real/eps1/seed0"].config, split.runs["real/epsinf/seed0"].config
+    assert (dp_real.model.name, dp_real.optim.name, dp_real.train.batch_size, dp_real.train.select) == (
+        "pixels", "sgd", 256, "last")
+    assert dp_real.train.epochs == 7  # the stage's keys, then its dp block's
+    assert (plain.model.name, plain.optim.name, plain.train.epochs, plain.train.select) == (
+        "cnn-small", "adamw", 7, "best-val-auroc")
+    with pytest.raises(DpMammoError, match="dp.dp"):
+        load_study(preset="quick", overrides=["dp.dp={epochs: 3}"])
     with pytest.raises(DpMammoError, match="width"):
         expand(load_study(preset="quick", overrides=["stages.real={model: {name: pixels, width: 16}}"]))
 
