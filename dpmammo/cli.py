@@ -248,7 +248,7 @@ def release(run_dir: Path, out: Path = typer.Option(..., "--out", help="folder t
 
 @app.command("study")
 def study(config: Optional[Path] = typer.Argument(None, help="study config YAML (or use --preset)"),
-          preset: Optional[str] = typer.Option(None, "--preset", help="packaged study: quick | quick-audit | quick-e2e | paper"),
+          preset: Optional[str] = typer.Option(None, "--preset", help="packaged study: quick | quick-audit | quick-e2e | utility | paper"),
           out: Optional[Path] = typer.Option(None, "--out", help="study directory (default runs/<study name>)"),
           set_: List[str] = typer.Option([], "--set", help="override a key: --set seeds=[0,1]"),
           executor: str = typer.Option("local", "--executor", help="local (sequential) | ray"),

@@ -172,6 +172,24 @@ def test_a_stage_may_train_another_model():
         expand(load_study(preset="quick", overrides=["stages.real={model: {name: pixels, width: 16}}"]))
 
 
+def test_utility_preset_runs_the_validation_winners():
+    cfg = load_study(preset="utility")
+    plan = expand(cfg)
+    assert cfg.epsilons == [1, 3, 6, math.inf] and cfg.seeds == [0, 1, 2]
+    assert cfg.conditions == ["real", "synthetic→real", "prior→real"]
+    assert list(plan.upstream) == [f"prior/pretrain/seed{s}" for s in range(3)]
+    # 3 seeds × (4 ε × (real, fine-tune, prior fine-tune) + one synthetic pretrain)
+    assert len(plan.runs) == 3 * (4 * 3 + 1)
+    for seed in range(3):
+        dp_real = plan.runs[f"real/eps1/seed{seed}"].config
+        assert dp_real.model.name == "pixels" and dp_real.train.select == "last" and dp_real.privacy.unit == "patient"
+        assert plan.runs[f"real/epsinf/seed{seed}"].config.model.name == "cnn-small"
+        probe = plan.runs[f"prior-to-real/eps3/seed{seed}"].config
+        assert probe.model.freeze_backbone and probe.init_weights == "backbone" and probe.privacy.target_epsilon == 3
+        assert plan.priors[f"prior/pretrain/seed{seed}"].config.model == cfg.model.model_copy(
+            update={"freeze_backbone": False})
+
+
 def test_paper_preset_is_the_published_setup():
     cfg = load_study(preset="paper")
     plan = expand(cfg)
