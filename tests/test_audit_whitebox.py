@@ -60,3 +60,121 @@ def test_gdp_estimate_recovers_a_simulated_gaussian_mechanism(sigma):
     if sigma < 1:
         assert bound > 0.3 * true_eps
     assert gdp.gdp_mu(scores, ~included) == 0.0  # a shift the wrong way is floored, not flipped
+
+
+# --- gradient canaries through the real DP-SGD path ------------------------------------------
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from dpmammo.audit import whitebox  # noqa: E402
+from dpmammo.data.manifest import PatchRecord  # noqa: E402
+from dpmammo.privacy import PrivacyConfig  # noqa: E402
+
+FEATURES = 1024
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def synthetic_canary_run(*, epsilon: float = 2.0, canaries: int = 1000, patches: int = 1, epochs: int = 10,
+                         seeded: bool = False, knows_seed: bool = False, mutate=None,
+                         directions: whitebox.Directions = "dirac", seed: int = 0,
+                         batch_fraction: float = 1.0) -> whitebox.CanaryRun:
+    """A linear map on synthetic features of 200 patients (1–3 patches each), trained with DP-SGD per
+    patient through make_private and the loop's train_step, plus `canaries` gradient canaries; the
+    expected batch is `batch_fraction` of the units (1: q ≈ 1, the noisy unit count sets it a little
+    below, and `epochs` steps).
+
+    The features are small and use 8 of 1024 dimensions, so the real patients' gradients hardly
+    touch the weights where Dirac canaries sit: a canary's score is its own gradient and DP noise."""
+    gen = torch.Generator().manual_seed(seed)
+    sizes = (torch.rand(200, generator=gen) * 3).long() + 1
+    records, rows = [], []
+    for i, k in enumerate(sizes.tolist()):
+        label = i % 2
+        for j in range(k):
+            records.append(PatchRecord(path=f"p{i}_{j}.png", label=label, patient=str(i), dataset="synthetic-features",
+                                       split="train", source="real"))
+            x = torch.zeros(FEATURES)
+            x[:8] = 0.005 * (torch.randn(8, generator=gen) + (1.0 if label else -1.0))
+            rows.append(x)
+    inputs, labels = torch.stack(rows), torch.tensor([r.label for r in records])
+    torch.manual_seed(seed)
+    model = nn.Linear(FEATURES, 2, bias=False)
+    privacy = PrivacyConfig(target_epsilon=epsilon, delta=1e-4, grad_sample_mode="hooks", seeded_noise_for_tests=seeded)
+    design = whitebox.GradientCanaries.draw(canaries, sum(p.numel() for p in model.parameters()), patches=patches,
+                                            directions=directions, seed=seed)
+    return whitebox.canary_training(
+        model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), criterion=nn.CrossEntropyLoss(),
+        inputs=inputs, labels=labels, records=records, privacy=privacy, epochs=epochs,
+        batch_size=int(batch_fraction * (len(sizes) + int(design.included.sum()))), physical=100_000, seed=seed, canaries=design,
+        adversary_knows_seed=knows_seed, mutate=mutate)
+
+
+def bounds(run: whitebox.CanaryRun) -> dict[str, float]:
+    return {r.attack: r.epsilon_lower_bound for r, _ in whitebox.score_canaries(run, confidence=0.95, seed=0, n_boot=50)}
+
+
+def quarter_noise(dp):
+    """Mutation: σ/4 in the optimizer, while the record states the calibrated σ."""
+    dp.optimizer.noise_multiplier /= 4
+
+
+def clip_per_patch(dp):
+    """Mutation: each patch clipped on its own while the sampler and the record say per patient."""
+    chunks = dp.chunks
+
+    def per_patch(batch, max_physical):
+        for part, last in chunks(batch, max_physical):
+            dp.optimizer.groups = None
+            yield part, last
+
+    dp.chunks = per_patch
+
+
+def test_canary_gradients_pass_the_real_sampler_and_clipping():
+    """Seeded noise that the adversary replays leaves each step's clipped sum: an included canary of
+    4 patches, each of gradient norm C, shows exactly 1 (its sum 4C clipped to C per patient) at the
+    steps the Poisson sampler drew it, about a fraction q of them, and 0 otherwise; an excluded one
+    shows 0. With per-patch clipping it shows 4."""
+    run = synthetic_canary_run(patches=4, seeded=True, knows_seed=True, batch_fraction=0.3, epochs=3)
+    # Canaries whose coordinate is not a weight of the 8 used features: nothing but the canary moves it.
+    alone = (run.canaries.coords % FEATURES >= 8).numpy()
+    x, inc = run.updates, run.canaries.included
+    assert run.steps == pytest.approx(3 / run.sample_rate, abs=1) and 0.2 < run.sample_rate < 0.4
+    drawn = np.abs(x[:, inc & alone] - 1) < 1e-4
+    assert (drawn | (np.abs(x[:, inc & alone]) < 1e-4)).all()
+    n = drawn.size
+    assert abs(drawn.mean() - run.sample_rate) < 4 * math.sqrt(run.sample_rate * (1 - run.sample_rate) / n)
+    assert (np.abs(x[:, ~inc & alone]) < 1e-4).all()
+    broken = synthetic_canary_run(patches=4, seeded=True, knows_seed=True, batch_fraction=0.3, epochs=3,
+                                  mutate=clip_per_patch)
+    xb = broken.updates[:, broken.canaries.included & alone]
+    assert (np.abs(xb - 4) < 1e-3).mean() == pytest.approx(broken.sample_rate, abs=0.05)
+    assert ((np.abs(xb - 4) < 1e-3) | (np.abs(xb) < 1e-3)).all()
+
+
+@pytest.mark.parametrize("mutation", ["none", "noise σ/4", "clip per patch", "replayed seed"])
+def test_one_run_catches_each_broken_mechanism_and_never_the_correct_one(mutation):
+    """One run at a promised ε = 2 per patient, 1000 canaries: each deliberately broken mechanism,
+    run through the same code with a test-only switch, yields a Steinke lower bound above the
+    promise; the correct mechanism's bounds stay below it."""
+    kwargs = {"none": {}, "noise σ/4": {"mutate": quarter_noise}, "clip per patch": {"mutate": clip_per_patch},
+              "replayed seed": {"seeded": True, "knows_seed": True}}[mutation]
+    patches = 4 if mutation in ("none", "clip per patch") else 1  # a patient of many patches
+    run = synthetic_canary_run(patches=patches, **kwargs)
+    assert run.epsilon == pytest.approx(2.0, abs=0.02)  # the promise the record would state
+    results = {r.attack: r for r, _ in whitebox.score_canaries(run, confidence=0.95, seed=0, n_boot=100)}
+    primary = results[whitebox.PRIMARY_BOUND].epsilon_lower_bound
+    if mutation == "none":
+        assert all(r.epsilon_lower_bound < run.epsilon for r in results.values()), results
+        assert primary > 0.1  # the canaries are seen: a bound, just not above the promise
+    else:
+        assert primary > run.epsilon, (mutation, primary)
+        assert results[whitebox.PRIMARY_ESTIMATE].gdp_estimate.epsilon.value > 2 * run.epsilon

@@ -26,6 +26,8 @@ from scipy import optimize, special
 
 from dpmammo.audit import stats
 
+MU_CAP = 1e100
+
 
 def gdp_delta(epsilon: float, mu: float) -> float:
     """δ at which μ-GDP is (ε, δ)-DP (closed form, module docstring); 0 for μ = 0."""
@@ -34,15 +36,16 @@ def gdp_delta(epsilon: float, mu: float) -> float:
     if mu == 0:
         return 0.0
     a, b = -epsilon / mu + mu / 2, -epsilon / mu - mu / 2
-    # e^ε Φ(b) in log space: Φ(b) underflows long before e^ε overflows.
-    return float(special.ndtr(a) - math.exp(epsilon + special.log_ndtr(b)))
+    # e^ε Φ(b) = ½·erfcx(−b/√2)·e^{ε − b²/2} and ε − b²/2 = −a²/2 exactly: no e^ε to overflow, and no
+    # cancellation between ε and log Φ(b) when μ is large (a near-perfect attack).
+    return float(special.ndtr(a) - 0.5 * special.erfcx(-b / math.sqrt(2)) * math.exp(-a * a / 2))
 
 
 def gdp_epsilon(mu: float, delta: float) -> float:
     """The smallest ε ≥ 0 with μ-GDP ⇒ (ε, δ)-DP: the root of δ(ε) = δ (δ(ε) decreases in ε)."""
     if not 0 < delta < 1:
         raise ValueError(f"need 0 < δ < 1, got {delta}")
-    if not math.isfinite(mu):
+    if not mu < MU_CAP:  # μ² would overflow: no noise left to speak of
         return float("inf")
     if gdp_delta(0.0, mu) <= delta:
         return 0.0
@@ -68,6 +71,8 @@ def gdp_estimate(scores: np.ndarray, included: np.ndarray, *, delta: float, n_bo
                  confidence: float = 0.95) -> tuple[stats.Interval, stats.Interval]:
     """(μ̂, ε̂ at δ), each with a percentile bootstrap interval over canaries (in and out resampled
     separately)."""
-    mu = stats.bootstrap(scores, included, gdp_mu, n_boot=n_boot, seed=seed, confidence=confidence)
+    # A resample with no spread among "out" scores has μ = ∞; capped so the interval's quantiles stay numbers.
+    mu = stats.bootstrap(scores, included, lambda s, i: min(gdp_mu(s, i), MU_CAP), n_boot=n_boot, seed=seed,
+                         confidence=confidence)
     eps = stats.Interval(*(gdp_epsilon(v, delta) for v in (mu.value, mu.low, mu.high)))
     return mu, eps

@@ -192,12 +192,17 @@ def _delta(cfg: TrainConfig) -> float:
 
 
 def _result(name: str, scores: np.ndarray, is_member: np.ndarray, eps: float, bound, settings: AuditSettings):
-    seed = settings.seed
-    a = stats.bootstrap(scores, is_member, stats.auc, n_boot=N_BOOT, seed=seed, confidence=settings.confidence)
+    return attack_result(name, scores, is_member, eps, bound, confidence=settings.confidence, seed=settings.seed)
+
+
+def attack_result(name: str, scores: np.ndarray, is_member: np.ndarray, eps: float, bound, *, confidence: float,
+                  seed: int, n_boot: int = N_BOOT):
+    """(AttackResult, ROC curve) of one attack's scores: AUC and TPR at low FPR with bootstrap intervals."""
+    a = stats.bootstrap(scores, is_member, stats.auc, n_boot=n_boot, seed=seed, confidence=confidence)
     tprs = []
     for f in FPRS:
-        t = stats.bootstrap(scores, is_member, lambda s, m, f=f: stats.tpr_at_fpr(s, m, f), n_boot=N_BOOT,
-                            seed=seed, confidence=settings.confidence)
+        t = stats.bootstrap(scores, is_member, lambda s, m, f=f: stats.tpr_at_fpr(s, m, f), n_boot=n_boot,
+                            seed=seed, confidence=confidence)
         tprs.append(TprAtFpr(fpr=f, tpr=Estimate(value=t.value, ci_low=t.low, ci_high=t.high)))
     from sklearn.metrics import roc_curve
 
