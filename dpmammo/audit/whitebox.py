@@ -348,7 +348,8 @@ def _notes(settings, mode: str, recipe_mode: str) -> list[str]:
         "canary gradients replace their records' per-sample gradients before a unit's rows are summed, then pass "
         "Opacus's clipping and the secret-key noise like every real unit's, sampled by the same Poisson sampler",
         "threat models: 'white-box all iterates' sees every noisy update (the clipped sum plus noise, before the "
-        "optimizer); 'white-box final model' sees θ_T − θ_0 only",
+        "optimizer); 'white-box final model' sees θ_T − θ_0 only (the last iterate: the recipe's epoch selection and "
+        "weight averaging are not applied)",
         "epsilon_lower_bound: a BOUND (Steinke, Nasr & Jagielski 2023, top k guessed in and bottom k out, best k of "
         "the grid with Bonferroni); gdp_estimate: an ESTIMATE (Andrew et al. 2024), not a bound",
         f"primary bound: {PRIMARY_BOUND} (likelihood-ratio score); primary estimate: {PRIMARY_ESTIMATE} (sum score); "
