@@ -133,7 +133,8 @@ def test_quick_preset_plan_shares_the_pretrain_run_and_chains_by_id():
         if not math.isinf(eps):
             assert ft.config.privacy.target_epsilon == eps and ft.config.privacy.delta == 1e-4
         real = plan.runs[f"real/{tag}/seed0"].config
-        assert real.train.batch_size == (64 if math.isinf(eps) else 128)  # the `dp` block, DP stages only
+        # ε = ∞: cnn-small; DP: the stage's own dp block (fixed pixels, batch 512) after the `dp` block
+        assert (real.model.name, real.train.batch_size) == (("cnn-small", 64) if math.isinf(eps) else ("pixels", 512))
         union = plan.runs[f"real+synthetic/{tag}/seed0"].config
         assert union.data.train == ["cbis-ddsm/train", "synthetic/c-dcgan"]
         assert union.train.epochs < plan.runs[f"real/{tag}/seed0"].config.train.epochs
@@ -149,10 +150,10 @@ def test_a_stage_may_train_another_model():
     real = plan.runs["real/eps1/seed0"].config.model
     assert real.name == "pixels" and real.resolution == 16 and real.input_size == 64
     assert plan.runs["synthetic/pretrain/seed0"].config.model.name == "cnn-small"
-    sgd = expand(load_study(preset="quick", overrides=["stages.real.optim={name: sgd, lr: 0.1}",
+    sgd = expand(load_study(preset="quick", overrides=["stages.real+synthetic.optim={name: sgd, lr: 0.1}",
                                                        "stages.pretrain.optim={weight_decay: 0.01}"]))
     for tag in ("eps6", "epsinf"):  # the `dp` block (lr 2e-3) comes first, the stage's whole optimiser last
-        assert sgd.runs[f"real/{tag}/seed0"].config.optim.model_dump() == {
+        assert sgd.runs[f"real+synthetic/{tag}/seed0"].config.optim.model_dump() == {
             "name": "sgd", "lr": 0.1, "weight_decay": 0.0, "momentum": None, "label_smoothing": 0.0}
     pre = sgd.runs["synthetic/pretrain/seed0"].config.optim
     assert pre.name == "adamw" and pre.weight_decay == 0.01 and pre.lr == 1e-3
