@@ -91,6 +91,17 @@ RECIPES: dict[str, tuple[dict, bool]] = {
                          "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
                          "train": {"epochs": 10, "batch_size": 512, "select": "last"}}, True),
     "scratch-k4-last": ({"train": {"select": "last", "augment_multiplicity": 4}}, False),
+    # DP-RandP's phases II and III: the probe-b512-last probe at 30 % of ε, then the whole model from it
+    # (THEN below), calibrated so that the RDP total of the two is ε
+    "three-phase": ({"model": {"freeze_backbone": True}, "init_weights": "backbone",
+                     "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+                     "train": {"epochs": 10, "batch_size": 512, "select": "last"}}, True),
+}
+
+# recipe → (overrides of BASE for a second stage from the first one's run, the first stage's share of ε)
+THEN: dict[str, tuple[dict, float]] = {
+    "three-phase": ({"model": {"freeze_backbone": False}, "train": {"epochs": 10, "select": "last"},
+                     "privacy": {"target": "total"}}, 0.3),
 }
 
 
@@ -134,6 +145,18 @@ def main() -> None:
                 if needs_prior:
                     data["init_from"] = str(args.pretrained)
                 out = args.out / name / f"eps{eps:g}" / f"rep{r}"
+                if name in THEN:  # two stages: the first at its share of ε, the second from its run
+                    second, share = THEN[name]
+                    first_out = out.with_name(f"rep{r}-first")
+                    data["privacy"]["target_epsilon"] = eps * share
+                    if not (first_out / "metrics.json").is_file():
+                        t0 = time.time()
+                        fit(parse_config(TrainConfig, data, name), first_out, progress=False)
+                        wall += time.time() - t0
+                    data = merged(BASE, second)
+                    data["privacy"] = {**data["privacy"], "target_epsilon": eps}
+                    data["train"] = {**data["train"], "seed": r}
+                    data["init_from"] = str(first_out)
                 if not (out / "metrics.json").is_file():
                     t0 = time.time()
                     fit(parse_config(TrainConfig, data, name), out, progress=False)

@@ -199,8 +199,9 @@ def test_paper_preset_is_the_published_setup():
     assert real.model.name == "swin_t" and real.model.pretrained and real.model.freeze_backbone
     assert real.optim.lr == 1e-5 and real.train.epochs == 300 and real.train.batch_size == 128
     assert len(plan.runs) == 3 * (6 + 6 + 1 + 6)
-    with pytest.raises(DpMammoError, match="compare_with"):
-        load_study(preset="paper", overrides=["model={name: cnn-small}"])
+    assert cfg.same_setup_as_published
+    # Another model: the published numbers stay out of our cells (the gap table compares best cells only).
+    assert not load_study(preset="paper", overrides=["model={name: cnn-small}"]).same_setup_as_published
 
 
 # --- running studies -----------------------------------------------------------------------
@@ -384,3 +385,29 @@ def test_ray_executor_gives_the_same_runs_as_local(local_study, data, tmp_path):
             os.killpg(head.pid, signal.SIGKILL)
         head.wait()
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_report_shows_the_gap_to_the_published_study():
+    """Our best cell with a DP chain total within ε against the published best cell at that ε (its
+    synthetic rows have no guarantee): numbers that could fail, from rows made here."""
+    from dpmammo.report.tables import markdown, published_gap
+
+    cfg = load_study(preset="quick", overrides=["compare_with=osuala2024", "seeds=[0, 1]"])
+
+    def row(cond, eps, seed, test_set, auroc, guarantee="dp", total=None):
+        return {"condition": cond, "run_id": f"{cond}/{eps}/seed{seed}", "stage": "x", "test_set": test_set,
+                "status": "ok", "epsilon_target": str(eps), "guarantee_total": guarantee,
+                "epsilon_total": total if total is not None else (eps if guarantee == "dp" else ""),
+                "unit": "patient", "auroc": auroc}
+
+    rows = [row("real", 1.0, s, "cbis-ddsm/test", a) for s, a in ((0, 0.60), (1, 0.62))]
+    rows += [row("synthetic→real", 1.0, s, "cbis-ddsm/test", 0.70, guarantee="none") for s in (0, 1)]  # excluded
+    rows += [row("real", 6.0, s, "cbis-ddsm/test", 0.65, total=6.3) for s in (0, 1)]  # over its ε: excluded
+    rows += [row("real", "inf", s, "bcdr/test", 0.66, guarantee="none") for s in (0, 1)]
+    gap = published_gap(cfg, rows)
+    assert gap == [
+        ["cbis-ddsm/test", "target ε=1", "real", "0.610", "synthetic→real (no guarantee)", "0.661", "-0.051"],
+        ["bcdr/test", "non-private", "real", "0.660", "real+synthetic (no guarantee)", "0.709", "-0.049"]]
+    text = markdown(cfg, rows)
+    assert "## Against the published study" in text and "(ref " not in text  # not the paper's model: no refs
+    assert published_gap(load_study(preset="quick"), rows) == []

@@ -29,6 +29,23 @@ REFERENCES = {"osuala2024": OSUALA2024}
 CITATION = {"osuala2024": "Osuala et al., MICCAI 2024 Deep Breath workshop, arXiv 2407.12669"}
 
 
+# The published conditions whose models carry no end-to-end guarantee: their synthetic data came
+# from a generator trained on the private patients without DP.
+NO_GUARANTEE = {"osuala2024": ("real+synthetic", "synthetic", "synthetic→real")}
+
+
+def best_published(name: str, eps: float, test_set: str) -> tuple[str, float] | None:
+    """The published condition with the highest AUROC at `eps` on `test_set`, or None."""
+    if test_set not in TEST_SETS:
+        return None
+    cells = [(pair[TEST_SETS.index(test_set)], cond) for cond, row in REFERENCES[name].items()
+             for e, pair in row.items() if e == eps]
+    if not cells:
+        return None
+    auroc, cond = max(cells)
+    return cond, auroc
+
+
 def reference_auroc(name: str | None, condition: str, eps: float, test_set: str) -> float | None:
     """The published AUROC for a cell, or None where the paper has no number."""
     if name is None or test_set not in TEST_SETS:
