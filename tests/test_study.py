@@ -134,7 +134,7 @@ def test_quick_preset_plan_shares_the_pretrain_run_and_chains_by_id():
             assert ft.config.privacy.target_epsilon == eps and ft.config.privacy.delta == 1e-4
         real = plan.runs[f"real/{tag}/seed0"].config
         # ε = ∞: cnn-small; DP: the stage's own dp block (fixed pixels, batch 512) after the `dp` block
-        assert (real.model.name, real.train.batch_size) == (("cnn-small", 64) if math.isinf(eps) else ("pixels", 512))
+        assert (real.model.name, real.train.batch_size) == (("cnn-small", 64) if math.isinf(eps) else ("scatter", 512))
         union = plan.runs[f"real+synthetic/{tag}/seed0"].config
         assert union.data.train == ["cbis-ddsm/train", "synthetic/c-dcgan"]
         assert union.train.epochs < plan.runs[f"real/{tag}/seed0"].config.train.epochs
@@ -183,7 +183,7 @@ def test_utility_preset_runs_the_validation_winners():
     assert len(plan.runs) == 3 * (4 * 3 + 1)
     for seed in range(3):
         dp_real = plan.runs[f"real/eps1/seed{seed}"].config
-        assert dp_real.model.name == "pixels" and dp_real.train.select == "last" and dp_real.privacy.unit == "patient"
+        assert dp_real.model.name == "scatter" and dp_real.train.select == "last" and dp_real.privacy.unit == "patient"
         assert plan.runs[f"real/epsinf/seed{seed}"].config.model.name == "cnn-small"
         probe = plan.runs[f"prior-to-real/eps3/seed{seed}"].config
         assert probe.model.freeze_backbone and probe.init_weights == "backbone" and probe.privacy.target_epsilon == 3
