@@ -46,12 +46,6 @@ def unsupported_layer(model: nn.Module) -> str | None:
     return None
 
 
-def all_trainable_linear(model: nn.Module) -> bool:
-    """True when every trainable parameter belongs to an nn.Linear (a head on cached features)."""
-    layers = trainable_layers(model)
-    return bool(layers) and all(isinstance(m, nn.Linear) for m in layers)
-
-
 class BookKeepingClipping(nn.Module):
     """Wraps a model for book-keeping clipping. `groups` (set per chunk by DPSetup.chunks) gives
     each row's unit; None: one row per unit.
