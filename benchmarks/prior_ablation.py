@@ -77,6 +77,19 @@ RECIPES: dict[str, tuple[dict, bool]] = {
                        "optim": {"name": "sgd", "lr": 0.5, "momentum": 0.9},
                        "train": {"epochs": 20, "batch_size": 256, "select": "last", "augment_multiplicity": 4}}, True),
     "scratch-last": ({"train": {"select": "last"}}, False),
+    # weight standardisation in cnn-small's convolutions (De et al. 2022), whole model from random init
+    "ws-last": ({"model": {"name": "cnn-small", "input_size": 64, "width": 16, "weight_standardization": True},
+                 "train": {"select": "last"}}, False),
+    # the settings that won the pixels sweep on val at ε = 1 (few, large steps), for each fixed feature
+    "pixels16-b512-last": ({"model": {"name": "pixels", "input_size": 64, "resolution": 16},
+                            "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+                            "train": {"epochs": 10, "batch_size": 512, "select": "last"}}, False),
+    "scatter-b512-last": ({"model": {"name": "scatter", "input_size": 64},
+                           "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+                           "train": {"epochs": 10, "batch_size": 512, "select": "last"}}, False),
+    "probe-b512-last": ({"model": {"freeze_backbone": True}, "init_weights": "backbone",
+                         "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+                         "train": {"epochs": 10, "batch_size": 512, "select": "last"}}, True),
     "scratch-k4-last": ({"train": {"select": "last", "augment_multiplicity": 4}}, False),
 }
 

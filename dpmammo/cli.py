@@ -249,7 +249,7 @@ def release(run_dir: Path, out: Path = typer.Option(..., "--out", help="folder t
 
 @app.command("study")
 def study(config: Optional[Path] = typer.Argument(None, help="study config YAML (or use --preset)"),
-          preset: Optional[str] = typer.Option(None, "--preset", help="packaged study: quick | quick-audit | quick-e2e | paper"),
+          preset: Optional[str] = typer.Option(None, "--preset", help="packaged study: quick | quick-audit | quick-e2e | utility | paper"),
           out: Optional[Path] = typer.Option(None, "--out", help="study directory (default runs/<study name>)"),
           set_: List[str] = typer.Option([], "--set", help="override a key: --set seeds=[0,1]"),
           executor: str = typer.Option("local", "--executor", help="local (sequential) | ray"),
@@ -278,10 +278,14 @@ def study(config: Optional[Path] = typer.Argument(None, help="study config YAML 
 @app.command("audit")
 def audit(config: Path,
           out: Path = typer.Option(..., "--out", help="audit folder: models/, audit.json, roc.png"),
-          method: str = typer.Option("auto", "--method", help="lira | rmia | one-run | auto (lira for head-only "
-                                                              "recipes, one-run otherwise)"),
+          method: str = typer.Option("auto", "--method", help="lira | rmia | one-run | gradient-canary (white-box, "
+                                                              "DP recipes) | auto (lira for head-only recipes, "
+                                                              "one-run otherwise)"),
           models: int = typer.Option(16, "--models", help="reference models K (lira, rmia); even"),
-          canaries: int = typer.Option(200, "--canaries", help="mislabelled canaries (one-run)"),
+          canaries: int = typer.Option(200, "--canaries", help="canaries: mislabelled units (one-run) or gradient "
+                                                               "canary units (gradient-canary)"),
+          directions: str = typer.Option("dirac", "--directions", help="gradient-canary: dirac | gaussian"),
+          canary_patches: int = typer.Option(1, "--canary-patches", help="gradient-canary: records per canary unit"),
           seed: int = typer.Option(0, "--seed", help="the audit's seed (member split, canaries), not DP noise"),
           set_: List[str] = typer.Option([], "--set", help="override a key of the training config")):
     """Membership-inference audit of a training recipe: promised ε vs the ε lower bound an attack proves."""
@@ -295,15 +299,21 @@ def audit(config: Path,
     from dpmammo.train.config import input_paths
 
     check_out(out, [("the config file", config), *input_paths(cfg)])
-    settings = parse_config(AuditSettings, {"method": method, "models": models, "canaries": canaries, "seed": seed},
+    settings = parse_config(AuditSettings, {"method": method, "models": models, "canaries": canaries, "seed": seed,
+                                            "directions": directions, "canary_patches": canary_patches},
                             "audit options")
     rec = audit_recipe(cfg, out, settings, progress="bar" if sys.stderr.isatty() else "lines")
-    table = Table("attack", "AUC (95% CI)", "TPR@1% FPR", "TPR@0.1% FPR", f"ε lower bound /{rec.unit}",
+    estimates = any(a.gdp_estimate for a in rec.attacks)
+    table = Table("attack", "threat model", "AUC (95% CI)", "TPR@1% FPR", "TPR@0.1% FPR",
+                  f"ε lower bound /{rec.unit}", *([f"ε GDP estimate /{rec.unit}"] if estimates else []),
                   title=f"{rec.method} audit of {config}: promised {short(rec.promised)}")
     for a in rec.attacks:
-        table.add_row(a.attack + (" (primary)" if a.attack == rec.primary else ""),
+        e = a.gdp_estimate
+        table.add_row(a.attack + (" (primary)" if a.attack == rec.primary else ""), a.threat_model,
                       f"{a.auc.value:.3f} ({a.auc.ci_low:.3f}–{a.auc.ci_high:.3f})",
-                      *(f"{t.tpr.value:.3f}" for t in a.tpr_at_fpr), f"{a.epsilon_lower_bound:.2f}")
+                      *(f"{t.tpr.value:.3f}" for t in a.tpr_at_fpr), f"{a.epsilon_lower_bound:.2f}",
+                      *([f"{e.epsilon.value:.2f} ({e.epsilon.ci_low:.2f}–{e.epsilon.ci_high:.2f})" if e else ""]
+                        if estimates else []))
     console.print(table)
     console.print(f"wrote {out / 'audit.json'} and {out / 'roc.png'}")
 

@@ -89,7 +89,7 @@ def test_public_api_names_still_import():
     from dpmammo.study import StudyConfig, load_study, run_study  # noqa: F401
     from dpmammo.train import TrainConfig, fit  # noqa: F401
 
-    assert list_models() == ["cnn-small", "pixels", "swin_t"]
+    assert list_models() == ["cnn-small", "pixels", "scatter", "swin_t"]
     import dpmammo.gan.sample  # noqa: F401  (the module of the same name must not replace the function)
     import dpmammo.gan
 

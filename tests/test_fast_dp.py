@@ -84,6 +84,23 @@ def test_cached_features_train_the_same_head(phantom_root, tmp_path, monkeypatch
         assert own.steps == round(2 / own.sample_rate) and 35 < 10 / own.sample_rate < 45
 
 
+def test_dp_head_on_scatter_features_is_the_same_cached_or_not(phantom_root, tmp_path):
+    """The parameter-free scatter backbone under make_private: uncached, the whole model goes to
+    Opacus (the head alone trains); cached, the head trains on stored features. Same head."""
+    heads = {}
+    for cache in (False, True):
+        cfg = TrainConfig.model_validate({**frozen_cnn_config(phantom_root, cache, dp=True).model_dump(),
+                                          "model": {"name": "scatter", "input_size": 32, "pool": 2}})
+        fit(cfg, tmp_path / f"run-{cache}", progress=False)
+        heads[cache] = load_file(str(tmp_path / f"run-{cache}" / "model.safetensors"))
+    assert set(heads[True]) == {"head.weight", "head.bias"}
+    for key in heads[True]:
+        torch.testing.assert_close(heads[True][key], heads[False][key], atol=2e-5, rtol=1e-4, msg=key)
+    torch.manual_seed(3)
+    start = create_model("scatter", input_size=32, pool=2).state_dict()
+    assert (heads[True]["head.weight"] - start["head.weight"]).abs().max() > 1e-3  # the head moved
+
+
 def tiny_swin() -> nn.Module:
     """Two Swin stages: 14×14 tokens in 4 shifted 7×7 windows, then one 7×7 window."""
     return timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=2, img_size=56,
@@ -92,6 +109,11 @@ def tiny_swin() -> nn.Module:
 
 def tiny_cnn() -> nn.Module:
     return create_model("cnn-small", input_size=32, width=8)
+
+
+def tiny_ws_cnn() -> nn.Module:
+    """cnn-small with weight-standardised convs: its per-sample gradients go through the standardisation."""
+    return create_model("cnn-small", input_size=32, width=8, weight_standardization=True)
 
 
 def tiny_head() -> nn.Module:
@@ -139,8 +161,8 @@ def private(model, params, *, units: torch.Tensor, expected_units: int, mode: st
 PATIENT_GROUPS = torch.tensor([0, 0, 1, 2, 2])
 
 
-NETWORKS = {"cnn": (tiny_cnn, (5, 1, 32, 32)), "swin": (tiny_swin, (5, 3, 56, 56)), "head": (tiny_head, (5, 12)),
-            "token-head": (tiny_token_head, (5, 3, 6))}
+NETWORKS = {"cnn": (tiny_cnn, (5, 1, 32, 32)), "ws-cnn": (tiny_ws_cnn, (5, 1, 32, 32)),
+            "swin": (tiny_swin, (5, 3, 56, 56)), "head": (tiny_head, (5, 12)), "token-head": (tiny_token_head, (5, 3, 6))}
 CASES = [(net, mode) for net in NETWORKS for mode in (*MODES, "bookkeeping")]
 
 
@@ -350,6 +372,7 @@ def test_auto_picks_the_clipping_mode_by_the_trainable_layers():
     assert choose_grad_sample_mode(create_model("cnn-small", input_size=32, width=8, freeze_backbone=True)) == "bookkeeping"
     assert choose_grad_sample_mode(prepare_for_dp(tiny_swin())) == "bookkeeping"
     assert choose_grad_sample_mode(tiny_cnn()) == "bookkeeping"
+    assert choose_grad_sample_mode(tiny_ws_cnn()) == "bookkeeping"  # its grad sampler is registered
     assert choose_grad_sample_mode(nn.Sequential(Scale(), nn.Linear(4, 2))) == "ghost"
     assert choose_grad_sample_mode(nn.Sequential(Scale(16), nn.Linear(4, 2))) == "hooks"
 

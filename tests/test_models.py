@@ -70,3 +70,97 @@ def test_corrupt_weight_file_is_an_error(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"not a tensor file")
     with pytest.raises(DpMammoError, match="cannot read weight file"):
         create_model("cnn-small", weights=tmp_path / "bad.safetensors")
+
+
+def test_weight_standardized_convs_see_standardized_filters():
+    """Each conv applies (w − mean) / sqrt(var + eps) per output channel; the parameters stay raw."""
+    from dpmammo.models.cnn import WSConv2d
+
+    torch.manual_seed(0)
+    ws = create_model("cnn-small", input_size=32, width=8, weight_standardization=True)
+    plain = create_model("cnn-small", input_size=32, width=8)
+    plain.load_state_dict(ws.state_dict())  # same keys: the raw weights move between both
+    convs = [m for m in ws.modules() if isinstance(m, WSConv2d)]
+    assert len(convs) == 3 and not any(isinstance(m, WSConv2d) for m in plain.modules())
+    x = torch.rand(2, 1, 32, 32)
+    for conv, ref in zip(convs, [m for m in plain.modules() if isinstance(m, torch.nn.Conv2d)]):
+        w = conv.weight.detach().flatten(1)
+        std_w = (w - w.mean(1, keepdim=True)) / (w.var(1, unbiased=False, keepdim=True) + conv.eps).sqrt()
+        h = torch.randn(2, conv.in_channels, 8, 8)
+        torch.testing.assert_close(conv(h), torch.nn.functional.conv2d(h, std_w.view_as(conv.weight), conv.bias,
+                                                                       padding=1))
+        assert (conv.weight.flatten(1).mean(1).abs() > 1e-3).any()  # the raw weights are not standardised
+    assert not torch.allclose(ws(x), plain(x), atol=1e-3)
+
+
+def _reference_scatter_features(image, J: int, L: int, pool: int, groups: int):
+    """The scatter backbone's documented steps, computed independently: per-image standardisation,
+    kymatio's NumPy Scattering2D (a backend of its own), mean over pool cells, per-sample group norm."""
+    import numpy as np
+    from kymatio.scattering2d.frontend.numpy_frontend import ScatteringNumPy2D
+
+    x = image.numpy().astype(np.float64)
+    x = (x - x.mean()) / (x.std(ddof=1) + 1e-3)
+    s = ScatteringNumPy2D(J=J, shape=x.shape[-2:], L=L)(x.astype(np.float32)).astype(np.float64)  # K, h, w
+    k, side = s.shape[0], s.shape[1]
+    cell = side // pool
+    pooled = s.reshape(k, pool, cell, pool, cell).mean(axis=(2, 4))
+    g = pooled.reshape(groups, -1)
+    g = (g - g.mean(axis=1, keepdims=True)) / np.sqrt(g.var(axis=1, keepdims=True) + 1e-5)
+    return torch.from_numpy(g.reshape(-1)).float(), k
+
+
+def _test_image(size: int, seed: int = 0) -> torch.Tensor:
+    """(1, 1, size, size) in [0, 1]: a bright blob on a textured background."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    r = size / 6 * (1 + torch.rand(1, generator=g))
+    blob = torch.exp(-((yy - size / 2) ** 2 + (xx - size / 2.5) ** 2) / (2 * r ** 2))
+    return (0.3 + 0.5 * blob + 0.2 * torch.rand(size, size, generator=g))[None, None].clamp(0, 1)
+
+
+@pytest.mark.parametrize("size,J,L,pool,groups", [(64, 2, 8, 4, 27), (32, 1, 4, 2, 5), (64, 3, 8, 2, 7)])
+def test_scatter_features_are_kymatio_scattering_pooled_and_group_normalised(size, J, L, pool, groups):
+    m = create_model("scatter", input_size=size, J=J, L=L, pool=pool, groups=groups)
+    image = _test_image(size)
+    ref, k = _reference_scatter_features(image[0, 0], J, L, pool, groups)
+    assert m.num_features == k * pool ** 2 == ref.numel()
+    feats = m.forward_features(image)[0]
+    torch.testing.assert_close(feats, ref, rtol=1e-3, atol=1e-3)
+    assert feats.abs().max() > 0.5  # normalised features, not a vanishing output
+    # Parameter-free: the filters are rebuilt, not weights; the state holds the linear head alone.
+    assert list(m.state_dict()) == ["head.weight", "head.bias"] and not list(m.backbone.parameters())
+
+
+def test_scatter_features_of_an_image_do_not_depend_on_its_batch():
+    """No cross-sample statistic: an image's features alone equal its features among others."""
+    m = create_model("scatter", input_size=32, pool=2)
+    m.train()
+    batch = torch.cat([_test_image(32, seed) for seed in range(5)])
+    batch[1] *= 0.2  # a dark image and a flat one in the batch
+    batch[3] = 0.5
+    together = m.forward_features(batch)
+    for i in range(len(batch)):
+        torch.testing.assert_close(m.forward_features(batch[i:i + 1])[0], together[i], rtol=1e-5, atol=1e-5)
+    assert (together[0] - together[2]).abs().max() > 0.1  # distinct images, distinct features
+
+
+def test_scatter_config_refuses_shapes_that_do_not_fit():
+    with pytest.raises(DpMammoError, match=r"groups 27 must divide the K = 217 .* one of \[1, 7, 31, 217\]"):
+        create_model("scatter", J=3)
+    with pytest.raises(DpMammoError, match="pool 3 must divide .* = 16"):
+        create_model("scatter", pool=3)
+    with pytest.raises(DpMammoError, match="multiple of 2\\^J = 8"):
+        create_model("scatter", input_size=36, J=3, groups=7)
+    with pytest.raises(DpMammoError, match="freeze_backbone"):
+        create_model("scatter", freeze_backbone=False)
+
+
+def test_feature_cache_key_tells_parameter_free_backbones_apart():
+    """Two scatter models with equal (empty) weights but different normalisation cache apart."""
+    from dpmammo.train.features import feature_key
+
+    a, b = create_model("scatter", input_size=32, pool=2), create_model("scatter", input_size=32, pool=2, groups=9)
+    assert a.num_features == b.num_features
+    assert feature_key(a, [], 4) != feature_key(b, [], 4)
+    assert feature_key(a, [], 4) == feature_key(create_model("scatter", input_size=32, pool=2), [], 4)

@@ -149,8 +149,45 @@ def test_a_stage_may_train_another_model():
     real = plan.runs["real/eps1/seed0"].config.model
     assert real.name == "pixels" and real.resolution == 16 and real.input_size == 64
     assert plan.runs["synthetic/pretrain/seed0"].config.model.name == "cnn-small"
+    sgd = expand(load_study(preset="quick", overrides=["stages.real.optim={name: sgd, lr: 0.1}",
+                                                       "stages.pretrain.optim={weight_decay: 0.01}"]))
+    for tag in ("eps6", "epsinf"):  # the `dp` block (lr 2e-3) comes first, the stage's whole optimiser last
+        assert sgd.runs[f"real/{tag}/seed0"].config.optim.model_dump() == {
+            "name": "sgd", "lr": 0.1, "weight_decay": 0.0, "momentum": None, "label_smoothing": 0.0}
+    pre = sgd.runs["synthetic/pretrain/seed0"].config.optim
+    assert pre.name == "adamw" and pre.weight_decay == 0.01 and pre.lr == 1e-3
+    # A stage's own `dp` block: its DP runs train fixed features, its ε = ∞ run the study's model.
+    split = expand(load_study(preset="quick", overrides=[
+        "stages.real={epochs: 7, dp: {model: {name: pixels, resolution: 16}, optim: {name: sgd, lr: 0.1}, "
+        "batch_size: 256, select: last}}"]))
+    dp_real, plain = split.runs["real/eps1/seed0"].config, split.runs["real/epsinf/seed0"].config
+    assert (dp_real.model.name, dp_real.optim.name, dp_real.train.batch_size, dp_real.train.select) == (
+        "pixels", "sgd", 256, "last")
+    assert dp_real.train.epochs == 7  # the stage's keys, then its dp block's
+    assert (plain.model.name, plain.optim.name, plain.train.epochs, plain.train.select) == (
+        "cnn-small", "adamw", 7, "best-val-auroc")
+    with pytest.raises(DpMammoError, match="dp.dp"):
+        load_study(preset="quick", overrides=["dp.dp={epochs: 3}"])
     with pytest.raises(DpMammoError, match="width"):
         expand(load_study(preset="quick", overrides=["stages.real={model: {name: pixels, width: 16}}"]))
+
+
+def test_utility_preset_runs_the_validation_winners():
+    cfg = load_study(preset="utility")
+    plan = expand(cfg)
+    assert cfg.epsilons == [1, 3, 6, math.inf] and cfg.seeds == [0, 1, 2]
+    assert cfg.conditions == ["real", "synthetic→real", "prior→real"]
+    assert list(plan.upstream) == [f"prior/pretrain/seed{s}" for s in range(3)]
+    # 3 seeds × (4 ε × (real, fine-tune, prior fine-tune) + one synthetic pretrain)
+    assert len(plan.runs) == 3 * (4 * 3 + 1)
+    for seed in range(3):
+        dp_real = plan.runs[f"real/eps1/seed{seed}"].config
+        assert dp_real.model.name == "pixels" and dp_real.train.select == "last" and dp_real.privacy.unit == "patient"
+        assert plan.runs[f"real/epsinf/seed{seed}"].config.model.name == "cnn-small"
+        probe = plan.runs[f"prior-to-real/eps3/seed{seed}"].config
+        assert probe.model.freeze_backbone and probe.init_weights == "backbone" and probe.privacy.target_epsilon == 3
+        assert plan.priors[f"prior/pretrain/seed{seed}"].config.model == cfg.model.model_copy(
+            update={"freeze_backbone": False})
 
 
 def test_paper_preset_is_the_published_setup():

@@ -11,4 +11,5 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "dpmammo.audit.config": ["AuditSettings"],
     "dpmammo.audit.record": ["AUDIT_JSON", "AuditRecord", "read_audit"],
     "dpmammo.audit.run": ["audit_recipe", "audit_runs"],
+    "dpmammo.audit.whitebox": ["GradientCanaries", "audit_gradient_canaries", "canary_training"],
 })

@@ -9,11 +9,13 @@ from pydantic import Field, field_validator
 from dpmammo.config import Seed, StrictModel
 from dpmammo.privacy.config import Unit
 
-Method = Literal["lira", "rmia", "one-run", "auto"]
+Method = Literal["lira", "rmia", "one-run", "gradient-canary", "auto"]
 METHOD_WORDS: dict[str, str] = {
     "lira": "LiRA (Carlini et al. 2022) with K reference models; loss-threshold baseline",
     "rmia": "RMIA (Zarifzadeh et al. 2024) with K reference models; loss-threshold baseline",
     "one-run": "one training run with mislabelled canaries (Steinke, Nasr & Jagielski 2023)",
+    "gradient-canary": "white-box: one DP training run with gradient canaries, every noisy update seen (Nasr et al. "
+                       "2023; Steinke et al. 2023 bound; Andrew et al. 2024 estimate)",
     "auto": "LiRA for head-only recipes (reference models train on cached features), one-run otherwise",
 }
 
@@ -25,8 +27,14 @@ class AuditSettings(StrictModel):
     method: Method = Field("auto", description="; ".join(f"{k}: {v}" for k, v in METHOD_WORDS.items()))
     models: int = Field(16, ge=4, le=1024, description="reference models K (lira, rmia); even, so every unit is "
                                                        "in exactly half of them")
-    canaries: int = Field(200, ge=8, description="one-run: m mislabelled canaries (at most the private units), "
-                                                 "each trained on with probability 1/2")
+    canaries: int = Field(200, ge=8, description="one-run: m mislabelled canaries (at most the private units); "
+                                                 "gradient-canary: m canary units added to the private set; each "
+                                                 "trained on with probability 1/2")
+    directions: Literal["dirac", "gaussian"] = Field(
+        "dirac", description="gradient-canary: a canary's gradient is one trainable coordinate (dirac) or a random "
+                             "unit vector (gaussian, an (m, parameters) matrix in memory)")
+    canary_patches: int = Field(1, ge=1, le=64, description="gradient-canary: records of one canary patient, each "
+                                                            "with a gradient of norm C (unit patch: 1)")
     seed: Seed = Field(0, description="the audit's own randomness (member split, canaries, bootstrap); not DP noise")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="of the ε lower bounds and the intervals")
     unit: Optional[Unit] = Field(None, description="non-private recipes: the unit to split the pool by (default "

@@ -64,17 +64,20 @@ def guesses_from_scores(scores: np.ndarray, included: np.ndarray, k_plus: int, k
 
 
 def best_bound(scores: np.ndarray, included: np.ndarray, k_grid: list[int], *, delta: float,
-               confidence: float = 0.95) -> tuple[float, int, int, int]:
+               confidence: float = 0.95, two_sided: bool = False) -> tuple[float, int, int, int]:
     """The best bound over guessing the top k of `k_grid` (abstaining on the rest), each tested at
     (1 − confidence)/len(k_grid) (Bonferroni: choosing k after seeing the scores costs that much).
+    `two_sided`: guess "in" for the top k and "out" for the bottom k (Steinke et al.'s k+ = k−),
+    which uses the evidence of low scores too.
 
     Returns (ε lower bound, k, guesses, correct) of the best k.
     """
     m = len(scores)
     level = 1.0 - (1.0 - confidence) / len(k_grid)
-    best = (0.0, k_grid[0], *guesses_from_scores(scores, included, k_grid[0]))
+    k_minus = (lambda k: k) if two_sided else (lambda k: 0)  # noqa: E731
+    best = (0.0, k_grid[0], *guesses_from_scores(scores, included, k_grid[0], k_minus(k_grid[0])))
     for k in k_grid:
-        r, v = guesses_from_scores(scores, included, k)
+        r, v = guesses_from_scores(scores, included, k, k_minus(k))
         eps = epsilon_lower_bound(m=m, guesses=r, correct=v, delta=delta, confidence=level)
         if eps > best[0]:
             best = (eps, k, r, v)

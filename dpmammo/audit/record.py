@@ -14,6 +14,9 @@ from dpmammo.privacy.config import Unit
 from dpmammo.privacy.ledger import ChainTotal
 
 AUDIT_JSON, ROC_PNG = "audit.json", "roc.png"
+# What the adversary sees: the final model's outputs only, every noisy update of DP-SGD, or the
+# final model's weights.
+ThreatModel = Literal["black-box final model", "white-box all iterates", "white-box final model"]
 
 
 class _Record(BaseModel):
@@ -54,21 +57,36 @@ class OneRunBound(_Record):
     k_grid: list[int]
     guesses: int
     correct: int
+    two_sided: bool = False  # guesses "in" for the top k and "out" for the bottom k
+
+
+class GdpEstimate(_Record):
+    """Andrew et al.'s (2024) ESTIMATE, not a bound: μ̂ = (mean_in − mean_out)/std_out of the canary
+    scores read as μ-GDP, and the ε of μ̂-GDP at `delta` (dpmammo.audit.gdp); bootstrap intervals."""
+
+    kind: Literal["gdp-estimate"] = "gdp-estimate"
+    mu: Estimate
+    epsilon: Estimate
+    delta: float
 
 
 class AttackResult(_Record):
     attack: str
     auc: Estimate
     tpr_at_fpr: list[TprAtFpr]
-    epsilon_lower_bound: float
+    epsilon_lower_bound: float  # a BOUND: holds with probability ≥ the record's confidence
     bound: ThresholdBound | OneRunBound
+    threat_model: ThreatModel = "black-box final model"
+    gdp_estimate: Optional[GdpEstimate] = None
 
 
 class AuditRecord(_Record):
-    """One audit of one recipe. `measured` is the ε lower bound of the method's primary attack
-    (fixed before the audit, so it needs no correction for picking the best of several rows)."""
+    """One audit of one recipe. `measured_epsilon` is the ε lower BOUND of the method's primary
+    attack (fixed before the audit, so it needs no correction for picking the best of several rows);
+    `estimated_epsilon` (gradient-canary) is the Gaussian-DP ESTIMATE of attack `estimate_attack`,
+    which is no bound and may exceed the promise when the promise is tight."""
 
-    method: Literal["lira", "rmia", "one-run"]
+    method: Literal["lira", "rmia", "one-run", "gradient-canary"]
     reference_models: int
     unit: Unit
     seed: int
@@ -81,6 +99,8 @@ class AuditRecord(_Record):
     primary: str
     measured_epsilon: float
     attacks: list[AttackResult]
+    estimated_epsilon: Optional[float] = None
+    estimate_attack: Optional[str] = None
     target: str
     notes: list[str]
     wall_time_s: float

@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 
 from dpmammo import __version__
-from dpmammo.audit import one_run, stats
+from dpmammo.audit import one_run, stats, whitebox
 from dpmammo.audit.attacks import ATTACKS, Signals, log_sigmoid, unit_scores
 from dpmammo.audit.config import AuditSettings
 from dpmammo.audit.models import (Pool, is_head_only, load_pool, margins, pool_logits, read_split,
@@ -35,7 +35,8 @@ N_BOOT = 1000
 # (attacks reported, the primary one whose bound is "measured ε") per method
 METHOD_ATTACKS = {"lira": (("lira-online", "lira-offline", "loss"), "lira-online"),
                   "rmia": (("rmia", "loss"), "rmia"),
-                  "one-run": (("one-run",), "one-run")}
+                  "one-run": (("one-run",), "one-run"),
+                  "gradient-canary": (tuple(whitebox.THREAT_MODELS), whitebox.PRIMARY_BOUND)}
 MODELS_DIR = "models"
 
 
@@ -68,6 +69,8 @@ def audit_recipe(cfg: TrainConfig, out: str | Path, settings: AuditSettings, *,
     if cfg.data.audit_split is not None:
         raise DpMammoError("the config sets data.audit_split: the audit draws the member splits itself; remove it")
     method, unit = resolve_method(settings, cfg), audit_unit(settings, cfg)
+    if method == "gradient-canary":
+        return whitebox.audit_gradient_canaries(cfg, out, settings, progress=progress)
     pool = load_pool(cfg, unit)
     if method == "one-run":
         splits = [canary_split(pool.units, settings.canaries, seed=settings.seed, unit=unit)[0]]
@@ -101,6 +104,9 @@ def audit_runs(target: Path, references: list[Path], out: str | Path, settings: 
                                "reference models must repeat the target's recipe on other member splits")
         ref_splits.append(split)
     method = settings.method if settings.method != "auto" else ("lira" if references else "one-run")
+    if method == "gradient-canary":
+        raise DpMammoError("a gradient-canary audit observes its own training run: use audit_recipe (dpmammo audit "
+                           "CONFIG --method gradient-canary), not finished runs")
     if (method == "one-run") != (not references) or (references and (len(references) < 4 or len(references) % 2)):
         raise DpMammoError(f"method {method} with {len(references)} reference models: one-run takes none, "
                            "lira and rmia an even number, at least 4 (complementary pairs)")
@@ -192,12 +198,17 @@ def _delta(cfg: TrainConfig) -> float:
 
 
 def _result(name: str, scores: np.ndarray, is_member: np.ndarray, eps: float, bound, settings: AuditSettings):
-    seed = settings.seed
-    a = stats.bootstrap(scores, is_member, stats.auc, n_boot=N_BOOT, seed=seed, confidence=settings.confidence)
+    return attack_result(name, scores, is_member, eps, bound, confidence=settings.confidence, seed=settings.seed)
+
+
+def attack_result(name: str, scores: np.ndarray, is_member: np.ndarray, eps: float, bound, *, confidence: float,
+                  seed: int, n_boot: int = N_BOOT):
+    """(AttackResult, ROC curve) of one attack's scores: AUC and TPR at low FPR with bootstrap intervals."""
+    a = stats.bootstrap(scores, is_member, stats.auc, n_boot=n_boot, seed=seed, confidence=confidence)
     tprs = []
     for f in FPRS:
-        t = stats.bootstrap(scores, is_member, lambda s, m, f=f: stats.tpr_at_fpr(s, m, f), n_boot=N_BOOT,
-                            seed=seed, confidence=settings.confidence)
+        t = stats.bootstrap(scores, is_member, lambda s, m, f=f: stats.tpr_at_fpr(s, m, f), n_boot=n_boot,
+                            seed=seed, confidence=confidence)
         tprs.append(TprAtFpr(fpr=f, tpr=Estimate(value=t.value, ci_low=t.low, ci_high=t.high)))
     from sklearn.metrics import roc_curve
 

@@ -1,7 +1,7 @@
 """The config of each registered model: pydantic only, so a config file is validated without torch.
 
-`dpmammo.models.cnn` and `dpmammo.models.swin` build the modules; they register these classes
-with their builders (see `dpmammo.models.registry`).
+The modules of `dpmammo.models.registry.BUILTIN_MODULES` (cnn, swin, pixels, scatter) build the
+networks; they register these classes with their builders.
 """
 
 from __future__ import annotations
@@ -18,6 +18,11 @@ class CnnSmallConfig(StrictModel):
     name: Literal["cnn-small"] = "cnn-small"
     input_size: int = Field(64, ge=32, le=256, description="patch side in pixels (resized on load)")
     width: int = Field(16, ge=4, le=256, description="channels of the first block; doubles twice")
+    weight_standardization: bool = Field(
+        False, description="standardise each conv filter (zero mean, unit variance per output channel) at every "
+                           "forward, before its GroupNorm: De et al. (2022) found weight standardisation with group "
+                           "norm the better-conditioned network for DP-SGD, whose clipped, noisy steps suit "
+                           "scale-invariant layers")
     weights: Optional[Path] = Field(None, description="whole-model weight file, loaded strictly")
     freeze_backbone: bool = False
 
@@ -61,4 +66,41 @@ class PixelsConfig(StrictModel):
         return self
 
 
-ModelConfig = CnnSmallConfig | SwinTConfig | PixelsConfig
+def scattering_channels(J: int, L: int) -> int:
+    """Channels of a 2-d scattering transform of order 2 on one input channel: the low-pass (order
+    0), J·L first-order and L²·J(J−1)/2 second-order paths (j1 < j2) — 81 for J = 2, L = 8."""
+    return 1 + J * L + L * L * J * (J - 1) // 2
+
+
+class ScatterConfig(StrictModel):
+    name: Literal["scatter"] = "scatter"
+    input_size: int = Field(64, ge=16, le=256, description="patch side in pixels as loaded (resized on load)")
+    J: int = Field(2, ge=1, le=3, description="wavelet scales: the coefficients are input_size / 2^J a side")
+    L: int = Field(8, ge=1, le=16, description="wavelet orientations per scale")
+    pool: int = Field(4, ge=1, le=128, description="side the coefficients are average-pooled to: the features are "
+                                                   "K·pool² with K = 1 + J·L + L²·J(J−1)/2 channels")
+    groups: int = Field(27, ge=1, description="GroupNorm groups over the K channels, per sample and without affine "
+                                              "(Tramèr & Boneh's data-independent normalisation; 27 for K = 81 as "
+                                              "theirs); must divide K")
+    weights: Optional[Path] = Field(None, description="whole-model weight file (the head), loaded strictly")
+    freeze_backbone: Literal[True] = Field(True, description="the backbone has no parameters: only the head trains")
+
+    @model_validator(mode="after")
+    def _shapes_fit(self):
+        side = self.input_size >> self.J
+        if side << self.J != self.input_size:
+            raise ValueError(f"input_size {self.input_size} must be a multiple of 2^J = {2 ** self.J}")
+        if side % self.pool:
+            raise ValueError(f"pool {self.pool} must divide the coefficients' side input_size / 2^J = {side}")
+        k = scattering_channels(self.J, self.L)
+        if k % self.groups:
+            divisors = [d for d in range(1, k + 1) if k % d == 0]
+            raise ValueError(f"groups {self.groups} must divide the K = {k} scattering channels of J = {self.J}, "
+                             f"L = {self.L}; choose one of {divisors}")
+        if (k // self.groups) * self.pool ** 2 < 2:
+            raise ValueError(f"groups = K = {k} with pool 1 normalises single numbers to zero; "
+                             "use fewer groups or a larger pool")
+        return self
+
+
+ModelConfig = CnnSmallConfig | SwinTConfig | PixelsConfig | ScatterConfig

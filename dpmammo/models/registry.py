@@ -19,7 +19,7 @@ from dpmammo.models.classifier import Classifier
 _REGISTRY: dict[str, tuple[type[StrictModel], Callable[[StrictModel], Classifier]]] = {}
 # Modules that register the built-in models when imported; imported on the registry's first use
 # (not by `import dpmammo.models`, which must stay free of torch and timm for the CLI).
-BUILTIN_MODULES = ("dpmammo.models.cnn", "dpmammo.models.swin", "dpmammo.models.pixels")
+BUILTIN_MODULES = ("dpmammo.models.cnn", "dpmammo.models.swin", "dpmammo.models.pixels", "dpmammo.models.scatter")
 
 
 def _registry() -> dict[str, tuple[type[StrictModel], Callable[[StrictModel], Classifier]]]:

@@ -45,8 +45,17 @@ class UnitDPOptimizer(NoiseAheadMixin, DPOptimizer):
     everything after the grouping (clip, sum, noise, scale, accounting hook) is Opacus's."""
 
     groups: torch.Tensor | None = None  # unit number of each row of the current chunk; None: one row per unit
+    records: torch.Tensor | None = None  # record index (in the sampler's records) of each row of the current chunk
+    # Audits only (dpmammo.audit.whitebox): called with (records, per-sample gradients, one (rows, *shape) tensor
+    # per parameter) before anything is summed or clipped; returns the gradients to use instead. Gradient
+    # canaries enter here, so that they pass through the same grouping, clipping and noise as real units.
+    sample_hook: Callable[[torch.Tensor, list[torch.Tensor]], list[torch.Tensor]] | None = None
 
     def clip_and_accumulate(self):
+        if self.sample_hook is not None:
+            grads = self.sample_hook(self.records, [self._get_flat_grad_sample(p) for p in self.params])
+            for p, g in zip(self.params, grads):
+                p.grad_sample = g
         if self.groups is not None:
             n_units = int(self.groups.max()) + 1 if len(self.groups) else 0
             for p in self.params:
@@ -108,7 +117,7 @@ class DPSetup:
             self.optimizer.signal_skip_step(do_skip=not last)
             groups = batch.chunk_groups(part)
             if isinstance(self.optimizer, UnitDPOptimizer):
-                self.optimizer.groups = groups
+                self.optimizer.groups, self.optimizer.records = groups, batch.idx[part]
             if isinstance(self.model, (UnitGhostClipping, BookKeepingClipping)):
                 self.model.groups = groups
             yield part, last
@@ -122,7 +131,7 @@ class DPSetup:
     def step_empty(self) -> None:
         """A logical batch with no sample still releases a noisy (all-noise) step."""
         if isinstance(self.optimizer, UnitDPOptimizer):
-            self.optimizer.groups = None
+            self.optimizer.groups, self.optimizer.records = None, torch.empty(0, dtype=torch.long)
         if isinstance(self.model, (UnitGhostClipping, BookKeepingClipping)):
             self.model.groups = None
         for p in self.optimizer.params:

@@ -1,6 +1,7 @@
 """Per-sample gradients Opacus does not provide out of the box: Swin window attention,
-ghost-clipping norms of linear layers on inputs with more than one token dimension, and ghost
-clipping per unit of privacy (a patient's rows clipped together, `UnitGhostClipping`).
+weight-standardised convolutions, ghost-clipping norms of linear layers on inputs with more than
+one token dimension, and ghost clipping per unit of privacy (a patient's rows clipped together,
+`UnitGhostClipping`).
 
 Swin (Liu et al., 2021) runs attention on windows: timm's `WindowAttention` sees a tensor of
 shape (B·nW, N, C), one row per *window*. Opacus takes dim 0 as the sample dimension, so the
@@ -23,8 +24,11 @@ from opacus.grad_sample import GradSampleModuleFastGradientClipping, register_gr
 from opacus.grad_sample.functorch import ft_compute_per_sample_gradient
 from opacus.grad_sample.linear import compute_linear_norm_sample
 from opacus.utils.module_utils import trainable_parameters
+from opacus.utils.tensor_utils import unfold2d
 from timm.models.swin_transformer import SwinTransformerBlock, WindowAttention
 from torch import nn
+
+from dpmammo.models.cnn import WSConv2d
 
 
 class RelativePositionBias(nn.Module):
@@ -128,6 +132,48 @@ def prepare_for_dp(model: nn.Module) -> nn.Module:
         if convert is not None and any(p.requires_grad for p in module.parameters()):
             convert(module)
     return model
+
+
+def _conv2d_grad_sample(layer: nn.Conv2d, activations: torch.Tensor, backprops: torch.Tensor) -> torch.Tensor:
+    """(B, *weight.shape): each sample's gradient with respect to the kernel the conv applied.
+
+    Opacus's conv grad sampler computes the same, but picks its unfolding by `type(layer) is
+    nn.Conv2d`, so it cannot serve a subclass."""
+    if layer.padding_mode != "zeros":
+        raise RuntimeError(f"per-sample gradients of {type(layer).__name__} need padding_mode='zeros', "
+                           f"got {layer.padding_mode!r}")
+    b = activations.shape[0]
+    cols = unfold2d(activations.to(backprops.dtype), kernel_size=layer.kernel_size, padding=layer.padding,
+                    stride=layer.stride, dilation=layer.dilation)  # B, cin·kh·kw, positions
+    positions, groups = cols.shape[-1], layer.groups
+    g = backprops.reshape(b, groups, -1, positions)  # B, groups, cout / groups, positions
+    per_sample = torch.einsum("bgop,bgip->bgoi", g, cols.reshape(b, groups, -1, positions))
+    return per_sample.reshape(b, *layer.weight.shape)
+
+
+@register_grad_sampler(WSConv2d)
+def compute_ws_conv_grad_sample(layer: WSConv2d, activations, backprops: torch.Tensor):
+    """Per-sample gradients of a weight-standardised conv with respect to its *raw* weight.
+
+    The conv applies ŵ = (w − μ)·r per output channel, r = (var + eps)^−½ over its m = cin·kh·kw
+    entries. Each sample's gradient g with respect to ŵ comes from the conv (as for any conv); the
+    standardisation's Jacobian depends on w alone, so each sample's gradient with respect to w is
+    its g pulled back through it, as in a normalisation layer's backward pass:
+    ∂ℓ/∂w = r·(g − mean(g) − ŵ·mean(g ⊙ ŵ)), means over the m entries of the output channel.
+    """
+    b = backprops.shape[0]
+    ret = {}
+    if layer.weight.requires_grad:
+        g = _conv2d_grad_sample(layer, activations[0], backprops).flatten(2)  # B, cout, m
+        w = layer.weight.detach().flatten(1).to(g.dtype)
+        mean = w.mean(dim=1, keepdim=True)
+        r = torch.rsqrt(w.var(dim=1, unbiased=False, keepdim=True) + layer.eps)
+        w_hat = (w - mean) * r
+        pulled = r * (g - g.mean(dim=2, keepdim=True) - w_hat * (g * w_hat).mean(dim=2, keepdim=True))
+        ret[layer.weight] = pulled.reshape(b, *layer.weight.shape)
+    if layer.bias is not None and layer.bias.requires_grad:
+        ret[layer.bias] = backprops.reshape(b, backprops.shape[1], -1).sum(dim=2)
+    return ret
 
 
 @register_norm_sampler(nn.Linear)

@@ -77,20 +77,22 @@ def promised_vs_measured_plot(cfg: StudyConfig, audited, path: Path) -> Optional
 
 
 def audit_table(audited) -> str:
-    head = ("condition", "target ε", "promised (chain total)", "DP stage ε", "audit", "measured ε lower bound (95%)",
-            "attack AUC [95% CI]", "TPR at 1% FPR", "status")
+    head = ("condition", "target ε", "promised (chain total)", "DP stage ε", "audit", "threat model",
+            "measured ε lower bound (95%)", "ε estimate (GDP, not a bound)", "attack AUC [95% CI]", "TPR at 1% FPR",
+            "status")
     rows = []
     for a, r in audited:
         if r is None:
-            rows.append([a.condition, a.epsilon, "", "", "", "", "", "", a.status + (f": {a.error}" if a.error else "")])
+            rows.append([a.condition, a.epsilon, *[""] * (len(head) - 3), a.status + (f": {a.error}" if a.error else "")])
             continue
         p = next(x for x in r.attacks if x.attack == r.primary)
         tpr = next(t for t in p.tpr_at_fpr if math.isclose(t.fpr, 0.01))
         method = f"{r.method} ({r.primary}" + (f", K={r.reference_models})" if r.reference_models else ")")
         rows.append([a.condition, a.epsilon, describe(r.promised),
                      "non-private" if r.stage_epsilon is None else f"{r.stage_epsilon:.2f}/{r.unit}", method,
-                     f"{r.measured_epsilon:.2f}/{r.unit}", f"{p.auc.value:.3f} [{p.auc.ci_low:.3f}, {p.auc.ci_high:.3f}]",
-                     f"{tpr.tpr.value:.3f}", a.status])
+                     p.threat_model, f"{r.measured_epsilon:.2f}/{r.unit}",
+                     "" if r.estimated_epsilon is None else f"{r.estimated_epsilon:.2f}/{r.unit} ({r.estimate_attack})",
+                     f"{p.auc.value:.3f} [{p.auc.ci_low:.3f}, {p.auc.ci_high:.3f}]", f"{tpr.tpr.value:.3f}", a.status])
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f'<table id="audit"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
@@ -105,5 +107,7 @@ def audit_section(cfg: StudyConfig, study_dir: Path, embed) -> str:
     return (f"<h2>Promised ε vs measured ε lower bound (membership-inference audit)</h2>"
             f"<p>Each audit trains its own target and reference models of the recipe on known halves of the private "
             f"pool ({html.escape(cfg.privacy.unit)}s) and reports the ε lower bound its primary attack proves with 95% "
-            f"confidence. A measured bound is a floor on the real leakage, not an estimate of it; one above the "
-            f"promise would be a bug.</p>{embed(plot, 'promised vs measured ε')}{audit_table(audited)}")
+            f"confidence (a gradient-canary audit instead trains the recipe once with canary units whose gradients "
+            f"the adversary sees in every noisy update, and adds a Gaussian-DP estimate). A measured bound is a floor "
+            f"on the real leakage, not an estimate of it; one above the promise would be a bug. An estimate is "
+            f"neither: it may exceed a tight promise.</p>{embed(plot, 'promised vs measured ε')}{audit_table(audited)}")

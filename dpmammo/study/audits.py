@@ -67,6 +67,9 @@ def run_audits(cfg: StudyConfig, plan: Plan, study_dir: Path, *, progress: bool 
         folder, t0 = study_dir / entry["folder"], time.time()
         if cfg.train_set not in spec.config.data.train:
             records.append(StudyAudit(**entry, status="no private data"))
+        elif settings.method == "gradient-canary" and spec.config.privacy is None:
+            records.append(StudyAudit(**entry, status="skipped", error="white-box gradient canaries audit a DP "
+                                                                       "mechanism; this recipe has none"))
         elif (folder / AUDIT_JSON).is_file():
             records.append(StudyAudit(**entry, status="cached"))
         elif spec.parent is not None and not RunDir(study_dir / spec.parent).is_finished:

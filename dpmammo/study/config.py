@@ -42,10 +42,17 @@ class StageOverride(StrictModel):
     epochs: Optional[int] = Field(None, ge=1)
     batch_size: Optional[int] = Field(None, ge=1)
     lr: Optional[float] = Field(None, gt=0)
+    select: Optional[Literal["best-val-auroc", "last"]] = Field(None, description="train.select for this stage")
+    optim: dict[str, Any] = Field(default_factory=dict,
+                                  description="keys of the optim block to change, e.g. {momentum: 0.9}; with another "
+                                              "optimiser's name, its whole block, e.g. {name: sgd, lr: 0.1, momentum: 0.9}")
     model: dict[str, Any] = Field(default_factory=dict,
                                   description="keys of the model block to change, e.g. {freeze_backbone: false}; "
                                               "with another model's name, that model's whole block, e.g. "
                                               "{name: pixels, resolution: 32}")
+    dp: Optional["StageOverride"] = Field(
+        None, description="changes for this stage's DP runs only (finite ε), applied after the others: e.g. a DP "
+                          "`real` on fixed features while its ε = ∞ run trains the study's model")
 
 
 class Resources(StrictModel):
@@ -227,6 +234,13 @@ class StudyConfig(StrictModel):
                                      description="the privacy block of every DP stage, except target_epsilon (set by `epsilons`)")
     dp: StageOverride = Field(StageOverride(),
                               description="changes for every DP stage (finite ε), applied before `stages`")
+
+    @field_validator("dp")
+    @classmethod
+    def _dp_is_flat(cls, v: StageOverride) -> StageOverride:
+        if v.dp is not None:
+            raise ValueError("dp.dp: the top-level dp block applies to DP stages already; move its keys up one level")
+        return v
     stages: dict[Stage, StageOverride] = Field(default_factory=dict,
                                                description=f"per-stage overrides; stages: {', '.join(STAGES)}")
     resources: Resources = Resources()

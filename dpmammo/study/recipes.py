@@ -180,26 +180,36 @@ def build_runs(study: "StudyConfig", condition: str, eps: float, seed: int,
 def stage_config(study: "StudyConfig", stage: str, *, train_sets: list[str], eps: float, seed: int,
                  model: Optional[dict[str, Any]] = None, target: Literal["stage", "total"] = "stage") -> TrainConfig:
     """The shared settings of `study`, then its `dp` block (DP stages only), then the stage's
-    overrides; with this stage's data, ε (for the stage, or its chain's `total`) and seed."""
+    overrides, then the stage's own `dp` block (DP stages only); with this stage's data, ε (for
+    the stage, or its chain's `total`) and seed."""
     privacy = study.privacy_for(eps, target)
     model_block = dict(model if model is not None else study.model.model_dump())
     optim = study.optim.model_dump()
     train = study.train.model_dump() | {"seed": seed}
-    for over in ([study.dp] if privacy is not None else []) + [study.stage(stage)]:
-        if over.model.get("name", model_block.get("name")) != model_block.get("name"):
-            model_block = dict(over.model)  # another model: its block replaces the study's (keys differ per model)
-        else:
-            model_block.update(over.model)
+    own = study.stage(stage)
+    overs = [study.dp, own, own.dp] if privacy is not None else [own]
+    for over in (o for o in overs if o is not None):
+        model_block = _changed(model_block, over.model)  # another model's block replaces (keys differ per model)
+        optim = _changed(optim, over.optim)
         if over.lr is not None:
             optim["lr"] = over.lr
         if over.epochs is not None:
             train["epochs"] = over.epochs
         if over.batch_size is not None:
             train["batch_size"] = over.batch_size
+        if over.select is not None:
+            train["select"] = over.select
     data = {"root": study.data_root, "train": train_sets, "val": study.val_set}
     return parse_config(TrainConfig, {"data": data, "model": model_block, "optim": optim, "train": train,
                                       "privacy": None if privacy is None else privacy.model_dump()},
                         f"study {study.name}, stage {stage}")
+
+
+def _changed(block: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
+    """`block` with the keys of `change`; a change naming another model or optimiser replaces it whole."""
+    if change.get("name", block.get("name")) != block.get("name"):
+        return dict(change)
+    return {**block, **change}
 
 
 def _run_id(condition: str, eps: float, seed: int) -> str:

@@ -37,9 +37,10 @@ def features_dir() -> Path:
 
 
 def feature_key(model: Classifier, records: list[PatchRecord], n_views: int) -> str:
-    """sha256 of everything the features depend on: backbone weights and code path, the image
+    """sha256 of everything the features depend on: backbone weights, code path and settings (its
+    repr: parameter-free backbones such as `pixels` and `scatter` differ in nothing else), the image
     files (path, size, mtime), the input size and the views."""
-    h = hashlib.sha256(f"v{CACHE_VERSION} {type(model.backbone).__qualname__} {model.input_size} "
+    h = hashlib.sha256(f"v{CACHE_VERSION} {type(model.backbone).__qualname__} {model.backbone!r} {model.input_size} "
                        f"{VIEWS[:n_views]}".encode())
     for name, t in sorted(model.backbone.state_dict().items()):
         h.update(f"{name} {t.dtype} {tuple(t.shape)}".encode())

@@ -1,6 +1,6 @@
 """Packaged study presets: `quick` (CPU, minutes), `quick-audit` (quick plus a membership-inference audit of
-every condition × ε), `quick-e2e` (quick with a DP-MERF generator trained by the study, budget split) and
-`paper` (the published setup, for a GPU)."""
+every condition × ε), `quick-e2e` (quick with a DP-MERF generator trained by the study, budget split), `utility` (the
+validation winners over 3 seeds at ε ∈ {1, 3, 6, ∞}) and `paper` (the published setup, for a GPU)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from dpmammo.config import apply_overrides, parse_config, read_yaml
 from dpmammo.errors import DpMammoError
 from dpmammo.study.config import StudyConfig
 
-PRESETS = ("quick", "quick-audit", "quick-e2e", "paper")
+PRESETS = ("quick", "quick-audit", "quick-e2e", "utility", "paper")
 # The generator of quick-e2e: DP-MERF (dpmammo.gan.merf) on the private training set at the quick
 # study's resolution, accounted like the study's DP stages (per patient, δ = 1e-4, RDP); the study
 # sets privacy.target_epsilon to generator_share × each ε. Its other settings are DP-MERF's defaults.
