@@ -19,6 +19,7 @@ from rich.table import Table
 from dpmammo.data.procedural.kinds import KINDS, kind_help
 from dpmammo.errors import DpMammoError
 from dpmammo.gan.registry import DEFAULT_GENERATOR, list_generators
+from dpmammo.study.presets import PRESETS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Differentially private breast-mass malignancy classification.")
@@ -249,7 +250,7 @@ def release(run_dir: Path, out: Path = typer.Option(..., "--out", help="folder t
 
 @app.command("study")
 def study(config: Optional[Path] = typer.Argument(None, help="study config YAML (or use --preset)"),
-          preset: Optional[str] = typer.Option(None, "--preset", help="packaged study: quick | quick-audit | quick-e2e | utility | paper"),
+          preset: Optional[str] = typer.Option(None, "--preset", help=f"packaged study: {' | '.join(PRESETS)}"),
           out: Optional[Path] = typer.Option(None, "--out", help="study directory (default runs/<study name>)"),
           set_: List[str] = typer.Option([], "--set", help="override a key: --set seeds=[0,1]"),
           executor: str = typer.Option("local", "--executor", help="local (sequential) | ray"),
