@@ -16,10 +16,9 @@ def keep_freed_memory() -> bool:
     the C library is not glibc (nothing changes there).
 
     By default glibc serves every allocation over 32 MB with a fresh mmap and unmaps it when it is
-    freed, so each training step page-faults its large activations in again. On this project's
-    2-core CPU a Swin-T step at batch 32 took 1.3 M page faults and 2.8 s of kernel time
-    (non-private), 1.9 M and 8.0 s (DP, book-keeping clipping, which keeps more tensors alive):
-    14.4 s a DP step before, 8.0 s after (benchmarks/README.md). M_MMAP_MAX = 0 and
+    freed, so each training step page-faults its large activations in again and the kernel
+    zero-fills those pages: on a CPU that is a large part of a Swin-T step, more under DP
+    (book-keeping clipping keeps more tensors alive); benchmarks/README.md has the figures. M_MMAP_MAX = 0 and
     M_TRIM_THRESHOLD = -1 serve large blocks from the heap and never shrink it; the price is that
     the process keeps its peak memory until it exits. DPMAMMO_KEEP_FREED_MEMORY=0 leaves glibc as it is.
     """

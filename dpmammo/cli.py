@@ -18,6 +18,8 @@ from rich.table import Table
 
 from dpmammo.data.procedural.kinds import KINDS, kind_help
 from dpmammo.errors import DpMammoError
+from dpmammo.gan.registry import DEFAULT_GENERATOR, list_generators
+from dpmammo.study.presets import PRESETS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Differentially private breast-mass malignancy classification.")
@@ -248,7 +250,7 @@ def release(run_dir: Path, out: Path = typer.Option(..., "--out", help="folder t
 
 @app.command("study")
 def study(config: Optional[Path] = typer.Argument(None, help="study config YAML (or use --preset)"),
-          preset: Optional[str] = typer.Option(None, "--preset", help="packaged study: quick | quick-audit | quick-e2e | utility | paper"),
+          preset: Optional[str] = typer.Option(None, "--preset", help=f"packaged study: {' | '.join(PRESETS)}"),
           out: Optional[Path] = typer.Option(None, "--out", help="study directory (default runs/<study name>)"),
           set_: List[str] = typer.Option([], "--set", help="override a key: --set seeds=[0,1]"),
           executor: str = typer.Option("local", "--executor", help="local (sequential) | ray"),
@@ -317,7 +319,8 @@ def audit(config: Path,
     console.print(f"wrote {out / 'audit.json'} and {out / 'roc.png'}")
 
 
-gan_app = typer.Typer(no_args_is_help=True, help="Malignancy-conditioned GAN: train (optionally DP), sample, score.")
+gan_app = typer.Typer(no_args_is_help=True, help=f"Malignancy-conditioned generators ({', '.join(list_generators())}): "
+                                                  "train (optionally DP), sample, score.")
 app.add_typer(gan_app, name="gan")
 
 
@@ -326,7 +329,7 @@ def gan_train(config: Path,
               out: Optional[Path] = typer.Option(None, "--out", help="run directory (default runs/<config name>)"),
               set_: List[str] = typer.Option([], "--set", help="override a config key: --set train.epochs=5"),
               force: bool = typer.Option(False, "--force", help="replace a finished run in --out")):
-    """Train the conditional GAN on real patches (DP discriminator when the config has a privacy: block)."""
+    """Train the generator the config's `generator:` key names on real patches (DP when the config has a privacy: block)."""
     from dpmammo.gan.registry import load_generator_config
 
     cfg = load_generator_config(config, set_)
@@ -339,6 +342,10 @@ def gan_train(config: Path,
     metrics = train_generator(cfg, out, force=force, progress=True)
     console.print(f"{out}: {len(metrics['history'])} epochs in {metrics['wall_time_s']:.0f} s, "
                   f"{RunDir(out).read_privacy().describe()}; sample grids in {out / 'samples'}", highlight=False)
+
+
+gan_train.__doc__ += (f"\n\nGenerators: {', '.join(list_generators())} (default {DEFAULT_GENERATOR}); "
+                      "docs/generators.md says what each does.")  # the registry's one table
 
 
 @gan_app.command("sample")

@@ -240,8 +240,3 @@ def load_config(model: type[M], path: str | Path, overrides: list[str] | None = 
     """Read YAML at `path`, apply `--set` overrides, validate against `model`."""
     data = apply_overrides(read_yaml(path), overrides or [])
     return parse_config(model, data, str(path))
-
-
-def dump_config(cfg: BaseModel, path: str | Path) -> None:
-    """Write the resolved config (every default spelled out) beside the outputs."""
-    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

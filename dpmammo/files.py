@@ -192,6 +192,19 @@ def exclusive(path: Path, what: str = "writing") -> Iterator[None]:
         os.close(fd)
 
 
+def check_replaceable(out: Path, force: bool, *, marker: str, command: str) -> None:
+    """`out` is new or empty, or (with `force`) a folder `command` wrote: it holds `marker`. Such a
+    folder is replaced only at the very end (staged_folder)."""
+    if out.exists() and not out.is_dir():
+        raise DpMammoError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise DpMammoError(f"--out {out} exists and is not empty; choose another folder or pass --force to replace it")
+        if not (out / marker).is_file():
+            raise DpMammoError(f"--out {out} is not a folder written by `{command}` (no {marker}); "
+                               "--force replaces only such a folder: choose another --out")
+
+
 @contextmanager
 def staged_folder(out: Path) -> Iterator[Path]:
     """A new temporary folder beside `out` to write the whole output into; when the block ends

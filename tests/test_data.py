@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -15,11 +14,6 @@ from dpmammo.data.manifest import BENIGN, MALIGNANT, index_folder, select, summa
 from dpmammo.data.phantoms import make_phantoms
 from dpmammo.errors import DpMammoError
 
-REAL_DATA = Path(
-    os.environ.get("DPMAMMO_TEST_DATA")
-    or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mammo_dp"
-)
-
 # SOURCE.md of the data folder: set -> (patches, malignant, benign, patients)
 SOURCE_COUNTS = {
     "cbis-ddsm/train": (1104, 525, 579, 578),
@@ -31,9 +25,8 @@ SOURCE_COUNTS = {
 
 
 @pytest.fixture(scope="module")
-def real_records():
-    assert REAL_DATA.is_dir(), f"real patch folder not found at {REAL_DATA} (set DPMAMMO_TEST_DATA)"
-    return index_folder(REAL_DATA)
+def real_records(real_root):
+    return index_folder(real_root)
 
 
 def _png(path: Path, value: int = 128, size: int = 8) -> Path:

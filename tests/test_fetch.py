@@ -263,22 +263,15 @@ def test_default_dest_uses_cache_env(monkeypatch, tmp_path):
     assert fetch_mod.default_dest() == tmp_path / "home" / ".cache" / "dpmammo" / "mammo_dp"
 
 
-def test_pinned_digest_matches_shared_copy():
-    """PATCHES_SHA256 is the digest of the published layout kept beside the repo."""
-    import os
-
-    root = Path(os.environ.get("DPMAMMO_TEST_DATA")
-                or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mammo_dp")
-    assert root.is_dir(), f"real patch folder not found at {root} (set DPMAMMO_TEST_DATA)"
-    assert patch_set_digest(root) == fetch_mod.PATCHES_SHA256
+def test_pinned_digest_matches_shared_copy(real_root):
+    """PATCHES_SHA256 is the digest of the published layout (the copy the tests use)."""
+    assert patch_set_digest(real_root) == fetch_mod.PATCHES_SHA256
 
 
-def test_dpmammo_data_copy_is_verified_not_downloaded(monkeypatch, tmp_path):
+def test_dpmammo_data_copy_is_verified_not_downloaded(real_root, monkeypatch, tmp_path):
     """With DPMAMMO_DATA set, `data fetch` checks that folder and never touches the network."""
-    from tests.conftest import real_data_root
-
-    monkeypatch.setenv("DPMAMMO_DATA", str(real_data_root()))
-    assert fetch_dataset(url="http://127.0.0.1:9/unreachable.tar.gz") == real_data_root().resolve()
+    monkeypatch.setenv("DPMAMMO_DATA", str(real_root))
+    assert fetch_dataset(url="http://127.0.0.1:9/unreachable.tar.gz") == real_root.resolve()
     bad = tmp_path / "copy"
     (bad / "x" / "y" / "is_benign_true").mkdir(parents=True)
     monkeypatch.setenv("DPMAMMO_DATA", str(bad))

@@ -148,6 +148,7 @@ def dp_gan_run(phantoms, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_recipe_gan_honours_the_condition_at_every_seed(seed, gan_run, dense_phantoms, classifier, tmp_path):
     run = gan_run
@@ -292,6 +293,7 @@ def test_interrupted_dp_gan_resumes_to_identical_generator_and_spend(phantoms, t
     assert pb.steps == pa.steps and pb.epsilon == pytest.approx(pa.epsilon) and pb.epsilon <= 3.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["functorch", "ghost", "bookkeeping"])
 def test_dp_gan_protects_patients_of_the_real_data(real_root, tmp_path, mode):
     """cbis-ddsm/train (1104 patches of 578 patients): the DP discriminator samples and clips patients

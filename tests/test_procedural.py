@@ -290,6 +290,7 @@ def test_bad_pretrain_configs_are_refused():
         parse_config(TrainConfig, {"init_weights": "backbone"}, "test")
 
 
+@pytest.mark.slow
 def test_a_procedural_prior_beats_random_init_under_dp_on_phantoms(tmp_path, monkeypatch):
     """The prior's point, measured: on phantom masses (400 patients, 32 px), a DP linear probe at
     ε = 4 per patient on a backbone pretrained on mammo-phantom processes (8000 images, 4 epochs;

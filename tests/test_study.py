@@ -354,6 +354,7 @@ def start_ray_head(ray_bin: Path, env: dict, ray_tmp: str, tries: int = 3) -> tu
     raise AssertionError(f"ray start --head exited {tries} times")
 
 
+@pytest.mark.slow
 def test_ray_executor_gives_the_same_runs_as_local(local_study, data, tmp_path):
     """On a cluster with token authentication, as `ray start` makes one where a token exists
     (~/.ray/auth_token, left by any earlier local Ray): the driver must send the token (it did not:

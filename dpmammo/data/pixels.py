@@ -106,8 +106,7 @@ def check_images(paths: list[str], *, on_checked: Optional[Callable[[int], None]
     Decoding runs in `workers` processes (default: all cores), in chunks, and `on_checked(n)` is
     called after each chunk of n files. Processes, not threads: threads were no faster on small
     patches (the GIL), and the decompression-bomb check changes warning filters, which is not
-    thread-safe. 5,804 patches: 1.07 s of decoding serially; the whole `dpmammo data index` went from
-    2.06 s to 1.1-1.2 s with 2 processes (2 cores, load 0.5).
+    thread-safe (benchmarks/README.md has the timing of `dpmammo data index`).
     """
     workers = workers or os.cpu_count() or 1
     chunks = [paths[i:i + CHECK_CHUNK] for i in range(0, len(paths), CHECK_CHUNK)]

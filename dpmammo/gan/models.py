@@ -74,8 +74,8 @@ class Generator(nn.Module):
         """The patches a user gets (`gan sample`, the sample grids): the output, low-passed with a
         Gaussian of σ = `model.sample_blur` px if it is set. Training never sees this filter, so the
         discriminator does not push the generator to undo it. Radiomics texture features react
-        sharply to it: on cbis-ddsm at 64 px, σ = 0.6 (chosen on val FRD) took three recipe runs'
-        FRD from 159, 76 and 63 to 11, 14 and 13, while σ = 1 over-smooths."""
+        sharply to it: `configs/mcgan-64.yaml` uses σ = 0.6, chosen on val FRD (benchmarks/README.md
+        has the figures); larger σ over-smooths."""
         x = self(z, labels)
         if self.sample_blur > 0:
             k = 2 * math.ceil(3 * self.sample_blur) + 1

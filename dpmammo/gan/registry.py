@@ -24,8 +24,9 @@ from dpmammo.errors import DpMammoError
 
 DEFAULT_GENERATOR = "mcgan"
 TrainFn = Callable[..., dict]  # train(cfg, out, *, force=False, progress=True) -> metrics
-_REGISTRY: dict[str, tuple[type[StrictModel], str]] = {}
-# name → (config class, "module:function" of its train function; imported on use, it needs torch)
+# The one table: name → ("module:class" of its config, "module:function" of its train function),
+# imported on use (the train functions need torch). Config validation, error messages and the
+# CLI help of `gan train` read it.
 BUILTIN = {
     "mcgan": ("dpmammo.gan.config:GanConfig", "dpmammo.gan.train:train_gan"),
     "dp-merf": ("dpmammo.gan.merf_config:MerfConfig", "dpmammo.gan.merf:train_merf"),
@@ -38,12 +39,13 @@ def _load(spec: str):
 
 
 def list_generators() -> list[str]:
+    """The registered generators' names, the default first."""
     return list(BUILTIN)
 
 
 def generator_config_class(name: str) -> type[StrictModel]:
     if name not in BUILTIN:
-        raise DpMammoError(f"unknown generator {name!r}; registered generators: {', '.join(BUILTIN)}")
+        raise DpMammoError(f"unknown generator {name!r}; registered generators: {', '.join(list_generators())}")
     return _load(BUILTIN[name][0])
 
 
@@ -51,7 +53,7 @@ def parse_generator_config(data: dict[str, Any], source: str) -> StrictModel:
     """A generator config from a mapping; `generator:` picks the class (default mcgan)."""
     name = data.get("generator", DEFAULT_GENERATOR)
     if not isinstance(name, str):
-        raise DpMammoError(f"{source}: generator: expected a name ({', '.join(BUILTIN)}), got {name!r}")
+        raise DpMammoError(f"{source}: generator: expected a name ({', '.join(list_generators())}), got {name!r}")
     return parse_config(generator_config_class(name), data, source)
 
 

@@ -17,7 +17,7 @@ from dpmammo import __version__
 from dpmammo.data.manifest import SAMPLED_MANIFEST, PatchRecord, write_manifest
 from dpmammo.data.sets import PROVENANCE_FILE
 from dpmammo.errors import DpMammoError
-from dpmammo.files import check_out, exclusive, staged_folder, user_os_errors, write_json_atomic
+from dpmammo.files import check_out, check_replaceable, exclusive, staged_folder, user_os_errors, write_json_atomic
 from dpmammo.config import check_option, is_valid
 from dpmammo.gan.config import GanConfig
 from dpmammo.gan.registry import parse_generator_config
@@ -83,11 +83,12 @@ def sample(run_dir: str | Path, n: int, out: str | Path, *, balance: float = 0.5
     labels = intended_labels(n, balance)
     if labels.min() == labels.max():
         raise DpMammoError(f"balance={balance} with n={n} gives one class only; training and AUROC need both")
-    check_replaceable(out, force)
+    replaceable = dict(marker=PROVENANCE_FILE, command="dpmammo gan sample")
+    check_replaceable(out, force, **replaceable)
     with user_os_errors(out.parent):
         out.parent.mkdir(parents=True, exist_ok=True)
     with exclusive(out, "sampling into"):
-        check_replaceable(out, force)  # again, now that no other process can be writing it
+        check_replaceable(out, force, **replaceable)  # again, now that no other process can be writing it
         with staged_folder(out) as tmp:
             prov = write_samples(gen, cfg, run_dir, labels, seed, balance, out, tmp)
     return prov
@@ -117,15 +118,3 @@ def write_samples(gen: Generator, cfg: GanConfig, run_dir: Path, labels: torch.T
     }
     write_json_atomic(tmp / PROVENANCE_FILE, prov)
     return prov
-
-
-def check_replaceable(out: Path, force: bool) -> None:
-    """`out` is new or empty, or (with `force`) a folder this command wrote: it holds provenance.json."""
-    if out.exists() and not out.is_dir():
-        raise DpMammoError(f"--out {out} is a file")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise DpMammoError(f"--out {out} is not empty; choose another folder or pass --force to replace it")
-        if not (out / PROVENANCE_FILE).is_file():
-            raise DpMammoError(f"--out {out} is not a folder written by `dpmammo gan sample` (no {PROVENANCE_FILE}); "
-                               "--force replaces only such a folder: choose another --out")

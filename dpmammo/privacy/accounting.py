@@ -59,7 +59,7 @@ def steps_for(epochs: int, sample_rate: float) -> int:
 
 # Memoised (pure functions of their arguments): a study calibrates the same (ε, δ, q, steps) once
 # per seed, and the models of a membership-inference audit (dpmammo.audit) repeat one schedule
-# 17-65 times; each call costs 0.2 s (ε) to 2.4 s (σ).
+# 17-65 times; each call runs the accountant (σ: a search over many ε evaluations).
 def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, steps: int,
                     accountant: str, prior: Sequence[tuple[float, float, int]] = ()) -> float:
     """Smallest σ (to 0.01 in ε) with ε(σ, q, steps, δ) ≤ target_epsilon; with `prior` (the
@@ -123,9 +123,9 @@ def _epsilon_of(history: tuple[tuple[float, float, int], ...], delta: float, acc
 class EpsilonCurve:
     """ε (RDP) after any number of steps of one Poisson-sampled Gaussian stage, cheaply.
 
-    The RDP of one step is computed once (the costly part: ~0.1–0.2 s on this CPU); RDP composes
-    linearly in the steps, so ε after k steps is one conversion of k·RDP. A training loop shows
-    ε every epoch; asking the accountant from scratch each epoch cost 300 × 0.2 s per paper run.
+    The RDP of one step is computed once (the costly part); RDP composes linearly in the steps,
+    so ε after k steps is one conversion of k·RDP. A training loop shows ε every epoch, and asking
+    the accountant from scratch each epoch would repeat that costly part every epoch.
     The recorded ε of a stage still comes from the stage's own accountant (`DPSetup.epsilon`).
     """
 

@@ -46,12 +46,6 @@ def unsupported_layer(model: nn.Module) -> str | None:
     return None
 
 
-def all_trainable_linear(model: nn.Module) -> bool:
-    """True when every trainable parameter belongs to an nn.Linear (a head on cached features)."""
-    layers = trainable_layers(model)
-    return bool(layers) and all(isinstance(m, nn.Linear) for m in layers)
-
-
 class BookKeepingClipping(nn.Module):
     """Wraps a model for book-keeping clipping. `groups` (set per chunk by DPSetup.chunks) gives
     each row's unit; None: one row per unit.
@@ -89,8 +83,7 @@ class BookKeepingClipping(nn.Module):
                                "book-keeping clipping keeps one input per layer; use grad_sample_mode ghost or hooks")
         # An in-place op downstream (ReLU(inplace=True), `h += x`) would change a recorded tensor, and
         # the gradient taken at the output would silently be that of the changed tensor: the versions
-        # of inputs and output are checked at backward time. (Copying every output instead cost 6% of
-        # a cnn-small step.)
+        # of inputs and output are checked at backward time (cheaper than copying every output).
         tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
         self._records[layer] = ([t.detach() for t in tensors], output, [t._version for t in (*tensors, output)])
         return None
@@ -163,9 +156,9 @@ class BookKeepingClipping(nn.Module):
 # Ghost norm against formed per-sample gradients, for a linear layer d_in → d_out on T tokens: the
 # ghost norm costs ≈ 2·T²·(d_in + d_out) multiply-adds per sample on top of the weight gradient;
 # forming the per-sample gradients replaces the weight gradient (same work) and costs writing and
-# reading B·d_in·d_out numbers. Measured per layer on this project's 2-core CPU (batch 32, Swin-T
-# shapes, freed memory kept: dpmammo.allocator): the per-sample gradients were faster at
-# T²(d_in + d_out)/(d_in·d_out) ≥ 75 (by 1.3-2.4×), the ghost norm at ≤ 6.3 (by 1.6-1.8×).
+# reading B·d_in·d_out numbers. The threshold on T²(d_in + d_out)/(d_in·d_out) lies between the
+# ratios at which each won when timed per layer on Swin-T's shapes (benchmarks/README.md, the
+# per-layer table of `dp_speed.py`).
 INSTANTIATE_ABOVE = 20.0
 
 

@@ -70,8 +70,8 @@ class FastClippingDPOptimizer(NoiseAheadMixin, DPOptimizerFastGradientClipping):
     the noise drawn ahead (dpmammo.privacy.noise)."""
 
     def accumulate(self) -> None:
-        # Opacus copies the first chunk's clipped sum with copy.deepcopy: 0.9 ms of a 768→384→2 head
-        # step on this CPU. The sum is taken as it is instead and p.grad let go, so that no later
+        # Opacus copies the first chunk's clipped sum with copy.deepcopy, a visible part of a small
+        # head's step. The sum is taken as it is instead and p.grad let go, so that no later
         # backward pass or zero_grad(set_to_none=False) can write into the accumulated sum.
         for p in self.params:
             if p.summed_grad is None:
@@ -186,13 +186,11 @@ def choose_grad_sample_mode(model: nn.Module) -> str:
     grad sampler: conv, norms, the Swin bias table); otherwise ghost when linear layers hold most of
     the trainable weights, else hooks.
 
-    Measured on this 2-core CPU with freed memory kept (benchmarks/README.md, 2026-11-26, second
-    session), DP step vs non-private: cnn-small 1.24× book-keeping vs 1.49× hooks and 2.01× ghost;
-    swin_t 1.12× (1.32× before the per-layer rule, when hooks took 1.41× and ghost 2.05×); a
-    768→384→2 head on cached features 5.4–8.7 ms vs 5.2–10 ms ghost and 34–71 ms hooks.
-    Book-keeping keeps the layers' outputs and some per-sample gradients until the clipping factors
-    are known: its peak memory is the highest of the modes (swin_t at batch 32: 10.3 GB vs 4.8 GB
-    non-private); lower train.physical_batch_size if that matters.
+    Book-keeping needs one backward pass and forms no per-sample gradient where a ghost norm is
+    cheaper, so it is the fastest mode wherever it applies (cnn-small, swin_t, heads on cached
+    features; benchmarks/README.md, `dp_speed.py`). It keeps the layers' outputs and some
+    per-sample gradients until the clipping factors are known: its peak memory is the highest of
+    the modes (about twice a non-private step for swin_t); lower train.physical_batch_size if that matters.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if params and unsupported_layer(model) is None:

@@ -2,12 +2,11 @@
 are computed.
 
 Opacus's secure-mode noise (four Gaussian draws per coordinate, against floating-point attacks)
-takes 4.3 ms per step for a 768→384→2 head on this project's 2-core CPU: half of a book-keeping
-step. The noise does not depend on the gradient, so `NoiseAhead.start` (called when a logical
-batch begins, or by the training loop right after the previous step of the same epoch) draws it on
-a second core while the first computes the clipped sum, and the optimizer's `add_noise` takes it.
-CPU time is unchanged; the wall time overlaps the two (a third off the paper grid's head-only
-runs, benchmarks/README.md).
+costs about as much as the rest of a book-keeping step of a small head on a CPU. The noise does
+not depend on the gradient, so `NoiseAhead.start` (called when a logical batch begins, or by the
+training loop right after the previous step of the same epoch) draws it on a second core while the
+first computes the clipped sum, and the optimizer's `add_noise` takes it. CPU time is unchanged;
+the wall time overlaps the two (benchmarks/README.md has the paper grid's figures).
 
 Step t's noise is the keystream of ("noise", t) under the stage's `SecretKey`
 (dpmammo.privacy.secret): ChaCha20 with a 256-bit key from the OS, Box–Muller in float64 and

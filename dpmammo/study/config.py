@@ -65,8 +65,8 @@ class Resources(StrictModel):
 class QualitySettings(StrictModel):
     """What the quality step scores after the runs (dpmammo.study.quality)."""
 
-    frd: bool = Field(True, description="also FRD, when the frd extra is installed (radiomics: ~30 ms a patch on 2 "
-                                        "cores, for every set and the reference)")
+    frd: bool = Field(True, description="also FRD, when the frd extra is installed (radiomics features of every "
+                                        "patch of every set and the reference: the slowest score)")
     max_patches: int = Field(1000, ge=10, description="patches per set at most; every set is subsampled to the same "
                                                       "number, the reference to this one")
 

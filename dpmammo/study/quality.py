@@ -12,8 +12,8 @@ The sets: every generator set of the study (or its fixed synthetic set), the shi
 `synthetic/c-dcgan` when the data root has it, and the validation set as the real-vs-real
 reference. Every set is subsampled to the same number of patches (the smallest set, at most
 `quality.max_patches`), since a Fréchet distance shrinks with the sample size; the reference to
-at most `quality.max_patches` (FRD extracts radiomics features at ~30 ms a patch on 2 cores,
-anew for each set). The judge is a non-private
+at most `quality.max_patches` (FRD extracts radiomics features patch by patch, anew for each
+set, the slowest part of the step). The judge is a non-private
 cnn-small trained once per study on the training set (selected on validation) under
 quality/classifier; it serves scoring only and is never a result of the study.
 """

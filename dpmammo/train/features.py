@@ -101,7 +101,7 @@ def head_proba(model: Classifier, features: torch.Tensor, *, device: torch.devic
     """P(malignant) from cached view-0 features, the way predict_proba scores images.
 
     Only the head changes mode: switching a whole Swin-T to eval and back walks ~200 modules,
-    9 ms per call, which every epoch of 300 × 72 paper-grid runs paid for validation."""
+    which every epoch of every head-only run would pay for validation."""
     was_training = model.head.training
     model.head.eval()
     logits = model.forward_head(features[:, 0].to(device))

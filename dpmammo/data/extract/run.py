@@ -32,7 +32,7 @@ from dpmammo.data.extract.jobs import ImageJob, JobResult, Lesion, Skipped, proc
 from dpmammo.data.extract.splits import LesionKey, assign_splits, check_both_classes
 from dpmammo.data.manifest import PUBLISHED_FOLDER, index_folder, published_name, summarize, write_manifest
 from dpmammo.errors import DpMammoError
-from dpmammo.files import check_out, exclusive, staged_folder, user_os_errors
+from dpmammo.files import check_out, check_replaceable, exclusive, staged_folder, user_os_errors
 
 CONFIG_FILE = "extract.json"
 MANIFEST_FILE = "patches.csv"
@@ -44,14 +44,7 @@ _STAGING = ".staging"
 def prepare_out(out: Path, force: bool) -> None:
     """Refuse an existing non-empty OUT unless forced and written by this command (it holds
     extract.json); it is replaced only at the very end."""
-    if out.exists() and not out.is_dir():
-        raise DpMammoError(f"--out {out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise DpMammoError(f"--out {out} exists and is not empty; choose another folder or pass --force to replace it")
-        if not (out / CONFIG_FILE).is_file():
-            raise DpMammoError(f"--out {out} is not a folder written by `dpmammo data extract` (no {CONFIG_FILE}); "
-                               "--force replaces only such a folder: choose another --out")
+    check_replaceable(out, force, marker=CONFIG_FILE, command="dpmammo data extract")
 
 
 def source_inputs(cfg: ExtractConfig) -> list[tuple[str, Path]]:
