@@ -177,6 +177,7 @@ def test_utility_preset_runs_the_validation_winners():
     cfg = load_study(preset="utility")
     plan = expand(cfg)
     assert cfg.epsilons == [1, 3, 6, math.inf] and cfg.seeds == [0, 1, 2]
+    assert cfg.model_names == ["cnn-small", "scatter"]  # what the report names
     assert cfg.conditions == ["real", "synthetic→real", "prior→real"]
     assert list(plan.upstream) == [f"prior/pretrain/seed{s}" for s in range(3)]
     # 3 seeds × (4 ε × (real, fine-tune, prior fine-tune) + one synthetic pretrain)

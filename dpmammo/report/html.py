@@ -122,7 +122,7 @@ def render(cfg: StudyConfig, rows: list[dict], study_dir: Path, plots: dict[str,
 <style>{STYLE}</style></head><body>
 <h1>Privacy-utility study <code>{html.escape(cfg.name)}</code></h1>
 <p>Conditions: {html.escape(', '.join(cfg.conditions))}. ε: {eps}. Seeds: {', '.join(map(str, cfg.seeds))}.
-Model: {html.escape(cfg.model.name)}. Test sets: {html.escape(', '.join(cfg.test_sets))}.</p>
+Models: {html.escape(', '.join(cfg.model_names))}. Test sets: {html.escape(', '.join(cfg.test_sets))}.</p>
 <h2>AUROC, mean ± std over seeds (one seed: 95% bootstrap CI), with each cell's total guarantee</h2>{ref}
 {html_tables(cfg, rows)}
 {gap_section(cfg, rows)}

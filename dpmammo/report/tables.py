@@ -131,7 +131,7 @@ def published_gap(cfg: StudyConfig, rows: list[dict]) -> list[list[str]]:
 def markdown(cfg: StudyConfig, rows: list[dict]) -> str:
     seeds = ", ".join(str(s) for s in cfg.seeds)
     lines = [f"# Study `{cfg.name}`: AUROC (malignant positive)", "",
-             f"Mean ± population std over seeds {seeds} (one seed: its 95% bootstrap CI). Model {cfg.model.name}; "
+             f"Mean ± population std over seeds {seeds} (one seed: its 95% bootstrap CI). Models {', '.join(cfg.model_names)}; "
              f"unit of privacy of the DP stages: {UNIT_WORDS[cfg.privacy.unit]}.",
              *column_notes(cfg)]
     if cfg.same_setup_as_published:

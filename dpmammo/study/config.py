@@ -310,6 +310,16 @@ class StudyConfig(StrictModel):
                                  f"{study}; set both to the same value (the chain total composes both stages)")
 
     @property
+    def model_names(self) -> list[str]:
+        """Every model the study trains: its own, then those that stage overrides name."""
+        names = [self.model.name]
+        for over in (self.dp, *self.stages.values()):
+            for block in (over, over.dp):
+                if block is not None and block.model.get("name") not in (None, *names):
+                    names.append(block.model["name"])
+        return names
+
+    @property
     def same_setup_as_published(self) -> bool:
         """Whether the published numbers may stand beside ours cell by cell: the paper's model."""
         return self.compare_with == "osuala2024" and self.model.name == "swin_t"
