@@ -312,7 +312,7 @@ CASES: list[tuple[str, Callable[[Ctx], list], str, tuple[str, ...]]] = [
                                        "phantom/train", "--classifier-out", c.tmp / "clf"],
      "empty class: synthetic/only has no benign patches", ()),
     # -- studies
-    ("unknown-preset", lambda c: ["study", "--preset", "papr"], "unknown preset 'papr'; presets: quick, quick-audit, quick-e2e, paper", ()),
+    ("unknown-preset", lambda c: ["study", "--preset", "papr"], "unknown preset 'papr'; presets: quick, quick-audit, quick-e2e, utility, paper", ()),
     ("study-file-and-preset", lambda c: ["study", c.study_yaml(""), "--preset", "quick"], "(exactly one)", ()),
     ("study-duplicate-epsilon", lambda c: ["study", c.study_yaml("conditions: [real]\nepsilons: [1, 6, 1.0]\n")],
      "epsilons lists a value twice", ()),
