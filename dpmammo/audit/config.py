@@ -15,7 +15,8 @@ METHOD_WORDS: dict[str, str] = {
     "rmia": "RMIA (Zarifzadeh et al. 2024) with K reference models; loss-threshold baseline",
     "one-run": "one training run with mislabelled canaries (Steinke, Nasr & Jagielski 2023)",
     "gradient-canary": "white-box: one DP training run with gradient canaries, every noisy update seen (Nasr et al. "
-                       "2023; Steinke et al. 2023 bound; Andrew et al. 2024 estimate)",
+                       "2023; bounds of Steinke et al. 2023 and, f-DP, Mahloujifar et al. 2025; Andrew et al. 2024 "
+                       "estimate)",
     "auto": "LiRA for head-only recipes (reference models train on cached features), one-run otherwise",
 }
 
