@@ -283,6 +283,10 @@ def audit(config: Path,
           models: int = typer.Option(16, "--models", help="reference models K (lira, rmia); even"),
           canaries: int = typer.Option(200, "--canaries", help="canaries: mislabelled units (one-run) or gradient "
                                                                "canary units (gradient-canary)"),
+          canary_kind: str = typer.Option("mislabelled", "--canary-kind",
+                                          help="one-run: mislabelled (private units, other label) | phantom (extra "
+                                               "patients of phantom patches with random labels, built to be "
+                                               "memorised)"),
           directions: str = typer.Option("dirac", "--directions", help="gradient-canary: dirac | gaussian"),
           canary_patches: int = typer.Option(1, "--canary-patches", help="gradient-canary: records per canary unit"),
           seed: int = typer.Option(0, "--seed", help="the audit's seed (member split, canaries), not DP noise"),
@@ -299,7 +303,8 @@ def audit(config: Path,
 
     check_out(out, [("the config file", config), *input_paths(cfg)])
     settings = parse_config(AuditSettings, {"method": method, "models": models, "canaries": canaries, "seed": seed,
-                                            "directions": directions, "canary_patches": canary_patches},
+                                            "directions": directions, "canary_patches": canary_patches,
+                                            "canary_kind": canary_kind},
                             "audit options")
     rec = audit_recipe(cfg, out, settings, progress="bar" if sys.stderr.isatty() else "lines")
     estimates = any(a.gdp_estimate for a in rec.attacks)
