@@ -133,6 +133,33 @@ def test_dp_model_at_epsilon_1_never_measured_above_its_promise(phantoms, tmp_pa
     assert one.attacks[0].bound.canaries == 32 and one.target_members == 32 + one.attacks[0].bound.included
 
 
+def test_one_run_with_phantom_canaries_sees_a_non_private_model_memorise(phantoms, tmp_path):
+    """One-run with 128 phantom canaries (2 copies of one patch each) added as extra patients with
+    random labels: every private patient trains, about half the canaries do; a non-private model
+    that memorises them is caught (here the canaries are in distribution, as the private set is
+    phantoms too: AUC ≥ 0.62 and a bound above 0), the canary folder is the audit's own and refused
+    when foreign, and a DP model of the same recipe stays below its promise."""
+    settings = AuditSettings(method="one-run", canaries=128, canary_kind="phantom", canary_patches=2)
+    rec = audit_recipe(recipe(phantoms), tmp_path / "ph", settings, progress="off")
+    a = rec.attacks[0]
+    assert a.bound.canaries == 128 and rec.units == 64 + 128 and rec.target_members == 64 + a.bound.included
+    assert 44 < a.bound.included < 84 and rec.promised.guarantee == "none"
+    assert a.auc.value >= 0.62 and rec.measured_epsilon > 0, (a.auc.value, rec.measured_epsilon)
+    assert any("phantom" in n for n in rec.notes)
+    files = sorted((tmp_path / "ph" / "canaries").rglob("*.png"))
+    assert len(files) == 256 and 64 < sum("is_benign_false" in str(f.parent) for f in files) < 192
+    (tmp_path / "other" / "canaries").mkdir(parents=True)
+    (tmp_path / "other" / "canaries" / "stray.txt").write_text("not a canary")
+    with pytest.raises(DpMammoError, match="other files than this audit's 128 phantom canaries"):
+        audit_recipe(recipe(phantoms, epochs=1), tmp_path / "other", settings, progress="off")
+    dp = audit_recipe(recipe(phantoms, privacy={"target_epsilon": 1.0}, head=False, epochs=10), tmp_path / "dp",
+                      settings, progress="off")
+    assert dp.promised.guarantee == "dp" and dp.measured_epsilon <= dp.promised.epsilon <= 1.0
+    with pytest.raises(DpMammoError, match="canary_kind phantom is a one-run audit's"):
+        audit_recipe(recipe(phantoms), tmp_path / "lira", AuditSettings(method="lira", canary_kind="phantom"),
+                     progress="off")
+
+
 def test_audit_refuses_models_of_unknown_membership(phantoms, tmp_path):
     plain = tmp_path / "plain"
     fit(recipe(phantoms, epochs=1), plain, progress=False)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import integrate, stats as sps
 
-from dpmammo.audit import gdp, one_run
+from dpmammo.audit import fdp, gdp, one_run
 
 
 # --- Gaussian DP: closed form, independent routes, simulation --------------------------------
@@ -62,6 +62,91 @@ def test_gdp_estimate_recovers_a_simulated_gaussian_mechanism(sigma):
     assert gdp.gdp_mu(scores, ~included) == 0.0  # a shift the wrong way is floored, not flipped
 
 
+# --- the f-DP one-run bound (Mahloujifar, Melis & Chaudhuri) --------------------------------
+
+def pure_dp_inverse_blow_up(eps: float):
+    """f̄⁻¹ of (ε, 0)-DP, f(α) = max(0, 1 − e^ε α, e^{−ε}(1 − α)): the smallest type-I error at power x."""
+    return lambda x: np.maximum(0.0, np.maximum(x * math.exp(-eps), 1 - math.exp(eps) * (1 - x)))
+
+
+def critical_level(inverse_blow_up, m: int, guesses: int, correct: int) -> float:
+    """The smallest significance at which the recursion rejects: its bound on P[≥ correct right]."""
+    lo, hi = 0.0, 1.0 - 1e-12
+    if not fdp.rejects(inverse_blow_up, m=m, guesses=guesses, correct=correct, significance=hi):
+        return 1.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if fdp.rejects(inverse_blow_up, m=m, guesses=guesses, correct=correct,
+                                          significance=mid) else (mid, hi)
+    return hi
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.5, 2.0])
+@pytest.mark.parametrize("m,guesses", [(1000, 10), (200, 30), (64, 64)])
+def test_fdp_bound_when_every_guess_is_right_is_randomized_responses_closed_form(eps, m, guesses):
+    """All c′ guesses right under (ε, 0)-DP: the recursion's bound on its probability is exactly
+    (e^ε / (1 + e^ε))^{c′}, the probability for randomized response (each guess independently right
+    with that chance), the mechanism that attains it; ε = 0 is a coin, 2^{−c′}."""
+    exact = (math.exp(eps) / (1 + math.exp(eps))) ** guesses
+    assert critical_level(pure_dp_inverse_blow_up(eps), m, guesses, guesses) == pytest.approx(exact, rel=1e-6)
+
+
+@pytest.mark.parametrize("m,guesses,correct", [(1000, 100, 65), (1000, 1000, 560), (200, 50, 35), (1000, 200, 130),
+                                               (100, 100, 60)])
+def test_fdp_bound_under_perfect_privacy_covers_the_exact_binomial_of_guessing(m, guesses, correct):
+    """0-GDP (μ = 0): the guesses are independent of membership, so the number right is exactly
+    Binomial(c′, ½). The recursion's bound on P[≥ c right] must cover that tail (validity) and is
+    close to it (within 20 %); the μ-GDP bound is then the μ = 0 boundary, and ε follows."""
+    tail = sps.binom.sf(correct - 1, guesses, 0.5)
+    level = critical_level(fdp.gdp_inverse_blow_up(0.0), m, guesses, correct)
+    assert tail <= level <= 1.2 * tail
+    assert fdp.mu_lower_bound(m=m, guesses=guesses, correct=correct, confidence=1 - 0.99 * level) == 0.0
+    assert fdp.mu_lower_bound(m=m, guesses=guesses, correct=correct, confidence=1 - 1.01 * level) > 0.0
+
+
+def test_fdp_mu_bound_is_the_boundary_of_the_rejected_gaussian_curves():
+    """μ̂ is itself rejected and μ̂ + 10⁻⁶ is not (the test is monotone in μ); every guess wrong or none
+    made proves nothing; more right guesses prove more; ε is that of μ̂-GDP at δ."""
+    m, guesses, correct = 1000, 200, 150
+    mu = fdp.mu_lower_bound(m=m, guesses=guesses, correct=correct)
+    test = lambda v: bool(fdp.rejects(fdp.gdp_inverse_blow_up(v), m=m, guesses=guesses, correct=correct,  # noqa: E731
+                                      significance=0.05))
+    assert 0.3 < mu < 2 and test(mu) and not test(mu + 1e-6) and test(mu / 2) and not test(2 * mu)
+    assert fdp.mu_lower_bound(m=m, guesses=guesses, correct=correct + 10) > mu
+    assert fdp.mu_lower_bound(m=m, guesses=guesses, correct=0) == 0.0
+    assert fdp.mu_lower_bound(m=m, guesses=0, correct=0) == 0.0
+    eps = fdp.epsilon_lower_bound(m=m, guesses=guesses, correct=correct, delta=1e-5)
+    assert eps == pytest.approx(gdp.gdp_epsilon(mu, 1e-5)) and gdp.gdp_delta(eps, mu) == pytest.approx(1e-5, rel=1e-6)
+    with pytest.raises(ValueError, match="correct ≤ guesses"):
+        fdp.mu_lower_bound(m=m, guesses=10, correct=11)
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.0, 2.0])
+def test_fdp_bound_holds_on_a_simulated_gaussian_mechanism_and_beats_steinke(sigma):
+    """200 runs of a naive Gaussian mechanism with known σ (a canary's score N(1, σ²) when in,
+    N(0, σ²) when out; exactly (1/σ)-GDP), 1000 canaries, one pre-set k = 100 per side: at 95 %
+    the bound μ̂ exceeds the true μ = 1/σ in at most 5 % of runs. Over the audit's k grid
+    (Bonferroni), the f-DP ε never exceeds the true ε and is above Steinke et al.'s bound on the
+    same scores in every run, by a quarter on average."""
+    m, delta = 1000, 1e-5
+    true_eps = gdp.gdp_epsilon(1 / sigma, delta)
+    over, ratios = 0, []
+    for rep in range(200):
+        rng = np.random.default_rng([rep, int(10 * sigma)])
+        included = rng.random(m) < 0.5
+        scores = included + sigma * rng.normal(size=m)
+        guesses, correct = one_run.guesses_from_scores(scores, included, 100, 100)
+        over += fdp.mu_lower_bound(m=m, guesses=guesses, correct=correct) > 1 / sigma
+        if rep < 30:
+            grid = whitebox.k_grid(m)
+            f = fdp.best_bound(scores, included, grid, delta=delta, two_sided=True)
+            steinke = one_run.best_bound(scores, included, grid, delta=delta, two_sided=True)[0]
+            assert steinke < f.epsilon < true_eps and f.mu < 1 / sigma
+            ratios.append(f.epsilon / steinke)
+    assert over <= 10
+    assert np.mean(ratios) > 1.25
+
+
 # --- gradient canaries through the real DP-SGD path ------------------------------------------
 
 import torch  # noqa: E402
@@ -85,11 +170,11 @@ def _one_thread():
 def synthetic_canary_run(*, epsilon: float = 2.0, canaries: int = 1000, patches: int = 1, epochs: int = 10,
                          seeded: bool = False, knows_seed: bool = False, mutate=None,
                          directions: whitebox.Directions = "dirac", seed: int = 0,
-                         batch_fraction: float = 1.0) -> whitebox.CanaryRun:
+                         batch_fraction: float = 1.0, views: int = 1) -> whitebox.CanaryRun:
     """A linear map on synthetic features of 200 patients (1–3 patches each), trained with DP-SGD per
     patient through make_private and the loop's train_step, plus `canaries` gradient canaries; the
     expected batch is `batch_fraction` of the units (1: q ≈ 1, the noisy unit count sets it a little
-    below, and `epochs` steps).
+    below, and `epochs` steps); `views` rows of each sampled record (train.augment_multiplicity).
 
     The features are small and use 8 of 1024 dimensions, so the real patients' gradients hardly
     touch the weights where Dirac canaries sit: a canary's score is its own gradient and DP noise."""
@@ -114,7 +199,7 @@ def synthetic_canary_run(*, epsilon: float = 2.0, canaries: int = 1000, patches:
         model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), criterion=nn.CrossEntropyLoss(),
         inputs=inputs, labels=labels, records=records, privacy=privacy, epochs=epochs,
         batch_size=int(batch_fraction * (len(sizes) + int(design.included.sum()))), physical=100_000, seed=seed, canaries=design,
-        adversary_knows_seed=knows_seed, mutate=mutate)
+        adversary_knows_seed=knows_seed, mutate=mutate, views_per_record=views)
 
 
 def bounds(run: whitebox.CanaryRun) -> dict[str, float]:
@@ -160,11 +245,29 @@ def test_canary_gradients_pass_the_real_sampler_and_clipping():
     assert ((np.abs(xb - 4) < 1e-3) | (np.abs(xb) < 1e-3)).all()
 
 
+def test_canary_views_under_augmentation_multiplicity_are_summed_before_the_one_clip():
+    """train.augment_multiplicity = 2: each sampled record enters a step twice (Batch.repeated), so a
+    canary of 4 patches has 8 rows of gradient norm C; its unit is still clipped once, to exactly 1
+    in units of C, at a fraction q of the steps. Clipped per row instead (the mutation), it shows 8."""
+    run = synthetic_canary_run(patches=4, seeded=True, knows_seed=True, batch_fraction=0.3, epochs=3, views=2)
+    alone = (run.canaries.coords % FEATURES >= 8).numpy()
+    x = run.updates[:, run.canaries.included & alone]
+    drawn = np.abs(x - 1) < 1e-4
+    assert (drawn | (np.abs(x) < 1e-4)).all() and drawn.mean() == pytest.approx(run.sample_rate, abs=0.05)
+    broken = synthetic_canary_run(patches=4, seeded=True, knows_seed=True, batch_fraction=0.3, epochs=3, views=2,
+                                  mutate=clip_per_patch)
+    xb = broken.updates[:, broken.canaries.included & alone]
+    assert (np.abs(xb - 8) < 1e-3).mean() == pytest.approx(broken.sample_rate, abs=0.05)
+    assert ((np.abs(xb - 8) < 1e-3) | (np.abs(xb) < 1e-3)).all()
+
+
 @pytest.mark.parametrize("mutation", ["none", "noise σ/4", "clip per patch", "replayed seed"])
 def test_one_run_catches_each_broken_mechanism_and_never_the_correct_one(mutation):
     """One run at a promised ε = 2 per patient, 1000 canaries: each deliberately broken mechanism,
     run through the same code with a test-only switch, yields a Steinke lower bound above the
-    promise; the correct mechanism's bounds stay below it."""
+    promise (the f-DP bound alone does; Steinke et al.'s at 97.5 % misses σ/4 narrowly); the correct
+    mechanism's bounds stay below it. The bound reported is the larger of the two, each proved at
+    97.5 % so that the larger holds at 95 %."""
     kwargs = {"none": {}, "noise σ/4": {"mutate": quarter_noise}, "clip per patch": {"mutate": clip_per_patch},
               "replayed seed": {"seeded": True, "knows_seed": True}}[mutation]
     patches = 4 if mutation in ("none", "clip per patch") else 1  # a patient of many patches
@@ -172,11 +275,16 @@ def test_one_run_catches_each_broken_mechanism_and_never_the_correct_one(mutatio
     assert run.epsilon == pytest.approx(2.0, abs=0.02)  # the promise the record would state
     results = {r.attack: r for r, _ in whitebox.score_canaries(run, confidence=0.95, seed=0, n_boot=100)}
     primary = results[whitebox.PRIMARY_BOUND].epsilon_lower_bound
+    for r in results.values():
+        assert r.epsilon_lower_bound == max(r.bound.epsilon, r.fdp_bound.epsilon)
+        assert r.bound.confidence == r.fdp_bound.confidence == pytest.approx(0.975)
+    steinke, f = results[whitebox.PRIMARY_BOUND].bound.epsilon, results[whitebox.PRIMARY_BOUND].fdp_bound.epsilon
+    assert f > steinke  # on the same guesses, the whole Gaussian curve proves more than one (ε, δ) point
     if mutation == "none":
         assert all(r.epsilon_lower_bound < run.epsilon for r in results.values()), results
         assert primary > 0.1  # the canaries are seen: a bound, just not above the promise
     else:
-        assert primary > run.epsilon, (mutation, primary)
+        assert primary == f > run.epsilon, (mutation, primary)
         assert results[whitebox.PRIMARY_ESTIMATE].gdp_estimate.epsilon.value > 2 * run.epsilon
 
 
@@ -184,8 +292,9 @@ def test_one_run_catches_each_broken_mechanism_and_never_the_correct_one(mutatio
 
 def test_gradient_canary_audit_of_a_phantom_recipe_writes_bound_and_estimate(tmp_path):
     """`dpmammo audit CONFIG --method gradient-canary` on a DP head-only phantom recipe: audit.json
-    states the promise per patient, the Steinke bound (never above it) and the GDP estimate per
-    threat model, and says which is which."""
+    states the promise per patient, the bound (the larger of Steinke et al.'s and the f-DP bound,
+    never above the promise) and the GDP estimate per threat model, and says which is which. The
+    recipe trains on two flip views of each sampled patch (train.augment_multiplicity), canaries too."""
     import os
     import subprocess
     import sys
@@ -198,14 +307,15 @@ def test_gradient_canary_audit_of_a_phantom_recipe_writes_bound_and_estimate(tmp
     data = make_phantoms(tmp_path / "data", n=64, seed=3, size=32)
     cfg = {"data": {"root": str(data), "train": ["phantom/train"], "val": "phantom/val"},
            "model": {"name": "cnn-small", "input_size": 32, "width": 64, "freeze_backbone": True},
-           "optim": {"lr": 5e-2}, "train": {"epochs": 4, "batch_size": 16, "augment": "flips", "device": "cpu"},
+           "optim": {"lr": 5e-2}, "train": {"epochs": 4, "batch_size": 16, "augment": "flips", "augment_multiplicity": 2,
+                                                  "device": "cpu"},
            "privacy": {"target_epsilon": 4.0, "delta": 1e-3}}
     cfg_file = tmp_path / "recipe.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "audit"
     proc = subprocess.run([sys.executable, "-m", "dpmammo.cli", "audit", str(cfg_file), "--out", str(out),
                            "--method", "gradient-canary", "--canaries", "100", "--canary-patches", "2"],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "260"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     rec = read_audit(out / "audit.json")
     assert rec.method == "gradient-canary" and rec.primary == "all-iterates" and rec.unit == "patient"
@@ -217,8 +327,22 @@ def test_gradient_canary_audit_of_a_phantom_recipe_writes_bound_and_estimate(tmp
     assert all(a.epsilon_lower_bound <= rec.stage_epsilon and a.gdp_estimate.kind == "gdp-estimate"
                for a in rec.attacks)
     assert rec.measured_epsilon == rec.attacks[0].epsilon_lower_bound
+    for a in rec.attacks:
+        f = a.fdp_bound
+        assert f.kind == "f-dp-gaussian" and f.delta == rec.delta and f.confidence == pytest.approx(0.975)
+        assert a.epsilon_lower_bound == max(a.bound.epsilon, f.epsilon)
+        assert f.two_sided and f.guesses // 2 in f.k_grid and f.guesses % 2 == 0 and f.correct <= f.guesses
+        assert f.epsilon == (0.0 if f.mu == 0 else pytest.approx(gdp.gdp_epsilon(f.mu, rec.delta)))
     assert rec.estimated_epsilon == next(a for a in rec.attacks if a.attack == "all-iterates-sum").gdp_estimate.epsilon.value
     # 100 canaries see a budget of 4 per patient: the estimate is well above nothing, whatever the bound.
     assert rec.estimated_epsilon > 0.5
     assert any("BOUND" in n for n in rec.notes) and any("ESTIMATE" in n for n in rec.notes)
-    assert "ε GDP estimate" in proc.stdout and (out / "roc.png").stat().st_size > 0
+    assert "ε GDP estimate" in proc.stdout and "ε f-DP (GDP)" in proc.stdout and "ε Steinke" in proc.stdout
+    from types import SimpleNamespace
+
+    from dpmammo.report.audit import audit_table
+
+    p = rec.attacks[0]  # the study report's row names both bounds beside the measured one
+    row = audit_table([(SimpleNamespace(condition="real", epsilon=4.0, status="done", error=None), rec)])
+    assert f"{rec.measured_epsilon:.2f}/patient (Steinke {p.bound.epsilon:.2f}, f-DP {p.fdp_bound.epsilon:.2f})" in row
+    assert (out / "roc.png").stat().st_size > 0

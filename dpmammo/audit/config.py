@@ -15,7 +15,8 @@ METHOD_WORDS: dict[str, str] = {
     "rmia": "RMIA (Zarifzadeh et al. 2024) with K reference models; loss-threshold baseline",
     "one-run": "one training run with mislabelled canaries (Steinke, Nasr & Jagielski 2023)",
     "gradient-canary": "white-box: one DP training run with gradient canaries, every noisy update seen (Nasr et al. "
-                       "2023; Steinke et al. 2023 bound; Andrew et al. 2024 estimate)",
+                       "2023; bounds of Steinke et al. 2023 and, f-DP, Mahloujifar et al. 2025; Andrew et al. 2024 "
+                       "estimate)",
     "auto": "LiRA for head-only recipes (reference models train on cached features), one-run otherwise",
 }
 
@@ -30,11 +31,16 @@ class AuditSettings(StrictModel):
     canaries: int = Field(200, ge=8, description="one-run: m mislabelled canaries (at most the private units); "
                                                  "gradient-canary: m canary units added to the private set; each "
                                                  "trained on with probability 1/2")
+    canary_kind: Literal["mislabelled", "phantom"] = Field(
+        "mislabelled", description="one-run: canaries are private units trained with the other label (mislabelled, "
+                                   "in distribution), or extra patients of one phantom patch each with a random label "
+                                   "(phantom: out of distribution, built to be memorised; every private unit trains)")
     directions: Literal["dirac", "gaussian"] = Field(
         "dirac", description="gradient-canary: a canary's gradient is one trainable coordinate (dirac) or a random "
                              "unit vector (gaussian, an (m, parameters) matrix in memory)")
     canary_patches: int = Field(1, ge=1, le=64, description="gradient-canary: records of one canary patient, each "
-                                                            "with a gradient of norm C (unit patch: 1)")
+                                                            "with a gradient of norm C (unit patch: 1); one-run with "
+                                                            "phantom canaries: copies of a canary's patch")
     seed: Seed = Field(0, description="the audit's own randomness (member split, canaries, bootstrap); not DP noise")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="of the ε lower bounds and the intervals")
     unit: Optional[Unit] = Field(None, description="non-private recipes: the unit to split the pool by (default "

@@ -58,6 +58,27 @@ class OneRunBound(_Record):
     guesses: int
     correct: int
     two_sided: bool = False  # guesses "in" for the top k and "out" for the bottom k
+    # Set where the attack's bound is the larger of this and an f-DP bound (gradient-canary): Steinke
+    # et al.'s ε alone, proved at `confidence` (each of the two at half the record's significance).
+    epsilon: Optional[float] = None
+    confidence: Optional[float] = None
+
+
+class FdpBound(_Record):
+    """Mahloujifar, Melis & Chaudhuri's (2025) one-run f-DP bound (dpmammo.audit.fdp) on the same
+    game: the guesses (best k of `k_grid`, Bonferroni over the grid) reject μ-GDP for every μ < `mu`
+    at `confidence`; `epsilon` is the ε of `mu`-GDP at `delta`. A BOUND under the premise that the
+    mechanism's trade-off curve is Gaussian (Steinke et al.'s needs none)."""
+
+    kind: Literal["f-dp-gaussian"] = "f-dp-gaussian"
+    mu: float
+    epsilon: float
+    delta: float
+    confidence: float
+    k_grid: list[int]
+    guesses: int
+    correct: int
+    two_sided: bool
 
 
 class GdpEstimate(_Record):
@@ -74,10 +95,13 @@ class AttackResult(_Record):
     attack: str
     auc: Estimate
     tpr_at_fpr: list[TprAtFpr]
-    epsilon_lower_bound: float  # a BOUND: holds with probability ≥ the record's confidence
+    # A BOUND: holds with probability ≥ the record's confidence. With `fdp_bound` (gradient-canary), the
+    # larger of Steinke et al.'s (`bound.epsilon`) and the f-DP bound, each proved at half the significance.
+    epsilon_lower_bound: float
     bound: ThresholdBound | OneRunBound
     threat_model: ThreatModel = "black-box final model"
     gdp_estimate: Optional[GdpEstimate] = None
+    fdp_bound: Optional[FdpBound] = None
 
 
 class AuditRecord(_Record):

@@ -23,7 +23,8 @@ from dpmammo.audit.models import (Pool, is_head_only, load_pool, margins, pool_l
                                   train_models)
 from dpmammo.audit.record import (AUDIT_JSON, ROC_PNG, AttackResult, AuditRecord, Estimate, OneRunBound,
                                   ThresholdBound, TprAtFpr, write_audit)
-from dpmammo.audit.splits import canary_split, reference_splits
+from dpmammo.audit.splits import (CANARY_DATASET, canary_split, phantom_canary_split, reference_splits,
+                                  write_phantom_canaries)
 from dpmammo.errors import DpMammoError
 from dpmammo.progress import StepProgress
 from dpmammo.runs import RunDir
@@ -37,7 +38,7 @@ METHOD_ATTACKS = {"lira": (("lira-online", "lira-offline", "loss"), "lira-online
                   "rmia": (("rmia", "loss"), "rmia"),
                   "one-run": (("one-run",), "one-run"),
                   "gradient-canary": (tuple(whitebox.THREAT_MODELS), whitebox.PRIMARY_BOUND)}
-MODELS_DIR = "models"
+MODELS_DIR, CANARIES_DIR = "models", "canaries"
 
 
 def resolve_method(settings: AuditSettings, cfg: TrainConfig) -> str:
@@ -69,10 +70,18 @@ def audit_recipe(cfg: TrainConfig, out: str | Path, settings: AuditSettings, *,
     if cfg.data.audit_split is not None:
         raise DpMammoError("the config sets data.audit_split: the audit draws the member splits itself; remove it")
     method, unit = resolve_method(settings, cfg), audit_unit(settings, cfg)
+    if settings.canary_kind == "phantom" and method != "one-run":
+        raise DpMammoError(f"canary_kind phantom is a one-run audit's; the method is {method}: use --method one-run")
     if method == "gradient-canary":
         return whitebox.audit_gradient_canaries(cfg, out, settings, progress=progress)
+    if settings.canary_kind == "phantom":  # extra patients: a training set of the target's own
+        folder = write_phantom_canaries(out / CANARIES_DIR, settings.canaries, seed=settings.seed,
+                                        size=cfg.model.input_size, patches=settings.canary_patches)
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"train": [*cfg.data.train, str(folder)]})})
     pool = load_pool(cfg, unit)
-    if method == "one-run":
+    if method == "one-run" and settings.canary_kind == "phantom":
+        splits = [phantom_canary_split(pool.units, _canary_units(pool), seed=settings.seed, unit=unit)[0]]
+    elif method == "one-run":
         splits = [canary_split(pool.units, settings.canaries, seed=settings.seed, unit=unit)[0]]
     else:
         splits = reference_splits(pool.units, settings.models, seed=settings.seed, unit=unit)
@@ -126,7 +135,7 @@ def audit_runs(target: Path, references: list[Path], out: str | Path, settings: 
         confidence=settings.confidence, units=len(pool.units), target_members=n_members,
         promised=privacy.total, stage_epsilon=privacy.own.epsilon, delta=privacy.own.delta, primary=primary,
         measured_epsilon=next(r.epsilon_lower_bound for r in results if r.attack == primary), attacks=results,
-        target=str(Path(target).resolve()), notes=_notes(method, unit),
+        target=str(Path(target).resolve()), notes=_notes(method, unit, phantom=bool(_canary_units(pool))),
         wall_time_s=round(time.time() - t0, 1), dpmammo_version=__version__)
     from dpmammo.audit.plot import roc_plot  # matplotlib only when writing
 
@@ -172,13 +181,25 @@ def _reference_attacks(cfg, runs, pool: Pool, labels, splits, settings: AuditSet
     return results, int(unit_in[0].sum())
 
 
+def _canary_units(pool: Pool) -> list[str]:
+    """The units of the pool that are phantom canaries (splits.write_phantom_canaries), in pool order."""
+    canary = {int(u) for u, r in zip(pool.record_unit, pool.records) if r.dataset == CANARY_DATASET}
+    return [pool.units[u] for u in sorted(canary)]
+
+
 def _one_run(cfg, target: Path, pool: Pool, labels, split, settings: AuditSettings):
     members, flipped = set(split.members), set(split.mislabelled)
-    is_canary = np.array([(u not in members) or (u in flipped) for u in pool.units])
-    included = np.array([u in flipped for u in pool.units])
-    trained_label = np.where(included[pool.record_unit], 1 - labels, labels)
-    # A canary is scored on the label it was (or would have been) trained with: the wrong one.
-    canary_label = np.where(is_canary[pool.record_unit], 1 - labels, trained_label)
+    phantom = set(_canary_units(pool))
+    if phantom:  # extra patients, each included or not; scored on the random label each carries
+        is_canary = np.array([u in phantom for u in pool.units])
+        included = is_canary & np.array([u in members for u in pool.units])
+        canary_label = labels
+    else:
+        is_canary = np.array([(u not in members) or (u in flipped) for u in pool.units])
+        included = np.array([u in flipped for u in pool.units])
+        trained_label = np.where(included[pool.record_unit], 1 - labels, labels)
+        # A canary is scored on the label it was (or would have been) trained with: the wrong one.
+        canary_label = np.where(is_canary[pool.record_unit], 1 - labels, trained_label)
     sig = margins(pool_logits(cfg, [target], pool.records), canary_label)[0]
     scores = unit_scores(log_sigmoid(sig).mean(1), pool.record_unit, len(pool.units))[is_canary]
     inc = included[is_canary]
@@ -217,14 +238,20 @@ def attack_result(name: str, scores: np.ndarray, is_member: np.ndarray, eps: flo
                         epsilon_lower_bound=eps, bound=bound), (fpr, tpr)
 
 
-def _notes(method: str, unit: str) -> list[str]:
+def _notes(method: str, unit: str, *, phantom: bool = False) -> list[str]:
     notes = [f"membership is per {unit}: a {unit}'s score is the mean over its patches and flip views",
              "intervals: percentile bootstrap over units; the ε bound: Clopper–Pearson for the top-k units, k fixed on a "
              "calibration model" if method != "one-run" else
              "ε bound: Steinke, Nasr & Jagielski (2023), best top-k guess (Bonferroni over the k grid)",
              "the target trains on about half of the private pool, so its noise is calibrated for that pool "
              "size; its promise is the same ε per unit"]
-    if method == "one-run":
+    if method == "one-run" and phantom:
+        notes[2] = ("the target trains on every private unit and about half of the canaries, so its noise is "
+                    "calibrated for that pool size; its promise is the same ε per unit")
+        notes.append(f"canaries: extra {unit}s of one phantom patch each ({CANARY_DATASET}, a random process, out of "
+                     "distribution) with a label drawn independently of its look, each included with probability 1/2 "
+                     "and scored on that label; all private units are always members")
+    elif method == "one-run":
         notes.append("canaries: private units trained with the other label, each included with probability 1/2; "
                      "all other units are always members")
     return notes

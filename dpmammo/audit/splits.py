@@ -18,17 +18,32 @@
   a typical patch's (Steinke et al. and Nasr et al. 2021 found mislabelled input-space canaries
   among the strongest black-box ones). Real patches stay in-distribution, so the canaries audit
   the recipe as it runs, and the patient-level unit is kept (a canary is a whole patient).
+- One-run with phantom canaries (`canary_kind: phantom`): m extra patients, each one phantom patch
+  (dpmammo.data.phantoms, a random process: out of distribution for real patches) with a label
+  drawn independently of how it looks, each added to the training set with probability ½. Every
+  private unit is always a member. No rule links a canary's look to its label, so a model fits a
+  canary it has seen only by memorising it, and one it has not seen it can only guess: the
+  canaries built to be memorised of Steinke et al. and of Nasr et al. 2023 (mislabelled and out
+  of distribution), here without removing anything from the recipe's data.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import shutil
+from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
+from dpmammo.data.manifest import PUBLISHED_FOLDER, published_name
+from dpmammo.data.phantoms import make_patch
 from dpmammo.errors import DpMammoError
 from dpmammo.privacy.config import Unit
 from dpmammo.train.members import AuditSplit
 
 _STREAM = 0xA0D1  # keeps the audit's stream apart from other uses of the same seed
+# The data set name of phantom canaries: the one-run scorer tells them from private units by it.
+CANARY_DATASET = "audit-canary"
 
 
 def reference_splits(units: list[str], n_refs: int, *, seed: int, unit: Unit) -> list[AuditSplit]:
@@ -62,3 +77,44 @@ def canary_split(units: list[str], m: int, *, seed: int, unit: Unit) -> tuple[Au
     mislabelled = [c for c, inc in zip(canaries, included) if inc]
     split = AuditSplit(unit=unit, members=members, mislabelled=mislabelled, seed=seed, role="target")
     return split, canaries, included
+
+
+def write_phantom_canaries(folder: Path, m: int, *, seed: int, size: int, patches: int = 1) -> Path:
+    """m phantom canaries as a training set in the published layout, `folder`/audit-canary/train:
+    canary i is patient `canary<i>` with `patches` copies of one `size`-pixel phantom patch (a
+    patient with several patches weighs that many records in non-private training; under DP its
+    sum is clipped once) and a label drawn at random, independently of whether its mass was drawn
+    benign- or malignant-looking. Returns the set's folder (a data.train entry). A folder already
+    there is kept when it holds exactly these files (a resumed audit), refused otherwise."""
+    if m < 8:
+        raise DpMammoError(f"audit.canaries={m}: a one-run audit with phantom canaries needs at least 8")
+    rng = np.random.default_rng([seed, _STREAM, 2])
+    labels, looks = rng.integers(0, 2, m), rng.integers(0, 2, m)
+    files = {Path(CANARY_DATASET, "train", PUBLISHED_FOLDER[int(y)],
+                  published_name(f"canary{i}", f"{i}c{j}", "0", int(y))): i
+             for i, y in enumerate(labels) for j in range(patches)}
+    folder = Path(folder)
+    if folder.exists():
+        found = {p.relative_to(folder) for p in folder.rglob("*") if p.is_file()}
+        if found != set(files):
+            raise DpMammoError(f"{folder} holds other files than this audit's {m} phantom canaries (seed {seed}); "
+                               "choose another --out")
+        return folder
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():  # left by an interrupted audit: this function's own files
+        shutil.rmtree(tmp)
+    for rel, i in files.items():
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(make_patch(np.random.default_rng([seed, _STREAM, 3, i]), bool(looks[i]), size)).save(tmp / rel)
+    tmp.rename(folder)
+    return folder
+
+
+def phantom_canary_split(units: list[str], canary_units: list[str], *, seed: int,
+                         unit: Unit) -> tuple[AuditSplit, np.ndarray]:
+    """The one-run target's split with phantom canaries: every private unit, and each canary unit
+    with probability ½ (returned: which of `canary_units` were included)."""
+    included = np.random.default_rng([seed, _STREAM, 4]).random(len(canary_units)) < 0.5
+    canaries = set(canary_units)
+    members = [u for u in units if u not in canaries] + [c for c, inc in zip(canary_units, included) if inc]
+    return AuditSplit(unit=unit, members=members, seed=seed, role="target"), included

@@ -121,7 +121,7 @@ def canary_training(*, model: nn.Module, optimizer: torch.optim.Optimizer, crite
                     batch_size: int, physical: int, seed: int, canaries: GradientCanaries,
                     take: Optional[Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]] = None,
                     prior: list[tuple[float, float, int]] = (), device: torch.device | str = "cpu",
-                    adversary_knows_seed: bool = False,
+                    adversary_knows_seed: bool = False, views_per_record: int = 1,
                     mutate: Optional[Callable[[DPSetup], None]] = None) -> CanaryRun:
     """Train `model` with DP-SGD on `records` plus the included canaries, observing every noisy update.
 
@@ -131,7 +131,10 @@ def canary_training(*, model: nn.Module, optimizer: torch.optim.Optimizer, crite
         privacy: the recipe's privacy block; per-sample gradients are needed to place canary
             gradients, so grad_sample_mode must be hooks or functorch.
         take: inputs of a batch at a step, `take(inputs, idx, step)` (views, cached features);
-            default `inputs[idx]`.
+            default `inputs[idx]`. With `views_per_record` k > 1, idx holds each sampled record k
+            times in a row (the loop's Batch.repeated(k)): k views of it.
+        views_per_record: train.augment_multiplicity; the k rows of a canary record each carry its
+            gradient, summed with its unit's other rows before the unit's one clip, as in training.
         adversary_knows_seed: the adversary rebuilds the key `train.seed` would give
             (SecretKey.for_tests) and subtracts that noise from what it observes: useless against
             a secret key, total against seeded noise (a mutation test).
@@ -151,7 +154,7 @@ def canary_training(*, model: nn.Module, optimizer: torch.optim.Optimizer, crite
     take = take or (lambda x, idx, step: x[idx])
 
     sampler = batch_selection(all_records, privacy, batch_size, torch.Generator().manual_seed(seed), seed, physical,
-                              "the audit's training set")
+                              "the audit's training set", views_per_record=views_per_record)
     dp = make_private(model=model, optimizer=optimizer, sampler=sampler, epochs=epochs, config=privacy,
                       criterion=criterion, prior=prior)
     params = list(dp.optimizer.params)
@@ -181,7 +184,7 @@ def canary_training(*, model: nn.Module, optimizer: torch.optim.Optimizer, crite
     trainable = dp.model
     trainable.train()
     for step in range(dp.planned_steps):
-        batch = sampler.next_batch()
+        batch = sampler.next_batch().repeated(views_per_record)
         train_step(trainable, dp.optimizer, dp.criterion, dp, batch, take(inputs, batch.idx, step), labels[batch.idx],
                    physical, device)
         if step + 1 < dp.planned_steps:
@@ -217,7 +220,7 @@ def _injector(canaries: GradientCanaries, owner: torch.Tensor, first: int, param
     return hook
 
 
-# --- scoring: Steinke et al.'s bound and Andrew et al.'s estimate per threat model ------------
+# --- scoring: Steinke et al.'s and the f-DP bound, Andrew et al.'s estimate, per threat model ------------
 
 THREAT_MODELS = {  # attack → what its adversary sees; the method's rows, in this order
     "all-iterates": "white-box all iterates", "all-iterates-sum": "white-box all iterates",
@@ -233,25 +236,32 @@ def k_grid(m: int) -> list[int]:
 
 
 def score_canaries(run: CanaryRun, *, confidence: float, seed: int, n_boot: int = 1000):
-    """[(AttackResult, ROC curve)] of each score of `run`: Steinke's two-sided bound and the GDP estimate."""
-    from dpmammo.audit import gdp, one_run
-    from dpmammo.audit.record import Estimate, GdpEstimate, OneRunBound
+    """[(AttackResult, ROC curve)] of each score of `run`: the ε lower bound (the larger of Steinke et
+    al.'s two-sided bound and Mahloujifar et al.'s f-DP bound on the same guesses, each proved at half
+    the significance, so that their maximum holds at `confidence`) and the GDP estimate."""
+    from dpmammo.audit import fdp, gdp, one_run
+    from dpmammo.audit.record import Estimate, FdpBound, GdpEstimate, OneRunBound
     from dpmammo.audit.run import attack_result
 
     inc = run.canaries.included
     grid = k_grid(run.canaries.m)
+    each = 1.0 - (1.0 - confidence) / 2  # Bonferroni over the two bounds
     results = []
     for name, scores in run.scores().items():
-        eps, _, guesses, correct = one_run.best_bound(scores, inc, grid, delta=run.delta, confidence=confidence,
-                                                      two_sided=True)
+        steinke, _, guesses, correct = one_run.best_bound(scores, inc, grid, delta=run.delta, confidence=each,
+                                                          two_sided=True)
+        f = fdp.best_bound(scores, inc, grid, delta=run.delta, confidence=each, two_sided=True)
         mu, est = gdp.gdp_estimate(scores, inc, delta=run.delta, n_boot=n_boot, seed=seed, confidence=confidence)
         estimate = GdpEstimate(mu=Estimate(value=mu.value, ci_low=mu.low, ci_high=mu.high),
                                epsilon=Estimate(value=est.value, ci_low=est.low, ci_high=est.high), delta=run.delta)
         bound = OneRunBound(canaries=run.canaries.m, included=int(inc.sum()), k_grid=grid, guesses=guesses,
-                            correct=correct, two_sided=True)
-        result, curve = attack_result(name, scores, inc, eps, bound, confidence=confidence, seed=seed, n_boot=n_boot)
-        results.append((result.model_copy(update={"threat_model": THREAT_MODELS[name], "gdp_estimate": estimate}),
-                        curve))
+                            correct=correct, two_sided=True, epsilon=steinke, confidence=each)
+        fdp_bound = FdpBound(mu=f.mu, epsilon=f.epsilon, delta=run.delta, confidence=each, k_grid=grid,
+                             guesses=f.guesses, correct=f.correct, two_sided=True)
+        result, curve = attack_result(name, scores, inc, max(steinke, f.epsilon), bound, confidence=confidence,
+                                      seed=seed, n_boot=n_boot)
+        results.append((result.model_copy(update={"threat_model": THREAT_MODELS[name], "gdp_estimate": estimate,
+                                                   "fdp_bound": fdp_bound}), curve))
     return results
 
 
@@ -261,9 +271,10 @@ def audit_gradient_canaries(cfg, out, settings, *, progress: str = "lines"):
     """Train recipe `cfg` once with `settings.canaries` gradient canaries and write `out`/audit.json.
 
     The recipe's data, model (parent weights, frozen backbone, cached features), optimiser, loss,
-    flips, batch size, epochs and privacy block, all as `fit` builds them, except that per-sample
-    gradients are formed (grad_sample_mode hooks) so that canary gradients can be placed; the
-    other modes are tested equal to hooks against a per-example loop (tests/test_fast_dp.py).
+    flips and their multiplicity, batch size, epochs and privacy block, all as `fit` builds them,
+    except that per-sample gradients are formed (grad_sample_mode hooks) so that canary gradients
+    can be placed; the other modes are tested equal to hooks against a per-example loop
+    (tests/test_fast_dp.py).
     """
     import sys
     import time
@@ -299,10 +310,11 @@ def audit_gradient_canaries(cfg, out, settings, *, progress: str = "lines"):
     images, labels = load_images(records, model.input_size), load_labels(records)
     model.to(device)
     flips = cfg.train.augment == "flips"
-    views = (lambda step, idx: flip_views(cfg.train.seed, step, idx)) if flips else (lambda step, idx: None)
+    k = cfg.train.augment_multiplicity
+    views = (lambda step, idx: flip_views(cfg.train.seed, step, idx, k)) if flips else (lambda step, idx: None)
     if model.is_backbone_frozen and cfg.train.feature_cache:
         inputs = fc.cached_features(model, records, images, N_VIEWS if flips else 1, device=device, say=say)
-        trainable, physical = model.head, len(records) + settings.canaries * settings.canary_patches
+        trainable, physical = model.head, (len(records) + settings.canaries * settings.canary_patches) * k
         take = lambda x, idx, step: fc.take_views(x, idx, views(step, idx))  # noqa: E731
     else:
         inputs, trainable, physical = images, model, cfg.train.physical_batch_size
@@ -318,7 +330,7 @@ def audit_gradient_canaries(cfg, out, settings, *, progress: str = "lines"):
                           criterion=nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing), inputs=inputs,
                           labels=labels, records=records, privacy=privacy, epochs=cfg.train.epochs,
                           batch_size=cfg.train.batch_size, physical=physical, seed=cfg.train.seed, canaries=canaries,
-                          take=take, prior=prior_history(upstream, privacy), device=device)
+                          take=take, prior=prior_history(upstream, privacy), device=device, views_per_record=k)
     say(f"trained: σ={run.sigma:.4f} q={run.sample_rate:.4f} steps={run.steps}, promised ε={run.epsilon:.3f}")
     scored = score_canaries(run, confidence=settings.confidence, seed=settings.seed)
     own = dp_stage(stage="classifier", run=f"audit {out.name}", data=cfg.data.train, dp=run.setup)
@@ -350,8 +362,12 @@ def _notes(settings, mode: str, recipe_mode: str) -> list[str]:
         "threat models: 'white-box all iterates' sees every noisy update (the clipped sum plus noise, before the "
         "optimizer); 'white-box final model' sees θ_T − θ_0 only (the last iterate: the recipe's epoch selection and "
         "weight averaging are not applied)",
-        "epsilon_lower_bound: a BOUND (Steinke, Nasr & Jagielski 2023, top k guessed in and bottom k out, best k of "
-        "the grid with Bonferroni); gdp_estimate: an ESTIMATE (Andrew et al. 2024), not a bound",
+        "epsilon_lower_bound: a BOUND, the larger of two on the same guesses (top k guessed in and bottom k out, best "
+        "k of the grid with Bonferroni), each proved at half the significance so that the larger holds at the "
+        "record's confidence: Steinke, Nasr & Jagielski 2023 (bound.epsilon, a bound on (ε, δ)-DP with no premise) "
+        "and Mahloujifar, Melis & Chaudhuri 2025 (fdp_bound: the guesses reject μ-GDP for every μ below fdp_bound.mu; "
+        "its ε at δ bounds ε under the premise that the trade-off curve is Gaussian, as DP-SGD's nearly is); "
+        "gdp_estimate: an ESTIMATE (Andrew et al. 2024), not a bound",
         f"primary bound: {PRIMARY_BOUND} (likelihood-ratio score); primary estimate: {PRIMARY_ESTIMATE} (sum score); "
         "both fixed before the run",
         f"per-sample gradients: grad_sample_mode {mode} (the recipe says {recipe_mode})",

@@ -90,7 +90,8 @@ def audit_table(audited) -> str:
         method = f"{r.method} ({r.primary}" + (f", K={r.reference_models})" if r.reference_models else ")")
         rows.append([a.condition, a.epsilon, describe(r.promised),
                      "non-private" if r.stage_epsilon is None else f"{r.stage_epsilon:.2f}/{r.unit}", method,
-                     p.threat_model, f"{r.measured_epsilon:.2f}/{r.unit}",
+                     p.threat_model, f"{r.measured_epsilon:.2f}/{r.unit}" + (
+                         f" (Steinke {p.bound.epsilon:.2f}, f-DP {p.fdp_bound.epsilon:.2f})" if p.fdp_bound else ""),
                      "" if r.estimated_epsilon is None else f"{r.estimated_epsilon:.2f}/{r.unit} ({r.estimate_attack})",
                      f"{p.auc.value:.3f} [{p.auc.ci_low:.3f}, {p.auc.ci_high:.3f}]", f"{tpr.tpr.value:.3f}", a.status])
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
@@ -108,6 +109,8 @@ def audit_section(cfg: StudyConfig, study_dir: Path, embed) -> str:
             f"<p>Each audit trains its own target and reference models of the recipe on known halves of the private "
             f"pool ({html.escape(cfg.privacy.unit)}s) and reports the ε lower bound its primary attack proves with 95% "
             f"confidence (a gradient-canary audit instead trains the recipe once with canary units whose gradients "
-            f"the adversary sees in every noisy update, and adds a Gaussian-DP estimate). A measured bound is a floor "
+            f"the adversary sees in every noisy update, takes the larger of Steinke et al.'s bound and the f-DP bound of "
+            f"Mahloujifar et al., whose premise is a Gaussian trade-off curve, each at half the significance, and adds a "
+            f"Gaussian-DP estimate). A measured bound is a floor "
             f"on the real leakage, not an estimate of it; one above the promise would be a bug. An estimate is "
             f"neither: it may exceed a tight promise.</p>{embed(plot, 'promised vs measured ε')}{audit_table(audited)}")
