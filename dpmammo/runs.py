@@ -44,6 +44,15 @@ MARKER = ".dpmammo-run"  # written first into a run directory: dpmammo replaces 
 REPLACED = ".dpmammo-replaced"  # a run replaced with --force waits here until the new run can resume
 
 
+def run_kind(config: dict[str, Any]) -> str:
+    """What made a run, from its config.yaml: `generator` (every generator config names its
+    generator), `pretrain` (a pretrain config names its objective) or `classifier`. Used to word
+    errors (e.g. evaluating a generator run) without importing the stages that write them."""
+    if "generator" in config:
+        return "generator"
+    return "pretrain" if "objective" in config else "classifier"
+
+
 def config_text(cfg: BaseModel) -> str:
     """The resolved config as config.yaml holds it (every default spelled out)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -30,7 +30,7 @@ from sklearn.metrics import roc_auc_score
 from dpmammo.config import parse_config
 from dpmammo.data.sets import load_set
 from dpmammo.errors import DpMammoError
-from dpmammo.evaluate.run import load_run_model
+from dpmammo.train.saved import load_run_model
 from dpmammo.gan import GanConfig, sample, score, train_gan
 from dpmammo.gan.models import Discriminator
 from dpmammo.gan.registry import load_generator_config

@@ -11,32 +11,12 @@ from dpmammo.data.images import load_images, load_labels
 from dpmammo.data.sets import data_inputs, load_set, resolve_root, unit_of
 from dpmammo.errors import DpMammoError
 from dpmammo.evaluate.metrics import binary_metrics, check_both_classes, youden_threshold
-from dpmammo.models import create_model, load_weights
-from dpmammo.train import TrainConfig
 from dpmammo.privacy.ledger import short
 from dpmammo.files import check_out
 from dpmammo.runs import EVAL, METRICS, RunDir
 from dpmammo.device import resolve_device
 from dpmammo.train.predict import predict_proba
-
-
-def load_run_model(run_dir: Path):
-    """The run's config and its selected model (weights loaded strictly)."""
-    run = RunDir(run_dir)
-    if not run.is_finished:
-        raise FileNotFoundError
-    from dpmammo.config import parse_config
-    from dpmammo.gan.registry import is_generator_config
-
-    cfg = run.read_config_as(lambda data, source: parse_config(TrainConfig, data, source), "classifier",
-                             is_other=is_generator_config, other_kind="generator",
-                             hint="evaluate a run made by `dpmammo train`, or sample it with `dpmammo gan sample`")
-    # The run's own weight file is the whole model: skip the sources it was initialised from.
-    sources = {"weights": None, "backbone_weights": None, "pretrained": False, "freeze_backbone": False}
-    model_cfg = cfg.model.model_copy(update={k: v for k, v in sources.items() if k in type(cfg.model).model_fields})
-    model = create_model(model_cfg)
-    load_weights(model, run.weights)
-    return cfg, model
+from dpmammo.train.saved import load_run_model
 
 
 def evaluate_run(run_dir: str | Path, on: list[str], *, data_root: str | Path | None = None,

@@ -109,7 +109,7 @@ def score(folder: str | Path, ref: str, *, classifier: str | Path, root: Optiona
         max_images: use at most this many patches of each set (seeded subsample), for speed.
         frd: compute FRD (needs the `frd` extra); frd_size: both sets are resized to this side for it.
     """
-    from dpmammo.evaluate.run import load_run_model
+    from dpmammo.train.saved import load_run_model
 
     folder = Path(folder).expanduser().resolve()
     syn, real = score_sets(folder, ref, root=root, max_images=max_images, seed=seed)

@@ -130,7 +130,7 @@ def run_quality(cfg: StudyConfig, plan: Plan, study_dir: Path, outcomes: dict[st
                 console: Optional[Console] = None) -> list[QualityRow]:
     """Score every candidate set; write quality.csv, quality.md and the grids; return the rows.
     A set that cannot be scored is a failed or skipped row; the others go on."""
-    from dpmammo.evaluate.run import load_run_model
+    from dpmammo.train.saved import load_run_model
     from dpmammo.gan.score import subsample, train_score_classifier
 
     settings = cfg.quality_settings
