@@ -202,18 +202,36 @@ def test_per_sample_gradients_match_a_per_example_loop(net, mode, unit):
     torch.testing.assert_close(before - after, clipped_mean, rtol=1e-4, atol=1e-6)
 
 
+def fourteen_patch_patient(sample_shape) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """20 records: one patient with 14 near-identical patches of one label, then 6 one-patch
+    patients; (x, y, patient number of each record)."""
+    torch.manual_seed(0)
+    x = torch.rand(20, *sample_shape)
+    x[:14] = x[0] + 0.01 * torch.rand(14, *sample_shape)
+    y = torch.cat([torch.ones(14, dtype=torch.long), torch.randint(0, 2, (6,))])
+    return x, y, torch.cat([torch.zeros(14, dtype=torch.long), torch.arange(1, 7)])
+
+
+def assert_one_patient_moves_at_most_c(clipped_sum, clip: float, what: str) -> None:
+    """clipped_sum(with_patient, unit): the 14-patch patient moves it by ≤ C at patient level and by
+    10–14·C at patch level, where each of its patches is clipped alone."""
+    for unit, low, high in (("patient", 0.0, clip), ("patch", 10 * clip, 14 * clip)):
+        torch.manual_seed(0)
+        with_p = clipped_sum(True, unit)
+        torch.manual_seed(0)
+        without = clipped_sum(False, unit)
+        moved = (with_p - without).norm().item()
+        assert low <= moved <= high * (1 + 1e-4), f"{unit}{what}: one patient moved the clipped sum by {moved:.4f}"
+
+
 @pytest.mark.parametrize("net,mode", [("cnn", m) for m in (*MODES, "bookkeeping")] + [("head", "bookkeeping")])
 def test_one_patient_moves_the_clipped_sum_by_at_most_c(net, mode):
     """Sensitivity: a patient with 14 patches changes the clipped sum (before noise) by at most C at
     patient level, and by up to 14·C at patch level, where each of its patches is clipped alone."""
     build, shape = NETWORKS[net]
-    torch.manual_seed(0)
     clip = 0.1
-    x = torch.rand(20, *shape[1:])
-    x[:14] = x[0] + 0.01 * torch.rand(14, *shape[1:])  # one patient: 14 near-identical patches, same label
-    y = torch.cat([torch.ones(14, dtype=torch.long), torch.randint(0, 2, (6,))])
+    x, y, patients = fourteen_patch_patient(shape[1:])
     x, y = x.to(DEVICE), y.to(DEVICE)
-    patients = torch.cat([torch.zeros(14, dtype=torch.long), torch.arange(1, 7)])
 
     def clipped_sum(with_patient: bool, unit: str) -> torch.Tensor:
         model = build().to(DEVICE)  # the same initialisation every time
@@ -229,13 +247,7 @@ def test_one_patient_moves_the_clipped_sum_by_at_most_c(net, mode):
             dp.optimizer.pre_step()  # clip, sum, (zero) noise, divide by the expected batch of 1: the clipped sum
         return torch.cat([p.grad.flatten() for p in params])
 
-    for unit, low, high in (("patient", 0.0, clip), ("patch", 10 * clip, 14 * clip)):
-        torch.manual_seed(0)
-        with_p = clipped_sum(True, unit)
-        torch.manual_seed(0)
-        without = clipped_sum(False, unit)
-        moved = (with_p - without).norm().item()
-        assert low <= moved <= high * (1 + 1e-4), f"{unit}: one patient moved the clipped sum by {moved:.4f}"
+    assert_one_patient_moves_at_most_c(clipped_sum, clip, "")
 
 
 @pytest.mark.parametrize("k", [2, 4])
@@ -244,12 +256,8 @@ def test_augmentation_multiplicity_keeps_the_sensitivity_c(mode, k):
     """A patient with 14 patches × K flip views (train.augment_multiplicity): its 14·K rows are one
     unit, summed before the one clip, so the patient moves the clipped sum by ≤ C; at patch level
     each patch's K views are one unit, so the patient moves it by up to 14·C (and more than 10·C)."""
-    torch.manual_seed(0)
     clip = 0.1
-    x = torch.rand(20, 1, 32, 32)
-    x[:14] = x[0] + 0.01 * torch.rand(14, 1, 32, 32)
-    y = torch.cat([torch.ones(14, dtype=torch.long), torch.randint(0, 2, (6,))])
-    patients = torch.cat([torch.zeros(14, dtype=torch.long), torch.arange(1, 7)])
+    x, y, patients = fourteen_patch_patient((1, 32, 32))
 
     def clipped_sum(with_patient: bool, unit: str) -> torch.Tensor:
         model = tiny_cnn()
@@ -269,13 +277,7 @@ def test_augmentation_multiplicity_keeps_the_sensitivity_c(mode, k):
             dp.optimizer.pre_step()
         return torch.cat([p.grad.flatten() for p in params])
 
-    for unit, low, high in (("patient", 0.0, clip), ("patch", 10 * clip, 14 * clip)):
-        torch.manual_seed(0)
-        with_p = clipped_sum(True, unit)
-        torch.manual_seed(0)
-        without = clipped_sum(False, unit)
-        moved = (with_p - without).norm().item()
-        assert low <= moved <= high * (1 + 1e-4), f"{unit}, K={k}: one patient moved the clipped sum by {moved:.4f}"
+    assert_one_patient_moves_at_most_c(clipped_sum, clip, f", K={k}")
 
 
 def test_multiplicity_trains_end_to_end(phantom_root, tmp_path, monkeypatch):
