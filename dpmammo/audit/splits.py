@@ -101,7 +101,10 @@ def write_phantom_canaries(folder: Path, m: int, *, seed: int, size: int, patche
                                "choose another --out")
         return folder
     tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():  # left by an interrupted audit: this function's own files
+    if tmp.exists():  # left by an interrupted audit: removed only if it holds nothing but canary files
+        left = {p.relative_to(tmp) for p in tmp.rglob("*") if p.is_file()}
+        if not left <= set(files):
+            raise DpMammoError(f"{tmp} holds files this audit did not write; move them away or choose another --out")
         shutil.rmtree(tmp)
     for rel, i in files.items():
         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
