@@ -182,19 +182,28 @@ def extract_csv(
 def train(config: Path,
           out: Optional[Path] = typer.Option(None, "--out", help="run directory (default runs/<config name>)"),
           set_: List[str] = typer.Option([], "--set", help="override a config key: --set train.epochs=5"),
-          force: bool = typer.Option(False, "--force", help="replace a finished run in --out")):
+          force: bool = typer.Option(False, "--force", help="replace a finished run in --out"),
+          nproc: int = typer.Option(1, "--nproc", min=1,
+                                    help="train over this many processes on this machine (torch.distributed: gloo on "
+                                         "CPU, one GPU each on CUDA); under torchrun leave it at 1")):
     """Train a classifier (DP-SGD when the config has a privacy: block)."""
     from dpmammo.config import load_config
     from dpmammo.train.config import TrainConfig
 
     cfg = load_config(TrainConfig, config, set_)
+    from dpmammo import distributed
     from dpmammo.files import check_out
     from dpmammo.runs import RunDir, config_input
     from dpmammo.train import fit
 
+    ranks = distributed.init_from_env(cfg.train.device)  # torchrun: join its process group
+    if ranks.distributed and nproc > 1:
+        raise DpMammoError(f"--nproc {nproc} under torchrun: torchrun starts the processes; drop --nproc")
     out = out or Path("runs") / config.stem
     check_out(out, config_input(config, out))
-    metrics = fit(cfg, out, force=force, progress=True)
+    metrics = fit(cfg, out, force=force, progress=True, nproc=nproc)
+    if not ranks.is_main:
+        return
     console.print(f"{out}: val AUROC {metrics['val']['auroc']:.3f} (epoch {metrics['val']['epoch']}), "
                   f"{RunDir(out).read_privacy().describe()}", highlight=False)
 

@@ -17,7 +17,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 from opacus.grad_sample import AbstractGradSampleModule
 from opacus.grad_sample.utils import wrap_model
-from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.optimizers import (DistributedDPOptimizer, DistributedDPOptimizerFastGradientClipping, DPOptimizer,
+                               DPOptimizerFastGradientClipping)
 from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 from opacus.validators import ModuleValidator
 from torch import nn
@@ -78,6 +79,38 @@ class FastClippingDPOptimizer(NoiseAheadMixin, DPOptimizerFastGradientClipping):
                 p.summed_grad, p.grad = p.grad.detach(), None
             else:
                 p.summed_grad.add_(p.grad)
+
+
+class NoiseOnceAcrossRanks:
+    """For a training over several processes (dpmammo.distributed), before Opacus's distributed
+    optimizers in the MRO: each rank clips its own units and sums them, the sums are all-reduced
+    (Opacus's `reduce_gradients`), and the secret noise is added once, by rank 0, so the step's
+    noise has standard deviation σ·C whatever the number of ranks. The other ranks draw no noise
+    (their `noise_ahead` only counts steps). The expected batch each rank divides by is the whole
+    step's over the number of ranks: Opacus divides the all-reduced sum by the number of ranks again."""
+
+    rank: int
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.noise_ahead.enabled = self.rank == 0
+
+    def add_noise(self) -> None:
+        if self.rank == 0:
+            super().add_noise()  # NoiseAheadMixin: the secret noise, once per step
+        else:
+            for p in self.params:
+                p.grad = p.summed_grad.view_as(p)
+
+
+class DistributedUnitDPOptimizer(NoiseOnceAcrossRanks, UnitDPOptimizer, DistributedDPOptimizer):
+    """UnitDPOptimizer on one rank of several: per-unit clipping here, the sum over ranks and the
+    step from Opacus's DistributedDPOptimizer, the noise once (NoiseOnceAcrossRanks)."""
+
+
+class DistributedFastClippingDPOptimizer(NoiseOnceAcrossRanks, FastClippingDPOptimizer,
+                                         DistributedDPOptimizerFastGradientClipping):
+    """FastClippingDPOptimizer (ghost and book-keeping modes) on one rank of several."""
 
 
 @dataclass
@@ -201,7 +234,8 @@ def choose_grad_sample_mode(model: nn.Module) -> str:
 
 
 def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer, sampler: PoissonUnits, epochs: int,
-                 config: PrivacyConfig, criterion: nn.Module | None = None, prior: Sequence[tuple[float, float, int]] = ()) -> DPSetup:
+                 config: PrivacyConfig, criterion: nn.Module | None = None, prior: Sequence[tuple[float, float, int]] = (),
+                 world_size: int = 1) -> DPSetup:
     """Wrap `model` and `optimizer` for DP-SGD at `config.target_epsilon` over `epochs`.
 
     Args:
@@ -220,6 +254,9 @@ def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer, sampler:
         prior: with `config.target == "total"`, the (σ, q, steps) of the DP stages before this one
             (dpmammo.privacy.ledger.prior_history): the noise is calibrated to their RDP composition
             with this stage.
+        world_size: the number of processes of one training over several (dpmammo.distributed):
+            each rank's sampler yields its share of the units, each rank clips its own, and the
+            optimizer sums over the ranks and adds the noise once (NoiseOnceAcrossRanks).
 
     Returns:
         a DPSetup. Its accountant is attached to the optimizer and counts every real step.
@@ -235,8 +272,11 @@ def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer, sampler:
                             sample_rate=sampler.sample_rate, steps=steps, accountant=config.accountant, prior=before)
     prepare_for_dp(model)
     mode = choose_grad_sample_mode(model) if config.grad_sample_mode == "auto" else config.grad_sample_mode
-    gsm, dp_opt, dp_criterion = _WRAPPERS[mode](model, optimizer, criterion, sigma, sampler.expected_units,
-                                                config.max_grad_norm, sampler.key)
+    if world_size > 1 and not (torch.distributed.is_initialized() and torch.distributed.get_world_size() == world_size):
+        raise DpMammoError(f"world_size={world_size} but this process is not in a process group of that size "
+                           "(start it with dpmammo train --nproc or torchrun)")
+    gsm, dp_opt, dp_criterion = _WRAPPERS[mode](model, optimizer, criterion, sigma, sampler.expected_units / world_size,
+                                                config.max_grad_norm, sampler.key, world_size > 1)
     accountant = new_accountant(config.accountant)
     dp_opt.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=sampler.sample_rate))
     curve = EpsilonCurve(sigma, sampler.sample_rate, config.delta, before=count) if config.accountant == "rdp" else None
@@ -250,9 +290,9 @@ def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer, sampler:
 def _per_sample(mode: str):
     """hooks / functorch: instantiate per-sample gradients, sum them per unit, clip in the optimizer."""
 
-    def wrap(model, optimizer, criterion, sigma, expected_units, max_grad_norm, key):
+    def wrap(model, optimizer, criterion, sigma, expected_units, max_grad_norm, key, distributed):
         gsm = wrap_model(model, grad_sample_mode=mode, batch_first=True, loss_reduction="mean")
-        opt = UnitDPOptimizer(optimizer, noise_multiplier=sigma, max_grad_norm=max_grad_norm,
+        opt = (DistributedUnitDPOptimizer if distributed else UnitDPOptimizer)(optimizer, noise_multiplier=sigma, max_grad_norm=max_grad_norm,
                               expected_batch_size=expected_units, loss_reduction="mean",
                               secret_key=key)
         return gsm, opt, criterion
@@ -260,23 +300,27 @@ def _per_sample(mode: str):
     return wrap
 
 
-def _ghost(model, optimizer, criterion, sigma, expected_units, max_grad_norm, key):
+def _fast_clipping_optimizer(distributed: bool) -> type:
+    return DistributedFastClippingDPOptimizer if distributed else FastClippingDPOptimizer
+
+
+def _ghost(model, optimizer, criterion, sigma, expected_units, max_grad_norm, key, distributed):
     """Fast gradient clipping (Lee & Kifer 2021; Li et al. 2022 "ghost clipping"): a first
     backward pass computes only per-unit gradient norms, a second one back-propagates the
     per-sample losses scaled by their unit's clipping factor, giving the sum of clipped gradients."""
     gsm = UnitGhostClipping(model, batch_first=True, loss_reduction="mean", max_grad_norm=max_grad_norm,
                             use_ghost_clipping=True)
-    opt = FastClippingDPOptimizer(optimizer, noise_multiplier=sigma, max_grad_norm=max_grad_norm,
+    opt = _fast_clipping_optimizer(distributed)(optimizer, noise_multiplier=sigma, max_grad_norm=max_grad_norm,
                                   expected_batch_size=expected_units, loss_reduction="mean",
                                   secret_key=key)
     return gsm, opt, DPLossFastGradientClipping(gsm, opt, criterion, loss_reduction="mean")
 
 
-def _bookkeeping(model, optimizer, criterion, sigma, expected_units, max_grad_norm, key):
+def _bookkeeping(model, optimizer, criterion, sigma, expected_units, max_grad_norm, key, distributed):
     """Book-keeping clipping (one backward pass): the clipped sum lands in p.grad, and Opacus's
     fast-gradient-clipping optimizer adds the noise, as in ghost mode."""
     module = BookKeepingClipping(model, max_grad_norm)
-    opt = FastClippingDPOptimizer(optimizer, noise_multiplier=sigma, max_grad_norm=max_grad_norm,
+    opt = _fast_clipping_optimizer(distributed)(optimizer, noise_multiplier=sigma, max_grad_norm=max_grad_norm,
                                   expected_batch_size=expected_units, loss_reduction="mean",
                                   secret_key=key)
     return module, opt, BookKeepingLoss(module, criterion)

@@ -52,6 +52,9 @@ class NoiseAhead:
         self.draws = 0  # noise draws started so far: the step index of the next one (public)
         # A worker thread pays off on CPU only; CUDA kernels are asynchronous already.
         self.threaded = all(p.device.type == "cpu" for p in params)
+        # False on the ranks of a training over several processes that add no noise (rank 0 adds it
+        # once: dpmammo.privacy.engine.NoiseOnceAcrossRanks): they count steps and draw nothing.
+        self.enabled = True
         self._pending: Future | list[torch.Tensor] | None = None
 
     def start(self, std: float) -> None:
@@ -59,10 +62,14 @@ class NoiseAhead:
         if self._pending is not None:
             return  # already drawn for this step (a logical batch split into chunks starts once)
         index, self.draws = self.draws, self.draws + 1
+        if not self.enabled:
+            return
         self._pending = _pool().submit(self._draw, std, index) if self.threaded else self._draw(std, index)
 
     def take(self, std: float) -> list[torch.Tensor]:
         """The step's noise, one tensor per parameter (drawn now if no step started it)."""
+        if not self.enabled:
+            raise RuntimeError("this rank adds no noise: rank 0 adds it once per step")
         self.start(std)
         pending, self._pending = self._pending, None
         return pending.result() if isinstance(pending, Future) else pending

@@ -74,6 +74,13 @@ class Batch:
 
     idx: torch.Tensor
     groups: Optional[torch.Tensor] = None
+    # Rows of the whole logical batch when this is one rank's share of it (a training over several
+    # processes); None: this batch is the whole step. Non-private steps weight each rank's mean by it.
+    step_rows: Optional[int] = None
+
+    @property
+    def rows_in_step(self) -> int:
+        return len(self.idx) if self.step_rows is None else self.step_rows
 
     def __len__(self) -> int:
         return len(self.idx)
@@ -106,7 +113,8 @@ class Batch:
         if k == 1:
             return self
         groups = self.groups if self.groups is not None else torch.arange(len(self.idx))
-        return Batch(self.idx.repeat_interleave(k), groups.repeat_interleave(k))
+        return Batch(self.idx.repeat_interleave(k), groups.repeat_interleave(k),
+                     None if self.step_rows is None else self.step_rows * k)
 
     def chunk_groups(self, part: slice) -> Optional[torch.Tensor]:
         """The unit numbers of the records in chunk `part`, renumbered from 0."""
@@ -118,7 +126,8 @@ class Batch:
 def batch_selection(records: Sequence, privacy: Optional[PrivacyConfig], batch_size: int, seed_generator: torch.Generator,
                     seed: int, max_physical: int, what: str = "",
                     released_rate_units: Optional[float] = None,
-                    views_per_record: int = 1) -> "ShuffledBatches | PoissonUnits":
+                    views_per_record: int = 1, key: Optional[SecretKey] = None,
+                    shard: tuple[int, int] = (0, 1)) -> "ShuffledBatches | PoissonUnits":
     """The batch selection of a training stage (records: PatchRecords).
 
     Without DP: shuffled batches from the run's seeded generator (no secret). Under DP: Poisson
@@ -127,12 +136,15 @@ def batch_selection(records: Sequence, privacy: Optional[PrivacyConfig], batch_s
     unit small enough to be clipped in one physical pass (with `views_per_record` rows per record:
     augmentation multiplicity). A resumed stage passes the count it released before
     (`released_rate_units`, from its checkpoint): the count is released once.
+
+    One rank of a training over several processes passes `shard` = (rank, ranks) and rank 0's
+    `key` (dpmammo.distributed): every rank then draws the same batch and keeps its share of it.
     """
     if privacy is None:
-        return ShuffledBatches(len(records), batch_size, seed_generator)
+        return ShuffledBatches(len(records), batch_size, seed_generator, shard=shard)
     is_private = [r.source == "real" for r in records]
     units = unit_ids([r.patient for r in records], is_private, privacy.unit, what)
-    key = secret_key(privacy, seed)
+    key = key if key is not None else secret_key(privacy, seed)
     private = torch.tensor(is_private, dtype=torch.bool)
     n_private_units = len(torch.unique(units[private]))
     n_public_units = (int(units.max()) + 1 if len(units) else 0) - n_private_units
@@ -142,7 +154,7 @@ def batch_selection(records: Sequence, privacy: Optional[PrivacyConfig], batch_s
         counted = n_public_units + noisy_unit_count(key, n_private_units, privacy.unit_count_noise)
         released_rate_units = max(float(batch_size), counted)
     sampler = PoissonUnits(units, batch_size, key, rate_units=released_rate_units,
-                           unit_count_noise=privacy.unit_count_noise)
+                           unit_count_noise=privacy.unit_count_noise, shard=shard)
     rows = sampler.max_unit_size * views_per_record
     if rows > max_physical:
         views = f" × {views_per_record} views (train.augment_multiplicity)" if views_per_record > 1 else ""
@@ -166,10 +178,12 @@ class ShuffledBatches:
 
     private = False
 
-    def __init__(self, n: int, batch_size: int, generator: torch.Generator):
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator, *, shard: tuple[int, int] = (0, 1)):
+        """shard: (rank, ranks) of a training over several processes: every rank draws the same
+        permutation (the same seeded generator) and keeps every ranks-th record of a batch."""
         if batch_size > n:
             raise DpMammoError(f"train.batch_size={batch_size} exceeds the {n} training patches")
-        self.n, self.batch_size, self.generator = n, batch_size, generator
+        self.n, self.batch_size, self.generator, self.shard = n, batch_size, generator, shard
         self.steps_per_epoch = -(-n // batch_size)
         self._perm, self._pos = torch.empty(0, dtype=torch.long), 0
 
@@ -178,7 +192,8 @@ class ShuffledBatches:
             self._perm, self._pos = torch.randperm(self.n, generator=self.generator), 0
         idx = self._perm[self._pos:self._pos + self.batch_size]
         self._pos += self.batch_size
-        return Batch(idx)
+        rank, ranks = self.shard
+        return Batch(idx) if ranks == 1 else Batch(idx[rank::ranks], step_rows=len(idx))
 
 
 class PoissonUnits:
@@ -186,13 +201,22 @@ class PoissonUnits:
 
     `rate_units` is the (noisy, released) unit count the rate is set from; by default the exact
     number of units, for callers whose unit count is public (tests, audits of a known pool).
+
+    With `shard` = (rank, ranks), one rank of a training over several processes: the draw is the
+    whole step's (the same key on every rank), and the batch holds the sampled units u ≡ rank
+    (mod ranks) only. So each unit is sampled once per step at rate q, and clipped on one rank.
     """
 
     private = True
 
     def __init__(self, units: torch.Tensor, expected_units: int, key: SecretKey, *,
-                 rate_units: Optional[float] = None, unit_count_noise: Optional[float] = None):
+                 rate_units: Optional[float] = None, unit_count_noise: Optional[float] = None,
+                 shard: tuple[int, int] = (0, 1)):
         """units: the unit number of each record (see `unit_ids`)."""
+        rank, ranks = shard
+        if not 0 <= rank < ranks:
+            raise ValueError(f"shard {shard}: expected (rank, ranks) with 0 <= rank < ranks")
+        self.shard = shard
         self.n_units = int(units.max()) + 1 if len(units) else 0
         if not 0 < expected_units <= self.n_units:
             raise DpMammoError(f"batch_size={expected_units} must be between 1 and the {self.n_units} units of privacy "
@@ -212,7 +236,9 @@ class PoissonUnits:
     def next_batch(self) -> Batch:
         u = self.key.uniform("sample", self.draws, self.n_units)
         self.draws += 1
-        chosen = (u < self.sample_rate).nonzero().squeeze(1).tolist()
+        chosen = (u < self.sample_rate).nonzero().squeeze(1)
+        rank, ranks = self.shard
+        chosen = chosen[chosen % ranks == rank].tolist()  # this rank's share: every unit on exactly one rank
         if not chosen:
             return Batch(torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long) if self.grouped else None)
         parts = [self._records_of[u] for u in chosen]

@@ -23,8 +23,9 @@ from typing import Callable
 import torch
 from sklearn.metrics import roc_auc_score
 
-from dpmammo import __version__
+from dpmammo import __version__, distributed
 from dpmammo.device import resolve_device
+from dpmammo.distributed import launch
 from dpmammo.data.images import N_VIEWS, apply_views, load_images, load_labels, to_float
 from dpmammo.data.sets import check_training_sets, load_set, resolve_root, synthetic_provenance
 from dpmammo.errors import DpMammoError
@@ -33,7 +34,7 @@ from dpmammo.models import create_model, load_init_weights, save_weights
 from dpmammo.privacy import (StageSpend, dp_stage, make_private, non_dp_stage, prior_history, weights_stage,
                              write_privacy)
 from dpmammo.privacy.ledger import synthetic_chain
-from dpmammo.privacy.sampling import batch_selection, epoch_steps
+from dpmammo.privacy.sampling import batch_selection, epoch_steps, secret_key
 from dpmammo.randomness import keyed_uniform
 from dpmammo.progress import StepProgress
 from dpmammo.runs import METRICS, RunDir
@@ -48,8 +49,11 @@ DP_LOSS_NOTE = ("training losses are not recorded: they are computed from privat
                 "DP iterates only")
 
 
-def fit(cfg: TrainConfig, out: str | Path, *, force: bool = False, progress: bool = True) -> dict:
+def fit(cfg: TrainConfig, out: str | Path, *, force: bool = False, progress: bool = True, nproc: int = 1) -> dict:
     """Train one run into `out` and return its metrics. Resumes an interrupted run in `out`.
+
+    nproc > 1: one training over that many processes on this machine (dpmammo.distributed); under
+    torchrun every rank calls `fit` itself (nproc 1) inside torchrun's process group.
 
     Example:
         >>> fit(load_config(TrainConfig, "configs/cnn-small-dp.yaml"), "runs/cnn-eps6")  # doctest: +SKIP
@@ -57,9 +61,25 @@ def fit(cfg: TrainConfig, out: str | Path, *, force: bool = False, progress: boo
     check_out(out, input_paths(cfg))  # before anything is touched
     run = RunDir(out)
     check_data(cfg, run)  # before the run directory is touched: a refusal leaves it as it was
+    if nproc > 1:
+        launch(_fit_rank, (cfg, str(out), force, progress), nproc, cfg.train.device)
+        return run.read_metrics()
+    return _fit_rank(cfg, out, force, progress)
+
+
+def _fit_rank(cfg: TrainConfig, out: str | Path, force: bool, progress: bool) -> dict:
+    """`fit` on one rank (the only one, without a process group): rank 0 holds the run directory
+    and writes; the other ranks train beside it and write nothing."""
+    run, ranks = RunDir(out), distributed.current()
+    if not ranks.is_main:
+        resuming = ranks.share_flag(None)  # once rank 0 holds the directory (and knows)
+        return train_run(cfg, run, resuming, lambda line: None, False, ranks)
     with run.training(cfg, force) as resuming:  # holds the directory; a refused start leaves nothing
+        ranks.share_flag(resuming)
         with run.log_writer(f"{'resume' if resuming else 'start'} {run.path} dpmammo {__version__}") as say:
-            return train_run(cfg, run, resuming, say, progress)
+            if ranks.distributed:
+                say(f"one training over {ranks.world} processes ({torch.distributed.get_backend()})")
+            return train_run(cfg, run, resuming, say, progress, ranks)
 
 
 def check_data(cfg: TrainConfig, run: RunDir) -> None:
@@ -83,10 +103,13 @@ def check_data(cfg: TrainConfig, run: RunDir) -> None:
                     f"data.{what} changed); restore the data as it was, or train into another --out")
 
 
-def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, say: Callable[[str], None], progress: bool) -> dict:
-    """The body of `fit`, inside the run directory's hold; `say` writes a line to log.txt."""
+def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, say: Callable[[str], None], progress: bool,
+              ranks: distributed.Ranks = distributed.SINGLE) -> dict:
+    """The body of `fit`, inside the run directory's hold; `say` writes a line to log.txt. On a rank
+    other than 0 of a training over several processes it trains its share, writes nothing and
+    returns {}."""
     t0 = time.time()
-    device = resolve_device(cfg.train.device)
+    device = ranks.device(resolve_device(cfg.train.device))
     torch.manual_seed(cfg.train.seed)
 
     # Data: the union of the training sets, the validation set, all in memory as uint8.
@@ -103,6 +126,7 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, say: Callable[[str]
         load_init_weights(model, RunDir(cfg.init_from).weights, cfg.init_weights)
         if cfg.model.freeze_backbone:
             model.freeze_backbone()  # re-freeze: loading does not touch requires_grad, but be explicit
+    ranks.share_module(model)  # every rank starts from rank 0's weights
     images = load_images(train_records, model.input_size)
     labels = load_labels(train_records)
     val_images = load_images(val_records, model.input_size)
@@ -114,8 +138,12 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, say: Callable[[str]
     inputs, trainable, score_val = images, model, lambda: predict_proba(model, val_images, device=device)
     if cached:
         n_views = N_VIEWS if cfg.train.augment == "flips" else 1
+        if not ranks.is_main:
+            ranks.barrier()  # rank 0 computes and stores the features; the others then read them
         inputs = fc.cached_features(model, train_records, images, n_views, device=device, say=say)
         val_feats = fc.cached_features(model, val_records, val_images, 1, device=device, say=say)
+        if ranks.is_main:
+            ranks.barrier()
         trainable, score_val = model.head, lambda: fc.head_proba(model, val_feats, device=device)
 
     # Batch selection: Poisson-sampled units of privacy under DP (secret randomness), shuffled batches otherwise.
@@ -124,15 +152,19 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, say: Callable[[str]
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
     gen = torch.Generator().manual_seed(cfg.train.seed)  # non-private sampling
     epochs, batch_size = cfg.train.epochs, cfg.train.batch_size
+    # Several processes: every rank draws with rank 0's secret key and keeps its share of each batch.
+    key = None if cfg.privacy is None else ranks.share_key(
+        secret_key(cfg.privacy, cfg.train.seed) if ranks.is_main else None)
     sampler = batch_selection(train_records, cfg.privacy, batch_size, gen, cfg.train.seed,
                               cfg.train.physical_batch_size, ", ".join(cfg.data.train),
                               released_rate_units=run.released_rate_units() if resuming else None,
-                              views_per_record=cfg.train.augment_multiplicity)
+                              views_per_record=cfg.train.augment_multiplicity, key=key,
+                              shard=(ranks.rank, ranks.world))
     dp = None
     if cfg.privacy is not None:
         p = cfg.privacy
         dp = make_private(model=trainable, optimizer=optimizer, sampler=sampler, epochs=epochs, config=p,
-                          criterion=criterion, prior=prior_history(upstream, p))
+                          criterion=criterion, prior=prior_history(upstream, p), world_size=ranks.world)
         trainable, optimizer, criterion = dp.model, dp.optimizer, dp.criterion
         say(f"DP-SGD ({dp.grad_sample_mode}, unit {p.unit}; q from a noisy unit count, sigma_N={p.unit_count_noise:g}): "
             f"sigma={dp.noise_multiplier:.4f} q={dp.sample_rate:.5f} steps={dp.planned_steps} "
@@ -158,7 +190,7 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, say: Callable[[str]
     # batch of features is a few hundred KB), and each extra chunk costs a forward/backward call.
     physical = len(labels) * cfg.train.augment_multiplicity if cached else cfg.train.physical_batch_size
     last_checkpoint = time.time()
-    bar = StepProgress(enabled=progress)
+    bar = StepProgress(enabled=progress and ranks.is_main)
     with bar:
         task = bar.add_task("train", total=sum(steps_per_epoch), completed=sum(steps_per_epoch[:state["epoch"]]))
         for epoch in range(state["epoch"], epochs):
@@ -169,12 +201,17 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, say: Callable[[str]
                 views = flip_views(cfg.train.seed, sum(steps_per_epoch[:epoch]) + step, batch.idx,
                                    cfg.train.augment_multiplicity) if cfg.train.augment == "flips" else None
                 x = fc.take_views(inputs, batch.idx, views) if cached else image_batch(images, batch.idx, views)
-                losses.append(train_step(trainable, optimizer, criterion, dp, batch, x, labels[batch.idx], physical, device))
+                losses.append(train_step(trainable, optimizer, criterion, dp, batch, x, labels[batch.idx], physical, device,
+                                         ranks))
                 if ema is not None:
                     ema.update(changing)
                 if dp is not None and step + 1 < steps_per_epoch[epoch]:
                     dp.draw_next_noise()
                 bar.advance(task)
+            # A non-private run logs its training loss: the mean over every rank's rows.
+            mean_loss = ranks.mean(sum(losses), len(losses)) if dp is None else None
+            if not ranks.is_main:
+                continue  # validation, selection, logs and checkpoints are rank 0's
             val_auroc = float(roc_auc_score(val_labels, score_val()))
             eps = dp.running_epsilon() if dp else None
             row = {"epoch": epoch + 1, "val_auroc": val_auroc, "epsilon": eps}
@@ -185,7 +222,7 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, say: Callable[[str]
                 if cfg.train.select == "last" or row["val_auroc_ema"] >= val_auroc:
                     candidate = (row["val_auroc_ema"], "average", lambda: ema.averaged_state(changing))
             if dp is None:  # under DP a loss of private batches is not released (see DP_LOSS_NOTE)
-                row["loss"] = sum(losses) / max(1, len(losses))
+                row["loss"] = mean_loss
             state["history"].append(row)
             if cfg.train.select == "last" or candidate[0] > state["best_auroc"]:
                 state.update(best=candidate[2](), best_auroc=candidate[0], best_epoch=epoch + 1, best_kind=candidate[1])
@@ -202,6 +239,8 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, say: Callable[[str]
                 run.save_training_state(parts, dp, gen, state)
                 last_checkpoint = time.time()
 
+    if not ranks.is_main:
+        return {}
     # Outputs: selected weights, privacy record, metrics (written last: it marks the run finished;
     # the checkpoint is deleted then).
     changing.load_state_dict(state["best"])
@@ -220,7 +259,7 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, say: Callable[[str]
         "train_size": len(train_records), "n_private": n_private,
         "privacy_total": privacy.total.model_dump(mode="json"),
         "wall_time_s": state["wall_s"] + (time.time() - t0),
-        "device": str(device), "dpmammo_version": __version__,
+        "device": str(device), "processes": ranks.world, "dpmammo_version": __version__,
     }
     run.finish(metrics)
     say(f"done: val auroc {state['best_auroc']:.4f} (epoch {state['best_epoch']}); {privacy.describe()}")
@@ -294,13 +333,21 @@ def image_batch(images: torch.Tensor, idx: torch.Tensor, views: torch.Tensor | N
     return to_float(apply_views(x, views) if views is not None else x)
 
 
-def train_step(trainable, optimizer, criterion, dp, batch, x_all, y_all, physical: int, device) -> float:
+def train_step(trainable, optimizer, criterion, dp, batch, x_all, y_all, physical: int, device,
+               ranks: distributed.Ranks = distributed.SINGLE) -> float:
     """One logical step over inputs x_all (images or cached features), split into physical chunks of
     at most `physical` records (virtual batches) that never split a unit of privacy. Under DP,
-    `criterion` is DPSetup.criterion: the same code for every clipping mode."""
+    `criterion` is DPSetup.criterion: the same code for every clipping mode. On one rank of several,
+    `batch` is this rank's share: the DP optimizer sums the clipped shares over the ranks; a
+    non-private step weights each rank's mean by its share of the step's rows and sums."""
     n = len(y_all)
     if dp is not None and n == 0:
         dp.step_empty()
+        return 0.0
+    if dp is None and n == 0:  # this rank's share of a non-private step is empty; the others' is not
+        ranks.sum_gradients([p for p in trainable.parameters() if p.requires_grad])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         return 0.0
     total = 0.0
     for part, last in (dp.chunks(batch, physical) if dp else batch.chunks(physical)):
@@ -308,8 +355,9 @@ def train_step(trainable, optimizer, criterion, dp, batch, x_all, y_all, physica
         loss = criterion(trainable(x), y)
         total += loss.item() * len(y)
         if dp is None:
-            (loss * len(y) / n).backward()  # plain accumulation is exact when nothing is clipped
+            (loss * len(y) / batch.rows_in_step).backward()  # plain accumulation is exact when nothing is clipped
             if last:
+                ranks.sum_gradients([p for p in trainable.parameters() if p.requires_grad])
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
         else:
