@@ -7,6 +7,7 @@ killed-and-resumed study and the Ray study must reproduce its metrics to 3 decim
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import secrets
@@ -372,7 +373,9 @@ def test_ray_executor_gives_the_same_runs_as_local(local_study, data, tmp_path):
     env.pop("RAY_AUTH_TOKEN_PATH", None)
     head, port = start_ray_head(ray_bin, env, ray_tmp)
     try:
-        cfg = write_study(tmp_path / "tiny.yaml", tiny_study(data))
+        # Each run over two processes (resources.processes): the same batches and noise as the
+        # 1-process reference, so the same metrics to 3 decimals.
+        cfg = write_study(tmp_path / "tiny.yaml", tiny_study(data, resources={"num_cpus": 2, "processes": 2}))
         out = tmp_path / "study"
         cmd = study_cmd(cfg, out, "--executor", "ray", "--address", f"127.0.0.1:{port}")
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
@@ -380,6 +383,7 @@ def test_ray_executor_gives_the_same_runs_as_local(local_study, data, tmp_path):
         assert sorted(p.parent.relative_to(out).as_posix() for p in out.rglob("metrics.json")) == sorted(
             p.parent.relative_to(local_study).as_posix() for p in local_study.rglob("metrics.json"))
         assert metrics_of(out) == metrics_of(local_study)
+        assert all(json.loads(m.read_text())["processes"] == 2 for m in out.rglob("metrics.json"))
     finally:
         # The head and everything it spawned share the session started above: stop exactly those
         # (a SIGTERM makes the head wait 30 s to drain; nothing here needs draining).

@@ -58,8 +58,18 @@ class StageOverride(StrictModel):
 class Resources(StrictModel):
     """What one run asks of a Ray worker (and how many torch threads a local run uses)."""
 
-    num_cpus: int = Field(2, ge=1)
-    num_gpus: float = Field(0, ge=0)
+    num_cpus: int = Field(2, ge=1, description="CPU cores of one run (shared by its processes)")
+    num_gpus: float = Field(0, ge=0, description="GPUs of one run; with processes > 1, one per process")
+    processes: int = Field(1, ge=1, description="train each run over this many processes (dpmammo train --nproc)")
+
+    @model_validator(mode="after")
+    def _fits(self):
+        if self.processes > self.num_cpus:
+            raise ValueError(f"processes={self.processes} needs num_cpus >= {self.processes} (a core per process)")
+        if self.processes > 1 and self.num_gpus and self.num_gpus != self.processes:
+            raise ValueError(f"processes={self.processes} on GPUs needs num_gpus={self.processes} (one per process), "
+                             f"got {self.num_gpus:g}")
+        return self
 
 
 class QualitySettings(StrictModel):

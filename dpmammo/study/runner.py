@@ -52,10 +52,12 @@ class StudyResult:
 
 
 def execute_run(spec: RunSpec, study_dir: str, test_sets: list[str], *, num_threads: int,
-                parent: Optional[Outcome] = None, generator: Optional[Outcome] = None, n_boot: int = 1000) -> Outcome:
+                parent: Optional[Outcome] = None, generator: Optional[Outcome] = None, n_boot: int = 1000,
+                processes: int = 1) -> Outcome:
     """Train (or resume) and evaluate one run; never raises: an error becomes a failed Outcome.
     `parent` and `generator` are the outcomes of the runs it starts from (weights, samples); a
-    parent may be a classifier or an upstream (pretrain) run."""
+    parent may be a classifier or an upstream (pretrain) run. `processes` > 1 trains it over that
+    many processes (dpmammo.distributed), sharing `num_threads`."""
     from dpmammo.evaluate import evaluate_run
     from dpmammo.train import fit
 
@@ -72,7 +74,7 @@ def execute_run(spec: RunSpec, study_dir: str, test_sets: list[str], *, num_thre
             if spec.parent is not None:
                 cfg = cfg.model_copy(update={"init_from": (Path(study_dir) / spec.parent).resolve()})
             if not RunDir(run_dir).is_finished:
-                fit(cfg, run_dir, progress=False)
+                fit(cfg, run_dir, progress=False, nproc=processes)
             missing = [s for s in test_sets if not RunDir(run_dir).eval_json(s).is_file()]
             evaluate_run(run_dir, missing, n_boot=n_boot, device=cfg.train.device)
             return Outcome(spec.run_id, "done", privacy=_total(run_dir), wall_s=time.time() - t0)
@@ -203,7 +205,7 @@ def _run_local(cfg: StudyConfig, plan: Plan, out: Path, upstream: dict[str, Outc
         parent = None if spec.parent is None else done[spec.parent]
         generator = None if spec.generator is None else upstream[spec.generator]
         done[run_id] = execute_run(spec, str(out), cfg.test_sets, num_threads=cfg.resources.num_cpus, parent=parent,
-                                   generator=generator)
+                                   generator=generator, processes=cfg.resources.processes)
         report(done[run_id])
 
 
@@ -226,7 +228,8 @@ def ray_token_auth(address: Optional[str]) -> None:
 
 def _run_ray(cfg: StudyConfig, plan: Plan, out: Path, upstream: dict[str, Outcome], report: Callable,
              announce: Callable, *, address: Optional[str]) -> None:
-    """One Ray task per run with the config's resource request; a chained run takes its parent's
+    """One Ray task per run with the config's resource request (a run over several processes asks
+    for all of their cores and GPUs, and starts them on the node Ray places it on); a chained run takes its parent's
     result as an argument, so Ray starts it only when the parent has finished. The upstream runs
     (generators, pretraining) have finished before (in this process): their outcomes go as plain
     arguments."""
@@ -252,7 +255,8 @@ def _run_ray(cfg: StudyConfig, plan: Plan, out: Path, upstream: dict[str, Outcom
             parent_ref = None if spec.parent is None else inputs[spec.parent]
             generator = None if spec.generator is None else upstream[spec.generator]
             refs[run_id] = inputs[run_id] = task.remote(spec, str(out), cfg.test_sets, num_threads=res.num_cpus,
-                                                        parent=parent_ref, generator=generator)
+                                                        parent=parent_ref, generator=generator,
+                                                        processes=res.processes)
         pending = {ref: rid for rid, ref in refs.items()}
         announce(f"{len(pending)} Ray tasks")
         while pending:
