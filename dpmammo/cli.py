@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from dpmammo.audit.config import method_help
 from dpmammo.data.procedural.kinds import KINDS, kind_help
 from dpmammo.errors import DpMammoError
 from dpmammo.gan.registry import DEFAULT_GENERATOR, list_generators
@@ -288,9 +289,7 @@ def study(config: Optional[Path] = typer.Argument(None, help="study config YAML 
 @app.command("audit")
 def audit(config: Path,
           out: Path = typer.Option(..., "--out", help="audit folder: models/, audit.json, roc.png"),
-          method: str = typer.Option("auto", "--method", help="lira | rmia | one-run | gradient-canary (white-box, "
-                                                              "DP recipes) | auto (lira for head-only recipes, "
-                                                              "one-run otherwise)"),
+          method: str = typer.Option("auto", "--method", help=method_help()),
           models: int = typer.Option(16, "--models", help="reference models K (lira, rmia); even"),
           canaries: int = typer.Option(200, "--canaries", help="canaries: mislabelled units (one-run) or gradient "
                                                                "canary units (gradient-canary)"),

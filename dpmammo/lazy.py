@@ -48,3 +48,12 @@ def lazy_exports(package: str, exports: dict[str, list[str]]) -> tuple[Callable,
         return sorted(set(pkg.__dict__) | set(where))
 
     return __getattr__, __dir__, list(where)
+
+
+def load_spec(spec: str):
+    """The object a registry names as "module:attribute", imported on use (a registry table lists
+    what needs torch without importing it)."""
+    module, _, name = spec.partition(":")
+    if not name:
+        raise ValueError(f"registry entry {spec!r}: expected 'module:attribute'")
+    return getattr(importlib.import_module(module), name)

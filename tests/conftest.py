@@ -119,3 +119,45 @@ def stopped_after_first_checkpoint(monkeypatch):
             yield
     finally:
         monkeypatch.setattr(RunDir, "save_training_state", real_save)
+
+
+# --- tiny phantom studies (tests/test_study*.py) --------------------------------------------
+TINY_MODEL = {"name": "cnn-small", "input_size": 32, "width": 8}
+
+
+def tiny_study_block(data_root: Path, **over) -> dict:
+    """The shared keys of a tiny phantom study (2 epochs of a width-8 cnn-small at 32 px on CPU);
+    `over` adds or replaces top-level keys (name, conditions, epsilons, synthetic, ...)."""
+    d = {
+        "data_root": str(data_root),
+        "train_set": "phantom/train", "val_set": "phantom/val", "test_sets": ["phantom/test"],
+        "model": dict(TINY_MODEL),
+        "optim": {"lr": 3e-3},
+        "train": {"epochs": 2, "batch_size": 32, "device": "cpu"},
+        "resources": {"num_cpus": 2},
+    }
+    d.update(over)
+    return d
+
+
+def study_config(d: dict, source: str = "test"):
+    """A StudyConfig validated from mapping `d` (errors as the CLI words them, from `source`)."""
+    from dpmammo.config import parse_config
+    from dpmammo.study.config import StudyConfig
+
+    return parse_config(StudyConfig, d, source)
+
+
+def read_csv(path: Path) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def study_phantoms(tmp_path_factory) -> Path:
+    """96 phantom patients at 64 px: the private set of a tiny study, made once per test module."""
+    from dpmammo.data.phantoms import make_phantoms
+
+    return make_phantoms(tmp_path_factory.mktemp("study-data"), n=96, seed=0, size=64)

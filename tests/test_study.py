@@ -6,7 +6,6 @@ killed-and-resumed study and the Ray study must reproduce its metrics to 3 decim
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -25,32 +24,23 @@ import yaml
 
 from dpmammo.errors import DpMammoError
 from dpmammo.study import expand, load_study
-from dpmammo.study.config import StudyConfig
-from dpmammo.config import parse_config
+from tests.conftest import read_csv, study_config, tiny_study_block
 
 ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONWARNINGS": "ignore"}
 METRIC_COLUMNS = ("auroc", "auprc", "accuracy", "sensitivity", "specificity")
 
 
 def tiny_study(data: Path, **over) -> dict:
-    d = {
+    return tiny_study_block(data / "real", **{
         "name": "tiny",
-        "data_root": str(data / "real"),
-        "train_set": "phantom/train", "val_set": "phantom/val", "test_sets": ["phantom/test"],
         "synthetic": str(data / "phantom-gan"),
         "conditions": ["real", "synthetic->real"],
         "epsilons": [4, "inf"],
         "seeds": [0],
-        "model": {"name": "cnn-small", "input_size": 32, "width": 8},
-        "optim": {"lr": 3e-3},
-        "train": {"epochs": 2, "batch_size": 32, "device": "cpu"},
-        "resources": {"num_cpus": 2},
         # Resume and Ray must reproduce the reference to 3 decimals: only seeded (test-only) noise
         # repeats. test_study_reports_the_chain_total runs with secret noise.
         "privacy": {"seeded_noise_for_tests": True},
-    }
-    d.update(over)
-    return d
+        **over})
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +68,6 @@ def study_cmd(config: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "dpmammo.cli", "study", str(config), "--out", str(out), *extra]
 
 
-def read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def metrics_of(study_dir: Path) -> dict[tuple[str, str], tuple]:
     """(run, test set) → metrics rounded to 3 decimals."""
     return {(r["run_id"], r["test_set"]): tuple(round(float(r[c]), 3) if r[c] else None for c in METRIC_COLUMNS)
@@ -102,17 +87,17 @@ def local_study(data, tmp_path_factory) -> Path:
 # --- config and plan (no training) -----------------------------------------------------------
 
 def test_epsilons_accept_inf_spellings_and_refuse_bad_values(data):
-    cfg = parse_config(StudyConfig, tiny_study(data, epsilons=[1, "∞", 6.5]), "t")
+    cfg = study_config(tiny_study(data, epsilons=[1, "∞", 6.5]), "t")
     assert cfg.epsilons[1] == math.inf and cfg.epsilons[2] == 6.5
     for bad, what in (([0], "ε must be > 0"), (["lots"], "ε must be a number"), ([1, 1.0], "twice")):
         with pytest.raises(DpMammoError, match=what):
-            parse_config(StudyConfig, tiny_study(data, epsilons=bad), "t")
+            study_config(tiny_study(data, epsilons=bad), "t")
     with pytest.raises(DpMammoError, match="conditions"):
-        parse_config(StudyConfig, tiny_study(data, conditions=["real", "synthetic-only"]), "t")
+        study_config(tiny_study(data, conditions=["real", "synthetic-only"]), "t")
     with pytest.raises(DpMammoError, match=r"privacy\.delt: unknown key"):
-        parse_config(StudyConfig, tiny_study(data, privacy={"delt": 1e-5}), "t")
+        study_config(tiny_study(data, privacy={"delt": 1e-5}), "t")
     with pytest.raises(DpMammoError, match="epsilons"):
-        parse_config(StudyConfig, tiny_study(data, privacy={"target_epsilon": 3}), "t")
+        study_config(tiny_study(data, privacy={"target_epsilon": 3}), "t")
 
 
 def test_quick_preset_plan_shares_the_pretrain_run_and_chains_by_id():
@@ -284,7 +269,7 @@ def test_study_reports_the_chain_total(data, tmp_path):
 
     d = tiny_study(data, epsilons=[4], train={"epochs": 1, "batch_size": 32, "device": "cpu"})
     del d["privacy"]
-    result = run_study(parse_config(StudyConfig, d, "t"), tmp_path / "study", progress=False)
+    result = run_study(study_config(d, "t"), tmp_path / "study", progress=False)
     assert not result.failed
     build_report(tmp_path / "study")
     rows = {r["run_id"]: r for r in read_csv(tmp_path / "study" / "results.csv")}
@@ -304,7 +289,7 @@ def test_study_reports_the_chain_total(data, tmp_path):
 def test_failed_run_is_reported_and_the_others_go_on(data, tmp_path):
     from dpmammo.study import run_study
 
-    cfg = parse_config(StudyConfig, tiny_study(
+    cfg = study_config(tiny_study(
         data, synthetic=str(tmp_path / "no-such-folder"), conditions=["real", "synthetic→real"], epsilons=["inf"],
         train={"epochs": 1, "batch_size": 32, "device": "cpu"}), "t")
     result = run_study(cfg, tmp_path / "study", progress=False)

@@ -8,19 +8,17 @@ phantoms is run once (secret noise, so the totals are real guarantees) and read 
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
 import pytest
 import yaml
 
-from dpmammo.config import parse_config
 from dpmammo.errors import DpMammoError
 from dpmammo.privacy import read_privacy
 from dpmammo.privacy.accounting import RDP_ORDERS
 from dpmammo.study import expand, load_study
-from dpmammo.study.config import StudyConfig
+from tests.conftest import read_csv, study_config, tiny_study_block
 
 EPS, SHARE = 4.0, 0.5
 
@@ -35,31 +33,17 @@ def tiny_generator(**sections) -> dict:
 
 
 def gen_study(data: Path, generator: dict, **over) -> dict:
-    d = {
+    return tiny_study_block(data, **{
         "name": "gen",
-        "data_root": str(data),
-        "train_set": "phantom/train", "val_set": "phantom/val", "test_sets": ["phantom/test"],
         "synthetic": {"generator": generator, "n": 64, "generator_share": SHARE},
         "conditions": ["real", "synthetic", "synthetic→real"],
         "epsilons": [EPS],
-        "model": {"name": "cnn-small", "input_size": 32, "width": 8},
-        "optim": {"lr": 3e-3},
-        "train": {"epochs": 2, "batch_size": 32, "device": "cpu"},
-        "resources": {"num_cpus": 2},
-    }
-    d.update(over)
-    return d
-
-
-def study_config(d: dict) -> StudyConfig:
-    return parse_config(StudyConfig, d, "test")
+        **over})
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    from dpmammo.data.phantoms import make_phantoms
-
-    return make_phantoms(tmp_path_factory.mktemp("gen-data"), n=96, seed=0, size=64)
+def data(study_phantoms) -> Path:
+    return study_phantoms
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +59,6 @@ def dp_study(data, tmp_path_factory) -> Path:
     assert not result.failed, [(o.run_id, o.error) for o in result.failed]
     build_report(out)
     return out
-
-
-def read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 # --- config and plan (no training) -----------------------------------------------------------

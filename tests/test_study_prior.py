@@ -7,7 +7,6 @@ second run of the study reuses everything.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
@@ -15,14 +14,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dpmammo.config import parse_config
 from dpmammo.errors import DpMammoError
 from dpmammo.privacy import read_privacy
 from dpmammo.study import expand
-from dpmammo.study.config import StudyConfig
+from tests.conftest import TINY_MODEL, read_csv, study_config, tiny_study_block
 
 EPS = 4.0
-MODEL = {"name": "cnn-small", "input_size": 32, "width": 8}
+MODEL = TINY_MODEL
 
 
 def tiny_pretrain(**sections) -> dict:
@@ -35,36 +33,17 @@ def tiny_pretrain(**sections) -> dict:
 
 
 def prior_study(data: Path, **over) -> dict:
-    d = {
+    return tiny_study_block(data, **{
         "name": "prior",
-        "data_root": str(data),
-        "train_set": "phantom/train", "val_set": "phantom/val", "test_sets": ["phantom/test"],
         "conditions": ["real", "prior->real"],  # the ASCII spelling
         "epsilons": [EPS, "inf"],
         "prior": {"pretrain": tiny_pretrain()},
-        "model": dict(MODEL),
-        "optim": {"lr": 3e-3},
-        "train": {"epochs": 2, "batch_size": 32, "device": "cpu"},
-        "resources": {"num_cpus": 2},
-    }
-    d.update(over)
-    return d
-
-
-def study_config(d: dict) -> StudyConfig:
-    return parse_config(StudyConfig, d, "test")
-
-
-def read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        **over})
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    from dpmammo.data.phantoms import make_phantoms
-
-    return make_phantoms(tmp_path_factory.mktemp("prior-data"), n=96, seed=0, size=64)
+def data(study_phantoms) -> Path:
+    return study_phantoms
 
 
 @pytest.fixture(scope="module")

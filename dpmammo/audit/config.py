@@ -9,7 +9,8 @@ from pydantic import Field, field_validator
 from dpmammo.config import Seed, StrictModel
 from dpmammo.privacy.config import Unit
 
-Method = Literal["lira", "rmia", "one-run", "gradient-canary", "auto"]
+# The methods' one table: name → what it does. The settings, the audit record, `dpmammo audit
+# --method`'s help and `audit.run.METHOD_ATTACKS` (the attacks each reports) read it.
 METHOD_WORDS: dict[str, str] = {
     "lira": "LiRA (Carlini et al. 2022) with K reference models; loss-threshold baseline",
     "rmia": "RMIA (Zarifzadeh et al. 2024) with K reference models; loss-threshold baseline",
@@ -17,15 +18,22 @@ METHOD_WORDS: dict[str, str] = {
     "gradient-canary": "white-box: one DP training run with gradient canaries, every noisy update seen (Nasr et al. "
                        "2023; bounds of Steinke et al. 2023 and, f-DP, Mahloujifar et al. 2025; Andrew et al. 2024 "
                        "estimate)",
-    "auto": "LiRA for head-only recipes (reference models train on cached features), one-run otherwise",
 }
+AUTO_WORDS = "LiRA for head-only recipes (reference models train on cached features), one-run otherwise"
+AuditMethod = Literal[tuple(METHOD_WORDS)]  # type: ignore[valid-type]  # what an audit ran
+Method = Literal[(*METHOD_WORDS, "auto")]  # type: ignore[valid-type]  # what a user asks for
+
+
+def method_help() -> str:
+    """Every method and `auto`, one clause each (the CLI help and the settings' description)."""
+    return "; ".join(f"{k}: {v}" for k, v in {**METHOD_WORDS, "auto": AUTO_WORDS}.items())
 
 
 class AuditSettings(StrictModel):
     """How to audit a recipe. Reference-model attacks train K + 1 models of the recipe; the
     one-run audit trains one."""
 
-    method: Method = Field("auto", description="; ".join(f"{k}: {v}" for k, v in METHOD_WORDS.items()))
+    method: Method = Field("auto", description=method_help())
     models: int = Field(16, ge=4, le=1024, description="reference models K (lira, rmia); even, so every unit is "
                                                        "in exactly half of them")
     canaries: int = Field(200, ge=8, description="one-run: m mislabelled canaries (at most the private units); "

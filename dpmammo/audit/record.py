@@ -8,6 +8,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from dpmammo.audit.config import AuditMethod
 from dpmammo.errors import DpMammoError
 from dpmammo.files import write_json_atomic
 from dpmammo.privacy.config import Unit
@@ -110,7 +111,7 @@ class AuditRecord(_Record):
     `estimated_epsilon` (gradient-canary) is the Gaussian-DP ESTIMATE of attack `estimate_attack`,
     which is no bound and may exceed the promise when the promise is tight."""
 
-    method: Literal["lira", "rmia", "one-run", "gradient-canary"]
+    method: AuditMethod
     reference_models: int
     unit: Unit
     seed: int

@@ -18,11 +18,11 @@ import numpy as np
 from dpmammo import __version__
 from dpmammo.audit import one_run, stats, whitebox
 from dpmammo.audit.attacks import ATTACKS, Signals, log_sigmoid, unit_scores
-from dpmammo.audit.config import AuditSettings
+from dpmammo.audit.config import METHOD_WORDS, AuditSettings
 from dpmammo.audit.models import (Pool, is_head_only, load_pool, margins, pool_logits, read_split,
                                   train_models)
-from dpmammo.audit.record import (AUDIT_JSON, ROC_PNG, AttackResult, AuditRecord, Estimate, OneRunBound,
-                                  ThresholdBound, TprAtFpr, write_audit)
+from dpmammo.audit.record import AUDIT_JSON, ROC_PNG, AuditRecord, OneRunBound, ThresholdBound, write_audit
+from dpmammo.audit.stats import attack_result
 from dpmammo.audit.splits import (CANARY_DATASET, canary_split, phantom_canary_split, reference_splits,
                                   write_phantom_canaries)
 from dpmammo.errors import DpMammoError
@@ -31,13 +31,13 @@ from dpmammo.runs import RunDir
 from dpmammo.train.config import TrainConfig
 
 ProgressMode = Literal["bar", "lines", "off"]
-FPRS = (0.01, 0.001)
-N_BOOT = 1000
 # (attacks reported, the primary one whose bound is "measured ε") per method
 METHOD_ATTACKS = {"lira": (("lira-online", "lira-offline", "loss"), "lira-online"),
                   "rmia": (("rmia", "loss"), "rmia"),
                   "one-run": (("one-run",), "one-run"),
                   "gradient-canary": (tuple(whitebox.THREAT_MODELS), whitebox.PRIMARY_BOUND)}
+if METHOD_ATTACKS.keys() != METHOD_WORDS.keys():  # a method in the table says what it reports here
+    raise TypeError(f"METHOD_ATTACKS names {sorted(METHOD_ATTACKS)}, the methods' table {sorted(METHOD_WORDS)}")
 MODELS_DIR, CANARIES_DIR = "models", "canaries"
 
 
@@ -220,22 +220,6 @@ def _delta(cfg: TrainConfig) -> float:
 
 def _result(name: str, scores: np.ndarray, is_member: np.ndarray, eps: float, bound, settings: AuditSettings):
     return attack_result(name, scores, is_member, eps, bound, confidence=settings.confidence, seed=settings.seed)
-
-
-def attack_result(name: str, scores: np.ndarray, is_member: np.ndarray, eps: float, bound, *, confidence: float,
-                  seed: int, n_boot: int = N_BOOT):
-    """(AttackResult, ROC curve) of one attack's scores: AUC and TPR at low FPR with bootstrap intervals."""
-    a = stats.bootstrap(scores, is_member, stats.auc, n_boot=n_boot, seed=seed, confidence=confidence)
-    tprs = []
-    for f in FPRS:
-        t = stats.bootstrap(scores, is_member, lambda s, m, f=f: stats.tpr_at_fpr(s, m, f), n_boot=n_boot,
-                            seed=seed, confidence=confidence)
-        tprs.append(TprAtFpr(fpr=f, tpr=Estimate(value=t.value, ci_low=t.low, ci_high=t.high)))
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, _ = roc_curve(is_member, scores)
-    return AttackResult(attack=name, auc=Estimate(value=a.value, ci_low=a.low, ci_high=a.high), tpr_at_fpr=tprs,
-                        epsilon_lower_bound=eps, bound=bound), (fpr, tpr)
 
 
 def _notes(method: str, unit: str, *, phantom: bool = False) -> list[str]:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from dpmammo.audit.record import AttackResult, Estimate, TprAtFpr
+
 
 def cp_interval(k: int, n: int, confidence: float) -> tuple[float, float]:
     """Two-sided Clopper–Pearson interval for a binomial proportion k/n: each end fails with
@@ -113,3 +115,23 @@ def bootstrap(scores: np.ndarray, is_member: np.ndarray, statistic, *, n_boot: i
     a = (1 - confidence) / 2
     lo, hi = np.quantile(values, [a, 1 - a])
     return Interval(float(statistic(scores, is_member)), float(lo), float(hi))
+
+
+FPRS = (0.01, 0.001)  # the false-positive rates every attack reports its TPR at
+N_BOOT = 1000
+
+
+def attack_result(name: str, scores: np.ndarray, is_member: np.ndarray, eps: float, bound, *, confidence: float,
+                  seed: int, n_boot: int = N_BOOT):
+    """(AttackResult, ROC curve) of one attack's scores: AUC and TPR at low FPR with bootstrap intervals."""
+    a = bootstrap(scores, is_member, auc, n_boot=n_boot, seed=seed, confidence=confidence)
+    tprs = []
+    for f in FPRS:
+        t = bootstrap(scores, is_member, lambda s, m, f=f: tpr_at_fpr(s, m, f), n_boot=n_boot,
+                            seed=seed, confidence=confidence)
+        tprs.append(TprAtFpr(fpr=f, tpr=Estimate(value=t.value, ci_low=t.low, ci_high=t.high)))
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(is_member, scores)
+    return AttackResult(attack=name, auc=Estimate(value=a.value, ci_low=a.low, ci_high=a.high), tpr_at_fpr=tprs,
+                        epsilon_lower_bound=eps, bound=bound), (fpr, tpr)

@@ -241,7 +241,7 @@ def score_canaries(run: CanaryRun, *, confidence: float, seed: int, n_boot: int 
     the significance, so that their maximum holds at `confidence`) and the GDP estimate."""
     from dpmammo.audit import fdp, gdp, one_run
     from dpmammo.audit.record import Estimate, FdpBound, GdpEstimate, OneRunBound
-    from dpmammo.audit.run import attack_result
+    from dpmammo.audit.stats import attack_result
 
     inc = run.canaries.included
     grid = k_grid(run.canaries.m)

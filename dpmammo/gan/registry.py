@@ -15,38 +15,42 @@ privacy.json, metrics.json last), so `gan sample` and `gan score` work on any of
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from dpmammo.config import StrictModel, apply_overrides, parse_config, read_yaml
 from dpmammo.errors import DpMammoError
+from dpmammo.lazy import load_spec
 
 DEFAULT_GENERATOR = "mcgan"
 TrainFn = Callable[..., dict]  # train(cfg, out, *, force=False, progress=True) -> metrics
 # The one table: name → ("module:class" of its config, "module:function" of its train function),
 # imported on use (the train functions need torch). Config validation, error messages and the
 # CLI help of `gan train` read it.
-BUILTIN = {
+GENERATORS: dict[str, tuple[str, str]] = {
     "mcgan": ("dpmammo.gan.config:GanConfig", "dpmammo.gan.train:train_gan"),
     "dp-merf": ("dpmammo.gan.merf_config:MerfConfig", "dpmammo.gan.merf:train_merf"),
 }
 
 
-def _load(spec: str):
-    module, name = spec.split(":")
-    return getattr(importlib.import_module(module), name)
+def register_generator(name: str, config_spec: str, train_spec: str) -> None:
+    """Add generator `name`: its config class and train function as "module:attribute", imported
+    on use. The config class has `generator: Literal[name]`, `data.train`, `model` (a
+    `GeneratorShape`) and `privacy`; the train function writes a run directory (module docstring)."""
+    if name in GENERATORS:
+        raise DpMammoError(f"generator {name!r} is registered already; choose another name")
+    GENERATORS[name] = (config_spec, train_spec)
 
 
 def list_generators() -> list[str]:
     """The registered generators' names, the default first."""
-    return list(BUILTIN)
+    return list(GENERATORS)
 
 
 def generator_config_class(name: str) -> type[StrictModel]:
-    if name not in BUILTIN:
+    if name not in GENERATORS:
         raise DpMammoError(f"unknown generator {name!r}; registered generators: {', '.join(list_generators())}")
-    return _load(BUILTIN[name][0])
+    return load_spec(GENERATORS[name][0])
 
 
 def parse_generator_config(data: dict[str, Any], source: str) -> StrictModel:
@@ -78,4 +82,4 @@ def train_generator(cfg: StrictModel, out: str | Path, *, force: bool = False, p
 
     check_out(out, data_inputs(cfg.data.root, cfg.data.train))  # before anything is touched
     name = getattr(cfg, "generator", DEFAULT_GENERATOR)
-    return _load(BUILTIN[name][1])(cfg, out, force=force, progress=progress)
+    return load_spec(GENERATORS[name][1])(cfg, out, force=force, progress=progress)

@@ -6,8 +6,8 @@ Exports load on first use (dpmammo.lazy): the config classes need pydantic only,
 from dpmammo.lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
-    "dpmammo.models.config": ["CnnSmallConfig", "ModelConfig", "PixelsConfig", "ScatterConfig", "SwinTConfig"],
+    "dpmammo.models.config": ["MODELS", "CnnSmallConfig", "ModelConfig", "PixelsConfig", "ScatterConfig", "SwinTConfig"],
     "dpmammo.models.classifier": ["Classifier"],
-    "dpmammo.models.registry": ["create_model", "list_models", "model_config_class", "register_model"],
+    "dpmammo.models.registry": ["create_model", "list_models", "model_config_class"],
     "dpmammo.models.weights": ["load_init_weights", "load_weights", "save_weights"],
 })

@@ -13,7 +13,6 @@ from torch import nn
 
 from dpmammo.models.classifier import Classifier
 from dpmammo.models.config import CnnSmallConfig
-from dpmammo.models.registry import register_model
 
 
 def standardize_weight(weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -59,7 +58,6 @@ class _Standardize(nn.Module):
         return (x - mean) / (std + 1e-3)
 
 
-@register_model("cnn-small", CnnSmallConfig)
 def cnn_small(cfg: CnnSmallConfig) -> Classifier:
     # Three conv blocks, two 2x poolings, then a global max: spicules and irregular margins are
     # small, sparse cues, and a global average over a coarse map dilutes them (measured on phantoms:

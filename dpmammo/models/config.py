@@ -1,13 +1,16 @@
-"""The config of each registered model: pydantic only, so a config file is validated without torch.
+"""The models' one table, `MODELS` (name → config class, builder), and their configs: pydantic
+only, so a config file is validated without torch.
 
-The modules of `dpmammo.models.registry.BUILTIN_MODULES` (cnn, swin, pixels, scatter) build the
-networks; they register these classes with their builders.
+A builder is named "module:function" and imported on use (dpmammo.models.registry): cnn, swin,
+pixels and scatter need torch. Config validation (the `ModelConfig` union), `create_model`,
+`list_models` and their error messages read the table; a new model is its config class here, its
+builder module and one line of `MODELS` (docs/extending.md).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from pydantic import Field, field_validator, model_validator
 
@@ -103,4 +106,15 @@ class ScatterConfig(StrictModel):
         return self
 
 
-ModelConfig = CnnSmallConfig | SwinTConfig | PixelsConfig | ScatterConfig
+# name → (config class, "module:function" building the Classifier from a config of that class).
+MODELS: dict[str, tuple[type[StrictModel], str]] = {
+    "cnn-small": (CnnSmallConfig, "dpmammo.models.cnn:cnn_small"),
+    "swin_t": (SwinTConfig, "dpmammo.models.swin:swin_t"),
+    "pixels": (PixelsConfig, "dpmammo.models.pixels:pixels"),
+    "scatter": (ScatterConfig, "dpmammo.models.scatter:scatter"),
+}
+for _name, (_config, _) in MODELS.items():  # a config's `name` is its key: configs are told apart by it
+    if _config.model_fields["name"].default != _name:
+        raise TypeError(f"MODELS[{_name!r}]: {_config.__name__}.name defaults to "
+                        f"{_config.model_fields['name'].default!r}; give it Literal[{_name!r}] = {_name!r}")
+ModelConfig = Union[tuple(config for config, _ in MODELS.values())]  # type: ignore[valid-type]

@@ -15,10 +15,8 @@ from torch import nn
 from dpmammo.models.classifier import Classifier
 from dpmammo.models.cnn import _Standardize
 from dpmammo.models.config import PixelsConfig
-from dpmammo.models.registry import register_model
 
 
-@register_model("pixels", PixelsConfig)
 def pixels(cfg: PixelsConfig) -> Classifier:
     backbone = nn.Sequential(nn.AdaptiveAvgPool2d(cfg.resolution), _Standardize(), nn.Flatten())
     head = nn.Linear(cfg.resolution ** 2, 2)

@@ -34,7 +34,6 @@ from dpmammo.errors import DpMammoError
 from dpmammo.models.classifier import Classifier
 from dpmammo.models.cnn import _Standardize
 from dpmammo.models.config import ScatterConfig, scattering_channels
-from dpmammo.models.registry import register_model
 
 
 def _scattering_2d(J: int, L: int, size: int) -> nn.Module:
@@ -73,7 +72,6 @@ class ScatterBackbone(nn.Module):
         return self.norm(self.pool(coeffs.flatten(1, 2))).flatten(1)
 
 
-@register_model("scatter", ScatterConfig)
 def scatter(cfg: ScatterConfig) -> Classifier:
     backbone = ScatterBackbone(input_size=cfg.input_size, J=cfg.J, L=cfg.L, pool=cfg.pool, groups=cfg.groups)
     num_features = backbone.channels * cfg.pool ** 2

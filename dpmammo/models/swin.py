@@ -14,7 +14,6 @@ from torch import nn
 from dpmammo.errors import DpMammoError
 from dpmammo.models.classifier import Classifier
 from dpmammo.models.config import SwinTConfig
-from dpmammo.models.registry import register_model
 from dpmammo.models.weights import load_state_dict_strict, read_state_dict
 
 TIMM_NAME = "swin_tiny_patch4_window7_224"
@@ -83,7 +82,6 @@ def _timm_swin(cfg: SwinTConfig) -> nn.Module:
     return net
 
 
-@register_model("swin_t", SwinTConfig)
 def swin_t(cfg: SwinTConfig) -> Classifier:
     backbone = SwinBackbone(_timm_swin(cfg))
     if cfg.head == "mlp":

@@ -16,6 +16,16 @@ Unit = Literal["patient", "patch"]
 UNIT_WORDS: dict[str, str] = {"patient": "per patient (all of a patient's patches)",
                               "patch": "per lesion patch (a patient with k patches: group privacy only)"}
 
+# The clipping modes' one table: mode → how it clips. The engine (dpmammo.privacy.engine._WRAPPERS)
+# has one wrapper per mode of this table; `auto` picks one by the model's trainable layers.
+GRAD_SAMPLE_MODES: dict[str, str] = {
+    "hooks": "per-sample gradients instantiated by Opacus's hooks",
+    "functorch": "per-sample gradients instantiated by torch.func",
+    "ghost": "fast gradient clipping: only norms, in two backward passes",
+    "bookkeeping": "only norms, in one backward pass (layers with an Opacus grad sampler only)",
+}
+GradSampleMode = Literal[("auto", *GRAD_SAMPLE_MODES)]  # type: ignore[valid-type]
+
 
 class PrivacySettings(StrictModel):
     """Everything of a DP stage but its budget (a study varies the budget, see dpmammo.study)."""
@@ -26,10 +36,9 @@ class PrivacySettings(StrictModel):
                                "patient's summed gradient) or `patch` (to compare with published patch-level numbers)")
     max_grad_norm: float = Field(1.0, gt=0, description="clipping norm C of one unit's gradient")
     accountant: Literal["rdp", "prv"] = "rdp"
-    grad_sample_mode: Literal["auto", "hooks", "functorch", "ghost", "bookkeeping"] = Field(
-        "auto", description="how per-unit gradients are clipped: hooks/functorch instantiate per-sample gradients, "
-                            "ghost (fast gradient clipping) computes only norms in two backward passes, bookkeeping needs one "
-                            "(layers with an Opacus grad sampler only); auto picks by the trainable layers")
+    grad_sample_mode: GradSampleMode = Field(
+        "auto", description="how per-unit gradients are clipped: " + "; ".join(
+            f"{k}: {v}" for k, v in GRAD_SAMPLE_MODES.items()) + "; auto picks by the trainable layers")
     unit_count_noise: float = Field(
         20.0, gt=0, le=1000, allow_inf_nan=False,
         description="σ of the Gaussian noise on the number N of private units (sensitivity 1) from which the sample "

@@ -9,6 +9,7 @@ from dpmammo.lazy import lazy_exports
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "dpmammo.study.config": ["StudyConfig"],
     "dpmammo.study.presets": ["PRESETS", "load_study"],
-    "dpmammo.study.recipes": ["RunSpec", "expand", "list_conditions"],
+    "dpmammo.study.conditions": ["CONDITIONS", "list_conditions"],
+    "dpmammo.study.recipes": ["RunSpec", "expand"],
     "dpmammo.study.runner": ["run_study"],
 })

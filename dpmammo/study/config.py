@@ -31,7 +31,7 @@ from dpmammo.config import Seed, StrictModel, apply_overrides, parse_config, rea
 from dpmammo.errors import DpMammoError
 from dpmammo.privacy.budget import Epsilon, format_epsilon, is_private
 from dpmammo.privacy.config import PrivacyConfig, PrivacySettings
-from dpmammo.study.recipes import CONDITION_ALIASES, PRIOR_CONDITIONS, Condition, STAGES, Stage
+from dpmammo.study.conditions import CONDITION_ALIASES, PRIOR_CONDITIONS, Condition, STAGES, Stage
 from dpmammo.train.config import ModelConfig, OptimConfig, TrainSettings
 from dpmammo.train.pretrain_config import PretrainConfig
 from dpmammo.models.config import CnnSmallConfig

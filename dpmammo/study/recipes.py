@@ -1,4 +1,5 @@
 """Study conditions as named recipes: (study, ε, seed) → the runs that produce the condition.
+Each is named by one line of `dpmammo.study.conditions.CONDITIONS`.
 
 The conditions are those of Osuala et al. (MICCAI 2024 Deep Breath, arXiv 2407.12669):
 
@@ -43,18 +44,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
+from typing import Any, Literal, Optional
 
 from dpmammo.config import parse_config
 from dpmammo.errors import DpMammoError
+from dpmammo.lazy import load_spec
 from dpmammo.privacy.budget import epsilon_tag
+from dpmammo.study.conditions import CONDITIONS, condition_slug
+from dpmammo.study.config import StudyConfig
 from dpmammo.train.config import TrainConfig
-
-if TYPE_CHECKING:
-    from dpmammo.study.config import StudyConfig
-
-STAGES = ("real", "real+synthetic", "pretrain", "finetune", "prior-finetune", "prior-probe", "probe-finetune")
-Stage = Literal[STAGES]  # type: ignore[valid-type]
 
 # Weight sources a chained stage must not load again: init_from already holds the whole model.
 WEIGHT_SOURCES = {"weights": None, "backbone_weights": None, "pretrained": False}
@@ -89,7 +87,7 @@ class GeneratorSpec:
     seed: int
 
 
-def generator_spec(study: "StudyConfig", eps: float) -> GeneratorSpec:
+def generator_spec(study: StudyConfig, eps: float) -> GeneratorSpec:
     """The generator run behind the synthetic set at study ε (the same run for every ε whose
     generator budget is the same, e.g. every ε of a non-private generator)."""
     gen_eps = study.generator_epsilon(eps)
@@ -108,7 +106,7 @@ class PriorSpec:
     seed: int
 
 
-def prior_spec(study: "StudyConfig", seed: int) -> PriorSpec:
+def prior_spec(study: StudyConfig, seed: int) -> PriorSpec:
     """The pretrain run of seed `seed`, shared by every ε (no private data enters it)."""
     if study.prior is None:
         raise DpMammoError("this study has no prior: block; add prior: {pretrain: CONFIG} to use a procedural prior")
@@ -123,7 +121,7 @@ class SyntheticInput:
     generator: Optional[GeneratorSpec]
 
 
-def synthetic_input(study: "StudyConfig", eps: float, study_dir: Optional[Path]) -> SyntheticInput:
+def synthetic_input(study: StudyConfig, eps: float, study_dir: Optional[Path]) -> SyntheticInput:
     if study.generator is None:
         return SyntheticInput(study.synthetic, None)
     if study_dir is None:
@@ -133,51 +131,16 @@ def synthetic_input(study: "StudyConfig", eps: float, study_dir: Optional[Path])
     return SyntheticInput(str(Path(study_dir) / spec.samples_id), spec)
 
 
-Recipe = Callable[["StudyConfig", float, int, Optional[Path]], list[RunSpec]]
-
-
-@dataclass(frozen=True)
-class RecipeEntry:
-    slug: str  # run-id prefix, safe in a path (also accepted as a name in a config)
-    fn: Recipe
-    aliases: tuple[str, ...]  # ASCII spellings accepted in a config
-    needs_prior: bool  # plans the study's `prior:` pretrain runs
-
-
-_RECIPES: dict[str, RecipeEntry] = {}
-
-
-def register_recipe(name: str, slug: str, *, aliases: tuple[str, ...] = (), needs_prior: bool = False):
-    """Register a condition under `name`; `slug` is its run-id prefix (safe in a path); `aliases`
-    are other spellings a config may use (ASCII for `→`); `needs_prior`: it needs `prior:`."""
-
-    def deco(fn: Recipe) -> Recipe:
-        if name in _RECIPES:
-            raise ValueError(f"recipe {name!r} registered twice")
-        _RECIPES[name] = RecipeEntry(slug, fn, aliases, needs_prior)
-        return fn
-
-    return deco
-
-
-def list_conditions() -> list[str]:
-    return list(_RECIPES)
-
-
-def condition_slug(name: str) -> str:
-    return _RECIPES[name].slug
-
-
-def build_runs(study: "StudyConfig", condition: str, eps: float, seed: int,
+def build_runs(study: StudyConfig, condition: str, eps: float, seed: int,
                study_dir: Optional[Path] = None) -> list[RunSpec]:
     """The runs of `condition` at (ε, seed), parents first; the last one is the condition's result.
     `study_dir` is needed only when the synthetic set comes from a generator."""
-    if condition not in _RECIPES:
-        raise DpMammoError(f"unknown condition {condition!r}; known: {', '.join(_RECIPES)}")
-    return _RECIPES[condition].fn(study, eps, seed, study_dir)
+    if condition not in CONDITIONS:
+        raise DpMammoError(f"unknown condition {condition!r}; known: {', '.join(CONDITIONS)}")
+    return load_spec(CONDITIONS[condition].recipe)(study, eps, seed, study_dir)
 
 
-def stage_config(study: "StudyConfig", stage: str, *, train_sets: list[str], eps: float, seed: int,
+def stage_config(study: StudyConfig, stage: str, *, train_sets: list[str], eps: float, seed: int,
                  model: Optional[dict[str, Any]] = None, target: Literal["stage", "total"] = "stage") -> TrainConfig:
     """The shared settings of `study`, then its `dp` block (DP stages only), then the stage's
     overrides, then the stage's own `dp` block (DP stages only); with this stage's data, ε (for
@@ -216,14 +179,12 @@ def _run_id(condition: str, eps: float, seed: int) -> str:
     return f"{condition_slug(condition)}/{epsilon_tag(eps)}/seed{seed}"
 
 
-@register_recipe("real", slug="real")
-def real(study: "StudyConfig", eps: float, seed: int, study_dir: Optional[Path]) -> list[RunSpec]:
+def real(study: StudyConfig, eps: float, seed: int, study_dir: Optional[Path]) -> list[RunSpec]:
     cfg = stage_config(study, "real", train_sets=[study.train_set], eps=eps, seed=seed)
     return [RunSpec(_run_id("real", eps, seed), cfg, None, "real", eps, seed)]
 
 
-@register_recipe("real+synthetic", slug="real+synthetic")
-def real_synthetic(study: "StudyConfig", eps: float, seed: int, study_dir: Optional[Path]) -> list[RunSpec]:
+def real_synthetic(study: StudyConfig, eps: float, seed: int, study_dir: Optional[Path]) -> list[RunSpec]:
     """DP over the union; with a DP generator calibrated to what it left, so that the chain total is ε."""
     syn = synthetic_input(study, eps, study_dir)
     cfg = stage_config(study, "real+synthetic", train_sets=[study.train_set, syn.train_set],
@@ -232,8 +193,7 @@ def real_synthetic(study: "StudyConfig", eps: float, seed: int, study_dir: Optio
                     generator=syn.generator.run_id if syn.generator else None)]
 
 
-@register_recipe("synthetic", slug="synthetic")
-def synthetic(study: "StudyConfig", eps: float, seed: int, study_dir: Optional[Path]) -> list[RunSpec]:
+def synthetic(study: StudyConfig, eps: float, seed: int, study_dir: Optional[Path]) -> list[RunSpec]:
     """Whole model on synthetic data, no DP: it touches no private patch. It depends on ε only
     through a DP generator's budget (one run per ε, ∞ included); otherwise one run serves every ε."""
     syn = synthetic_input(study, eps, study_dir)
@@ -246,8 +206,7 @@ def synthetic(study: "StudyConfig", eps: float, seed: int, study_dir: Optional[P
                     generator=syn.generator.run_id if syn.generator else None)]
 
 
-@register_recipe("synthetic→real", slug="synthetic-to-real", aliases=("synthetic->real",))
-def synthetic_to_real(study: "StudyConfig", eps: float, seed: int, study_dir: Optional[Path]) -> list[RunSpec]:
+def synthetic_to_real(study: StudyConfig, eps: float, seed: int, study_dir: Optional[Path]) -> list[RunSpec]:
     """Pretrain (shared with `synthetic`), then fine-tune on the private set; head only by default.
     The fine-tune inherits the generator's chain through the pretrained weights, hence its budget."""
     (pretrain,) = synthetic(study, eps, seed, study_dir)
@@ -257,8 +216,7 @@ def synthetic_to_real(study: "StudyConfig", eps: float, seed: int, study_dir: Op
     return [pretrain, RunSpec(_run_id("synthetic→real", eps, seed), cfg, pretrain.run_id, "finetune", eps, seed)]
 
 
-@register_recipe("prior→real", slug="prior-to-real", aliases=("prior->real",), needs_prior=True)
-def prior_to_real(study: "StudyConfig", eps: float, seed: int, study_dir: Optional[Path]) -> list[RunSpec]:
+def prior_to_real(study: StudyConfig, eps: float, seed: int, study_dir: Optional[Path]) -> list[RunSpec]:
     """Fine-tune on the private set (DP at ε) from the procedural pretrain run of `seed`. The
     study's model block, then `dp`, then `stages.prior-finetune` say what trains (whole model by
     default). The pretrain's chain is public, so the stage's ε is the chain total: target stage."""
@@ -271,8 +229,7 @@ def prior_to_real(study: "StudyConfig", eps: float, seed: int, study_dir: Option
                     prior=prior.run_id)]
 
 
-@register_recipe("prior→probe→real", slug="prior-probe-real", aliases=("prior->probe->real",), needs_prior=True)
-def prior_probe_real(study: "StudyConfig", eps: float, seed: int, study_dir: Optional[Path]) -> list[RunSpec]:
+def prior_probe_real(study: StudyConfig, eps: float, seed: int, study_dir: Optional[Path]) -> list[RunSpec]:
     """(II) DP linear probe on the frozen procedural backbone at probe_share·ε (stage `prior-probe`),
     then (III) the whole model fine-tuned from the probe (stage `probe-finetune`) with its noise
     calibrated so that the chain's RDP total is ε. At ε = ∞ both stages are non-private."""
@@ -292,12 +249,6 @@ def prior_probe_real(study: "StudyConfig", eps: float, seed: int, study_dir: Opt
 def _without_weight_sources(model: dict[str, Any]) -> dict[str, Any]:
     """A model block whose weights come from `init_from` alone (no weight file, no ImageNet)."""
     return model | {k: v for k, v in WEIGHT_SOURCES.items() if k in model}
-
-
-Condition = Literal[tuple(_RECIPES)]  # type: ignore[valid-type]
-# Other spellings of a condition in a config: its slug and its registered aliases.
-CONDITION_ALIASES = {alias: name for name, e in _RECIPES.items() for alias in (e.slug, *e.aliases) if alias != name}
-PRIOR_CONDITIONS = tuple(name for name, e in _RECIPES.items() if e.needs_prior)
 
 
 @dataclass(frozen=True)
@@ -321,7 +272,7 @@ class Plan:
         return {**self.generators, **self.priors}
 
 
-def expand(study: "StudyConfig", study_dir: Optional[Path] = None) -> Plan:
+def expand(study: StudyConfig, study_dir: Optional[Path] = None) -> Plan:
     """Every run of the study once (shared stages deduplicated), and the runs each condition reports.
     `study_dir` (absolute) is needed only when the synthetic set comes from a generator."""
     runs: dict[str, RunSpec] = {}
