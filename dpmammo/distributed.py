@@ -28,6 +28,7 @@ import socket
 import sys
 import traceback
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Callable
 
 import torch
@@ -119,6 +120,10 @@ class Ranks:
 
 
 SINGLE = Ranks()
+# How long a rank waits in a collective. Long on purpose: the other ranks wait while rank 0 alone
+# computes a feature cache or validates a large model. A rank that dies is not waited for: the
+# launcher (or torchrun's agent) sees its exit and stops the others.
+COLLECTIVE_TIMEOUT = timedelta(hours=12)
 
 
 def _backend_is_nccl() -> bool:
@@ -147,7 +152,7 @@ def init_from_env(device: str) -> Ranks:
     backend = backend_for(device)
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    torch.distributed.init_process_group(backend, init_method="env://")
+    torch.distributed.init_process_group(backend, init_method="env://", timeout=COLLECTIVE_TIMEOUT)
     return current()
 
 
@@ -167,7 +172,7 @@ def _rank_main(rank: int, world: int, port: int, backend: str, threads: int, err
         if backend == "nccl":
             torch.cuda.set_device(rank)
         torch.distributed.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                                             world_size=world)
+                                             world_size=world, timeout=COLLECTIVE_TIMEOUT)
         fn(*args)
     except DpMammoError as e:
         errors.put((rank, str(e)))
