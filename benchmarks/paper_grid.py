@@ -34,11 +34,11 @@ import time
 from pathlib import Path
 
 import torch
-from opacus.optimizers.optimizer import _generate_noise
 
 from dpmammo.allocator import keep_freed_memory
 from dpmammo.models import create_model
 from dpmammo.privacy import read_privacy
+from dpmammo.privacy.opacus_internals import generate_noise
 from dpmammo.study import expand, load_study
 from dpmammo.train import features as fc
 from dpmammo.train import fit
@@ -65,7 +65,7 @@ def noise_seconds_per_step(head: torch.nn.Module) -> float:
     for _ in range(21):
         t = time.perf_counter()
         for p in params:
-            _generate_noise(std=1.0, reference=p, generator=gen, secure_mode=True)
+            generate_noise(std=1.0, reference=p, generator=gen, secure_mode=True)
         times.append(time.perf_counter() - t)
     return min(times[1:])
 

@@ -176,7 +176,7 @@ class RunDir:
         ckpt = {
             "state": state,
             "parts": {name: part.state_dict() for name, part in parts.items()},
-            "accountant_history": list(dp.accountant.history) if dp else None,
+            "accountant_history": dp.accountant.state() if dp else None,
             "dp_draws": dp.draws if dp else None,
             "rate_units": dp.sampler.rate_units if dp else None,
             "gen": gen.get_state(),
@@ -215,7 +215,7 @@ class RunDir:
         for name, part in parts.items():
             part.load_state_dict(ckpt["parts"][name])
         if dp is not None:
-            dp.accountant.history = [tuple(h) for h in ckpt["accountant_history"]]
+            dp.accountant.load_state(ckpt["accountant_history"])
             dp.restore_draws(ckpt["dp_draws"])
         gen.set_state(ckpt["gen"])
         torch.set_rng_state(ckpt["torch_rng"])

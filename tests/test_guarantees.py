@@ -13,7 +13,7 @@ import dp_accounting
 import pytest
 import torch
 
-from dpmammo.privacy import epsilon_of, read_privacy
+from dpmammo.privacy import DpSgdEvent, GaussianRelease, epsilon_of, read_privacy
 from dpmammo.privacy.accounting import RDP_ORDERS
 from dpmammo.train import fit
 from tests.conftest import no_unit_count
@@ -120,9 +120,12 @@ def test_init_from_a_dp_run_composes_both_stages(phantom_root, dp_run, tmp_path)
     first, second = rec.stages
     assert rec.total.guarantee == "dp" and rec.total.unit == "patient"
     # Each stage: its noisy unit count (one Gaussian release, σ_N), then its Poisson-sampled steps.
-    history = [seg for s in (first, second) for seg in ((s.unit_count_noise, 1.0, 1),
-                                                          (s.noise_multiplier, s.sample_rate, s.steps))]
-    assert rec.total.epsilon == pytest.approx(epsilon_of(history, second.delta))
+    events = [e for s in (first, second) for e in (
+        GaussianRelease(noise_multiplier=s.unit_count_noise, sensitivity=1.0, unit="patient"),
+        DpSgdEvent(noise_multiplier=s.noise_multiplier, sample_rate=s.sample_rate, steps=s.steps,
+                   max_grad_norm=s.max_grad_norm, unit="patient"))]
+    assert [e for s in (first, second) for e in s.events()] == events
+    assert rec.total.epsilon == pytest.approx(epsilon_of(events, second.delta))
     assert max(first.epsilon, second.epsilon) < rec.total.epsilon < first.epsilon + second.epsilon
 
 
@@ -136,7 +139,7 @@ def test_a_stage_calibrated_to_the_chain_total_lands_on_it(phantom_root, dp_run,
     first, second = rec.stages
     assert second.target_epsilon == 4.0 and second.epsilon < 4.0
     assert 4.0 - 0.011 <= rec.total.epsilon <= 4.0 + 1e-9
-    assert rec.total.epsilon == pytest.approx(epsilon_of([seg for s in (first, second) for seg in s.segments()],
+    assert rec.total.epsilon == pytest.approx(epsilon_of([e for s in (first, second) for e in s.events()],
                                                          second.delta))
 
 
@@ -266,7 +269,8 @@ def test_provenance_carries_no_exact_private_count(phantom_root, tmp_path):
     assert set(prov) == {"folder", "generator_run", "training_data", "n", "n_malignant", "balance", "seed",
                          "image_size", "guarantee", "total", "chain", "dpmammo_version"}
     stage_keys = {"stage", "run", "data", "guarantee", "reason", "unit", "epsilon", "delta", "target_epsilon",
-                  "noise_multiplier", "sample_rate", "steps", "accountant", "max_grad_norm", "unit_count_noise", "note"}
+                  "mechanism", "noise_multiplier", "sample_rate", "steps", "accountant", "max_grad_norm",
+                  "sensitivity", "unit_count_noise", "note"}
     assert all(set(s) == stage_keys for s in prov["chain"])
     # phantom/train has 400 patients: no count field, and not the exact rate 16/400.
     text = (tmp_path / "s" / "provenance.json").read_text() + (tmp_path / "gan" / "log.txt").read_text()

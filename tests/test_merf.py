@@ -15,16 +15,18 @@ import yaml
 from dpmammo.config import parse_config
 from dpmammo.errors import DpMammoError
 from dpmammo.gan import sample
-from dpmammo.gan.merf import (embedding_sum, fourier_features, fourier_frequencies, gaussian_release,
-                              record_embeddings, train_merf, unit_weights)
+from dpmammo.gan.merf import (embedding_sum, fourier_features, fourier_frequencies, record_embeddings, train_merf,
+                              unit_weights)
 from dpmammo.gan.merf_config import MerfConfig, MerfFeatures, MerfOptim, MerfTrainSettings
 from dpmammo.gan.registry import load_generator_config
 from dpmammo.models import CnnSmallConfig
 from dpmammo.privacy import read_privacy
 from dpmammo.privacy.accounting import RDP_ORDERS, epsilon_of
 from dpmammo.privacy.config import ReleasePrivacyConfig
+from dpmammo.privacy.events import DpSgdEvent, GaussianRelease
 from dpmammo.privacy.ledger import StageSpend, compose, release_stage
-from dpmammo.privacy.sampling import unit_ids
+from dpmammo.privacy.mechanisms import gaussian_release
+from dpmammo.privacy.sampling import secret_key, unit_ids
 from dpmammo.train import DataConfig, TrainConfig, TrainSettings, fit
 from tests.conftest import REPO, no_unit_count, stopped_after_first_checkpoint
 from tests.test_cli import assert_one_line_error, dpmammo
@@ -120,7 +122,8 @@ def test_release_on_real_data_spends_what_dp_accounting_says(real_root, tmp_path
     own = rec.own
     assert own.stage == "dp-merf" and own.guarantee == rec.total.guarantee == "dp"
     assert own.unit == rec.total.unit == "patient" and no_unit_count(tmp_path / "run" / "privacy.json")
-    assert (own.sample_rate, own.steps, own.max_grad_norm) == (1.0, 1, 1.0) and "sensitivity 1" in own.note
+    assert (own.mechanism, own.sensitivity) == ("gaussian-release", 1.0) and "sensitivity 1" in own.note
+    assert (own.sample_rate, own.steps, own.max_grad_norm) == (None, None, None)  # not DP-SGD
     assert metrics["train_size"] == 1104 and "n_units" not in metrics
     assert metrics["noise_multiplier"] == own.noise_multiplier
     assert own.epsilon <= 3.0 and rec.total.epsilon == pytest.approx(own.epsilon)
@@ -175,13 +178,17 @@ def test_random_features_approximate_the_gaussian_kernel():
 def test_noise_has_the_calibrated_scale_and_is_secret():
     privacy = ReleasePrivacyConfig(target_epsilon=3.0)
     zeros = torch.zeros(40000, dtype=torch.float64)
-    a = gaussian_release(zeros, 1.5, privacy, seed=0)
-    b = gaussian_release(zeros, 1.5, privacy, seed=0)
-    assert a.std().item() == pytest.approx(1.5, rel=0.02) and abs(a.mean().item()) < 0.03
-    assert not torch.equal(a, b)  # OS entropy, not the seed
+
+    def release(p: ReleasePrivacyConfig) -> tuple[torch.Tensor, GaussianRelease]:
+        return gaussian_release(lambda: zeros, sensitivity=1.5, privacy=p, n_private_units=578, key=secret_key(p, 0))
+
+    (a, event), (b, _) = release(privacy), release(privacy)
+    assert event == GaussianRelease(noise_multiplier=event.noise_multiplier, sensitivity=1.5, unit="patient")
+    assert epsilon_of([event], privacy.delta) <= 3.0 and 1.3 < event.noise_multiplier < 1.5
+    assert a.std().item() == pytest.approx(1.5 * event.noise_multiplier, rel=0.02) and abs(a.mean().item()) < 0.05
+    assert a.dtype == torch.float64 and not torch.equal(a, b)  # OS entropy, not the seed
     seeded = privacy.model_copy(update={"seeded_noise_for_tests": True})
-    assert torch.equal(gaussian_release(zeros, 1.5, seeded, seed=0), gaussian_release(zeros, 1.5, seeded, seed=0))
-    assert torch.equal(gaussian_release(zeros, 1.5, None, seed=0), zeros)
+    assert torch.equal(release(seeded)[0], release(seeded)[0])
 
 
 def test_two_runs_draw_different_noise_unless_seeded_which_is_no_guarantee(phantoms, tmp_path):
@@ -195,6 +202,13 @@ def test_two_runs_draw_different_noise_unless_seeded_which_is_no_guarantee(phant
     assert counts["s1"] == counts["s2"] and weights["s1"] == weights["s2"]
     rec = read_privacy(tmp_path / "a" / "privacy.json")
     assert rec.total.guarantee == "dp" and rec.own.epsilon <= 3.0
+    # Recorded as what it is: one Gaussian release of sensitivity 1, not DP-SGD with q = 1.
+    stage = json.loads((tmp_path / "a" / "privacy.json").read_text())["stages"][-1]
+    assert (stage["mechanism"], stage["sensitivity"], stage["sample_rate"], stage["steps"]) == (
+        "gaussian-release", 1.0, None, None)
+    assert rec.own.events() == [GaussianRelease(noise_multiplier=rec.own.noise_multiplier, sensitivity=1.0,
+                                                unit="patient")]
+    assert rec.own.epsilon == pytest.approx(epsilon_of(rec.own.events(), 1e-3))
     rec = read_privacy(tmp_path / "s1" / "privacy.json")
     assert rec.own.guarantee == "none" and rec.own.reason == "seeded-noise" and rec.own.epsilon <= 3.0
     assert rec.describe() == "no guarantee (seeded noise (test-only switch))"
@@ -220,14 +234,17 @@ def test_gan_sample_carries_the_dp_merf_stage_into_a_classifier(phantoms, tmp_pa
 
 
 def test_release_composes_with_a_dp_sgd_stage_by_rdp():
+    release = GaussianRelease(noise_multiplier=1.33, sensitivity=1.0, unit="patient")
+    steps = DpSgdEvent(noise_multiplier=1.1, sample_rate=0.1, steps=100, max_grad_norm=1.0, unit="patient")
     merf = release_stage(stage="dp-merf", run="g", data=["x"], privacy=ReleasePrivacyConfig(target_epsilon=3.0),
-                         noise_multiplier=1.33)
+                         release=release)
     sgd = StageSpend(stage="classifier", run="c", data=["x"], guarantee="dp", unit="patient",
-                     epsilon=epsilon_of([(1.1, 0.1, 100)], 1e-4), delta=1e-4, noise_multiplier=1.1, sample_rate=0.1,
-                     steps=100, accountant="rdp")
+                     epsilon=epsilon_of([steps], 1e-4), delta=1e-4, mechanism="dp-sgd", noise_multiplier=1.1,
+                     sample_rate=0.1, steps=100, max_grad_norm=1.0, accountant="rdp")
+    assert merf.events() == [release] and sgd.events() == [steps]
     total = compose([merf, sgd], delta=1e-4)
     assert total.guarantee == "dp" and total.unit == "patient" and total.method.startswith("RDP")
-    assert total.epsilon == pytest.approx(epsilon_of([(1.33, 1.0, 1), (1.1, 0.1, 100)], 1e-4))
+    assert total.epsilon == pytest.approx(epsilon_of([release, steps], 1e-4))
     assert max(merf.epsilon, sgd.epsilon) < total.epsilon < merf.epsilon + sgd.epsilon
 
 

@@ -6,8 +6,14 @@ import dp_accounting
 import pytest
 
 from dpmammo.errors import DpMammoError
-from dpmammo.privacy import StageSpend, calibrate_noise, check_delta, compose, epsilon_of, steps_for
+from dpmammo.privacy import (DpSgdEvent, GaussianRelease, StageSpend, calibrate_noise, check_delta, compose, epsilon_of,
+                             steps_for)
 from dpmammo.privacy.accounting import RDP_ORDERS
+
+
+def sgd(sigma: float, q: float, steps: int) -> DpSgdEvent:
+    """DP-SGD steps of one patient-level stage (C = 1: the clipping norm does not change ε)."""
+    return DpSgdEvent(noise_multiplier=sigma, sample_rate=q, steps=steps, max_grad_norm=1.0, unit="patient")
 
 
 def dp_accounting_epsilon(sigma: float, q: float, steps: int, delta: float, count_noise: float | None = None) -> float:
@@ -25,14 +31,14 @@ def dp_accounting_epsilon(sigma: float, q: float, steps: int, delta: float, coun
 def test_calibrated_noise_meets_but_does_not_overshoot_target(target, q, epochs):
     steps = steps_for(epochs, q)
     sigma = calibrate_noise(target_epsilon=target, delta=1e-4, sample_rate=q, steps=steps, accountant="rdp")
-    eps = epsilon_of([(sigma, q, steps)], 1e-4)
+    eps = epsilon_of([sgd(sigma, q, steps)], 1e-4)
     assert eps <= target
     assert eps >= target - 0.011  # binary search tolerance 0.01: not wastefully noisy
 
 
 @pytest.mark.parametrize("sigma,q,steps", [(0.7, 0.058, 34), (1.1, 0.116, 260), (3.0, 0.01, 1000)])
 def test_epsilon_matches_dp_accounting_within_one_percent(sigma, q, steps):
-    ours = epsilon_of([(sigma, q, steps)], 1e-4)
+    ours = epsilon_of([sgd(sigma, q, steps)], 1e-4)
     theirs = dp_accounting_epsilon(sigma, q, steps, 1e-4)
     assert ours == pytest.approx(theirs, rel=0.01)
 
@@ -44,14 +50,14 @@ def test_noise_calibrated_after_the_unit_count_release_meets_its_target_by_dp_ac
     q, steps = 64 / 578, steps_for(30, 64 / 578)
     plain = calibrate_noise(target_epsilon=target, delta=1e-4, sample_rate=q, steps=steps, accountant="rdp")
     sigma = calibrate_noise(target_epsilon=target, delta=1e-4, sample_rate=q, steps=steps, accountant="rdp",
-                            prior=[(20.0, 1.0, 1)])
+                            prior=[GaussianRelease.unit_count(20.0, "patient")])
     theirs = dp_accounting_epsilon(sigma, q, steps, 1e-4, count_noise=20.0)
     assert target - 0.02 <= theirs <= target + 1e-6
     assert plain < sigma < 1.05 * plain
 
 
 def test_prv_accountant_is_at_most_rdp():
-    h = [(1.0, 0.1, 200)]
+    h = [sgd(1.0, 0.1, 200)]
     assert epsilon_of(h, 1e-4, "prv") <= epsilon_of(h, 1e-4, "rdp")
 
 
@@ -68,16 +74,17 @@ def test_epsilon_must_be_positive():
 
 def _dp(run, sigma, q, steps, eps):
     return StageSpend(stage="s", run=run, data=["cbis-ddsm/train"], guarantee="dp", epsilon=eps, delta=1e-4,
-                      noise_multiplier=sigma, sample_rate=q, steps=steps, accountant="rdp", unit="patient")
+                      mechanism="dp-sgd", noise_multiplier=sigma, sample_rate=q, steps=steps, max_grad_norm=1.0,
+                      accountant="rdp", unit="patient")
 
 
 def test_chain_composes_rdp_tighter_than_adding_epsilons():
     a, b = (1.0, 0.1, 100), (1.5, 0.05, 300)
-    ea, eb = epsilon_of([a], 1e-4), epsilon_of([b], 1e-4)
+    ea, eb = epsilon_of([sgd(*a)], 1e-4), epsilon_of([sgd(*b)], 1e-4)
     total = compose([_dp("gan", *a, ea), _dp("clf", *b, eb)], delta=1e-4)
     assert total.guarantee == "dp"
     assert max(ea, eb) < total.epsilon < ea + eb
-    assert total.epsilon == pytest.approx(epsilon_of([a, b], 1e-4))
+    assert total.epsilon == pytest.approx(epsilon_of([sgd(*a), sgd(*b)], 1e-4))
 
 
 def test_chain_with_a_non_private_stage_has_no_guarantee():
@@ -90,7 +97,7 @@ def test_chain_with_a_non_private_stage_has_no_guarantee():
 def test_public_stages_add_nothing():
     pub = StageSpend(stage="pretrain", run="p", data=["synthetic/x"], guarantee="public")
     assert compose([pub]).guarantee == "public"
-    eps = epsilon_of([(1.0, 0.1, 100)], 1e-4)
+    eps = epsilon_of([sgd(1.0, 0.1, 100)], 1e-4)
     assert compose([pub, _dp("clf", 1.0, 0.1, 100, eps)], delta=1e-4).epsilon == pytest.approx(eps)
 
 
@@ -99,18 +106,18 @@ def test_noise_calibrated_to_a_chain_total_meets_it(target):
     """privacy.target: total: with a DP stage before (a generator at ε/2), the composed ε lands in
     [target − 0.01, target], and needs less noise than a linear split (the stage alone at ε/2) would."""
     gen_sigma = calibrate_noise(target_epsilon=target / 2, delta=1e-4, sample_rate=1.0, steps=1, accountant="rdp")
-    prior = [(gen_sigma, 1.0, 1)]
+    prior = [GaussianRelease(noise_multiplier=gen_sigma, sensitivity=1.0, unit="patient")]
     q, steps = 0.2, steps_for(30, 0.2)
     sigma = calibrate_noise(target_epsilon=target, delta=1e-4, sample_rate=q, steps=steps, accountant="rdp",
                             prior=prior)
-    total = epsilon_of([*prior, (sigma, q, steps)], 1e-4)
+    total = epsilon_of([*prior, sgd(sigma, q, steps)], 1e-4)
     assert target - 0.01 <= total <= target
     split = calibrate_noise(target_epsilon=target / 2, delta=1e-4, sample_rate=q, steps=steps, accountant="rdp")
     assert sigma < split * 0.95
 
 
 def test_a_chain_total_already_spent_is_refused():
-    prior = [(0.5, 1.0, 1)]  # ε ≈ 10 at δ = 1e-4
+    prior = [GaussianRelease(noise_multiplier=0.5, sensitivity=1.0, unit="patient")]  # ε ≈ 10 at δ = 1e-4
     with pytest.raises(DpMammoError, match=r"already spend ε = .* of the chain's target 2"):
         calibrate_noise(target_epsilon=2.0, delta=1e-4, sample_rate=0.1, steps=100, accountant="rdp", prior=prior)
 
@@ -120,7 +127,7 @@ def test_prior_history_refuses_what_a_total_cannot_compose():
 
     gen = _dp("gan", 1.0, 0.1, 100, 3.0)
     total = PrivacyConfig(target_epsilon=6.0, target="total")
-    assert prior_history([gen], total) == [(1.0, 0.1, 100)]
+    assert prior_history([gen], total) == [sgd(1.0, 0.1, 100)]
     assert prior_history([gen], PrivacyConfig(target_epsilon=6.0)) == []  # a stage-only target needs none
     with pytest.raises(DpMammoError, match="a total needs one unit"):
         prior_history([gen], PrivacyConfig(target_epsilon=6.0, target="total", unit="patch"))

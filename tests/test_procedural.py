@@ -230,7 +230,7 @@ def test_a_dp_run_from_a_pretrain_run_keeps_the_total_of_random_init(phantom_roo
     """ε = 2 per patient with the chain total as target: from the pretrain run, the stage draws the σ
     that random init draws at the same sample rate (the public stage takes nothing from the budget)
     and states the same total."""
-    from dpmammo.privacy import calibrate_noise
+    from dpmammo.privacy import GaussianRelease, calibrate_noise
 
     base = dict(train__epochs=1, train__batch_size=100, model__=SMALL)
     fit(phantom_config(phantom_root, privacy__={"target_epsilon": 2.0}, **base), tmp_path / "scratch", progress=False)
@@ -243,7 +243,7 @@ def test_a_dp_run_from_a_pretrain_run_keeps_the_total_of_random_init(phantom_roo
     assert chained.total.guarantee == scratch.total.guarantee == "dp" and chained.total.unit == "patient"
     own = chained.own  # each run's rate comes from its own noisy patient count: compare at the same rate
     alone = calibrate_noise(target_epsilon=2.0, delta=own.delta, sample_rate=own.sample_rate, steps=own.steps,
-                            accountant="rdp", prior=[(own.unit_count_noise, 1.0, 1)])
+                            accountant="rdp", prior=[GaussianRelease.unit_count(own.unit_count_noise, own.unit)])
     assert own.noise_multiplier == alone and own.steps == round(1 / own.sample_rate)
     assert chained.total.epsilon == pytest.approx(own.epsilon) and own.epsilon <= 2.0 and scratch.total.epsilon <= 2.0
 

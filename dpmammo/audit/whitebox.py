@@ -28,7 +28,7 @@ post-processing).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Optional
+from typing import Callable, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ from dpmammo.privacy import make_private
 from dpmammo.privacy.accounting import epsilon_of
 from dpmammo.privacy.config import PrivacyConfig
 from dpmammo.privacy.engine import DPSetup
+from dpmammo.privacy.events import PrivacyEvent
 from dpmammo.privacy.sampling import batch_selection
 from dpmammo.privacy.secret import SecretKey
 
@@ -120,7 +121,7 @@ def canary_training(*, model: nn.Module, optimizer: torch.optim.Optimizer, crite
                     labels: torch.Tensor, records: list[PatchRecord], privacy: PrivacyConfig, epochs: int,
                     batch_size: int, physical: int, seed: int, canaries: GradientCanaries,
                     take: Optional[Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]] = None,
-                    prior: list[tuple[float, float, int]] = (), device: torch.device | str = "cpu",
+                    prior: Sequence[PrivacyEvent] = (), device: torch.device | str = "cpu",
                     adversary_knows_seed: bool = False, views_per_record: int = 1,
                     mutate: Optional[Callable[[DPSetup], None]] = None) -> CanaryRun:
     """Train `model` with DP-SGD on `records` plus the included canaries, observing every noisy update.
@@ -190,8 +191,7 @@ def canary_training(*, model: nn.Module, optimizer: torch.optim.Optimizer, crite
         if step + 1 < dp.planned_steps:
             dp.draw_next_noise()
     theta = torch.cat([p.detach().reshape(-1).float().cpu() for p in params])
-    promised = epsilon_of([*dp.count_event, (dp.noise_multiplier, dp.sample_rate, dp.planned_steps)],
-                          privacy.delta, privacy.accountant)
+    promised = epsilon_of(dp.planned_events(), privacy.delta, privacy.accountant)
     return CanaryRun(canaries=canaries, updates=torch.stack(observed).double().numpy(),
                      final=canaries.project(theta0 - theta).double().numpy(), sigma=dp.noise_multiplier,
                      sample_rate=dp.sample_rate, steps=dp.planned_steps, delta=privacy.delta, epsilon=promised,

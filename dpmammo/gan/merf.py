@@ -16,8 +16,8 @@ The mechanism, exactly:
   by convexity); under `unit: patch` each patch contributes its own u. Public (synthetic) records
   are units of their own.
 - Release: S̃ = Σ_units v + N(0, σ²I), once. Adding or removing one unit moves the sum by its v,
-  of norm ≤ 1: L2 sensitivity 1 under add/remove adjacency, so this is one Gaussian mechanism
-  (sample rate 1, one step for the accountant), σ calibrated to (target ε, δ). The noise comes
+  of norm ≤ 1: L2 sensitivity 1 under add/remove adjacency, so this is one Gaussian release
+  (dpmammo.privacy.mechanisms.gaussian_release), σ calibrated to (target ε, δ). The noise comes
   from the stage's secret key (dpmammo.privacy.secret: ChaCha20 keyed with 256 bits of OS
   entropy), four draws per value against floating-point attacks as Opacus's secure mode.
 - From S̃ alone: per-class noisy sums of φ and noisy class counts (counts clamped to ≥ 1), hence
@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -49,8 +49,8 @@ from dpmammo.gan.models import N_CLASSES, build_generator
 from dpmammo.gan.train import SAMPLES_DIR, grid_inputs, write_grid
 from dpmammo.models import save_weights
 from dpmammo.privacy import StageSpend, non_dp_stage, release_stage, synthetic_chain, write_privacy
-from dpmammo.privacy.accounting import calibrate_noise, check_delta
-from dpmammo.privacy.config import ReleasePrivacyConfig
+from dpmammo.privacy.events import GaussianRelease
+from dpmammo.privacy.mechanisms import gaussian_release
 from dpmammo.privacy.sampling import secret_key, unit_ids
 from dpmammo.progress import StepProgress
 from dpmammo.runs import RunDir
@@ -129,8 +129,10 @@ def train_merf_run(cfg: MerfConfig, run: RunDir, resuming: bool, say: Callable[[
     save_weights(gen_model, run.weights)
     upstream = [StageSpend.model_validate(s) for s in state["upstream"]]
     if cfg.privacy is not None:
-        own = release_stage(stage=STAGE, run=run.name, data=cfg.data.train, privacy=cfg.privacy,
-                            noise_multiplier=state["sigma"], note="the generator is post-processing")
+        # σ read back from the checkpoint on a resume: the release was made once, by the first start.
+        release = GaussianRelease(noise_multiplier=state["sigma"], sensitivity=SENSITIVITY, unit=cfg.privacy.unit)
+        own = release_stage(stage=STAGE, run=run.name, data=cfg.data.train, privacy=cfg.privacy, release=release,
+                            note="what is released: the sum of per-unit embeddings; the generator is post-processing")
     else:
         own = non_dp_stage(stage=STAGE, run=run.name, data=cfg.data.train, n_private=state["n_private"])
     privacy = write_privacy(run.privacy, own, upstream, notes=[LOSS_NOTE])
@@ -161,24 +163,24 @@ def private_release(cfg: MerfConfig, freqs: torch.Tensor, say) -> dict:
     units = unit_ids([r.patient for r in records], is_private, unit, ", ".join(cfg.data.train))
     n_private_units = len(torch.unique(units[torch.tensor(is_private)]))
     upstream = upstream_chain(records)
+
+    def total() -> torch.Tensor:  # the only read of private pixels
+        images = load_images(records, cfg.model.image_size)
+        labels = torch.tensor([r.label for r in records], dtype=torch.long)
+        return embedding_sum(images, labels, unit_weights(units), freqs, cfg.features.resolution)
+
     sigma = 0.0
-    if cfg.privacy is not None:  # validate before touching a pixel
+    if cfg.privacy is None:
+        released = total()
+        say(f"non-private: the mean embedding of {len(records)} patches is used without noise")
+    else:  # δ checked and σ calibrated before a pixel is read
         p = cfg.privacy
-        if n_private_units:
-            check_delta(p.delta, n_private_units, p.unit)
-        sigma = calibrate_noise(target_epsilon=p.target_epsilon, delta=p.delta, sample_rate=1.0, steps=1,
-                                accountant=p.accountant)
-    images = load_images(records, cfg.model.image_size)
-    labels = torch.tensor([r.label for r in records], dtype=torch.long)
-    total = embedding_sum(images, labels, unit_weights(units), freqs, cfg.features.resolution)
-    released = gaussian_release(total, sigma, cfg.privacy, cfg.train.seed)
-    if cfg.privacy is not None:
-        p = cfg.privacy
+        released, release = gaussian_release(total, sensitivity=SENSITIVITY, privacy=p,
+                                             n_private_units=n_private_units, key=secret_key(p, cfg.train.seed))
+        sigma = release.noise_multiplier
         say(f"released the mean embedding of the units ({p.unit}) with sigma={sigma:.4f} "
             f"(sensitivity {SENSITIVITY:g}) target eps={p.target_epsilon} delta={p.delta:g} accountant={p.accountant}"
             + (" SEEDED NOISE (tests only): no guarantee" if p.seeded_noise_for_tests else ""))
-    else:
-        say(f"non-private: the mean embedding of {len(records)} patches is used without noise")
     return {"release": decode_release(released, cfg.features.n_features), "sigma": sigma,
             "train_size": len(records),
             "n_private": sum(is_private), "upstream": upstream,
@@ -225,20 +227,6 @@ def embedding_sum(images: torch.Tensor, labels: torch.Tensor, weights: torch.Ten
         phi = fourier_features(to_float(images[s:s + CHUNK]), freqs, resolution).double()
         total += (record_embeddings(phi, labels[s:s + CHUNK]) * weights[s:s + CHUNK, None]).sum(0)
     return total
-
-
-def gaussian_release(total: torch.Tensor, sigma: float, privacy: Optional[ReleasePrivacyConfig],
-                     seed: int) -> torch.Tensor:
-    """total + N(0, (σ·sensitivity)² I) from a secret generator (None privacy: total, no noise).
-
-    The key comes from the OS (or, tests only, from `seed`), is used for this one draw and
-    dropped: it is never stored. Four draws per value guard the Gaussian against floating-point
-    attacks, as the DP-SGD stages' noise is (dpmammo.privacy.secret).
-    """
-    if privacy is None:
-        return total
-    noise, = secret_key(privacy, seed).gaussian_noise("release", 0, [total.shape], sigma * SENSITIVITY)
-    return total + noise.to(total.dtype)
 
 
 def decode_release(released: torch.Tensor, n_features: int) -> dict[str, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""DP-SGD set-up, secret sampling and noise, calibration, accounting, and the ledger that composes stages.
+"""DP-SGD set-up, the Gaussian release, secret sampling and noise, typed privacy events, calibration,
+accounting, and the ledger that composes stages.
 
 Exports load on first use (dpmammo.lazy), so `PrivacyConfig` is read without torch or opacus.
 """
@@ -11,9 +12,11 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "dpmammo.privacy.config": ["DEFAULT_DELTA", "UNIT_WORDS", "PrivacyConfig", "PrivacySettings",
                                 "ReleasePrivacyConfig", "Unit"],
     "dpmammo.privacy.engine": ["DPSetup", "make_private"],
+    "dpmammo.privacy.events": ["DpSgdEvent", "GaussianRelease", "PrivacyEvent"],
     "dpmammo.privacy.ledger": ["ChainTotal", "PrivacyRecord", "StageSpend", "compose", "describe", "dp_stage",
                                "non_dp_stage", "prior_history", "provenance_stages", "read_privacy", "release_stage",
                                "short", "synthetic_chain", "weights_stage", "write_privacy"],
+    "dpmammo.privacy.mechanisms": ["gaussian_release"],
     "dpmammo.privacy.sampling": ["Batch", "PoissonUnits", "ShuffledBatches", "secret_key", "unit_ids"],
     "dpmammo.privacy.secret": ["SecretKey"],
 })

@@ -24,11 +24,13 @@ from opacus.validators import ModuleValidator
 from torch import nn
 
 from dpmammo.errors import DpMammoError
-from dpmammo.privacy.accounting import EpsilonCurve, calibrate_noise, epsilon_of, new_accountant, steps_for
+from dpmammo.privacy.accounting import EpsilonCurve, StepAccountant, calibrate_noise, epsilon_of, steps_for
 from dpmammo.privacy.bookkeeping import BookKeepingClipping, BookKeepingLoss, unsupported_layer
 from dpmammo.privacy.config import PrivacyConfig
+from dpmammo.privacy.events import DpSgdEvent, GaussianRelease, PrivacyEvent
 from dpmammo.privacy.grad_samplers import UnitGhostClipping, prepare_for_dp
 from dpmammo.privacy.noise import NoiseAheadMixin
+from dpmammo.privacy.opacus_internals import flat_grad_sample
 from dpmammo.privacy.sampling import Batch, PoissonUnits
 from dpmammo.privacy.secret import SecretKey
 
@@ -54,13 +56,13 @@ class UnitDPOptimizer(NoiseAheadMixin, DPOptimizer):
 
     def clip_and_accumulate(self):
         if self.sample_hook is not None:
-            grads = self.sample_hook(self.records, [self._get_flat_grad_sample(p) for p in self.params])
+            grads = self.sample_hook(self.records, [flat_grad_sample(self, p) for p in self.params])
             for p, g in zip(self.params, grads):
                 p.grad_sample = g
         if self.groups is not None:
             n_units = int(self.groups.max()) + 1 if len(self.groups) else 0
             for p in self.params:
-                gs = self._get_flat_grad_sample(p)
+                gs = flat_grad_sample(self, p)
                 p.grad_sample = torch.zeros((n_units, *gs.shape[1:]), dtype=gs.dtype, device=gs.device).index_add_(
                     0, self.groups.to(gs.device), gs)
         super().clip_and_accumulate()
@@ -127,7 +129,7 @@ class DPSetup:
     optimizer: DPOptimizer
     criterion: Callable
     grad_sample_mode: str
-    accountant: object
+    accountant: StepAccountant
     noise_multiplier: float
     sampler: PoissonUnits
     planned_steps: int
@@ -176,18 +178,27 @@ class DPSetup:
         self.optimizer.zero_grad(set_to_none=True)
 
     @property
-    def count_event(self) -> list[tuple[float, float, int]]:
-        """The Gaussian release of the noisy unit count the sample rate was set from, as an
-        accountant segment (σ, q = 1, one step); [] when the rate used an exact, public count."""
-        sigma = self.sampler.unit_count_noise
-        return [] if sigma is None else [(sigma, 1.0, 1)]
+    def count_event(self) -> list[GaussianRelease]:
+        """The Gaussian release of the noisy unit count the sample rate was set from; [] when the
+        rate used an exact, public count."""
+        return count_release(self.sampler, self.config)
+
+    def events(self) -> list[PrivacyEvent]:
+        """What the stage has spent so far: the count release, then the steps taken."""
+        return [*self.count_event, *self.accountant.events()]
+
+    def planned_events(self) -> list[PrivacyEvent]:
+        """What the stage spends once it has taken its planned steps (what σ was calibrated for)."""
+        return [*self.count_event, DpSgdEvent(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate,
+                                              steps=self.planned_steps, max_grad_norm=self.config.max_grad_norm,
+                                              unit=self.config.unit)]
 
     def epsilon(self) -> float:
         """The stage's ε from its accountant and the count release: what privacy.json records."""
-        history = [*self.count_event, *self.accountant.history]
-        if not history:
+        events = self.events()
+        if not events:
             return 0.0
-        return epsilon_of(history, self.config.delta, self.config.accountant)  # memoised
+        return epsilon_of(events, self.config.delta, self.config.accountant)  # memoised
 
     @property
     def draws(self) -> dict[str, int]:
@@ -204,7 +215,13 @@ class DPSetup:
 
     @property
     def steps_taken(self) -> int:
-        return sum(s for _, _, s in self.accountant.history)
+        return self.accountant.steps
+
+
+def count_release(sampler: PoissonUnits, config: PrivacyConfig) -> list[GaussianRelease]:
+    """The release of the noisy unit count `sampler`'s rate was set from ([] for an exact, public count)."""
+    sigma = sampler.unit_count_noise
+    return [] if sigma is None else [GaussianRelease.unit_count(sigma, config.unit)]
 
 
 def validate_for_dp(model: nn.Module) -> None:
@@ -234,7 +251,7 @@ def choose_grad_sample_mode(model: nn.Module) -> str:
 
 
 def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer, sampler: PoissonUnits, epochs: int,
-                 config: PrivacyConfig, criterion: nn.Module | None = None, prior: Sequence[tuple[float, float, int]] = (),
+                 config: PrivacyConfig, criterion: nn.Module | None = None, prior: Sequence[PrivacyEvent] = (),
                  world_size: int = 1) -> DPSetup:
     """Wrap `model` and `optimizer` for DP-SGD at `config.target_epsilon` over `epochs`.
 
@@ -251,7 +268,7 @@ def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer, sampler:
             ≤ target_epsilon.
         config: the privacy block (target ε, δ, unit, clipping norm, accountant, grad-sample mode).
         criterion: the loss with mean reduction (default cross-entropy); DPSetup.criterion wraps it.
-        prior: with `config.target == "total"`, the (σ, q, steps) of the DP stages before this one
+        prior: with `config.target == "total"`, the privacy events of the DP stages before this one
             (dpmammo.privacy.ledger.prior_history): the noise is calibrated to their RDP composition
             with this stage.
         world_size: the number of processes of one training over several (dpmammo.distributed):
@@ -266,7 +283,7 @@ def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer, sampler:
     if getattr(criterion, "reduction", "mean") != "mean":
         raise DpMammoError(f"the DP loss must use reduction='mean' (got {criterion.reduction!r})")
     steps = steps_for(epochs, sampler.sample_rate)
-    count = [] if sampler.unit_count_noise is None else [(sampler.unit_count_noise, 1.0, 1)]
+    count = count_release(sampler, config)
     before = [*(prior if config.target == "total" else ()), *count]
     sigma = calibrate_noise(target_epsilon=config.target_epsilon, delta=config.delta,
                             sample_rate=sampler.sample_rate, steps=steps, accountant=config.accountant, prior=before)
@@ -277,8 +294,8 @@ def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer, sampler:
                            "(start it with dpmammo train --nproc or torchrun)")
     gsm, dp_opt, dp_criterion = _WRAPPERS[mode](model, optimizer, criterion, sigma, sampler.expected_units / world_size,
                                                 config.max_grad_norm, sampler.key, world_size > 1)
-    accountant = new_accountant(config.accountant)
-    dp_opt.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=sampler.sample_rate))
+    accountant = StepAccountant(config.accountant, max_grad_norm=config.max_grad_norm, unit=config.unit)
+    dp_opt.attach_step_hook(accountant.optimizer_hook(sampler.sample_rate))
     curve = EpsilonCurve(sigma, sampler.sample_rate, config.delta, before=count) if config.accountant == "rdp" else None
     return DPSetup(model=gsm, optimizer=dp_opt, criterion=dp_criterion, grad_sample_mode=mode,
                    accountant=accountant, noise_multiplier=sigma, sampler=sampler, planned_steps=steps, config=config,

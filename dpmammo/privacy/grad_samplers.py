@@ -21,14 +21,12 @@ from typing import Callable
 
 import torch
 from opacus.grad_sample import GradSampleModuleFastGradientClipping, register_grad_sampler, register_norm_sampler
-from opacus.grad_sample.functorch import ft_compute_per_sample_gradient
-from opacus.grad_sample.linear import compute_linear_norm_sample
-from opacus.utils.module_utils import trainable_parameters
-from opacus.utils.tensor_utils import unfold2d
 from timm.models.swin_transformer import SwinTransformerBlock, WindowAttention
 from torch import nn
 
 from dpmammo.models.cnn import WSConv2d
+from dpmammo.privacy.opacus_internals import (compute_linear_norm_sample, end_of_backward_hook,
+                                              ft_compute_per_sample_gradient, set_norm_sample, unfold2d)
 
 
 class RelativePositionBias(nn.Module):
@@ -269,11 +267,8 @@ class UnitGhostClipping(GradSampleModuleFastGradientClipping):
             norms = {p: _unit_sum(gs.flatten(1), groups, n_units).norm(2, dim=1) for p, gs in grad_samples.items()}
         for param, norm in norms.items():
             if param.requires_grad:
-                param._norm_sample = norm
-        for _, p in trainable_parameters(module):
-            p._forward_counter -= 1
-        if not module.activations and hasattr(module, "max_batch_len"):
-            del module.max_batch_len
+                set_norm_sample(param, norm)
+        end_of_backward_hook(module)
 
     def get_clipping_coef(self) -> torch.Tensor:
         """Per-row coefficients: each row takes its unit's clipping factor."""

@@ -9,8 +9,10 @@ Composition of a chain (e.g. DP-GAN → synthetic pretrain → DP fine-tune):
 - stages that touched no private data add nothing;
 - any stage without a guarantee (private data without DP, seeded noise, weights or synthetic
   data of unknown origin) makes the total "no guarantee";
-- DP stages on RDP accountants compose exactly by adding their RDP curves (one accountant
-  history); otherwise ε and δ add up (basic composition), which is looser but valid;
+- a DP stage spends typed privacy events (dpmammo.privacy.events): DP-SGD steps, or one Gaussian
+  release, each behind the Gaussian release of a noisy unit count where the stage made one;
+- DP stages on RDP accountants compose exactly by adding the RDP curves of their events;
+  otherwise ε and δ add up (basic composition), which is looser but valid;
 - the unit of the total is the patient only if every DP stage protected patients: patient-level
   DP implies patch-level DP, not the other way round.
 """
@@ -27,6 +29,7 @@ from dpmammo.errors import DpMammoError
 from dpmammo.files import write_json_atomic
 from dpmammo.privacy.accounting import epsilon_of
 from dpmammo.privacy.config import UNIT_WORDS, PrivacyConfig, ReleasePrivacyConfig, Unit
+from dpmammo.privacy.events import DpSgdEvent, GaussianRelease, PrivacyEvent
 
 Guarantee = Literal["dp", "none", "public"]
 # Why a stage gives no guarantee.
@@ -34,6 +37,8 @@ NoGuaranteeReason = Literal["non-private", "seeded-noise", "unknown-origin"]
 REASON_WORDS: dict[str, str] = {"non-private": "private data used without DP",
                                 "seeded-noise": "seeded noise (test-only switch)",
                                 "unknown-origin": "an input of unknown origin"}
+# The mechanism a stage's noise_multiplier belongs to (dpmammo.privacy.events).
+Mechanism = Literal["dp-sgd", "gaussian-release"]
 
 
 class _Record(BaseModel):
@@ -42,7 +47,9 @@ class _Record(BaseModel):
 
 class StageSpend(_Record):
     """One stage's record. guarantee: dp (ε, δ below hold for `unit`), none (see `reason`),
-    public (touched no private data)."""
+    public (touched no private data). A stage that added noise records its `mechanism`: dp-sgd
+    (noise_multiplier, sample_rate, steps, max_grad_norm) or gaussian-release (noise_multiplier,
+    sensitivity)."""
 
     stage: str
     run: str
@@ -53,23 +60,39 @@ class StageSpend(_Record):
     epsilon: Optional[float] = None
     delta: Optional[float] = None
     target_epsilon: Optional[float] = None
+    mechanism: Optional[Mechanism] = None
     noise_multiplier: Optional[float] = None
     sample_rate: Optional[float] = None
     steps: Optional[int] = None
     accountant: Optional[str] = None
     max_grad_norm: Optional[float] = None
+    sensitivity: Optional[float] = None  # gaussian-release: L2 sensitivity of the released sum to one unit
     # σ of the Gaussian release of the private unit count (sensitivity 1) that `sample_rate` was set
     # from; the exact count is never recorded (under add/remove adjacency it is private).
     unit_count_noise: Optional[float] = None
     note: str = ""
 
-    def segments(self) -> list[tuple[float, float, int]]:
-        """The stage's Gaussian mechanisms as accountant segments (σ, q, steps): the noisy unit
-        count (one release, q = 1), then the Poisson-sampled steps (or a release: q = 1, one step)."""
+    def events(self) -> list[PrivacyEvent]:
+        """What a DP stage spent, in order: the release of its noisy unit count (if it made one),
+        then its DP-SGD steps or its Gaussian release; [] for a stage without a guarantee."""
         if self.guarantee != "dp":
             return []
-        count = [] if self.unit_count_noise is None else [(self.unit_count_noise, 1.0, 1)]
-        return [*count, (self.noise_multiplier, self.sample_rate, self.steps)]
+        count = [] if self.unit_count_noise is None else [GaussianRelease.unit_count(self.unit_count_noise, self.unit)]
+        if self.mechanism == "gaussian-release":
+            own = GaussianRelease(noise_multiplier=self.noise_multiplier, sensitivity=self.sensitivity, unit=self.unit)
+        else:
+            own = DpSgdEvent(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=self.steps,
+                             max_grad_norm=self.max_grad_norm, unit=self.unit)
+        return [*count, own]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mechanism_of_older_records(cls, data):
+        # Records written before `mechanism` existed: every stage with a noise multiplier was DP-SGD
+        # (a Gaussian release was written as DP-SGD with q = 1, one step, C = 1: the same ε).
+        if isinstance(data, dict) and "mechanism" not in data and data.get("noise_multiplier") is not None:
+            return {**data, "mechanism": "dp-sgd"}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -77,6 +100,15 @@ class StageSpend(_Record):
             raise ValueError("a stage has a `reason` exactly when its guarantee is none")
         if self.guarantee == "dp" and (self.unit is None or self.epsilon is None or self.delta is None):
             raise ValueError("a dp stage records its unit, epsilon and delta")
+        if self.guarantee == "dp" and self.mechanism is None:
+            raise ValueError("a dp stage records its mechanism (dp-sgd or gaussian-release) and noise_multiplier")
+        needs = {"dp-sgd": ("noise_multiplier", "sample_rate", "steps", "max_grad_norm"),
+                 "gaussian-release": ("noise_multiplier", "sensitivity"), None: ()}[self.mechanism]
+        missing = [name for name in needs if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"a {self.mechanism} stage records {', '.join(missing)}")
+        if self.mechanism == "gaussian-release" and (self.sample_rate, self.steps, self.max_grad_norm) != (None,) * 3:
+            raise ValueError("a gaussian-release stage has no sample_rate, steps or max_grad_norm (it is not DP-SGD)")
         return self
 
 
@@ -114,27 +146,28 @@ def dp_stage(*, stage: str, run: str, data: list[str], dp, note: str = "") -> St
     return StageSpend(
         stage=stage, run=run, data=list(data), guarantee="none" if seeded else "dp",
         reason="seeded-noise" if seeded else None, unit=p.unit, epsilon=dp.epsilon(), delta=p.delta,
-        target_epsilon=p.target_epsilon, noise_multiplier=dp.noise_multiplier, sample_rate=dp.sample_rate,
+        target_epsilon=p.target_epsilon, mechanism="dp-sgd", noise_multiplier=dp.noise_multiplier,
+        sample_rate=dp.sample_rate,
         steps=dp.steps_taken, accountant=p.accountant, max_grad_norm=p.max_grad_norm,
         unit_count_noise=dp.sampler.unit_count_noise,
         note=("seeded noise: anyone who knows train.seed can remove it; for tests only. " if seeded else "") + note)
 
 
-def release_stage(*, stage: str, run: str, data: list[str], privacy: ReleasePrivacyConfig, noise_multiplier: float,
+def release_stage(*, stage: str, run: str, data: list[str], privacy: ReleasePrivacyConfig, release: GaussianRelease,
                   note: str = "") -> StageSpend:
-    """The record of one Gaussian release of a sum of per-unit vectors of L2 norm ≤ 1 (DP-MERF's
-    mean embedding): the sensitivity, 1, is recorded as `max_grad_norm` (the bound on one unit's
-    contribution, as a clipping norm is in DP-SGD), with sample rate 1 and one step, so RDP
-    composition with later stages works unchanged. ε is the accountant's for the σ used."""
+    """The record of one Gaussian release (dpmammo.privacy.mechanisms.gaussian_release): its σ and
+    sensitivity; ε is the accountant's for that one release."""
+    if release.unit != privacy.unit:
+        raise DpMammoError(f"the release protects each {release.unit} but its privacy block says {privacy.unit}")
     seeded = privacy.seeded_noise_for_tests
-    epsilon = epsilon_of([(noise_multiplier, 1.0, 1)], privacy.delta, privacy.accountant)
+    epsilon = epsilon_of([release], privacy.delta, privacy.accountant)
     return StageSpend(
         stage=stage, run=run, data=list(data), guarantee="none" if seeded else "dp",
         reason="seeded-noise" if seeded else None, unit=privacy.unit, epsilon=epsilon, delta=privacy.delta,
-        target_epsilon=privacy.target_epsilon, noise_multiplier=noise_multiplier, sample_rate=1.0, steps=1,
-        accountant=privacy.accountant, max_grad_norm=1.0,
+        target_epsilon=privacy.target_epsilon, mechanism="gaussian-release", noise_multiplier=release.noise_multiplier,
+        sensitivity=release.sensitivity, accountant=privacy.accountant,
         note=("seeded noise: anyone who knows train.seed can remove it; for tests only. " if seeded else "")
-        + "one Gaussian release of the sum of per-unit embeddings, sensitivity 1 (max_grad_norm)" + (f"; {note}" if note else ""))
+        + f"one Gaussian release, sensitivity {release.sensitivity:g}" + (f"; {note}" if note else ""))
 
 
 def non_dp_stage(*, stage: str, run: str, data: list[str], n_private: int) -> StageSpend:
@@ -157,8 +190,8 @@ def weights_stage(path: Path, *, declared_public: bool) -> StageSpend:
                            "(public_weights): whatever it was trained on is unaccounted")
 
 
-def prior_history(upstream: list[StageSpend], privacy: Optional[PrivacyConfig]) -> list[tuple[float, float, int]]:
-    """The (σ, q, steps) segments of the DP stages in `upstream`, for a stage whose `privacy.target` is the
+def prior_history(upstream: list[StageSpend], privacy: Optional[PrivacyConfig]) -> list[PrivacyEvent]:
+    """The privacy events of the DP stages in `upstream`, for a stage whose `privacy.target` is the
     chain's total; [] for a stage-only target or a non-private stage. The total is an RDP composition
     in one unit, so anything else is refused, as is an input that carries no guarantee at all."""
     if privacy is None or privacy.target != "total":
@@ -175,7 +208,7 @@ def prior_history(upstream: list[StageSpend], privacy: Optional[PrivacyConfig]) 
         if s.unit != privacy.unit:
             raise DpMammoError(f"privacy.target is total: {s.stage} ({s.run}) protects each {s.unit}, this stage each "
                                f"{privacy.unit}; a total needs one unit")
-    return [seg for s in dp for seg in s.segments()]
+    return [e for s in dp for e in s.events()]
 
 
 def compose(stages: list[StageSpend], delta: Optional[float] = None) -> ChainTotal:
@@ -194,7 +227,7 @@ def compose(stages: list[StageSpend], delta: Optional[float] = None) -> ChainTot
         # RDP composition converts the whole chain at one δ: the caller's, else the last DP stage's
         # (so a consumer that adds no DP stage states its input's guarantee unchanged).
         delta = dp[-1].delta if delta is None else delta
-        eps = epsilon_of([seg for s in dp for seg in s.segments()], delta, "rdp")
+        eps = epsilon_of([e for s in dp for e in s.events()], delta, "rdp")
         return ChainTotal(guarantee="dp", epsilon=eps, delta=delta, unit=unit,
                           method="RDP composition of all DP stages", stages=names)
     return ChainTotal(guarantee="dp", epsilon=sum(s.epsilon for s in dp), delta=sum(s.delta for s in dp), unit=unit,

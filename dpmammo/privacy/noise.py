@@ -20,8 +20,8 @@ import os
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
-from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 
+from dpmammo.privacy.opacus_internals import check_processed_flag, mark_as_processed
 from dpmammo.privacy.secret import SecretKey
 
 
@@ -94,6 +94,6 @@ class NoiseAheadMixin:
 
     def add_noise(self) -> None:
         for p, noise in zip(self.params, self.noise_ahead.take(self.noise_std())):
-            _check_processed_flag(p.summed_grad)
+            check_processed_flag(p.summed_grad)
             p.grad = (p.summed_grad + noise).view_as(p)
-            _mark_as_processed(p.summed_grad)
+            mark_as_processed(p.summed_grad)
