@@ -25,12 +25,13 @@ from dpmammo.data.images import N_VIEWS, apply_views, load_images, to_float
 from dpmammo.data.manifest import PatchRecord
 from dpmammo.data.sets import load_set, resolve_root
 from dpmammo.errors import DpMammoError
-from dpmammo.models import Classifier, create_model, load_init_weights, load_weights
+from dpmammo.models import Classifier, load_weights
 from dpmammo.device import resolve_device
 from dpmammo.privacy.config import Unit
 from dpmammo.runs import RunDir
 from dpmammo.train import features as fc
 from dpmammo.train import fit
+from dpmammo.train.build import initial_model
 from dpmammo.train.config import TrainConfig
 from dpmammo.train.members import AuditSplit, apply_audit_split, member_id
 
@@ -61,17 +62,6 @@ def load_pool(cfg: TrainConfig, unit: Unit) -> Pool:
 
 def is_head_only(cfg: TrainConfig) -> bool:
     return bool(cfg.model.freeze_backbone and cfg.train.feature_cache)
-
-
-def recipe_model(cfg: TrainConfig) -> Classifier:
-    """The model as `fit` builds it before training (same seed, parent weights, frozen backbone)."""
-    torch.manual_seed(cfg.train.seed)
-    model = create_model(cfg.model)
-    if cfg.init_from is not None:
-        load_init_weights(model, RunDir(cfg.init_from).weights, cfg.init_weights)
-        if cfg.model.freeze_backbone:
-            model.freeze_backbone()
-    return model
 
 
 def with_split(cfg: TrainConfig, split: AuditSplit) -> TrainConfig:
@@ -106,7 +96,7 @@ class FeaturePrimer:
 
     def prime(self, split: AuditSplit) -> Path | None:
         subset = apply_audit_split(self.records, split)
-        path = fc.features_dir() / f"{fc.feature_key(self.model, subset, self.n_views)}.pt"
+        path = fc.cache_path(self.model, subset, self.n_views)
         if path.is_file():
             return None
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
@@ -118,7 +108,7 @@ class FeaturePrimer:
 def train_models(cfg: TrainConfig, splits: list[AuditSplit], models_dir: Path,
                  report: Callable[[str, str, float], None]) -> list[Path]:
     """Train (or reuse, when finished with the same config) one run per split; returns the run dirs."""
-    primer = FeaturePrimer(cfg, recipe_model(cfg)) if is_head_only(cfg) else None
+    primer = FeaturePrimer(cfg, initial_model(cfg)) if is_head_only(cfg) else None
     runs = []
     for split in splits:
         run, mcfg = models_dir / split.role, with_split(cfg, split)
@@ -144,7 +134,7 @@ def train_models(cfg: TrainConfig, splits: list[AuditSplit], models_dir: Path,
 def pool_logits(cfg: TrainConfig, runs: list[Path], records: list[PatchRecord]) -> np.ndarray:
     """(models, records, 4 views, 2) logits of every run on `records` in every flip view."""
     device = resolve_device(cfg.train.device)
-    model = recipe_model(cfg).to(device)
+    model = initial_model(cfg).to(device)
     images = load_images(records, model.input_size)
     feats = (fc.cached_features(model, records, images, N_VIEWS, device=device)
              if is_head_only(cfg) else None)

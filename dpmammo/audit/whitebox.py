@@ -283,7 +283,7 @@ def audit_gradient_canaries(cfg, out, settings, *, progress: str = "lines"):
     from dpmammo import __version__
     from dpmammo.audit.plot import roc_plot
     from dpmammo.audit.record import AUDIT_JSON, ROC_PNG, AuditRecord, write_audit
-    from dpmammo.audit.models import recipe_model
+    from dpmammo.train.build import initial_model
     from dpmammo.data.images import N_VIEWS, load_images, load_labels
     from dpmammo.data.sets import check_training_sets, resolve_root
     from dpmammo.device import resolve_device
@@ -305,7 +305,7 @@ def audit_gradient_canaries(cfg, out, settings, *, progress: str = "lines"):
     root = resolve_root(cfg.data.root)
     records = check_training_sets(root, cfg.data.train, cfg.data.val)
     device = resolve_device(cfg.train.device)
-    model = recipe_model(cfg)
+    model = initial_model(cfg)
     upstream = input_chain(cfg, records)
     images, labels = load_images(records, model.input_size), load_labels(records)
     model.to(device)

@@ -52,6 +52,11 @@ def feature_key(model: Classifier, records: list[PatchRecord], n_views: int) -> 
 
 
 @torch.no_grad()
+def cache_path(model: Classifier, records: list[PatchRecord], n_views: int, cache_dir: Path | None = None) -> Path:
+    """Where `cached_features` keeps (and looks for) the features of `records` under `model`."""
+    return (Path(cache_dir) if cache_dir is not None else features_dir()) / f"{feature_key(model, records, n_views)}.pt"
+
+
 def compute_features(model: Classifier, images: torch.Tensor, n_views: int, *,
                      device: torch.device | str = "cpu", batch_size: int = 64) -> torch.Tensor:
     """float32 (N, n_views, F): forward_features of every image (uint8 (N, 1, S, S)) in every view."""
@@ -73,8 +78,7 @@ def cached_features(model: Classifier, records: list[PatchRecord], images: torch
     """Features of `images` (in `records` order), read from the disk cache or computed and stored."""
     if not model.is_backbone_frozen:
         raise DpMammoError("feature caching needs a frozen backbone (model.freeze_backbone: true)")
-    cache_dir = Path(cache_dir) if cache_dir is not None else features_dir()
-    path = cache_dir / f"{feature_key(model, records, n_views)}.pt"
+    path = cache_path(model, records, n_views, cache_dir)
     expected = (len(images), n_views, model.num_features)
     if path.is_file():
         feats = torch.load(path, map_location="cpu", weights_only=True)
@@ -83,7 +87,7 @@ def cached_features(model: Classifier, records: list[PatchRecord], images: torch
             return feats
         say(f"features: {path} has shape {tuple(feats.shape)}, expected {expected}; recomputing")
     feats = compute_features(model, images, n_views, device=device)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         torch.save(feats, tmp)
     say(f"features: computed {expected} and stored {path}")
