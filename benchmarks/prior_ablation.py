@@ -6,7 +6,7 @@ recipes are TrainConfig overrides of one base (below); `--pretrained RUN` is a f
 `dpmammo pretrain` run (public: procedural images only) for the recipes that start from it.
 No test set is loaded. Run by hand; the table goes into benchmarks/README.md.
 
-    DPMAMMO_DATA=../shared/data/mammo_dp python benchmarks/prior_ablation.py --out /tmp/ablation \\
+    DPMAMMO_DATA=../shared/data/mammo_dp python benchmarks/prior_ablation.py --out demo/ablation \\
         --pretrained runs/pretrain-procedural --recipes scratch pixels probe finetune
 """
 

@@ -4,7 +4,7 @@ Trains the quick preset's `real` condition at each ε for every candidate of the
 prints the selected-epoch validation AUROC (cbis-ddsm/val), mean over ε. The preset keeps the
 best candidate. Run by hand (minutes on 2 cores); no test set is loaded.
 
-    DPMAMMO_DATA=../shared/data/mammo_dp python benchmarks/select_quick_preset.py --out /tmp/select
+    DPMAMMO_DATA=../shared/data/mammo_dp python benchmarks/select_quick_preset.py --out demo/select
 """
 
 from __future__ import annotations
