@@ -32,9 +32,7 @@ The mechanism, exactly:
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +41,6 @@ from dpmammo import __version__
 from dpmammo.data.images import load_images, to_float
 from dpmammo.data.manifest import PatchRecord
 from dpmammo.data.sets import generator_training_records, resolve_root, synthetic_provenance, training_data_record
-from dpmammo.device import resolve_device
 from dpmammo.gan.merf_config import MerfConfig, MerfFeatures
 from dpmammo.gan.models import N_CLASSES, build_generator
 from dpmammo.gan.train import SAMPLES_DIR, grid_inputs, write_grid
@@ -54,6 +51,7 @@ from dpmammo.privacy.mechanisms import gaussian_release
 from dpmammo.privacy.sampling import secret_key, unit_ids
 from dpmammo.progress import StepProgress
 from dpmammo.runs import RunDir
+from dpmammo.train.stage import Stage
 
 STAGE = "dp-merf"
 SENSITIVITY = 1.0  # L2 norm bound of one unit's embedding v (see the module docstring)
@@ -75,30 +73,26 @@ def train_merf(cfg: MerfConfig, out: str | Path, *, force: bool = False, progres
         >>> train_merf(cfg, "runs/dp-merf-eps3")  # doctest: +SKIP
     """
     run = RunDir(out)
-    with run.training(cfg, force) as resuming:  # holds the directory; a refused start leaves nothing
-        with run.log_writer(f"{'resume' if resuming else 'start'} {run.path} dpmammo {__version__} (dp-merf)") as say:
-            return train_merf_run(cfg, run, resuming, say, progress)
+    with Stage.open(run, cfg, force, device=cfg.train.device, opening=f"{run.path} dpmammo {__version__} (dp-merf)",
+                    epochs=cfg.optim.epochs) as stage:  # a checkpoint after every epoch
+        return train_merf_run(cfg, stage, progress)
 
 
-def train_merf_run(cfg: MerfConfig, run: RunDir, resuming: bool, say: Callable[[str], None], progress: bool) -> dict:
-    """The body of `train_merf`, inside the run directory's hold; `say` writes a line to log.txt."""
-    t0 = time.time()
-    device = resolve_device(cfg.train.device)
+def train_merf_run(cfg: MerfConfig, stage: Stage, progress: bool) -> dict:
+    """The body of `train_merf`: one stage in its run directory; `stage.say` writes a line to log.txt."""
+    run, say, device = stage.run, stage.say, stage.device
 
     gen_model = build_generator(cfg.model, cfg.train.seed).to(device)
     opt = torch.optim.Adam(gen_model.parameters(), lr=cfg.optim.lr)
     rng = torch.Generator().manual_seed(cfg.train.seed)  # latents
     freqs = fourier_frequencies(cfg.features, cfg.train.seed)
     parts = {"generator": gen_model, "opt": opt}
-    if resuming:
-        # The release was made once and checkpointed: reading it back spends nothing; drawing
-        # new noise would release the data a second time.
-        state = run.load_training_state(parts, None, rng)
-        t0 = time.time()
-        say(f"resumed after epoch {state['epoch']} (the release is read back, not redone)")
-    else:
-        state = {"epoch": 0, "history": [], "wall_s": 0.0, **private_release(cfg, freqs, say)}
-        run.save_training_state(parts, None, rng, state)  # before anything is derived from it
+    # The release is made once and checkpointed: a resume reads it back, which spends nothing;
+    # drawing new noise would release the data a second time.
+    state = stage.begin(parts, None, rng, resumed_note=" (the release is read back, not redone)")
+    if not stage.resuming:
+        state.update(private_release(cfg, freqs, say))
+        stage.save_checkpoint()  # before anything is derived from it
     # From here on nothing touches private data: everything below is post-processing of the release.
     target, freqs = class_targets(state["release"]).to(device), freqs.to(device)
     fixed_z, fixed_y = grid_inputs(cfg.model, cfg.train.seed)
@@ -106,24 +100,21 @@ def train_merf_run(cfg: MerfConfig, run: RunDir, resuming: bool, say: Callable[[
     o = cfg.optim
     bar = StepProgress(enabled=progress)
     with bar:
-        task = bar.add_task(STAGE, total=o.epochs * o.steps_per_epoch, completed=state["epoch"] * o.steps_per_epoch)
-        for epoch in range(state["epoch"], o.epochs):
+        task = bar.add_task(STAGE, total=o.epochs * o.steps_per_epoch, completed=stage.epoch * o.steps_per_epoch)
+        for epoch in range(stage.epoch, o.epochs):
             gen_model.train()
             loss = 0.0
             for _ in range(o.steps_per_epoch):
                 loss += merf_step(gen_model, opt, freqs, target, cfg, rng, device)
                 bar.advance(task)
             row = {"epoch": epoch + 1, "loss_g": loss / o.steps_per_epoch}
-            state["history"].append(row)
-            state["epoch"] = epoch + 1
-            state["wall_s"] += time.time() - t0
-            t0 = time.time()
+            stage.end_epoch(row)
             bar.update(task, description=f"epoch {epoch + 1}/{o.epochs} loss {row['loss_g']:.5f}")
             say(f"epoch {epoch + 1} loss_g {row['loss_g']:.6f}")
             every = cfg.train.sample_every
             if every and ((epoch + 1) % every == 0 or epoch + 1 == o.epochs):
                 write_grid(gen_model, fixed_z, fixed_y, run.path / SAMPLES_DIR / f"epoch_{epoch + 1:03d}.png", device)
-            run.save_training_state(parts, None, rng, state)
+            stage.checkpoint_if_due()
 
     # Outputs: generator weights, privacy record, metrics (written last: it marks the run finished).
     save_weights(gen_model, run.weights)
@@ -137,17 +128,12 @@ def train_merf_run(cfg: MerfConfig, run: RunDir, resuming: bool, say: Callable[[
         own = non_dp_stage(stage=STAGE, run=run.name, data=cfg.data.train, n_private=state["n_private"])
     privacy = write_privacy(run.privacy, own, upstream, notes=[LOSS_NOTE])
     metrics = {
-        "history": state["history"], "train_size": state["train_size"], "n_private": state["n_private"],
+        "history": stage.history, "train_size": state["train_size"], "n_private": state["n_private"],
         "training_data": state["training_data"], "unit": cfg.privacy.unit if cfg.privacy else None,
         "noise_multiplier": state["sigma"],
         "class_counts": state["release"]["counts"].tolist(),  # noisy under DP; per patient, fractional
-        "privacy_total": privacy.total.model_dump(mode="json"),
-        "wall_time_s": state["wall_s"] + (time.time() - t0),
-        "device": str(device), "dpmammo_version": __version__,
     }
-    run.finish(metrics)
-    say(f"done after {state['epoch']} epochs; {privacy.describe()}")
-    return metrics
+    return stage.finish(metrics, privacy, f"done after {stage.epoch} epochs; {privacy.describe()}")
 
 
 def private_release(cfg: MerfConfig, freqs: torch.Tensor, say) -> dict:

@@ -16,9 +16,7 @@ discriminator's loss (computed on private rows without noise) is not.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +25,6 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchvision.utils import save_image
 
 from dpmammo import __version__
-from dpmammo.device import resolve_device
 from dpmammo.data.images import load_images
 from dpmammo.files import atomic_path
 from dpmammo.data.sets import generator_training_records, resolve_root, synthetic_provenance, training_data_record
@@ -40,6 +37,7 @@ from dpmammo.privacy.sampling import batch_selection, epoch_steps
 from dpmammo.randomness import keyed_uniform, step_generator
 from dpmammo.progress import StepProgress
 from dpmammo.runs import RunDir
+from dpmammo.train.stage import Stage
 
 DP_LOSS_NOTE = ("the discriminator's loss is not recorded: it is computed from private rows without noise; "
                 "the generator's loss is post-processing of the released discriminator")
@@ -56,15 +54,14 @@ def train_gan(cfg: GanConfig, out: str | Path, *, force: bool = False, progress:
     `train.sample_every` epochs.
     """
     run = RunDir(out)
-    with run.training(cfg, force) as resuming:  # holds the directory; a refused start leaves nothing
-        with run.log_writer(f"{'resume' if resuming else 'start'} {run.path} dpmammo {__version__} (gan)") as say:
-            return train_gan_run(cfg, run, resuming, say, progress)
+    with Stage.open(run, cfg, force, device=cfg.train.device, opening=f"{run.path} dpmammo {__version__} (gan)",
+                    epochs=cfg.train.epochs) as stage:  # a checkpoint after every epoch
+        return train_gan_run(cfg, stage, progress)
 
 
-def train_gan_run(cfg: GanConfig, run: RunDir, resuming: bool, say: Callable[[str], None], progress: bool) -> dict:
-    """The body of `train_gan`, inside the run directory's hold; `say` writes a line to log.txt."""
-    t0 = time.time()
-    device = resolve_device(cfg.train.device)
+def train_gan_run(cfg: GanConfig, stage: Stage, progress: bool) -> dict:
+    """The body of `train_gan`: one stage in its run directory; `stage.say` writes a line to log.txt."""
+    run, say, device = stage.run, stage.say, stage.device
 
     # Data: real patches (all private) as uint8 in memory, scaled to [-1, 1] per batch.
     root = resolve_root(cfg.data.root)
@@ -84,7 +81,7 @@ def train_gan_run(cfg: GanConfig, run: RunDir, resuming: bool, say: Callable[[st
     rng = torch.Generator().manual_seed(cfg.train.seed)  # non-private sampling
     sampler = batch_selection(records, cfg.privacy, batch_size, rng, cfg.train.seed,
                               cfg.train.physical_batch_size, ", ".join(cfg.data.train),
-                              released_rate_units=run.released_rate_units() if resuming else None)
+                              released_rate_units=run.released_rate_units() if stage.resuming else None)
     d_train, dp = disc, None
     if cfg.privacy is not None:
         p = cfg.privacy
@@ -101,20 +98,16 @@ def train_gan_run(cfg: GanConfig, run: RunDir, resuming: bool, say: Callable[[st
         gen_model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
     released = gen_model if ema is None else ema.module
 
-    state = {"epoch": 0, "history": [], "wall_s": 0.0}
     parts = {"generator": gen_model, "discriminator": disc, "opt_g": opt_g, "opt_d": opt_d}
     if ema is not None:
         parts["generator_ema"] = ema
-    if resuming:
-        state = run.load_training_state(parts, dp, rng)
-        t0 = time.time()
-        say(f"resumed after epoch {state['epoch']}")
+    stage.begin(parts, dp, rng)
 
     steps = epoch_steps(sampler, cfg.train.epochs, dp.planned_steps if dp else None)
     bar = StepProgress(enabled=progress)
     with bar:
-        task = bar.add_task("gan", total=sum(steps), completed=sum(steps[:state["epoch"]]))
-        for epoch in range(state["epoch"], cfg.train.epochs):
+        task = bar.add_task("gan", total=sum(steps), completed=sum(steps[:stage.epoch]))
+        for epoch in range(stage.epoch, cfg.train.epochs):
             gen_model.train(), d_train.train()
             sums = {"loss_d": 0.0, "loss_g": 0.0}
             for step in range(steps[epoch]):
@@ -129,10 +122,7 @@ def train_gan_run(cfg: GanConfig, run: RunDir, resuming: bool, say: Callable[[st
             if dp is not None:  # the discriminator's loss on private rows is not released (DP_LOSS_NOTE)
                 del sums["loss_d"]
             row = {"epoch": epoch + 1, **{k: v / max(1, steps[epoch]) for k, v in sums.items()}, "epsilon": eps}
-            state["history"].append(row)
-            state["epoch"] = epoch + 1
-            state["wall_s"] += time.time() - t0
-            t0 = time.time()
+            stage.end_epoch(row)
             eps_txt = f" ε={eps:.2f}/{cfg.privacy.unit}" if eps is not None else ""
             d_txt = "" if dp else f" D={row['loss_d']:.3f}"
             bar.update(task, description=f"epoch {epoch + 1}/{cfg.train.epochs}{d_txt} G={row['loss_g']:.3f}{eps_txt}")
@@ -141,7 +131,7 @@ def train_gan_run(cfg: GanConfig, run: RunDir, resuming: bool, say: Callable[[st
             every = cfg.train.sample_every
             if every and ((epoch + 1) % every == 0 or epoch + 1 == cfg.train.epochs):
                 write_grid(released, fixed_z, fixed_y, run.path / SAMPLES_DIR / f"epoch_{epoch + 1:03d}.png", device)
-            run.save_training_state(parts, dp, rng, state)
+            stage.checkpoint_if_due()
 
     # Outputs: generator weights, privacy record, metrics (written last: it marks the run finished).
     save_weights(released, run.weights)
@@ -151,16 +141,9 @@ def train_gan_run(cfg: GanConfig, run: RunDir, resuming: bool, say: Callable[[st
     else:
         own = non_dp_stage(stage="gan", run=run.name, data=cfg.data.train, n_private=n_private)
     privacy = write_privacy(run.privacy, own, upstream, notes=[DP_LOSS_NOTE] if dp else [])
-    metrics = {
-        "history": state["history"], "train_size": n, "n_private": n_private,
-        "training_data": training_data_record(records, root),
-        "privacy_total": privacy.total.model_dump(mode="json"),
-        "wall_time_s": state["wall_s"] + (time.time() - t0),
-        "device": str(device), "dpmammo_version": __version__,
-    }
-    run.finish(metrics)
-    say(f"done after {state['epoch']} epochs")
-    return metrics
+    metrics = {"history": stage.history, "train_size": n, "n_private": n_private,
+               "training_data": training_data_record(records, root)}
+    return stage.finish(metrics, privacy, f"done after {stage.epoch} epochs")
 
 
 def random_inputs(count: int, cfg: GanConfig, rng: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,15 +16,12 @@ noise, so they are not recorded for DP runs (privacy.json's notes say so).
 from __future__ import annotations
 
 import copy
-import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 from sklearn.metrics import roc_auc_score
 
 from dpmammo import __version__, distributed
-from dpmammo.device import resolve_device
 from dpmammo.distributed import launch
 from dpmammo.data.images import N_VIEWS, apply_views, load_images, load_labels, to_float
 from dpmammo.data.sets import check_training_sets, load_set, resolve_root, synthetic_provenance
@@ -42,6 +39,7 @@ from dpmammo.train import features as fc
 from dpmammo.train.config import TrainConfig, input_paths
 from dpmammo.train.ema import ParameterEMA
 from dpmammo.train.members import apply_audit_split
+from dpmammo.train.stage import Stage
 from dpmammo.train.predict import predict_proba
 
 DP_LOSS_NOTE = ("training losses are not recorded: they are computed from private batches without noise; "
@@ -69,17 +67,13 @@ def fit(cfg: TrainConfig, out: str | Path, *, force: bool = False, progress: boo
 
 def _fit_rank(cfg: TrainConfig, out: str | Path, force: bool, progress: bool) -> dict:
     """`fit` on one rank (the only one, without a process group): rank 0 holds the run directory
-    and writes; the other ranks train beside it and write nothing."""
+    and writes; the other ranks train beside it and write nothing (dpmammo.train.stage)."""
     run, ranks = RunDir(out), distributed.current()
-    if not ranks.is_main:
-        resuming = ranks.share_flag(None)  # once rank 0 holds the directory (and knows)
-        return train_run(cfg, run, resuming, lambda line: None, False, ranks)
-    with run.training(cfg, force) as resuming:  # holds the directory; a refused start leaves nothing
-        ranks.share_flag(resuming)
-        with run.log_writer(f"{'resume' if resuming else 'start'} {run.path} dpmammo {__version__}") as say:
-            if ranks.distributed:
-                say(f"one training over {ranks.world} processes ({torch.distributed.get_backend()})")
-            return train_run(cfg, run, resuming, say, progress, ranks)
+    with Stage.open(run, cfg, force, device=cfg.train.device, opening=f"{run.path} dpmammo {__version__}",
+                    epochs=cfg.train.epochs, checkpoint_every_s=cfg.train.checkpoint_every_s, ranks=ranks) as stage:
+        if ranks.distributed:
+            stage.say(f"one training over {ranks.world} processes ({torch.distributed.get_backend()})")
+        return train_run(cfg, stage, progress)
 
 
 def check_data(cfg: TrainConfig, run: RunDir) -> None:
@@ -103,13 +97,11 @@ def check_data(cfg: TrainConfig, run: RunDir) -> None:
                     f"data.{what} changed); restore the data as it was, or train into another --out")
 
 
-def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, say: Callable[[str], None], progress: bool,
-              ranks: distributed.Ranks = distributed.SINGLE) -> dict:
-    """The body of `fit`, inside the run directory's hold; `say` writes a line to log.txt. On a rank
-    other than 0 of a training over several processes it trains its share, writes nothing and
+def train_run(cfg: TrainConfig, stage: Stage, progress: bool) -> dict:
+    """The body of `fit`: one stage in its run directory; `stage.say` writes a line to log.txt. On a
+    rank other than 0 of a training over several processes it trains its share, writes nothing and
     returns {}."""
-    t0 = time.time()
-    device = ranks.device(resolve_device(cfg.train.device))
+    run, say, device, ranks = stage.run, stage.say, stage.device, stage.ranks
     torch.manual_seed(cfg.train.seed)
 
     # Data: the union of the training sets, the validation set, all in memory as uint8.
@@ -157,7 +149,7 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, say: Callable[[str]
         secret_key(cfg.privacy, cfg.train.seed) if ranks.is_main else None)
     sampler = batch_selection(train_records, cfg.privacy, batch_size, gen, cfg.train.seed,
                               cfg.train.physical_batch_size, ", ".join(cfg.data.train),
-                              released_rate_units=run.released_rate_units() if resuming else None,
+                              released_rate_units=run.released_rate_units() if stage.resuming else None,
                               views_per_record=cfg.train.augment_multiplicity, key=key,
                               shard=(ranks.rank, ranks.world))
     dp = None
@@ -178,22 +170,17 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, say: Callable[[str]
     ema = None if cfg.train.ema_decay is None else ParameterEMA(changing, cfg.train.ema_decay)
     if ema is not None:
         parts["ema"] = ema
-    state = {"epoch": 0, "history": [], "best": None, "best_auroc": -1.0, "best_epoch": None, "wall_s": 0.0,
-             "data": {"train": [r.path for r in train_records], "val": [r.path for r in val_records]}}
-    if resuming:
-        state = run.load_training_state(parts, dp, gen)
-        t0 = time.time()  # time before the interruption is in state["wall_s"]
-        say(f"resumed after epoch {state['epoch']}")
+    state = stage.begin(parts, dp, gen, best=None, best_auroc=-1.0, best_epoch=None,
+                        data={"train": [r.path for r in train_records], "val": [r.path for r in val_records]})
 
     steps_per_epoch = epoch_steps(sampler, epochs, dp.planned_steps if dp else None)
     # Physical chunks bound the memory of a backbone pass. A head on cached features needs none (a
     # batch of features is a few hundred KB), and each extra chunk costs a forward/backward call.
     physical = len(labels) * cfg.train.augment_multiplicity if cached else cfg.train.physical_batch_size
-    last_checkpoint = time.time()
     bar = StepProgress(enabled=progress and ranks.is_main)
     with bar:
-        task = bar.add_task("train", total=sum(steps_per_epoch), completed=sum(steps_per_epoch[:state["epoch"]]))
-        for epoch in range(state["epoch"], epochs):
+        task = bar.add_task("train", total=sum(steps_per_epoch), completed=sum(steps_per_epoch[:stage.epoch]))
+        for epoch in range(stage.epoch, epochs):
             trainable.train()
             losses = []
             for step in range(steps_per_epoch[epoch]):
@@ -223,21 +210,14 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, say: Callable[[str]
                     candidate = (row["val_auroc_ema"], "average", lambda: ema.averaged_state(changing))
             if dp is None:  # under DP a loss of private batches is not released (see DP_LOSS_NOTE)
                 row["loss"] = mean_loss
-            state["history"].append(row)
             if cfg.train.select == "last" or candidate[0] > state["best_auroc"]:
                 state.update(best=candidate[2](), best_auroc=candidate[0], best_epoch=epoch + 1, best_kind=candidate[1])
-            state["epoch"] = epoch + 1
-            state["wall_s"] += time.time() - t0
-            t0 = time.time()
+            stage.end_epoch(row)
             shown = (f"ε={eps:.2f}/{cfg.privacy.unit} (this stage)" if eps is not None else "") if dp else f"loss={row['loss']:.3f}"
             bar.update(task, description=f"epoch {epoch + 1}/{epochs} val AUROC={val_auroc:.3f} {shown}")
             say(f"epoch {epoch + 1} val_auroc {val_auroc:.4f} " + (f"eps {eps:.3f}/{cfg.privacy.unit} (this stage)" if eps is not None else "")
                 + ("" if dp else f"loss {row['loss']:.4f}"))
-            # Checkpoint by time, not every epoch (300 epochs × 72 runs of the paper grid); a resume
-            # replays the epochs since, with the same random streams, to the same result.
-            if epoch + 1 < epochs and time.time() - last_checkpoint >= cfg.train.checkpoint_every_s:
-                run.save_training_state(parts, dp, gen, state)
-                last_checkpoint = time.time()
+            stage.checkpoint_if_due()  # by time, not every epoch: many long runs make a study
 
     if not ranks.is_main:
         return {}
@@ -255,15 +235,11 @@ def train_run(cfg: TrainConfig, run: RunDir, resuming: bool, say: Callable[[str]
                 "weights": state.get("best_kind", "weights")},
         "selection": (f"{cfg.train.select} on {cfg.data.val}; the validation set is used without DP accounting "
                       "(selection leaks a little about it, nothing about the training set beyond the stated ε)"),
-        "history": state["history"],
+        "history": stage.history,
         "train_size": len(train_records), "n_private": n_private,
-        "privacy_total": privacy.total.model_dump(mode="json"),
-        "wall_time_s": state["wall_s"] + (time.time() - t0),
-        "device": str(device), "processes": ranks.world, "dpmammo_version": __version__,
     }
-    run.finish(metrics)
-    say(f"done: val auroc {state['best_auroc']:.4f} (epoch {state['best_epoch']}); {privacy.describe()}")
-    return metrics
+    return stage.finish(metrics, privacy,
+                        f"done: val auroc {state['best_auroc']:.4f} (epoch {state['best_epoch']}); {privacy.describe()}")
 
 
 def selection_note(cfg: TrainConfig) -> str:

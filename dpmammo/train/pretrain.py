@@ -32,7 +32,6 @@ from dpmammo import __version__
 from dpmammo.data.images import N_VIEWS, apply_views, to_float
 from dpmammo.data.procedural.kinds import KINDS
 from dpmammo.data.procedural.store import generate, read_procedural
-from dpmammo.device import resolve_device
 from dpmammo.errors import DpMammoError
 from dpmammo.models import create_model, save_weights
 from dpmammo.privacy.ledger import StageSpend, write_privacy
@@ -40,6 +39,7 @@ from dpmammo.progress import StepProgress
 from dpmammo.runs import RunDir
 from dpmammo.train.loop import build_optimizer
 from dpmammo.train.pretrain_config import AlignUniform, PretrainConfig
+from dpmammo.train.stage import Stage
 
 
 @dataclass
@@ -70,9 +70,9 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, force: bool = False, progr
         if target == f or target.is_relative_to(f) or f.is_relative_to(target):
             raise DpMammoError(f"--out {out} is, holds or lies inside the input folder {folder}; choose another --out")
     run = RunDir(out)
-    with run.training(cfg, force) as resuming:
-        with run.log_writer(f"{'resume' if resuming else 'start'} pretrain {run.path} dpmammo {__version__}") as say:
-            return _pretrain_run(cfg, run, resuming, say, progress)
+    with Stage.open(run, cfg, force, device=cfg.train.device, opening=f"pretrain {run.path} dpmammo {__version__}",
+                    epochs=cfg.train.epochs, checkpoint_every_s=cfg.train.checkpoint_every_s) as stage:
+        return _pretrain_run(cfg, stage, progress)
 
 
 def load_sources(cfg: PretrainConfig, say: Callable[[str], None]) -> list[Source]:
@@ -100,9 +100,8 @@ def load_sources(cfg: PretrainConfig, say: Callable[[str], None]) -> list[Source
     return sources
 
 
-def _pretrain_run(cfg: PretrainConfig, run: RunDir, resuming: bool, say: Callable[[str], None], progress: bool) -> dict:
-    t0 = time.time()
-    device = resolve_device(cfg.train.device)
+def _pretrain_run(cfg: PretrainConfig, stage: Stage, progress: bool) -> dict:
+    run, say, device = stage.run, stage.say, stage.device
     torch.manual_seed(cfg.train.seed)
     size = cfg.model.input_size
 
@@ -131,18 +130,13 @@ def _pretrain_run(cfg: PretrainConfig, run: RunDir, resuming: bool, say: Callabl
     bank = torch.arange(0, len(labels), max(1, len(labels) // KNN_BANK))[:KNN_BANK]  # k-NN references, every kind
     gen = torch.Generator().manual_seed(cfg.train.seed)
     parts = {"trained": model, "optimizer": optimizer}
-    state = {"epoch": 0, "history": [], "wall_s": 0.0}
-    if resuming:
-        state = run.load_training_state(parts, None, gen)
-        t0 = time.time()
-        say(f"resumed after epoch {state['epoch']}")
+    stage.begin(parts, None, gen)
 
     n, bs, epochs = len(labels), cfg.train.batch_size, cfg.train.epochs
     steps = math.ceil(n / bs)
-    last_checkpoint = time.time()
     with StepProgress(enabled=progress) as bar:
-        task = bar.add_task("pretrain", total=steps * epochs, completed=steps * state["epoch"])
-        for epoch in range(state["epoch"], epochs):
+        task = bar.add_task("pretrain", total=steps * epochs, completed=steps * stage.epoch)
+        for epoch in range(stage.epoch, epochs):
             model.train()
             order, total = torch.randperm(n, generator=gen), 0.0
             for step in range(steps):
@@ -172,17 +166,12 @@ def _pretrain_run(cfg: PretrainConfig, run: RunDir, resuming: bool, say: Callabl
             per_kind = {s.kind: float(correct[val_source == i].float().mean()) for i, s in enumerate(sources)}
             row = {"epoch": epoch + 1, "loss": total / n, "val_accuracy": float(correct.float().mean()),
                    "val_accuracy_per_kind": per_kind}
-            state["history"].append(row)
-            state["epoch"] = epoch + 1
-            state["wall_s"] += time.time() - t0
-            t0 = time.time()
+            stage.end_epoch(row)
             bar.update(task, description=f"epoch {epoch + 1}/{epochs} loss={row['loss']:.3f} "
                                          f"val acc={row['val_accuracy']:.3f}")
             say(f"epoch {epoch + 1} loss {row['loss']:.4f} val_accuracy {row['val_accuracy']:.4f} "
                 + " ".join(f"{k}={v:.3f}" for k, v in per_kind.items()))
-            if epoch + 1 < epochs and time.time() - last_checkpoint >= cfg.train.checkpoint_every_s:
-                run.save_training_state(parts, None, gen, state)
-                last_checkpoint = time.time()
+            stage.checkpoint_if_due()
 
     # Outputs: the last epoch's weights (nothing private to select on), the public stage, metrics last.
     save_weights(model, run.weights)
@@ -193,22 +182,17 @@ def _pretrain_run(cfg: PretrainConfig, run: RunDir, resuming: bool, say: Callabl
                      note=f"{obj.name} pretraining on images of public random processes at {size} px ({described}; "
                           f"dpmammo {__version__}): no private data")
     privacy = write_privacy(run.privacy, own, [])
-    last = state["history"][-1]
+    last = stage.history[-1]
     metrics = {
         "objective": obj.name,
         "classes": classes,
         "val": {"accuracy": last["val_accuracy"], "accuracy_per_kind": last["val_accuracy_per_kind"],
-                "epoch": state["epoch"], "n": len(val_labels)},
-        "history": state["history"],
+                "epoch": stage.epoch, "n": len(val_labels)},
+        "history": stage.history,
         "train_size": n, "n_private": 0,
         "sources": [{"kind": s.kind, "seed": s.seed, "n": s.n, "origin": s.origin} for s in sources],
-        "privacy_total": privacy.total.model_dump(mode="json"),
-        "wall_time_s": state["wall_s"] + (time.time() - t0),
-        "device": str(device), "dpmammo_version": __version__,
     }
-    run.finish(metrics)
-    say(f"done: val accuracy {last['val_accuracy']:.4f}; {privacy.describe()}")
-    return metrics
+    return stage.finish(metrics, privacy, f"done: val accuracy {last['val_accuracy']:.4f}; {privacy.describe()}")
 
 
 KNN_BANK, KNN_K = 4096, 20
