@@ -4,7 +4,6 @@ module (config class and train function) that `register_generator` adds by one l
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -38,14 +37,14 @@ def train_untrained(cfg: UntrainedConfig, out: str | Path, *, force: bool = Fals
     from dpmammo.models import save_weights
     from dpmammo.privacy import non_dp_stage, write_privacy
     from dpmammo.runs import RunDir
+    from dpmammo.train.stage import Stage
 
-    t0, run = time.time(), RunDir(out)
-    with run.training(cfg, force), run.log_writer(f"start {run.path} dpmammo {__version__} (untrained)") as say:
+    run = RunDir(out)
+    # The stage holds the run directory, keeps log.txt and writes metrics.json's common fields;
+    # no epochs here (a training generator calls stage.begin, end_epoch and checkpoint_if_due).
+    with Stage.open(run, cfg, force, device="cpu", opening=f"{run.path} dpmammo {__version__} (untrained)",
+                    epochs=0) as stage:
         save_weights(build_generator(cfg.model, cfg.train.seed), run.weights)
         own = non_dp_stage(stage="untrained", run=run.name, data=[], n_private=0)  # public: no private data
         privacy = write_privacy(run.privacy, own, [])
-        metrics = {"history": [], "train_size": 0, "n_private": 0, "wall_time_s": time.time() - t0,
-                   "privacy_total": privacy.total.model_dump(mode="json"), "dpmammo_version": __version__}
-        run.finish(metrics)  # metrics.json last: the run is finished
-        say(f"done; {privacy.describe()}")
-    return metrics
+        return stage.finish({"history": [], "train_size": 0, "n_private": 0}, privacy, f"done; {privacy.describe()}")
