@@ -114,15 +114,15 @@ def measure_full(spec: dict) -> dict:
         net, opt, crit, mode = dp.model, dp.optimizer, dp.criterion, dp.grad_sample_mode
     net.train()
     from dpmammo.privacy import Batch
+    from dpmammo.privacy.nonprivate import NonPrivate
     from dpmammo.train.loop import train_step
 
-    dp_or_none = None if spec["mode"] == "non-private" else dp
+    updates = NonPrivate(crit, opt) if spec["mode"] == "non-private" else dp
     everything = Batch(torch.arange(FULL_BATCH))
 
     def step():  # as dpmammo.train.fit runs a step (the DP noise drawn while the gradients compute)
-        train_step(net, opt, crit, dp_or_none, everything, x, y, FULL_BATCH, device)
-        if dp_or_none is not None:
-            dp_or_none.draw_next_noise()
+        train_step(net, updates, everything, x, y, FULL_BATCH, device)
+        updates.draw_next_noise()
 
     sec, mb = _timed(step, spec["steps"], 1, device)
     return {**spec, "resolved": mode, "step_s": sec, "peak_mb": mb}
@@ -171,8 +171,7 @@ def measure_head(spec: dict) -> dict:
     def step():
         batch = dp.sampler.next_batch()
         views = torch.randint(0, N_VIEWS, (len(batch),), generator=gen)
-        train_step(dp.model, dp.optimizer, dp.criterion, dp, batch, get(batch.idx, views), labels[batch.idx], physical,
-                   device)
+        train_step(dp.model, dp, batch, get(batch.idx, views), labels[batch.idx], physical, device)
         dp.draw_next_noise()  # as dpmammo.train.fit does between the steps of an epoch
 
     steps = spec["steps"] if spec["way"] == "recompute" else spec["steps"] * 10

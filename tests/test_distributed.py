@@ -70,10 +70,10 @@ def _clipped_sum(mode: str, unit: str, patient_unit: int, with_patient: bool, ra
     dp = _private(model, units, n_units, mode, unit, ranks)  # q = 1: every unit, on its rank
     dp.optimizer.noise_multiplier = 0.0
     # Opacus divides the sum by the expected batch (n_units) on every rank and by the ranks after the sum.
-    return _one_step(dp, dp.sampler.next_batch(), x, y, ranks) * n_units
+    return _one_step(dp, dp.sampler.next_batch(), x, y) * n_units
 
 
-def _one_step(dp, batch: Batch, x, y, ranks) -> torch.Tensor:
+def _one_step(dp, batch: Batch, x, y) -> torch.Tensor:
     """One logical step through the training loop's own step function; returns the gradient the
     wrapped optimizer steps with (the all-reduced, noised, scaled sum)."""
     seen = []
@@ -85,7 +85,7 @@ def _one_step(dp, batch: Batch, x, y, ranks) -> torch.Tensor:
         return real_step(*args, **kwargs)
 
     inner.step = step
-    train_step(dp.model, dp.optimizer, dp.criterion, dp, batch, x[batch.idx], y[batch.idx], 64, "cpu", ranks)
+    train_step(dp.model, dp, batch, x[batch.idx], y[batch.idx], 64, "cpu")
     inner.step = real_step
     assert len(seen) == 1, "one optimizer step per logical step"
     return seen[0]

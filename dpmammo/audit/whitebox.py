@@ -186,8 +186,7 @@ def canary_training(*, model: nn.Module, optimizer: torch.optim.Optimizer, crite
     trainable.train()
     for step in range(dp.planned_steps):
         batch = sampler.next_batch().repeated(views_per_record)
-        train_step(trainable, dp.optimizer, dp.criterion, dp, batch, take(inputs, batch.idx, step), labels[batch.idx],
-                   physical, device)
+        train_step(trainable, dp, batch, take(inputs, batch.idx, step), labels[batch.idx], physical, device)
         if step + 1 < dp.planned_steps:
             dp.draw_next_noise()
     theta = torch.cat([p.detach().reshape(-1).float().cpu() for p in params])

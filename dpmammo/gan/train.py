@@ -32,7 +32,9 @@ from dpmammo.gan.augment import U_FLIPS, diff_augment, flip_real, uniforms_neede
 from dpmammo.gan.config import GanConfig, GeneratorShape
 from dpmammo.gan.models import N_CLASSES, build, to_model_range
 from dpmammo.models import save_weights
-from dpmammo.privacy import Batch, dp_stage, make_private, non_dp_stage, prior_history, synthetic_chain, write_privacy
+from dpmammo.privacy import (Batch, DPSetup, dp_stage, make_private, non_dp_stage, prior_history, synthetic_chain,
+                             write_privacy)
+from dpmammo.privacy.nonprivate import NonPrivate
 from dpmammo.privacy.sampling import batch_selection, epoch_steps
 from dpmammo.randomness import keyed_uniform, step_generator
 from dpmammo.progress import StepProgress
@@ -82,7 +84,8 @@ def train_gan_run(cfg: GanConfig, stage: Stage, progress: bool) -> dict:
     sampler = batch_selection(records, cfg.privacy, batch_size, rng, cfg.train.seed,
                               cfg.train.physical_batch_size, ", ".join(cfg.data.train),
                               released_rate_units=run.released_rate_units() if stage.resuming else None)
-    d_train, dp = disc, None
+    # DP-SGD or not, the discriminator's steps ask one object (DPSetup or its non-private counterpart).
+    d_train, dp = disc, NonPrivate(nn.BCEWithLogitsLoss(), opt_d)
     if cfg.privacy is not None:
         p = cfg.privacy
         dp = make_private(model=disc, optimizer=opt_d, sampler=sampler, epochs=cfg.train.epochs, config=p,
@@ -103,7 +106,7 @@ def train_gan_run(cfg: GanConfig, stage: Stage, progress: bool) -> dict:
         parts["generator_ema"] = ema
     stage.begin(parts, dp, rng)
 
-    steps = epoch_steps(sampler, cfg.train.epochs, dp.planned_steps if dp else None)
+    steps = epoch_steps(sampler, cfg.train.epochs, dp.planned_steps)
     bar = StepProgress(enabled=progress)
     with bar:
         task = bar.add_task("gan", total=sum(steps), completed=sum(steps[:stage.epoch]))
@@ -113,20 +116,20 @@ def train_gan_run(cfg: GanConfig, stage: Stage, progress: bool) -> dict:
             for step in range(steps[epoch]):
                 batch = sampler.next_batch()
                 t = sum(steps[:epoch]) + step  # public randomness is addressed by step (dpmammo.randomness)
-                sums["loss_d"] += d_step(d_train, opt_d, dp, gen_model, images, labels, batch, cfg, t, device)
+                sums["loss_d"] += d_step(d_train, dp, gen_model, images, labels, batch, cfg, t, device)
                 sums["loss_g"] += g_step(d_train, opt_g, gen_model, dp, cfg, t, device)
                 if ema is not None:
                     ema.update_parameters(gen_model)
                 bar.advance(task)
-            eps = dp.running_epsilon() if dp else None
-            if dp is not None:  # the discriminator's loss on private rows is not released (DP_LOSS_NOTE)
+            eps = dp.running_epsilon()
+            if cfg.privacy is not None:  # the discriminator's loss on private rows is not released (DP_LOSS_NOTE)
                 del sums["loss_d"]
             row = {"epoch": epoch + 1, **{k: v / max(1, steps[epoch]) for k, v in sums.items()}, "epsilon": eps}
             stage.end_epoch(row)
             eps_txt = f" ε={eps:.2f}/{cfg.privacy.unit}" if eps is not None else ""
-            d_txt = "" if dp else f" D={row['loss_d']:.3f}"
+            d_txt = f" D={row['loss_d']:.3f}" if "loss_d" in row else ""
             bar.update(task, description=f"epoch {epoch + 1}/{cfg.train.epochs}{d_txt} G={row['loss_g']:.3f}{eps_txt}")
-            say(f"epoch {epoch + 1}" + ("" if dp else f" loss_d {row['loss_d']:.4f}") + f" loss_g {row['loss_g']:.4f}"
+            say(f"epoch {epoch + 1}" + (f" loss_d {row['loss_d']:.4f}" if "loss_d" in row else "") + f" loss_g {row['loss_g']:.4f}"
                 + (f" eps {eps:.3f}/{cfg.privacy.unit}" if eps is not None else ""))
             every = cfg.train.sample_every
             if every and ((epoch + 1) % every == 0 or epoch + 1 == cfg.train.epochs):
@@ -135,12 +138,12 @@ def train_gan_run(cfg: GanConfig, stage: Stage, progress: bool) -> dict:
 
     # Outputs: generator weights, privacy record, metrics (written last: it marks the run finished).
     save_weights(released, run.weights)
-    if dp is not None:
+    if cfg.privacy is not None:
         own = dp_stage(stage="gan", run=run.name, data=cfg.data.train, dp=dp,
                        note="DP discriminator; the generator is post-processing")
     else:
         own = non_dp_stage(stage="gan", run=run.name, data=cfg.data.train, n_private=n_private)
-    privacy = write_privacy(run.privacy, own, upstream, notes=[DP_LOSS_NOTE] if dp else [])
+    privacy = write_privacy(run.privacy, own, upstream, notes=[DP_LOSS_NOTE] if cfg.privacy is not None else [])
     metrics = {"history": stage.history, "train_size": n, "n_private": n_private,
                "training_data": training_data_record(records, root)}
     return stage.finish(metrics, privacy, f"done after {stage.epoch} epochs")
@@ -154,7 +157,8 @@ def random_inputs(count: int, cfg: GanConfig, rng: torch.Generator, device) -> t
     return z.to(device), y.to(device)
 
 
-def d_step(d_train, opt_d, dp, gen_model, images, labels, batch: Batch, cfg: GanConfig, t: int, device) -> float:
+def d_step(d_train, dp: DPSetup | NonPrivate, gen_model, images, labels, batch: Batch, cfg: GanConfig, t: int,
+           device) -> float:
     """One discriminator update on the real rows of `batch` (target 1) plus batch_size fake rows (target 0).
 
     Loss = (sum of per-row BCE) / batch_size, so the non-DP and the DP update (clipped sum of
@@ -180,26 +184,17 @@ def d_step(d_train, opt_d, dp, gen_model, images, labels, batch: Batch, cfg: Gan
     else:
         first_fake = int(batch.groups.max()) + 1 if len(batch.groups) else 0
         rows = Batch(torch.arange(total_rows), torch.cat([batch.groups, first_fake + torch.arange(b)]))
-    chunks = dp.chunks(rows, cfg.train.physical_batch_size) if dp else rows.chunks(cfg.train.physical_batch_size)
-    criterion = dp.criterion if dp else nn.BCEWithLogitsLoss()  # dp.criterion: whatever the clipping mode needs
-    opt_d.zero_grad(set_to_none=True)
+    dp.optimizer.zero_grad(set_to_none=True)
     total = 0.0
-    for part, last in chunks:
+    for part, last in dp.chunks(rows, cfg.train.physical_batch_size):
         logits = d_train(x_all[part], y_all[part])
-        loss = criterion(logits, target[part])
+        loss = dp.criterion(logits, target[part])  # under DP: whatever the clipping mode needs
         total += loss.item() * len(logits)
-        if dp is None:
-            loss = loss * len(logits) / b  # plain accumulation is exact when nothing is clipped
-            if cfg.model.d_classifier:
-                loss = loss + cfg.train.classifier_weight * d_classifier_loss(d_train, x_all, y_all, part, len(idx), b)
-            loss.backward()
-            if last:
-                opt_d.step()
-                opt_d.zero_grad(set_to_none=True)
-        else:
-            loss.backward()  # Opacus rescales the mean to per-row gradients; the optimizer divides by b
-            opt_d.step()  # non-last chunks: clip and accumulate only (signal_skip_step)
-            opt_d.zero_grad(set_to_none=True)
+        # Under DP Opacus rescales the mean to per-row gradients and the optimizer divides by b.
+        loss = dp.weigh(loss, len(logits), b)
+        if cfg.model.d_classifier:  # non-private only (GanConfig refuses it under DP)
+            loss = loss + cfg.train.classifier_weight * d_classifier_loss(d_train, x_all, y_all, part, len(idx), b)
+        dp.update(loss, last)
     return total / b
 
 
@@ -222,13 +217,11 @@ def d_classifier_loss(d_train, x_all, y_all, part: slice, n_real: int, n_fake: i
     return loss
 
 
-def g_step(d_train, opt_g, gen_model, dp, cfg: GanConfig, t: int, device) -> float:
+def g_step(d_train, opt_g, gen_model, dp: DPSetup | NonPrivate, cfg: GanConfig, t: int, device) -> float:
     """Non-saturating generator loss through the (released) discriminator; touches no real data."""
     b, seed = cfg.train.batch_size, cfg.train.seed
     z, y = random_inputs(b, cfg, step_generator(seed, "g-latents", t), device)
-    if dp is not None:
-        d_train.disable_hooks()  # no per-sample gradients for D here: they would leak into its next step
-    try:
+    with dp.hooks_off():  # no per-sample gradients for D here: they would leak into its next step
         fake = augment(gen_model(z, y), cfg, seed, "g-augment", t, torch.arange(b))
         logits = d_train(fake, y)
         loss = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
@@ -241,9 +234,6 @@ def g_step(d_train, opt_g, gen_model, dp, cfg: GanConfig, t: int, device) -> flo
         opt_g.zero_grad(set_to_none=True)
         loss.backward(inputs=list(gen_model.parameters()))
         opt_g.step()
-    finally:
-        if dp is not None:
-            d_train.enable_hooks()
     return loss.item()
 
 

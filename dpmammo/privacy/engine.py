@@ -11,6 +11,7 @@ before Opacus clips, so the noise covers everything one patient contributes.
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -176,6 +177,29 @@ class DPSetup:
                 p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def weigh(self, loss: torch.Tensor, rows: int, of_rows: int) -> torch.Tensor:
+        """A chunk's mean loss as the loop backpropagates it: unchanged, since the per-row gradients
+        are clipped and the optimizer divides their noisy sum by the expected batch (NonPrivate
+        weighs each chunk by its share of the step instead)."""
+        return loss
+
+    def update(self, loss: torch.Tensor, last: bool) -> None:
+        """Backpropagate a chunk of `chunks`: clip and accumulate; on the last chunk (the optimizer
+        was told by `chunks`) also noise and step."""
+        loss.backward()
+        self.optimizer.step()  # on non-last chunks: clip and accumulate only (signal_skip_step)
+        self.optimizer.zero_grad(set_to_none=True)
+
+    @contextmanager
+    def hooks_off(self) -> Iterator[None]:
+        """No per-sample gradients within (a pass through the released model, as the GAN's generator
+        step): they would leak into the model's next private step."""
+        self.model.disable_hooks()
+        try:
+            yield
+        finally:
+            self.model.enable_hooks()
 
     @property
     def count_event(self) -> list[GaussianRelease]:

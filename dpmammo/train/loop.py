@@ -28,8 +28,9 @@ from dpmammo.data.sets import check_training_sets, load_set, resolve_root, synth
 from dpmammo.errors import DpMammoError
 from dpmammo.files import check_out
 from dpmammo.models import create_model, load_init_weights, save_weights
-from dpmammo.privacy import (StageSpend, dp_stage, make_private, non_dp_stage, prior_history, weights_stage,
+from dpmammo.privacy import (DPSetup, StageSpend, dp_stage, make_private, non_dp_stage, prior_history, weights_stage,
                              write_privacy)
+from dpmammo.privacy.nonprivate import NonPrivate
 from dpmammo.privacy.ledger import synthetic_chain
 from dpmammo.privacy.sampling import batch_selection, epoch_steps, secret_key
 from dpmammo.randomness import keyed_uniform
@@ -152,12 +153,13 @@ def train_run(cfg: TrainConfig, stage: Stage, progress: bool) -> dict:
                               released_rate_units=run.released_rate_units() if stage.resuming else None,
                               views_per_record=cfg.train.augment_multiplicity, key=key,
                               shard=(ranks.rank, ranks.world))
-    dp = None
+    # DP-SGD or not, the steps ask one object (DPSetup or its non-private counterpart) how to update.
+    dp = NonPrivate(criterion, optimizer, ranks)
     if cfg.privacy is not None:
         p = cfg.privacy
         dp = make_private(model=trainable, optimizer=optimizer, sampler=sampler, epochs=epochs, config=p,
                           criterion=criterion, prior=prior_history(upstream, p), world_size=ranks.world)
-        trainable, optimizer, criterion = dp.model, dp.optimizer, dp.criterion
+        trainable, optimizer = dp.model, dp.optimizer
         say(f"DP-SGD ({dp.grad_sample_mode}, unit {p.unit}; q from a noisy unit count, sigma_N={p.unit_count_noise:g}): "
             f"sigma={dp.noise_multiplier:.4f} q={dp.sample_rate:.5f} steps={dp.planned_steps} "
             f"target eps={p.target_epsilon}{' (chain total)' if p.target == 'total' else ''} delta={p.delta:g}"
@@ -173,7 +175,7 @@ def train_run(cfg: TrainConfig, stage: Stage, progress: bool) -> dict:
     state = stage.begin(parts, dp, gen, best=None, best_auroc=-1.0, best_epoch=None,
                         data={"train": [r.path for r in train_records], "val": [r.path for r in val_records]})
 
-    steps_per_epoch = epoch_steps(sampler, epochs, dp.planned_steps if dp else None)
+    steps_per_epoch = epoch_steps(sampler, epochs, dp.planned_steps)
     # Physical chunks bound the memory of a backbone pass. A head on cached features needs none (a
     # batch of features is a few hundred KB), and each extra chunk costs a forward/backward call.
     physical = len(labels) * cfg.train.augment_multiplicity if cached else cfg.train.physical_batch_size
@@ -188,19 +190,19 @@ def train_run(cfg: TrainConfig, stage: Stage, progress: bool) -> dict:
                 views = flip_views(cfg.train.seed, sum(steps_per_epoch[:epoch]) + step, batch.idx,
                                    cfg.train.augment_multiplicity) if cfg.train.augment == "flips" else None
                 x = fc.take_views(inputs, batch.idx, views) if cached else image_batch(images, batch.idx, views)
-                losses.append(train_step(trainable, optimizer, criterion, dp, batch, x, labels[batch.idx], physical, device,
-                                         ranks))
+                losses.append(train_step(trainable, dp, batch, x, labels[batch.idx], physical, device))
                 if ema is not None:
                     ema.update(changing)
-                if dp is not None and step + 1 < steps_per_epoch[epoch]:
+                if step + 1 < steps_per_epoch[epoch]:
                     dp.draw_next_noise()
                 bar.advance(task)
-            # A non-private run logs its training loss: the mean over every rank's rows.
-            mean_loss = ranks.mean(sum(losses), len(losses)) if dp is None else None
+            # A non-private run logs its training loss: the mean over every rank's rows. Under DP a loss
+            # of private batches is not released (see DP_LOSS_NOTE).
+            mean_loss = ranks.mean(sum(losses), len(losses)) if cfg.privacy is None else None
             if not ranks.is_main:
                 continue  # validation, selection, logs and checkpoints are rank 0's
             val_auroc = float(roc_auc_score(val_labels, score_val()))
-            eps = dp.running_epsilon() if dp else None
+            eps = dp.running_epsilon()
             row = {"epoch": epoch + 1, "val_auroc": val_auroc, "epsilon": eps}
             candidate = (val_auroc, "weights", lambda: copy.deepcopy(changing.state_dict()))
             if ema is not None:  # the average of the iterates: post-processing, scored beside them
@@ -208,15 +210,16 @@ def train_run(cfg: TrainConfig, stage: Stage, progress: bool) -> dict:
                     row["val_auroc_ema"] = float(roc_auc_score(val_labels, score_val()))
                 if cfg.train.select == "last" or row["val_auroc_ema"] >= val_auroc:
                     candidate = (row["val_auroc_ema"], "average", lambda: ema.averaged_state(changing))
-            if dp is None:  # under DP a loss of private batches is not released (see DP_LOSS_NOTE)
+            if mean_loss is not None:
                 row["loss"] = mean_loss
             if cfg.train.select == "last" or candidate[0] > state["best_auroc"]:
                 state.update(best=candidate[2](), best_auroc=candidate[0], best_epoch=epoch + 1, best_kind=candidate[1])
             stage.end_epoch(row)
-            shown = (f"ε={eps:.2f}/{cfg.privacy.unit} (this stage)" if eps is not None else "") if dp else f"loss={row['loss']:.3f}"
+            shown = (f"ε={eps:.2f}/{cfg.privacy.unit} (this stage)" if eps is not None else
+                     f"loss={row['loss']:.3f}" if "loss" in row else "")
             bar.update(task, description=f"epoch {epoch + 1}/{epochs} val AUROC={val_auroc:.3f} {shown}")
             say(f"epoch {epoch + 1} val_auroc {val_auroc:.4f} " + (f"eps {eps:.3f}/{cfg.privacy.unit} (this stage)" if eps is not None else "")
-                + ("" if dp else f"loss {row['loss']:.4f}"))
+                + (f"loss {row['loss']:.4f}" if "loss" in row else ""))
             stage.checkpoint_if_due()  # by time, not every epoch: many long runs make a study
 
     if not ranks.is_main:
@@ -225,11 +228,12 @@ def train_run(cfg: TrainConfig, stage: Stage, progress: bool) -> dict:
     # the checkpoint is deleted then).
     changing.load_state_dict(state["best"])
     save_weights(model, run.weights)
-    if dp is not None:
+    if cfg.privacy is not None:
         own = dp_stage(stage="classifier", run=run.name, data=cfg.data.train, dp=dp)
     else:
         own = non_dp_stage(stage="classifier", run=run.name, data=cfg.data.train, n_private=n_private)
-    privacy = write_privacy(run.privacy, own, upstream, notes=[DP_LOSS_NOTE, selection_note(cfg)] if dp else [])
+    privacy = write_privacy(run.privacy, own, upstream,
+                            notes=[DP_LOSS_NOTE, selection_note(cfg)] if cfg.privacy is not None else [])
     metrics = {
         "val": {"set": cfg.data.val, "auroc": state["best_auroc"], "epoch": state["best_epoch"], "n": len(val_records),
                 "weights": state.get("best_kind", "weights")},
@@ -309,35 +313,20 @@ def image_batch(images: torch.Tensor, idx: torch.Tensor, views: torch.Tensor | N
     return to_float(apply_views(x, views) if views is not None else x)
 
 
-def train_step(trainable, optimizer, criterion, dp, batch, x_all, y_all, physical: int, device,
-               ranks: distributed.Ranks = distributed.SINGLE) -> float:
+def train_step(trainable, dp: DPSetup | NonPrivate, batch, x_all, y_all, physical: int, device) -> float:
     """One logical step over inputs x_all (images or cached features), split into physical chunks of
-    at most `physical` records (virtual batches) that never split a unit of privacy. Under DP,
-    `criterion` is DPSetup.criterion: the same code for every clipping mode. On one rank of several,
-    `batch` is this rank's share: the DP optimizer sums the clipped shares over the ranks; a
-    non-private step weights each rank's mean by its share of the step's rows and sums."""
+    at most `physical` records (virtual batches) that never split a unit of privacy. `dp` says how
+    chunks become an update: DPSetup clips each unit and noises the sum (the same code for every
+    clipping mode), NonPrivate accumulates each chunk's mean weighed by its share of the step. On
+    one rank of several, `batch` is this rank's share, and both sum the shares over the ranks."""
     n = len(y_all)
-    if dp is not None and n == 0:
+    if n == 0:  # an empty logical batch (under DP still a noisy step), or this rank's empty share of one
         dp.step_empty()
         return 0.0
-    if dp is None and n == 0:  # this rank's share of a non-private step is empty; the others' is not
-        ranks.sum_gradients([p for p in trainable.parameters() if p.requires_grad])
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return 0.0
     total = 0.0
-    for part, last in (dp.chunks(batch, physical) if dp else batch.chunks(physical)):
+    for part, last in dp.chunks(batch, physical):
         x, y = x_all[part].to(device), y_all[part].to(device)
-        loss = criterion(trainable(x), y)
+        loss = dp.criterion(trainable(x), y)
         total += loss.item() * len(y)
-        if dp is None:
-            (loss * len(y) / batch.rows_in_step).backward()  # plain accumulation is exact when nothing is clipped
-            if last:
-                ranks.sum_gradients([p for p in trainable.parameters() if p.requires_grad])
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-        else:
-            loss.backward()
-            optimizer.step()  # on non-last chunks: clip and accumulate only (signal_skip_step)
-            optimizer.zero_grad(set_to_none=True)
+        dp.update(dp.weigh(loss, len(y), batch.rows_in_step), last)
     return total / n

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 from pydantic import BaseModel
@@ -34,6 +34,10 @@ from dpmammo import __version__, distributed
 from dpmammo.device import resolve_device
 from dpmammo.privacy.ledger import PrivacyRecord
 from dpmammo.runs import RunDir
+
+if TYPE_CHECKING:  # annotations only: a stage without DP never loads Opacus
+    from dpmammo.privacy.engine import DPSetup
+    from dpmammo.privacy.nonprivate import NonPrivate
 
 
 class Stage:
@@ -91,14 +95,17 @@ class Stage:
         """Training time so far, the time before any interruption included."""
         return self.state["wall_s"] + (time.time() - self._since)
 
-    def begin(self, parts: dict, dp, gen: torch.Generator, *, resumed_note: str = "", **fresh: Any) -> dict[str, Any]:
+    def begin(self, parts: dict, dp: DPSetup | NonPrivate | None, gen: torch.Generator, *, resumed_note: str = "",
+              **fresh: Any) -> dict[str, Any]:
         """The loop state: fresh (epoch 0, no history, plus the kind's own `fresh` entries), or, when
-        resuming, restored with `parts` (models, optimisers), `dp` (a DPSetup or None) and `gen` from
-        the checkpoint. The stage checkpoints these same objects later."""
-        self._parts, self._dp, self._gen = parts, dp, gen
+        resuming, restored with `parts` (models, optimisers), `dp` and `gen` from the checkpoint. The
+        stage checkpoints these same objects later; of `dp`, a DP stage's accounting and draw counts
+        (a non-private stage has none)."""
+        self._parts, self._gen = parts, gen
+        self._dp = dp if dp is not None and dp.accountant is not None else None
         self.state.update(fresh)
         if self.resuming:
-            self.state = self.run.load_training_state(parts, dp, gen)
+            self.state = self.run.load_training_state(parts, self._dp, gen)
             self._since = time.time()  # the time before the interruption is in state["wall_s"]
             self.say(f"resumed after epoch {self.epoch}{resumed_note}")
         self._last_checkpoint = time.time()
