@@ -30,8 +30,8 @@ from dpmammo.files import check_out
 from dpmammo.models import create_model, load_init_weights, save_weights
 from dpmammo.privacy import (DPSetup, StageSpend, dp_stage, make_private, non_dp_stage, prior_history, weights_stage,
                              write_privacy)
-from dpmammo.privacy.nonprivate import NonPrivate
 from dpmammo.privacy.ledger import synthetic_chain
+from dpmammo.privacy.nonprivate import NonPrivate
 from dpmammo.privacy.sampling import batch_selection, epoch_steps, secret_key
 from dpmammo.randomness import keyed_uniform
 from dpmammo.progress import StepProgress
@@ -40,8 +40,8 @@ from dpmammo.train import features as fc
 from dpmammo.train.config import TrainConfig, input_paths
 from dpmammo.train.ema import ParameterEMA
 from dpmammo.train.members import apply_audit_split
-from dpmammo.train.stage import Stage
 from dpmammo.train.predict import predict_proba
+from dpmammo.train.stage import Stage
 
 DP_LOSS_NOTE = ("training losses are not recorded: they are computed from private batches without noise; "
                 "the per-epoch validation AUROC and the selected epoch depend on the validation set and the "

@@ -6,7 +6,8 @@ training ends), resolves the device, keeps the epoch bookkeeping (epoch count, h
 time across resumes), checkpoints, and writes metrics.json last with the fields every run records
 (privacy total, wall time, device, version). A kind of training reads:
 
-    with Stage.open(run, cfg, force, device=cfg.train.device, opening=f"{run.path} dpmammo {v}") as stage:
+    with Stage.open(run, cfg, force, device=cfg.train.device, opening=f"{run.path} dpmammo {v}",
+                    epochs=epochs, checkpoint_every_s=cfg.train.checkpoint_every_s) as stage:
         state = stage.begin(parts, dp, gen)  # fresh, or restored from the checkpoint
         for epoch in range(stage.epoch, epochs):
             ...  # its steps
@@ -52,7 +53,7 @@ class Stage:
         self._since = time.time()  # wall time since the start or the resume (earlier time: state["wall_s"])
         self._last_checkpoint = time.time()
         self._parts: dict = {}
-        self._dp = None
+        self._dp: DPSetup | None = None  # what a checkpoint records of the privacy: a DP stage's accounting
         self._gen: torch.Generator | None = None
 
     @classmethod
