@@ -141,9 +141,10 @@ def train_gan_run(cfg: GanConfig, stage: Stage, progress: bool) -> dict:
     if cfg.privacy is not None:
         own = dp_stage(stage="gan", run=run.name, data=cfg.data.train, dp=dp,
                        note="DP discriminator; the generator is post-processing")
+        notes = [DP_LOSS_NOTE]
     else:
-        own = non_dp_stage(stage="gan", run=run.name, data=cfg.data.train, n_private=n_private)
-    privacy = write_privacy(run.privacy, own, upstream, notes=[DP_LOSS_NOTE] if cfg.privacy is not None else [])
+        own, notes = non_dp_stage(stage="gan", run=run.name, data=cfg.data.train, n_private=n_private), []
+    privacy = write_privacy(run.privacy, own, upstream, notes=notes)
     metrics = {"history": stage.history, "train_size": n, "n_private": n_private,
                "training_data": training_data_record(records, root)}
     return stage.finish(metrics, privacy, f"done after {stage.epoch} epochs")

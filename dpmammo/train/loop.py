@@ -230,10 +230,10 @@ def train_run(cfg: TrainConfig, stage: Stage, progress: bool) -> dict:
     save_weights(model, run.weights)
     if cfg.privacy is not None:
         own = dp_stage(stage="classifier", run=run.name, data=cfg.data.train, dp=dp)
+        notes = [DP_LOSS_NOTE, selection_note(cfg)]  # what is not released, and what is not accounted
     else:
-        own = non_dp_stage(stage="classifier", run=run.name, data=cfg.data.train, n_private=n_private)
-    privacy = write_privacy(run.privacy, own, upstream,
-                            notes=[DP_LOSS_NOTE, selection_note(cfg)] if cfg.privacy is not None else [])
+        own, notes = non_dp_stage(stage="classifier", run=run.name, data=cfg.data.train, n_private=n_private), []
+    privacy = write_privacy(run.privacy, own, upstream, notes=notes)
     metrics = {
         "val": {"set": cfg.data.val, "auroc": state["best_auroc"], "epoch": state["best_epoch"], "n": len(val_records),
                 "weights": state.get("best_kind", "weights")},
