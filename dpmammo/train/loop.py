@@ -27,7 +27,7 @@ from dpmammo.data.images import N_VIEWS, apply_views, load_images, load_labels, 
 from dpmammo.data.sets import check_training_sets, load_set, resolve_root, synthetic_provenance
 from dpmammo.errors import DpMammoError
 from dpmammo.files import check_out
-from dpmammo.models import create_model, load_init_weights, save_weights
+from dpmammo.models import save_weights
 from dpmammo.privacy import (DPSetup, StageSpend, dp_stage, make_private, non_dp_stage, prior_history, weights_stage,
                              write_privacy)
 from dpmammo.privacy.ledger import synthetic_chain
@@ -37,6 +37,7 @@ from dpmammo.randomness import keyed_uniform
 from dpmammo.progress import StepProgress
 from dpmammo.runs import METRICS, RunDir
 from dpmammo.train import features as fc
+from dpmammo.train.build import initial_model
 from dpmammo.train.config import TrainConfig, input_paths
 from dpmammo.train.ema import ParameterEMA
 from dpmammo.train.members import apply_audit_split
@@ -103,7 +104,6 @@ def train_run(cfg: TrainConfig, stage: Stage, progress: bool) -> dict:
     rank other than 0 of a training over several processes it trains its share, writes nothing and
     returns {}."""
     run, say, device, ranks = stage.run, stage.say, stage.device, stage.ranks
-    torch.manual_seed(cfg.train.seed)
 
     # Data: the union of the training sets, the validation set, all in memory as uint8.
     root = resolve_root(cfg.data.root)
@@ -112,13 +112,10 @@ def train_run(cfg: TrainConfig, stage: Stage, progress: bool) -> dict:
     val_records = load_set(root, cfg.data.val)
     n_private = sum(r.source == "real" for r in train_records)
 
-    # Model, and the privacy chain of everything that enters the run: synthetic sets, weights.
-    model = create_model(cfg.model)
+    # Model (seeded, from init_from's weights), and the privacy chain of everything that enters the
+    # run: synthetic sets, weights.
+    model = initial_model(cfg)
     upstream = input_chain(cfg, train_records)
-    if cfg.init_from is not None:
-        load_init_weights(model, RunDir(cfg.init_from).weights, cfg.init_weights)
-        if cfg.model.freeze_backbone:
-            model.freeze_backbone()  # re-freeze: loading does not touch requires_grad, but be explicit
     ranks.share_module(model)  # every rank starts from rank 0's weights
     images = load_images(train_records, model.input_size)
     labels = load_labels(train_records)
