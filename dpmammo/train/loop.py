@@ -114,8 +114,8 @@ def train_run(cfg: TrainConfig, stage: Stage, progress: bool) -> dict:
 
     # Model (seeded, from init_from's weights), and the privacy chain of everything that enters the
     # run: synthetic sets, weights.
+    upstream = input_chain(cfg, train_records)  # first: it refuses a parent run that has not finished
     model = initial_model(cfg)
-    upstream = input_chain(cfg, train_records)
     ranks.share_module(model)  # every rank starts from rank 0's weights
     images = load_images(train_records, model.input_size)
     labels = load_labels(train_records)
