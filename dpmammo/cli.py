@@ -286,6 +286,17 @@ def study(config: Optional[Path] = typer.Argument(None, help="study config YAML 
         sys.exit(1)
 
 
+@app.command("compare")
+def compare(study_dirs: List[Path] = typer.Argument(..., help="finished study directories (from `dpmammo study`)"),
+            out: Path = typer.Option(..., "--out", help="folder to write comparison.md and comparison.html into"),
+            force: bool = typer.Option(False, "--force", help="replace an earlier comparison in --out")):
+    """Compare finished studies (e.g. a GAN set, a DP generator, a procedural prior) at equal ε, per test set."""
+    from dpmammo.report.compare import compare_studies
+
+    md = compare_studies(study_dirs, out, force=force)
+    console.print(f"comparison: {md}, {md.with_suffix('.html')}", highlight=False)
+
+
 @app.command("audit")
 def audit(config: Path,
           out: Path = typer.Option(..., "--out", help="audit folder: models/, audit.json, roc.png"),

@@ -66,7 +66,7 @@ def privacy_table(cfg: StudyConfig, study_dir: Path) -> str:
                      _fmt(own.epsilon, ".3f"), _fmt(own.delta, ".0e"), _fmt(own.noise_multiplier, ".3f"),
                      _fmt(own.sample_rate, ".4f"), "one Gaussian release" if release else _fmt(own.steps),
                      rec.describe()])
-    return _table(head, rows, "privacy")
+    return html_table(head, rows, "privacy")
 
 
 def release_section(cfg: StudyConfig, study_dir: Path) -> str:
@@ -89,7 +89,7 @@ cache (<code>~/.cache/dpmammo</code>). This report draws no private pixels: samp
 pixels carry a guarantee.</p><p>Runs that can be released one at a time ({len(releasable)}):</p><ul>{items}</ul>"""
 
 
-def _table(head, rows, table_id: str) -> str:
+def html_table(head, rows, table_id: str) -> str:
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
     return f'<table id="{table_id}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
@@ -102,7 +102,7 @@ def gap_section(cfg: StudyConfig, rows: list[dict]) -> str:
         return ""
     return (f"<h2>Against the published study</h2><p>{html.escape(CITATION[cfg.compare_with])}. Ours: the best "
             "condition whose every run has a DP chain total within the column's ε per patient (any at ε = ∞); "
-            "published: the best cell, whatever its guarantee.</p>" + _table(GAP_HEAD, gap, "published-gap"))
+            "published: the best cell, whatever its guarantee.</p>" + html_table(GAP_HEAD, gap, "published-gap"))
 
 
 def failures(summary: dict) -> str:

@@ -23,15 +23,16 @@ class ConditionEntry:
     recipe: str  # "module:function": (study, ε, seed, study_dir) → its runs, parents first
     aliases: tuple[str, ...] = ()  # ASCII spellings accepted in a config
     needs_prior: bool = False  # plans the study's `prior:` pretrain runs
+    uses_synthetic: bool = False  # trains on the study's `synthetic:` set (directly or through pretraining)
 
 
 _RECIPES = "dpmammo.study.recipes"
 CONDITIONS: dict[str, ConditionEntry] = {
     "real": ConditionEntry("real", f"{_RECIPES}:real"),
-    "real+synthetic": ConditionEntry("real+synthetic", f"{_RECIPES}:real_synthetic"),
-    "synthetic": ConditionEntry("synthetic", f"{_RECIPES}:synthetic"),
+    "real+synthetic": ConditionEntry("real+synthetic", f"{_RECIPES}:real_synthetic", uses_synthetic=True),
+    "synthetic": ConditionEntry("synthetic", f"{_RECIPES}:synthetic", uses_synthetic=True),
     "synthetic→real": ConditionEntry("synthetic-to-real", f"{_RECIPES}:synthetic_to_real",
-                                     aliases=("synthetic->real",)),
+                                     aliases=("synthetic->real",), uses_synthetic=True),
     "prior→real": ConditionEntry("prior-to-real", f"{_RECIPES}:prior_to_real", aliases=("prior->real",),
                                  needs_prior=True),
     "prior→probe→real": ConditionEntry("prior-probe-real", f"{_RECIPES}:prior_probe_real",
@@ -42,6 +43,7 @@ Condition = Literal[tuple(CONDITIONS)]  # type: ignore[valid-type]
 # Other spellings of a condition in a config: its slug and its aliases.
 CONDITION_ALIASES = {alias: name for name, e in CONDITIONS.items() for alias in (e.slug, *e.aliases) if alias != name}
 PRIOR_CONDITIONS = tuple(name for name, e in CONDITIONS.items() if e.needs_prior)
+SYNTHETIC_CONDITIONS = tuple(name for name, e in CONDITIONS.items() if e.uses_synthetic)
 
 
 def list_conditions() -> list[str]:
