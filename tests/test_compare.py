@@ -124,7 +124,7 @@ def two_studies(study_phantoms, tmp_path_factory) -> tuple[Path, Path]:
 
 def test_compare_two_real_studies(two_studies, tmp_path):
     gan_dir, real_dir = two_studies
-    gan = {r["run_id"]: r for r in read_csv(gan_dir / "results.csv")}["synthetic/epsinf/seed0"]
+    gan = {r["run_id"]: r for r in read_csv(gan_dir / "results.csv")}["synthetic/pretrain/seed0"]
     real = {r["run_id"]: r for r in read_csv(real_dir / "results.csv")}["real/eps4/seed0"]
     assert gan["guarantee_total"] == "none" and real["guarantee_total"] == "dp" and real["unit"] == "patient"
     eps = float(real["epsilon_total"])
@@ -135,9 +135,9 @@ def test_compare_two_real_studies(two_studies, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     md = (out / "comparison.md").read_text()
     assert "| study | condition | source | ε=4 per patient | non-private |" in md
-    assert (f"| gan-set | synthetic | fixed set {gan_dir.parent / 'phantom-gan'} (no guarantee) | | "
+    assert (f"| gan-set | synthetic | fixed set {gan_dir.parent / 'phantom-gan'} (no guarantee) |  | "
             f"{float(gan['auroc']):.3f} (no guarantee) |") in md
-    assert (f"| real-dp | real | none (the private set only) | {float(real['auroc']):.3f} (ε≤{eps:.2f}/patient) | |"
+    assert (f"| real-dp | real | none (the private set only) | {float(real['auroc']):.3f} (ε≤{eps:.2f}/patient) |  |"
             ) in md
     assert (f"Best with a full guarantee: ε=4 per patient: real-dp / real, {float(real['auroc']):.3f} "
             f"(ε≤{eps:.2f}/patient); non-private: no cell has a DP chain total within it.") in md
@@ -165,8 +165,9 @@ def test_compare_refusals(two_studies, tmp_path):
     shutil.copy(real_dir / "study.yaml", unfinished / "study.yaml")
     with pytest.raises(DpMammoError, match=r"is not finished \(no results.csv\); finish it with `dpmammo study"):
         compare_studies([gan_dir, unfinished], tmp_path / "cmp")
+    (tmp_path / "empty").mkdir()
     with pytest.raises(DpMammoError, match="not a study directory"):
-        compare_studies([gan_dir, tmp_path], tmp_path / "cmp2")
+        compare_studies([gan_dir, tmp_path / "empty"], tmp_path / "cmp")
     assert not (tmp_path / "cmp").exists()
     theirs = tmp_path / "theirs"
     theirs.mkdir()
