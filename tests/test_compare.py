@@ -77,7 +77,7 @@ def test_table_cells_sources_and_the_best_guaranteed_cell(tmp_path):
         "ε=1 per patch: prior / prior→real, 0.900 (ε≤1.00/patch)",
         "ε=1 per patient: dp-generator / synthetic→real, 0.590 ± 0.010 (ε≤1.00/patient)",
         "ε=6 per patient: gan-set / real, 0.610 ± 0.010 (ε≤5.90/patient)",
-        "non-private: no cell has a DP chain total within it"]
+        "non-private: no cell has a DP chain total"]
     # A per-patch total does not hold per patient; a per-patient one holds per patch.
     prior_cell = cells(studies[2], "phantom/test")[("prior→real", Column(1.0, "patch"))]
     assert not is_guaranteed(prior_cell, Column(1.0, "patient")) and is_guaranteed(prior_cell, Column(1.0, "patch"))
@@ -140,7 +140,7 @@ def test_compare_two_real_studies(two_studies, tmp_path):
     assert (f"| real-dp | real | none (the private set only) | {float(real['auroc']):.3f} (ε≤{eps:.2f}/patient) |  |"
             ) in md
     assert (f"Best with a full guarantee: ε=4 per patient: real-dp / real, {float(real['auroc']):.3f} "
-            f"(ε≤{eps:.2f}/patient); non-private: no cell has a DP chain total within it.") in md
+            f"(ε≤{eps:.2f}/patient); non-private: no cell has a DP chain total.") in md
     assert "per patient (all of a patient's patches)" in md
     page = (out / "comparison.html").read_text()
     assert '<table id="comparison-0">' in page and "fixed set" in page and "<style>" in page

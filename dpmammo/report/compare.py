@@ -201,7 +201,7 @@ def best_guaranteed(studies: list[StudyResults], test_set: str, columns: list[Co
     for column in columns:
         ok = [cell for (_, col), cell in found if col == column and is_guaranteed(cell, column)]
         if not ok:
-            out.append(f"{column.header}: no cell has a DP chain total within it")
+            out.append(f"{column.header}: no cell has a DP chain total" + ("" if column.unit is None else " within it"))
             continue
         best = max(ok, key=lambda c: c.stats["mean"])
         out.append(f"{column.header}: {best.study} / {best.condition}, {cell_text(best)}")
