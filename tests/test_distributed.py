@@ -187,11 +187,12 @@ def _config(root: Path, path: Path, **train) -> Path:
     return path
 
 
-def _dpmammo(*args: str, cwd: Path, torchrun: bool = False, **kw) -> subprocess.Popen:
+def _dpmammo(*args: str, cwd: Path, torchrun: bool = False) -> subprocess.Popen:
     exe = Path(sys.executable).parent
     cmd = ([str(exe / "torchrun"), "--nproc-per-node", "2", "--no-python"] if torchrun else []) + \
         [str(exe / "dpmammo"), *args]
-    return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    env = {**os.environ, "TMPDIR": str(cwd)}  # torchrun's scratch folders stay in the test's folder
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _stages(run: Path) -> list[dict]:
