@@ -104,7 +104,7 @@ def recipe(root, *, privacy=None, head=True, epochs=100) -> TrainConfig:
         "privacy": privacy}, "test recipe")
 
 
-def test_non_private_overfitted_model_leaks(phantoms, tmp_path):
+def test_non_private_overfitted_model_leaks(phantoms, tmp_path, monkeypatch):
     rec = audit_recipe(recipe(phantoms), tmp_path / "lira", AuditSettings(method="lira", models=8), progress="off")
     primary = next(a for a in rec.attacks if a.attack == rec.primary)
     assert rec.primary == "lira-online" and rec.reference_models == 8 and rec.units == 64 and rec.target_members == 32
@@ -118,6 +118,17 @@ def test_non_private_overfitted_model_leaks(phantoms, tmp_path):
     rmia = audit_runs(models / "target", sorted(models.glob("reference-*")), tmp_path / "rmia",
                       AuditSettings(method="rmia", models=8))
     assert rmia.primary == "rmia" and rmia.attacks[0].auc.value > 0.6 and rmia.measured_epsilon >= 0.0
+    # A new attack: its own file (tests/toy_attack.py) and one registry line; the same models, scored again.
+    from dpmammo.audit import attacks
+    from toy_attack import margin_gap
+
+    monkeypatch.setattr(attacks, "ATTACKS", dict(attacks.ATTACKS))  # the registration ends with this test
+    attacks.register_attack("margin-gap", margin_gap, reported_by=("lira",))
+    toy = audit_runs(models / "target", sorted(models.glob("reference-*")), tmp_path / "toy",
+                     AuditSettings(method="lira", models=8))
+    assert [a.attack for a in toy.attacks] == ["lira-online", "lira-offline", "loss", "margin-gap"]
+    gap = next(a for a in toy.attacks if a.attack == "margin-gap")
+    assert gap.auc.value >= 0.6 and toy.primary == "lira-online"
 
 
 def test_dp_model_at_epsilon_1_never_measured_above_its_promise(phantoms, tmp_path):

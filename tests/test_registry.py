@@ -75,9 +75,13 @@ def test_the_grad_sample_modes_of_the_config_are_the_engines():
 def test_the_audit_methods_are_one_table():
     from dpmammo.audit.config import METHOD_WORDS, AuditSettings, method_help
     from dpmammo.audit.record import AuditRecord
-    from dpmammo.audit.run import METHOD_ATTACKS
+    from dpmammo.audit.attacks import ATTACKS, attacks_of
+    from dpmammo.audit.run import METHOD_PRIMARY
 
-    assert METHOD_ATTACKS.keys() == METHOD_WORDS.keys()
+    assert METHOD_PRIMARY.keys() == METHOD_WORDS.keys()
+    assert all(set(a.reported_by) <= set(METHOD_WORDS) for a in ATTACKS.values())
+    assert [n for n, _ in attacks_of("lira")] == ["lira-online", "lira-offline", "loss"]
+    assert [n for n, _ in attacks_of("rmia")] == ["rmia", "loss"]
     assert all(f"{m}: " in method_help() for m in (*METHOD_WORDS, "auto"))
     assert AuditSettings(method="one-run").method == "one-run"
     with pytest.raises(ValueError, match="'gradient-canary' or 'auto'"):

@@ -107,8 +107,35 @@ def rmia(s: Signals) -> np.ndarray:
     return (ratio_x[:, None] > ratio_z[None, :]).mean(1)
 
 
-ATTACKS: dict[str, Callable[[Signals], np.ndarray]] = {
-    "loss": loss_attack, "lira-online": lira_online, "lira-offline": lira_offline, "rmia": rmia}
+@dataclass(frozen=True)
+class Attack:
+    """A score function and the audit methods (dpmammo.audit.config.METHOD_WORDS) whose reference
+    models it scores with: each such audit reports it beside the method's primary attack."""
+
+    score: Callable[[Signals], np.ndarray]
+    reported_by: tuple[str, ...]
+
+
+# The one table of reference-model attacks, in the order an audit reports them. A new attack is
+# its score function (any module) and one `register_attack` line.
+ATTACKS: dict[str, Attack] = {
+    "lira-online": Attack(lira_online, ("lira",)),
+    "lira-offline": Attack(lira_offline, ("lira",)),
+    "rmia": Attack(rmia, ("rmia",)),
+    "loss": Attack(loss_attack, ("lira", "rmia")),
+}
+
+
+def register_attack(name: str, score: Callable[[Signals], np.ndarray], reported_by: tuple[str, ...]) -> None:
+    """Add an attack to the table: every audit of a method in `reported_by` then scores it."""
+    if name in ATTACKS:
+        raise ValueError(f"attack {name!r} is registered already")
+    ATTACKS[name] = Attack(score, tuple(reported_by))
+
+
+def attacks_of(method: str) -> list[tuple[str, Attack]]:
+    """The reference-model attacks an audit of `method` reports, (name, attack) in the table's order."""
+    return [(name, attack) for name, attack in ATTACKS.items() if method in attack.reported_by]
 
 
 def unit_scores(record_scores: np.ndarray, record_unit: np.ndarray, n_units: int) -> np.ndarray:

@@ -10,7 +10,7 @@ from dpmammo.config import Seed, StrictModel
 from dpmammo.privacy.config import Unit
 
 # The methods' one table: name → what it does. The settings, the audit record, `dpmammo audit
-# --method`'s help and `audit.run.METHOD_ATTACKS` (the attacks each reports) read it.
+# --method`'s help and `audit.run.METHOD_PRIMARY` (the attack each reports as its measurement) read it.
 METHOD_WORDS: dict[str, str] = {
     "lira": "LiRA (Carlini et al. 2022) with K reference models; loss-threshold baseline",
     "rmia": "RMIA (Zarifzadeh et al. 2024) with K reference models; loss-threshold baseline",

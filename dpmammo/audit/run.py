@@ -17,7 +17,7 @@ import numpy as np
 
 from dpmammo import __version__
 from dpmammo.audit import one_run, stats, whitebox
-from dpmammo.audit.attacks import ATTACKS, Signals, log_sigmoid, unit_scores
+from dpmammo.audit.attacks import Signals, attacks_of, log_sigmoid, unit_scores
 from dpmammo.audit.config import METHOD_WORDS, AuditSettings
 from dpmammo.audit.models import (Pool, is_head_only, load_pool, margins, pool_logits, read_split,
                                   train_models)
@@ -32,12 +32,12 @@ from dpmammo.train.config import TrainConfig
 
 ProgressMode = Literal["bar", "lines", "off"]
 # (attacks reported, the primary one whose bound is "measured ε") per method
-METHOD_ATTACKS = {"lira": (("lira-online", "lira-offline", "loss"), "lira-online"),
-                  "rmia": (("rmia", "loss"), "rmia"),
-                  "one-run": (("one-run",), "one-run"),
-                  "gradient-canary": (tuple(whitebox.THREAT_MODELS), whitebox.PRIMARY_BOUND)}
-if METHOD_ATTACKS.keys() != METHOD_WORDS.keys():  # a method in the table says what it reports here
-    raise TypeError(f"METHOD_ATTACKS names {sorted(METHOD_ATTACKS)}, the methods' table {sorted(METHOD_WORDS)}")
+# The attack whose bound an audit of each method reports as its measurement; the reference-model
+# methods also report every attack registered for them (dpmammo.audit.attacks.ATTACKS).
+METHOD_PRIMARY = {"lira": "lira-online", "rmia": "rmia", "one-run": "one-run",
+                  "gradient-canary": whitebox.PRIMARY_BOUND}
+if METHOD_PRIMARY.keys() != METHOD_WORDS.keys():  # a method in the table says what it reports here
+    raise TypeError(f"METHOD_PRIMARY names {sorted(METHOD_PRIMARY)}, the methods' table {sorted(METHOD_WORDS)}")
 MODELS_DIR, CANARIES_DIR = "models", "canaries"
 
 
@@ -129,7 +129,7 @@ def audit_runs(target: Path, references: list[Path], out: str | Path, settings: 
         scored, n_members = _reference_attacks(cfg, runs, pool, labels, [target_split, *ref_splits], settings, method)
     results = [r for r, _ in scored]
     privacy = RunDir(target).read_privacy()
-    primary = METHOD_ATTACKS[method][1]
+    primary = METHOD_PRIMARY[method]
     record = AuditRecord(
         method=method, reference_models=len(references), unit=unit, seed=target_split.seed,
         confidence=settings.confidence, units=len(pool.units), target_members=n_members,
@@ -167,9 +167,9 @@ def _reference_attacks(cfg, runs, pool: Pool, labels, splits, settings: AuditSet
     signals = Signals(sig[0], sig[1:], record_in[1:], None if pop is None else pop[0], None if pop is None else pop[1:])
     calibration = signals.calibration()
     n_units, results = len(pool.units), []
-    for name in METHOD_ATTACKS[method][0]:
-        scores = unit_scores(ATTACKS[name](signals), pool.record_unit, n_units)
-        cal_scores = unit_scores(ATTACKS[name](calibration), pool.record_unit, n_units)
+    for name, attack in attacks_of(method):
+        scores = unit_scores(attack.score(signals), pool.record_unit, n_units)
+        cal_scores = unit_scores(attack.score(calibration), pool.record_unit, n_units)
         k = stats.choose_guesses(cal_scores, unit_in[1], delta=_delta(cfg), confidence=settings.confidence)
         tp, fp = stats.top_k_counts(scores, unit_in[0], k)
         n_in, n_out = int(unit_in[0].sum()), int((~unit_in[0]).sum())
