@@ -2,10 +2,12 @@
 
 What each rank does (dpmammo.train.loop, dpmammo.privacy.engine):
 - every rank holds the same model (rank 0's parameters are broadcast at the start) and the same
-  sampler state; rank 0's secret key is broadcast in memory, so every rank draws the same Poisson
-  sample of units and processes its share of it: the units numbered u ≡ rank (mod N). Each unit
-  is therefore sampled once per step at the recorded rate and clipped whole on one rank, and the
-  sampling equals the 1-process run's draw for draw;
+  sampler state; rank 0's secret key is broadcast over the process group (never written to a disk;
+  across machines it travels the training's network in the clear, as the un-noised clipped sums
+  of the other ranks do already: that network must be as private as the data), so every rank
+  draws the same Poisson sample of units and processes its share of it: the units numbered
+  u ≡ rank (mod N). Each unit is therefore sampled once per step at the recorded rate and clipped
+  whole on one rank, and the sampling equals the 1-process run's draw for draw;
 - the clipped sums are all-reduced and the Gaussian noise is added once, by rank 0, from the
   secret key (Opacus's distributed optimizers: `DistributedDPOptimizer`);
 - only rank 0 writes: the run directory, its log, checkpoints, the feature cache. A resume reads
@@ -65,8 +67,8 @@ class Ranks:
         return torch.device("cuda", self.local_rank) if _backend_is_nccl() else torch.device("cpu")
 
     def share_key(self, key: SecretKey | None) -> SecretKey:
-        """Rank 0's key on every rank (in memory only: the key never touches a disk). Rank 0 passes
-        its key, the others None."""
+        """Rank 0's key on every rank, over the process group (never written to a disk; see the module
+        docstring for the network it crosses). Rank 0 passes its key, the others None."""
         if not self.distributed:
             assert key is not None
             return key

@@ -330,7 +330,7 @@ def audit_gradient_canaries(cfg, out, settings, *, progress: str = "lines"):
                           labels=labels, records=records, privacy=privacy, epochs=cfg.train.epochs,
                           batch_size=cfg.train.batch_size, physical=physical, seed=cfg.train.seed, canaries=canaries,
                           take=take, prior=prior_history(upstream, privacy), device=device, views_per_record=k)
-    say(f"trained: σ={run.sigma:.4f} q={run.sample_rate:.4f} steps={run.steps}, promised ε={run.epsilon:.3f}")
+    say(f"trained: σ={run.sigma:.4f} q={run.sample_rate:.4f} steps={run.steps}, promised ε={run.epsilon:.3f}/{privacy.unit} (this stage)")
     scored = score_canaries(run, confidence=settings.confidence, seed=settings.seed)
     own = dp_stage(stage="classifier", run=f"audit {out.name}", data=cfg.data.train, dp=run.setup)
     own = own.model_copy(update={"epsilon": run.epsilon, "steps": run.steps})

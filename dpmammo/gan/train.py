@@ -126,11 +126,11 @@ def train_gan_run(cfg: GanConfig, stage: Stage, progress: bool) -> dict:
                 del sums["loss_d"]
             row = {"epoch": epoch + 1, **{k: v / max(1, steps[epoch]) for k, v in sums.items()}, "epsilon": eps}
             stage.end_epoch(row)
-            eps_txt = f" ε={eps:.2f}/{cfg.privacy.unit}" if eps is not None else ""
+            eps_txt = f" ε={eps:.2f}/{cfg.privacy.unit} (this stage)" if eps is not None else ""
             d_txt = f" D={row['loss_d']:.3f}" if "loss_d" in row else ""
             bar.update(task, description=f"epoch {epoch + 1}/{cfg.train.epochs}{d_txt} G={row['loss_g']:.3f}{eps_txt}")
             say(f"epoch {epoch + 1}" + (f" loss_d {row['loss_d']:.4f}" if "loss_d" in row else "") + f" loss_g {row['loss_g']:.4f}"
-                + (f" eps {eps:.3f}/{cfg.privacy.unit}" if eps is not None else ""))
+                + (f" eps {eps:.3f}/{cfg.privacy.unit} (this stage)" if eps is not None else ""))
             every = cfg.train.sample_every
             if every and ((epoch + 1) % every == 0 or epoch + 1 == cfg.train.epochs):
                 write_grid(released, fixed_z, fixed_y, run.path / SAMPLES_DIR / f"epoch_{epoch + 1:03d}.png", device)

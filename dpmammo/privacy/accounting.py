@@ -187,7 +187,7 @@ class StepAccountant:
     optimizer by `optimizer_hook`) and read back as typed events of the stage's C and unit."""
 
     def __init__(self, name: str, *, max_grad_norm: float, unit: Unit):
-        self.name, self.max_grad_norm, self.unit = name, max_grad_norm, unit
+        self.max_grad_norm, self.unit = max_grad_norm, unit
         self._opacus = _opacus_accountant(name)
 
     def optimizer_hook(self, sample_rate: float):

@@ -66,9 +66,9 @@ class SecretKey:
         return f"SecretKey({'seeded, for tests' if self.seeded else 'secret'})"
 
     def bytes_for_other_ranks(self) -> bytes:
-        """The key itself, for one use only: rank 0 of a training over several processes hands it,
-        memory to memory, to the other ranks of the same training (dpmammo.distributed), which
-        hold the same private data. Nothing else reads it."""
+        """The key itself, for one use only: rank 0 of a training over several processes hands it over
+        the process group to the other ranks of the same training (dpmammo.distributed), which hold
+        the same private data. Nothing else reads it."""
         return self._key
 
     def __reduce__(self):

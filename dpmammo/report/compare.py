@@ -7,7 +7,8 @@ writes comparison.md and a self-contained comparison.html into --out: per shared
 row per (study, condition) with the source it trained on, one column per study ε (the union, each
 ε with its unit), cells = mean test AUROC ± std over seeds with the chain total that the cell's
 runs actually carry (from results.csv, never assumed from the source); then the best cell with a
-full guarantee at each ε, by the rule of the study report's gap table (`guaranteed_within`).
+full guarantee at each ε: a DP chain total within the column's ε (`guaranteed_within`, the gap
+table's test at finite ε; unlike the gap table, the non-private column also asks for a DP total).
 
 Nothing here trains or evaluates; the inputs are only read.
 """
@@ -278,12 +279,19 @@ def compare_studies(study_dirs: list[str | Path], out: str | Path, *, force: boo
     md, page = markdown(studies), render_html(studies)  # every refusal before anything is written
     replaceable = dict(marker=COMPARISON_MD, command=COMMAND)
     check_replaceable(out, force, **replaceable)
+    made = not out.exists()
     with user_os_errors(out):
         out.mkdir(parents=True, exist_ok=True)
-    with exclusive(out, "writing a comparison into"):
-        check_replaceable(out, force, **replaceable)  # again, now that no other process can be writing it
-        write_text_atomic(out / COMPARISON_HTML, page)
-        write_text_atomic(out / COMPARISON_MD, md)  # the marker, last
+    try:
+        with exclusive(out, "writing a comparison into"):
+            check_replaceable(out, force, **replaceable)  # again, now that no other process can be writing it
+            # The marker first: a folder left by a killed run holds it, so --force may replace that folder.
+            write_text_atomic(out / COMPARISON_MD, md)
+            write_text_atomic(out / COMPARISON_HTML, page)
+    except DpMammoError:
+        if made and not any(out.iterdir()):  # a refused start leaves no folder it made
+            out.rmdir()
+        raise
     return out / COMPARISON_MD
 
 

@@ -101,8 +101,8 @@ def gap_section(cfg: StudyConfig, rows: list[dict]) -> str:
     if not gap:
         return ""
     return (f"<h2>Against the published study</h2><p>{html.escape(CITATION[cfg.compare_with])}. Ours: the best "
-            "condition whose every run has a DP chain total within the column's ε per patient (any at ε = ∞); "
-            "published: the best cell, whatever its guarantee.</p>" + html_table(GAP_HEAD, gap, "published-gap"))
+            f"condition whose every run has a DP chain total within the column's ε per {cfg.privacy.unit} (any at "
+            "ε = ∞); published: the best cell, whatever its guarantee.</p>" + html_table(GAP_HEAD, gap, "published-gap"))
 
 
 def failures(summary: dict) -> str:

@@ -51,12 +51,12 @@ def feature_key(model: Classifier, records: list[PatchRecord], n_views: int) -> 
     return h.hexdigest()
 
 
-@torch.no_grad()
 def cache_path(model: Classifier, records: list[PatchRecord], n_views: int, cache_dir: Path | None = None) -> Path:
     """Where `cached_features` keeps (and looks for) the features of `records` under `model`."""
     return (Path(cache_dir) if cache_dir is not None else features_dir()) / f"{feature_key(model, records, n_views)}.pt"
 
 
+@torch.no_grad()
 def compute_features(model: Classifier, images: torch.Tensor, n_views: int, *,
                      device: torch.device | str = "cpu", batch_size: int = 64) -> torch.Tensor:
     """float32 (N, n_views, F): forward_features of every image (uint8 (N, 1, S, S)) in every view."""
