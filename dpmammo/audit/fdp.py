@@ -116,15 +116,11 @@ class FdpResult:
 
 def best_bound(scores: np.ndarray, included: np.ndarray, k_grid: list[int], *, delta: float,
                confidence: float = 0.95, two_sided: bool = False) -> FdpResult:
-    """The best f-DP bound over guessing the top k of `k_grid` "in" (and, `two_sided`, the bottom k
-    "out"), each k tested at (1 − confidence)/len(k_grid) (Bonferroni, as one_run.best_bound)."""
-    m = len(scores)
-    level = 1.0 - (1.0 - confidence) / len(k_grid)
-    best = None
-    for k in k_grid:
-        guesses, correct = one_run.guesses_from_scores(scores, included, k, k if two_sided else 0)
-        mu = mu_lower_bound(m=m, guesses=guesses, correct=correct, confidence=level)
-        if best is None or mu > best.mu:
-            eps = 0.0 if mu == 0 else gdp.gdp_epsilon(mu, delta)
-            best = FdpResult(epsilon=eps, mu=mu, k=k, guesses=guesses, correct=correct)
-    return best
+    """The best f-DP bound over the k grid (one_run.best_over_k: the k with the largest μ̂), with ε
+    that of μ̂-GDP at δ."""
+    def bound(m: int, guesses: int, correct: int, level: float) -> float:
+        return mu_lower_bound(m=m, guesses=guesses, correct=correct, confidence=level)
+
+    best = one_run.best_over_k(scores, included, k_grid, bound, confidence=confidence, two_sided=two_sided)
+    eps = 0.0 if best.bound == 0 else gdp.gdp_epsilon(best.bound, delta)
+    return FdpResult(epsilon=eps, mu=best.bound, k=best.k, guesses=best.guesses, correct=best.correct)

@@ -17,6 +17,9 @@ dpmammo.audit.stats for why not the library).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 from scipy import optimize, special, stats
 
@@ -63,22 +66,44 @@ def guesses_from_scores(scores: np.ndarray, included: np.ndarray, k_plus: int, k
     return k_plus + k_minus, int(included[top].sum() + (~included[bottom]).sum())
 
 
+BoundOfGuesses = Callable[[int, int, int, float], float]  # (m, guesses, correct, confidence) → bound
+
+
+@dataclass(frozen=True)
+class BestOverK:
+    bound: float
+    k: int
+    guesses: int
+    correct: int
+
+
+def best_over_k(scores: np.ndarray, included: np.ndarray, k_grid: list[int], bound: BoundOfGuesses, *,
+                confidence: float = 0.95, two_sided: bool = False) -> BestOverK:
+    """The best `bound` over guessing the top k of `k_grid` "in" (and, `two_sided`, the bottom k "out",
+    Steinke et al.'s k+ = k−, which uses the evidence of low scores too), abstaining on the rest. Each
+    k is tested at (1 − confidence)/len(k_grid) (Bonferroni: choosing k after seeing the scores costs
+    that much). The best is the largest `bound`; of equal ones, the first k of the grid's."""
+    if not k_grid:
+        raise ValueError("need at least one k in the k grid")
+    m = len(scores)
+    level = 1.0 - (1.0 - confidence) / len(k_grid)
+    best = None
+    for k in k_grid:
+        guesses, correct = guesses_from_scores(scores, included, k, k if two_sided else 0)
+        value = bound(m, guesses, correct, level)
+        if best is None or value > best.bound:
+            best = BestOverK(bound=value, k=k, guesses=guesses, correct=correct)
+    return best
+
+
 def best_bound(scores: np.ndarray, included: np.ndarray, k_grid: list[int], *, delta: float,
                confidence: float = 0.95, two_sided: bool = False) -> tuple[float, int, int, int]:
-    """The best bound over guessing the top k of `k_grid` (abstaining on the rest), each tested at
-    (1 − confidence)/len(k_grid) (Bonferroni: choosing k after seeing the scores costs that much).
-    `two_sided`: guess "in" for the top k and "out" for the bottom k (Steinke et al.'s k+ = k−),
-    which uses the evidence of low scores too.
+    """Steinke et al.'s ε lower bound, the best over the k grid (best_over_k).
 
     Returns (ε lower bound, k, guesses, correct) of the best k.
     """
-    m = len(scores)
-    level = 1.0 - (1.0 - confidence) / len(k_grid)
-    k_minus = (lambda k: k) if two_sided else (lambda k: 0)  # noqa: E731
-    best = (0.0, k_grid[0], *guesses_from_scores(scores, included, k_grid[0], k_minus(k_grid[0])))
-    for k in k_grid:
-        r, v = guesses_from_scores(scores, included, k, k_minus(k))
-        eps = epsilon_lower_bound(m=m, guesses=r, correct=v, delta=delta, confidence=level)
-        if eps > best[0]:
-            best = (eps, k, r, v)
-    return best
+    def bound(m: int, guesses: int, correct: int, level: float) -> float:
+        return epsilon_lower_bound(m=m, guesses=guesses, correct=correct, delta=delta, confidence=level)
+
+    best = best_over_k(scores, included, k_grid, bound, confidence=confidence, two_sided=two_sided)
+    return best.bound, best.k, best.guesses, best.correct
