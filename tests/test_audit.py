@@ -171,6 +171,41 @@ def test_one_run_with_phantom_canaries_sees_a_non_private_model_memorise(phantom
                      progress="off")
 
 
+def test_phantom_canaries_are_reused_only_when_made_alike(phantoms, tmp_path):
+    """The canaries folder of a one-run audit says what made it; a rerun into the same --out reuses
+    it only with the same kind, count, copies, size and seed, and otherwise refuses, naming what
+    differs, before anything is trained or touched."""
+    from PIL import Image
+
+    from dpmammo.audit.splits import CANARY_MANIFEST, write_phantom_canaries
+
+    folder = write_phantom_canaries(tmp_path / "out" / "canaries", 8, seed=5, size=32, patches=2)
+    pngs = sorted(folder.rglob("*.png"))
+    assert len(pngs) == 16 and {Image.open(p).size for p in pngs} == {(32, 32)}
+    assert json.loads((folder / CANARY_MANIFEST).read_text()) == {
+        "kind": "phantom", "count": 8, "patches_per_canary": 2, "size": 32, "seed": 5}
+    before = {p: p.read_bytes() for p in pngs}
+    assert write_phantom_canaries(folder, 8, seed=5, size=32, patches=2) == folder  # same settings: reused
+    with pytest.raises(DpMammoError, match=r"size 32 \(this audit: 48\); the audit does not replace them"):
+        write_phantom_canaries(folder, 8, seed=5, size=48, patches=2)
+    with pytest.raises(DpMammoError, match=r"count 8 \(this audit: 9\), patches_per_canary 2 \(this audit: 1\);"):
+        write_phantom_canaries(folder, 9, seed=5, size=32, patches=1)
+    with pytest.raises(DpMammoError, match=r"seed 5 \(this audit: 6\);"):
+        write_phantom_canaries(folder, 8, seed=6, size=32, patches=2)
+    assert {p: p.read_bytes() for p in sorted(folder.rglob("*.png"))} == before  # nothing replaced
+    # Through the audit: the recipe's model.input_size is the canaries' size.
+    settings = AuditSettings(method="one-run", canaries=8, canary_kind="phantom", canary_patches=2, seed=5)
+    bigger = recipe(phantoms, epochs=1)
+    bigger = bigger.model_copy(update={"model": bigger.model.model_copy(update={"input_size": 48})})
+    with pytest.raises(DpMammoError, match=r"size 32 \(this audit: 48\)"):
+        audit_recipe(bigger, tmp_path / "out", settings, progress="off")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["canaries"]
+    # A folder without its manifest (or with other files) is not reused either.
+    (folder / CANARY_MANIFEST).unlink()
+    with pytest.raises(DpMammoError, match=f"other files than this audit's 8 phantom canaries .* {CANARY_MANIFEST}"):
+        write_phantom_canaries(folder, 8, seed=5, size=32, patches=2)
+
+
 def test_audit_refuses_models_of_unknown_membership(phantoms, tmp_path):
     plain = tmp_path / "plain"
     fit(recipe(phantoms, epochs=1), plain, progress=False)

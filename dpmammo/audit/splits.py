@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from dpmammo.data.manifest import PUBLISHED_FOLDER, published_name
 from dpmammo.data.phantoms import make_patch
@@ -44,6 +46,7 @@ from dpmammo.train.members import AuditSplit
 _STREAM = 0xA0D1  # keeps the audit's stream apart from other uses of the same seed
 # The data set name of phantom canaries: the one-run scorer tells them from private units by it.
 CANARY_DATASET = "audit-canary"
+CANARY_MANIFEST = "canaries.json"  # beside the images of write_phantom_canaries: what made them
 
 
 def reference_splits(units: list[str], n_refs: int, *, seed: int, unit: Unit) -> list[AuditSplit]:
@@ -79,38 +82,73 @@ def canary_split(units: list[str], m: int, *, seed: int, unit: Unit) -> tuple[Au
     return split, canaries, included
 
 
+class PhantomCanaries(BaseModel):
+    """What made a folder of phantom canaries (its manifest, CANARY_MANIFEST): the same values make
+    the same files, byte for byte."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["phantom"] = "phantom"
+    count: int
+    patches_per_canary: int
+    size: int
+    seed: int
+
+
 def write_phantom_canaries(folder: Path, m: int, *, seed: int, size: int, patches: int = 1) -> Path:
     """m phantom canaries as a training set in the published layout, `folder`/audit-canary/train:
     canary i is patient `canary<i>` with `patches` copies of one `size`-pixel phantom patch (a
     patient with several patches weighs that many records in non-private training; under DP its
     sum is clipped once) and a label drawn at random, independently of whether its mass was drawn
-    benign- or malignant-looking. Returns the set's folder (a data.train entry). A folder already
-    there is kept when it holds exactly these files (a resumed audit), refused otherwise."""
+    benign- or malignant-looking; `folder`/CANARY_MANIFEST says what made them. Returns the set's
+    folder (a data.train entry). A folder already there is kept when its manifest is this audit's
+    and it holds exactly these files (a resumed audit), refused otherwise: the audit has no --force."""
     if m < 8:
         raise DpMammoError(f"audit.canaries={m}: a one-run audit with phantom canaries needs at least 8")
+    wanted = PhantomCanaries(count=m, patches_per_canary=patches, size=size, seed=seed)
     rng = np.random.default_rng([seed, _STREAM, 2])
     labels, looks = rng.integers(0, 2, m), rng.integers(0, 2, m)
-    files = {Path(CANARY_DATASET, "train", PUBLISHED_FOLDER[int(y)],
-                  published_name(f"canary{i}", f"{i}c{j}", "0", int(y))): i
-             for i, y in enumerate(labels) for j in range(patches)}
+    images = {Path(CANARY_DATASET, "train", PUBLISHED_FOLDER[int(y)],
+                   published_name(f"canary{i}", f"{i}c{j}", "0", int(y))): i
+              for i, y in enumerate(labels) for j in range(patches)}
+    files = set(images) | {Path(CANARY_MANIFEST)}
     folder = Path(folder)
     if folder.exists():
+        _check_made_alike(folder, wanted)
         found = {p.relative_to(folder) for p in folder.rglob("*") if p.is_file()}
-        if found != set(files):
-            raise DpMammoError(f"{folder} holds other files than this audit's {m} phantom canaries (seed {seed}); "
-                               "choose another --out")
+        if found != files:
+            raise DpMammoError(f"{folder} holds other files than this audit's {m} phantom canaries (seed {seed}) and "
+                               f"their {CANARY_MANIFEST}; choose another --out")
         return folder
     tmp = folder.with_name(folder.name + ".tmp")
     if tmp.exists():  # left by an interrupted audit: removed only if it holds nothing but canary files
         left = {p.relative_to(tmp) for p in tmp.rglob("*") if p.is_file()}
-        if not left <= set(files):
+        if not left <= files:
             raise DpMammoError(f"{tmp} holds files this audit did not write; move them away or choose another --out")
         shutil.rmtree(tmp)
-    for rel, i in files.items():
+    for rel, i in images.items():
         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(make_patch(np.random.default_rng([seed, _STREAM, 3, i]), bool(looks[i]), size)).save(tmp / rel)
+    (tmp / CANARY_MANIFEST).write_text(wanted.model_dump_json(indent=2) + "\n")
     tmp.rename(folder)
     return folder
+
+
+def _check_made_alike(folder: Path, wanted: PhantomCanaries) -> None:
+    """Refuse canaries in `folder` whose manifest says they were made otherwise than `wanted` (a folder
+    without a manifest is left to the check of its files)."""
+    path = folder / CANARY_MANIFEST
+    if not path.is_file():
+        return
+    try:
+        found = PhantomCanaries.model_validate_json(path.read_text())
+    except (ValidationError, UnicodeDecodeError) as e:
+        raise DpMammoError(f"{path} is not a phantom-canary manifest ({e.__class__.__name__}); "
+                           "choose another --out") from None
+    if found != wanted:
+        differ = ", ".join(f"{name} {getattr(found, name)} (this audit: {getattr(wanted, name)})"
+                           for name in PhantomCanaries.model_fields if getattr(found, name) != getattr(wanted, name))
+        raise DpMammoError(f"{folder} holds phantom canaries made with other settings: {differ}; the audit does not "
+                           f"replace them: choose another --out, or move {folder} away to make them anew")
 
 
 def phantom_canary_split(units: list[str], canary_units: list[str], *, seed: int,
