@@ -173,12 +173,13 @@ class RunDir:
         torch's RNG. Privacy state included: a resume never re-spends or forgets ε. No secret is in
         it: a DP stage's key exists only in memory, and a resumed stage draws a fresh one
         (dpmammo.privacy.secret)."""
+        privacy = dp.checkpoint_state() if dp is not None else None
         ckpt = {
             "state": state,
             "parts": {name: part.state_dict() for name, part in parts.items()},
-            "accountant_history": dp.accountant.state() if dp else None,
-            "dp_draws": dp.draws if dp else None,
-            "rate_units": dp.sampler.rate_units if dp else None,
+            "accountant_history": privacy.accountant_history if privacy is not None else None,
+            "dp_draws": privacy.draws if privacy is not None else None,
+            "rate_units": privacy.rate_units if privacy is not None else None,
             "gen": gen.get_state(),
             "torch_rng": torch.get_rng_state(),
         }
@@ -215,8 +216,7 @@ class RunDir:
         for name, part in parts.items():
             part.load_state_dict(ckpt["parts"][name])
         if dp is not None:
-            dp.accountant.load_state(ckpt["accountant_history"])
-            dp.restore_draws(ckpt["dp_draws"])
+            dp.restore_checkpoint_state(accountant_history=ckpt["accountant_history"], draws=ckpt["dp_draws"])
         gen.set_state(ckpt["gen"])
         torch.set_rng_state(ckpt["torch_rng"])
         return ckpt["state"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import torch
 from opacus.grad_sample import AbstractGradSampleModule
@@ -25,7 +25,8 @@ from opacus.validators import ModuleValidator
 from torch import nn
 
 from dpmammo.errors import DpMammoError
-from dpmammo.privacy.accounting import EpsilonCurve, StepAccountant, calibrate_noise, epsilon_of, steps_for
+from dpmammo.privacy.accounting import (EpsilonCurve, Segment, StepAccountant, calibrate_noise, epsilon_of,
+                                        steps_for)
 from dpmammo.privacy.bookkeeping import BookKeepingClipping, BookKeepingLoss, unsupported_layer
 from dpmammo.privacy.config import PrivacyConfig
 from dpmammo.privacy.events import DpSgdEvent, GaussianRelease, PrivacyEvent
@@ -114,6 +115,12 @@ class DistributedUnitDPOptimizer(NoiseOnceAcrossRanks, UnitDPOptimizer, Distribu
 class DistributedFastClippingDPOptimizer(NoiseOnceAcrossRanks, FastClippingDPOptimizer,
                                          DistributedDPOptimizerFastGradientClipping):
     """FastClippingDPOptimizer (ghost and book-keeping modes) on one rank of several."""
+
+
+class PrivacyCheckpoint(NamedTuple):
+    accountant_history: list[Segment]  # the steps taken, with their σ and q
+    draws: dict[str, int]  # batches ("sample") and noise vectors ("noise") drawn so far
+    rate_units: float | None  # the noisy unit count the sample rate was set from
 
 
 @dataclass
@@ -224,13 +231,17 @@ class DPSetup:
             return 0.0
         return epsilon_of(events, self.config.delta, self.config.accountant)  # memoised
 
-    @property
-    def draws(self) -> dict[str, int]:
-        """How many batches and noise vectors the stage has drawn (public: its step counts); a
-        checkpoint keeps them so that a resume with the same key continues the same streams."""
-        return {"sample": self.sampler.draws, "noise": self.optimizer.noise_ahead.draws}
+    def checkpoint_state(self) -> PrivacyCheckpoint:
+        """What a checkpoint keeps of the stage's privacy (dpmammo.runs.RunDir.save_training_state), all
+        public: a resume never re-spends or forgets ε, and continues the same streams with the same key."""
+        return PrivacyCheckpoint(accountant_history=self.accountant.state(),
+                                 draws={"sample": self.sampler.draws, "noise": self.optimizer.noise_ahead.draws},
+                                 rate_units=self.sampler.rate_units)
 
-    def restore_draws(self, draws: dict[str, int]) -> None:
+    def restore_checkpoint_state(self, *, accountant_history: Sequence[Segment], draws: dict[str, int]) -> None:
+        """Continue from a checkpoint's `checkpoint_state()` (its rate_units were given to the sampler
+        when it was made: dpmammo.runs.RunDir.released_rate_units)."""
+        self.accountant.load_state(accountant_history)
         self.sampler.draws, self.optimizer.noise_ahead.draws = draws["sample"], draws["noise"]
 
     def running_epsilon(self) -> float | None:

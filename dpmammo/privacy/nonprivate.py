@@ -25,7 +25,6 @@ class NonPrivate:
     processes of a training over several (None: this one only)."""
 
     planned_steps = None  # epochs take the sampler's own length (dpmammo.privacy.sampling.epoch_steps)
-    accountant = None  # nothing is accounted, so a checkpoint records no accounting
 
     def __init__(self, criterion: Callable, optimizer: torch.optim.Optimizer, ranks: Ranks | None = None):
         self.criterion, self.optimizer, self.ranks = criterion, optimizer, ranks
@@ -57,6 +56,13 @@ class NonPrivate:
 
     def draw_next_noise(self) -> None:
         """No noise to draw."""
+
+    def checkpoint_state(self) -> None:
+        """Nothing is accounted or drawn in secret, so a checkpoint keeps no privacy state."""
+        return None
+
+    def restore_checkpoint_state(self, *, accountant_history: None, draws: None) -> None:
+        """Nothing to restore."""
 
     def running_epsilon(self) -> None:
         """No ε is spent (the run's privacy record says what it guarantees: nothing)."""

@@ -53,7 +53,7 @@ class Stage:
         self._since = time.time()  # wall time since the start or the resume (earlier time: state["wall_s"])
         self._last_checkpoint = time.time()
         self._parts: dict = {}
-        self._dp: DPSetup | None = None  # what a checkpoint records of the privacy: a DP stage's accounting
+        self._dp: DPSetup | NonPrivate | None = None  # its checkpoint_state() is what a checkpoint keeps of the privacy
         self._gen: torch.Generator | None = None
 
     @classmethod
@@ -103,7 +103,7 @@ class Stage:
         stage checkpoints these same objects later; of `dp`, a DP stage's accounting and draw counts
         (a non-private stage has none)."""
         self._parts, self._gen = parts, gen
-        self._dp = dp if dp is not None and dp.accountant is not None else None
+        self._dp = dp
         self.state.update(fresh)
         if self.resuming:
             self.state = self.run.load_training_state(parts, self._dp, gen)
