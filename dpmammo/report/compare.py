@@ -29,7 +29,7 @@ from dpmammo.files import check_out, check_replaceable, exclusive, user_os_error
 from dpmammo.privacy.budget import format_epsilon, parse_epsilon
 from dpmammo.privacy.config import UNIT_WORDS
 from dpmammo.report.html import STYLE, html_table
-from dpmammo.report.tables import eps_columns, guaranteed_within
+from dpmammo.report.tables import eps_columns, guaranteed_within, markdown_table
 from dpmammo.study.conditions import PRIOR_CONDITIONS, SYNTHETIC_CONDITIONS
 from dpmammo.study.config import StudyConfig, SyntheticFromGenerator
 from dpmammo.study.results import RESULTS_CSV, aggregate, read_results
@@ -240,8 +240,7 @@ def markdown(studies: list[StudyResults]) -> str:
         lines += ["", *notes]
     head = ["study", "condition", "source", *(c.header for c in columns)]
     for test_set in shared:
-        lines += ["", f"## {test_set}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        lines += ["| " + " | ".join(r) + " |" for r in comparison_grid(studies, test_set, columns)]
+        lines += ["", f"## {test_set}", "", *markdown_table(head, comparison_grid(studies, test_set, columns))]
         lines += ["", "Best with a full guarantee: " + "; ".join(best_guaranteed(studies, test_set, columns)) + "."]
     return "\n".join(lines) + "\n"
 

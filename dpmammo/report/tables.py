@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import html
 import math
-from typing import Optional
+from typing import Iterable, Optional
 
 from dpmammo.privacy.config import UNIT_WORDS
 from dpmammo.report.reference import CITATION, NO_GUARANTEE, best_published, reference_auroc
@@ -134,6 +134,11 @@ def published_gap(cfg: StudyConfig, rows: list[dict]) -> list[list[str]]:
     return out
 
 
+def markdown_table(head: list[str], rows: Iterable[list[str]]) -> list[str]:
+    """The lines of a markdown table: its header, the rule under it, then one line per row."""
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
 def markdown(cfg: StudyConfig, rows: list[dict]) -> str:
     seeds = ", ".join(str(s) for s in cfg.seeds)
     lines = [f"# Study `{cfg.name}`: AUROC (malignant positive)", "",
@@ -144,16 +149,13 @@ def markdown(cfg: StudyConfig, rows: list[dict]) -> str:
         lines.append(f"(ref …): published AUROC, {CITATION[cfg.compare_with]}.")
     for test_set in cfg.test_sets:
         header = ["condition", *(eps_header(e) for e in eps_columns(cfg))]
-        lines += ["", f"## {test_set}", "", "| " + " | ".join(header) + " |",
-                  "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(r) + " |" for r in grid(cfg, rows, test_set)]
+        lines += ["", f"## {test_set}", "", *markdown_table(header, grid(cfg, rows, test_set))]
     gap = published_gap(cfg, rows)
     if gap:
         lines += ["", f"## Against the published study ({CITATION[cfg.compare_with]})", "",
                   f"Ours: the best condition whose every run has a DP chain total within the row's ε per "
                   f"{cfg.privacy.unit} (any at ε = ∞); published: the best cell, whatever its guarantee.", "",
-                  "| " + " | ".join(GAP_HEAD) + " |", "|" + "---|" * len(GAP_HEAD)]
-        lines += ["| " + " | ".join(r) + " |" for r in gap]
+                  *markdown_table(GAP_HEAD, gap)]
     failed = [r for r in rows if r["status"] != "ok"]
     if failed:
         lines += ["", "## Runs without results", ""]
