@@ -50,15 +50,26 @@ def test_the_registry_names_a_new_generator_in_its_errors(untrained_registered):
     assert not registry.is_generator_config({"generator": "untrained", "data": {"train": ["cbis-ddsm/train"]}})
 
 
-def test_each_model_of_the_table_builds_from_its_name():
-    from dpmammo.models import MODELS, create_model, list_models
+def test_each_model_of_the_table_builds_from_its_name_at_its_input_size():
+    """Every entry of MODELS: a config naming it validates to the entry's config class, and its
+    builder's classifier has the config's input size, the default and 32, and takes (N, 1, 32, 32)
+    patches to its features and two logits (a builder that ignored input_size would fail at 32)."""
+    import torch
+
+    from dpmammo.models import MODELS, create_model
     from dpmammo.train.config import TrainConfig
 
-    assert list_models() == sorted(MODELS)
     for name, (config_class, _) in MODELS.items():
-        assert TrainConfig.model_validate({"model": {"name": name}}).model.__class__ is config_class
-        if name != "swin_t":  # its timm backbone is large; the others build in milliseconds
-            assert create_model(name).head is not None
+        default = TrainConfig.model_validate({"model": {"name": name}}).model
+        assert default.__class__ is config_class
+        if name == "swin_t":  # its timm backbone is large: tests/test_models.py builds it at its one size, 224
+            assert default.input_size == 224
+            continue
+        assert create_model(default).input_size == default.input_size
+        model = create_model(config_class(name=name, input_size=32))
+        features = model.forward_features(torch.rand(2, 1, 32, 32))
+        assert model.input_size == 32 and features.shape == (2, model.num_features), name
+        assert model.forward_head(features).shape == (2, 2), name
 
 
 def test_the_grad_sample_modes_of_the_config_are_the_engines():
