@@ -111,6 +111,15 @@ class RunDir:
         self.require_finished()
         return json.loads(self.metrics.read_text())
 
+    def read_val_auroc(self) -> float:
+        """The validation AUROC of a finished classifier run's released model (`val.auroc` in
+        metrics.json, written by dpmammo.train.loop); other runs (generators, pretraining) have none."""
+        val = self.read_metrics().get("val", {})
+        if "auroc" not in val:
+            raise DpMammoError(f"{self.path} has no validation AUROC in {METRICS}: it is a "
+                               f"{run_kind(self.read_config())} run, not a classifier run")
+        return float(val["auroc"])
+
     def read_privacy(self) -> PrivacyRecord:
         return read_privacy(self.privacy)
 

@@ -1,13 +1,15 @@
 """`dpmammo compare`: finished studies side by side at equal ε, per shared test set.
 
-The table logic is checked on rows made here (which cell is best with a guarantee at each ε, that
-a cell without a guarantee or over its ε never wins, mean ± std, ε of another unit in its own
-column); then two tiny phantom studies (a fixed synthetic folder without provenance, and real
+The table logic is checked on rows made here (which cell is best with a guarantee at each ε:
+chosen on validation, not on test; that a cell without a guarantee or over its ε never wins,
+mean ± std, ε of another unit in its own column); then two tiny phantom studies (a fixed synthetic folder without provenance, and real
 patches under DP with secret noise) are run once and compared end to end, with the refusals.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -21,12 +23,12 @@ from dpmammo.report.compare import (Column, StudyResults, all_columns, best_guar
 from tests.conftest import read_csv, study_config, tiny_study_block
 
 
-def row(cond, eps, seed, auroc, guarantee="dp", total=None, unit="patient", test_set="phantom/test"):
-    """One results.csv row as read_results gives it back."""
+def row(cond, eps, seed, auroc, guarantee="dp", total=None, unit="patient", test_set="phantom/test", val=0.5):
+    """One results.csv row as read_results gives it back (`val`: the run's validation AUROC)."""
     return {"condition": cond, "run_id": f"{cond}/{eps}/seed{seed}", "stage": "x", "test_set": test_set,
             "status": "ok", "epsilon_target": float(eps), "guarantee_total": guarantee,
             "epsilon_total": (total if total is not None else float(eps)) if guarantee == "dp" else None,
-            "unit": unit if guarantee == "dp" else None, "seed": seed, "auroc": auroc}
+            "unit": unit if guarantee == "dp" else None, "seed": seed, "val_auroc": val, "auroc": auroc}
 
 
 def made_studies(tmp_path: Path) -> list[StudyResults]:
@@ -35,16 +37,18 @@ def made_studies(tmp_path: Path) -> list[StudyResults]:
     base = tiny_study_block(tmp_path / "data", seeds=[0, 1])
     gan = study_config({**base, "name": "gan-set", "synthetic": str(tmp_path / "no-such-folder"),
                         "conditions": ["real", "synthetic->real"], "epsilons": [1, 6, "inf"]})
-    gan_rows = [row("real", 1, s, a, total=0.99) for s, a in ((0, 0.55), (1, 0.57))]
-    gan_rows += [row("synthetic→real", 1, s, a, guarantee="none") for s, a in ((0, 0.70), (1, 0.72))]
+    # At ε = 1 per patient, gan-set's real is lower on test (0.56) than dp-generator's 0.59 but
+    # higher on validation (0.70 against 0.61): it is the one chosen.
+    gan_rows = [row("real", 1, s, a, total=0.99, val=v) for s, a, v in ((0, 0.55, 0.68), (1, 0.57, 0.72))]
+    gan_rows += [row("synthetic→real", 1, s, a, guarantee="none", val=0.9) for s, a in ((0, 0.70), (1, 0.72))]
     gan_rows += [row("real", 6, s, a, total=5.9) for s, a in ((0, 0.60), (1, 0.62))]
     gan_rows += [row("synthetic→real", 6, s, 0.71, guarantee="none") for s in (0, 1)]
     gan_rows += [row(c, "inf", s, 0.73, guarantee="none") for c in ("real", "synthetic→real") for s in (0, 1)]
     dp_gen = study_config({**base, "name": "dp-generator", "conditions": ["synthetic->real"], "epsilons": [1, 6],
                            "synthetic": {"generator": {"generator": "dp-merf", "privacy": {"target_epsilon": 1}},
                                          "generator_share": 0.5}})
-    dp_rows = [row("synthetic→real", 1, s, a, total=1.0) for s, a in ((0, 0.58), (1, 0.60))]
-    dp_rows += [row("synthetic→real", 6, s, 0.66, total=6.4) for s in (0, 1)]  # over its ε: never counts
+    dp_rows = [row("synthetic→real", 1, s, a, total=1.0, val=v) for s, a, v in ((0, 0.58, 0.60), (1, 0.60, 0.62))]
+    dp_rows += [row("synthetic→real", 6, s, 0.66, total=6.4, val=0.9) for s in (0, 1)]  # over its ε: never counts
     prior = study_config({**base, "name": "prior", "conditions": ["prior->real"], "epsilons": [1], "seeds": [0],
                           "privacy": {"unit": "patch"},
                           "prior": {"pretrain": {"data": {"kinds": ["dead-leaves", "spectral"]},
@@ -71,18 +75,61 @@ def test_table_cells_sources_and_the_best_guaranteed_cell(tmp_path):
     assert grid[2][3:] == ["", "0.590 ± 0.010 (ε≤1.00/patient)", "0.660 ± 0.000 (ε≤6.40/patient)", ""]
     assert grid[3][2] == "procedural prior (dead-leaves, spectral; public, no ε)"
     assert grid[3][3:] == ["0.900 (ε≤1.00/patch)", "", "", ""]  # one seed: its value only
-    # Best with a full guarantee: the no-guarantee rows (0.71–0.73) never win, nor the DP
-    # generator's 0.66 at ε = 6 (its total 6.4 is over 6); the per-patch prior only in its column.
+    # Best with a full guarantee, chosen on validation: at ε = 1 per patient gan-set's real
+    # (validation 0.700, test 0.560), not the DP generator's higher test 0.590 (validation 0.610).
+    # The no-guarantee rows (validation 0.9) never win, nor the DP generator's cell at ε = 6 (its
+    # total 6.4 is over 6); the per-patch prior only in its column.
     assert best_guaranteed(studies, "phantom/test", columns) == [
-        "ε=1 per patch: prior / prior→real, 0.900 (ε≤1.00/patch)",
-        "ε=1 per patient: dp-generator / synthetic→real, 0.590 ± 0.010 (ε≤1.00/patient)",
-        "ε=6 per patient: gan-set / real, 0.610 ± 0.010 (ε≤5.90/patient)",
+        "ε=1 per patch: prior / prior→real (validation AUROC 0.500), test 0.900 (ε≤1.00/patch)",
+        "ε=1 per patient: gan-set / real (validation AUROC 0.700), test 0.560 ± 0.010 (ε≤0.99/patient)",
+        "ε=6 per patient: gan-set / real (validation AUROC 0.500), test 0.610 ± 0.010 (ε≤5.90/patient)",
         "non-private: no cell has a DP chain total"]
+    # Equal validation AUROCs: the first study given wins, whatever the test AUROCs.
+    tied = [StudyResults(s.label, s.path, s.cfg, [r | {"val_auroc": 0.5} for r in s.rows]) for s in studies[:2]]
+    assert best_guaranteed(tied, "phantom/test", [Column(1.0, "patient")]) == [
+        "ε=1 per patient: gan-set / real (validation AUROC 0.500), test 0.560 ± 0.010 (ε≤0.99/patient)"]
+    assert best_guaranteed(tied[::-1], "phantom/test", [Column(1.0, "patient")]) == [
+        "ε=1 per patient: dp-generator / synthetic→real (validation AUROC 0.500), test 0.590 ± 0.010 "
+        "(ε≤1.00/patient)"]
     # A per-patch total does not hold per patient; a per-patient one holds per patch.
     prior_cell = cells(studies[2], "phantom/test")[("prior→real", Column(1.0, "patch"))]
     assert not is_guaranteed(prior_cell, Column(1.0, "patient")) and is_guaranteed(prior_cell, Column(1.0, "patch"))
     patient_cell = cells(studies[1], "phantom/test")[("synthetic→real", Column(1.0, "patient"))]
     assert is_guaranteed(patient_cell, Column(1.0, "patch")) and not is_guaranteed(patient_cell, Column(0.5, "patient"))
+
+
+def test_the_intro_names_the_validation_sets(tmp_path):
+    from dpmammo.report.compare import markdown
+
+    gan, dp_gen, _ = made_studies(tmp_path)
+    assert "the one with the highest mean validation AUROC (validation set phantom/val), never chosen" in markdown(
+        [gan, dp_gen])
+    other = StudyResults(dp_gen.label, dp_gen.path, dp_gen.cfg.model_copy(update={"val_set": "other/val"}), dp_gen.rows)
+    assert "(each study's own validation set: gan-set: phantom/val; dp-generator: other/val)" in markdown([gan, other])
+
+
+def test_results_collected_before_val_auroc_are_refused(tmp_path):
+    """A results.csv without `val_auroc` is refused with the command that collects it again, never
+    read with the choice falling back to the test AUROC."""
+    import csv
+
+    import yaml
+
+    from dpmammo.study.results import COLUMNS
+
+    gan = made_studies(tmp_path)[0]
+    study = tmp_path / "old-study"
+    study.mkdir()
+    (study / "study.yaml").write_text(yaml.safe_dump(gan.cfg.model_dump(mode="json"), allow_unicode=True))
+    old_columns = [c for c in COLUMNS if c != "val_auroc"]
+    with open(study / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=old_columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(gan.rows)
+    with pytest.raises(DpMammoError, match=r"no val_auroc column.*`cp .*study.yaml study-copy.yaml && dpmammo study "
+                                           r"study-copy.yaml --out .*old-study` \(finished runs are reused, not retrained"):
+        compare_studies([study], tmp_path / "cmp")
+    assert not (tmp_path / "cmp").exists()
 
 
 def test_only_shared_test_sets_are_compared(tmp_path):
@@ -139,8 +186,11 @@ def test_compare_two_real_studies(two_studies, tmp_path):
             f"{float(gan['auroc']):.3f} (no guarantee) |") in md
     assert (f"| real-dp | real | none (the private set only) | {float(real['auroc']):.3f} (ε≤{eps:.2f}/patient) |  |"
             ) in md
-    assert (f"Best with a full guarantee: ε=4 per patient: real-dp / real, {float(real['auroc']):.3f} "
-            f"(ε≤{eps:.2f}/patient); non-private: no cell has a DP chain total.") in md
+    # The validation AUROC of results.csv is the released model's, from its metrics.json.
+    val = json.loads((real_dir / "real/eps4/seed0" / "metrics.json").read_text())["val"]["auroc"]
+    assert float(real["val_auroc"]) == pytest.approx(val, abs=1e-12) and 0.0 <= val <= 1.0
+    assert (f"Best with a full guarantee: ε=4 per patient: real-dp / real (validation AUROC {val:.3f}), test "
+            f"{float(real['auroc']):.3f} (ε≤{eps:.2f}/patient); non-private: no cell has a DP chain total.") in md
     assert "per patient (all of a patient's patches)" in md
     page = (out / "comparison.html").read_text()
     assert '<table id="comparison-0">' in page and "fixed set" in page and "<style>" in page
@@ -163,7 +213,8 @@ def test_compare_refusals(two_studies, tmp_path):
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
     shutil.copy(real_dir / "study.yaml", unfinished / "study.yaml")
-    with pytest.raises(DpMammoError, match=r"is not finished \(no results.csv\); finish it with `dpmammo study"):
+    with pytest.raises(DpMammoError, match=r"is not finished \(no results.csv\); finish it, then compare: run "
+                                           r"`dpmammo study` into it again"):
         compare_studies([gan_dir, unfinished], tmp_path / "cmp")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DpMammoError, match="not a study directory"):
@@ -176,3 +227,30 @@ def test_compare_refusals(two_studies, tmp_path):
         with pytest.raises(DpMammoError, match="not empty|not a folder written by `dpmammo compare`"):
             compare_studies([gan_dir, real_dir], theirs, force=force)
     assert [p.name for p in theirs.iterdir()] == ["notes.txt"]
+
+
+def test_an_old_results_csv_is_collected_again_without_training(two_studies, tmp_path):
+    """The command the refusal names works: a copy of study.yaml outside the folder, `dpmammo study`
+    into it again; the finished run is reused (not retrained) and results.csv regains `val_auroc`."""
+    import csv
+
+    _, real_dir = two_studies
+    old = tmp_path / "real-dp"
+    shutil.copytree(real_dir, old)
+    rows = read_csv(old / "results.csv")
+    weights = (old / "real/eps4/seed0" / "model.safetensors").read_bytes()
+    with open(old / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[c for c in rows[0] if c != "val_auroc"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(DpMammoError, match="no val_auroc column"):
+        compare_studies([old], tmp_path / "cmp")
+    shutil.copy(old / "study.yaml", tmp_path / "study-copy.yaml")
+    proc = subprocess.run([sys.executable, "-m", "dpmammo.cli", "study", str(tmp_path / "study-copy.yaml"),
+                           "--out", str(old)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "COLUMNS": "400"})  # one line per message
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "1 runs (0 done, 1 cached, 0 failed, 0 skipped)" in proc.stdout, proc.stdout
+    assert (old / "real/eps4/seed0" / "model.safetensors").read_bytes() == weights
+    assert read_csv(old / "results.csv") == rows
+    compare_studies([old], tmp_path / "cmp")

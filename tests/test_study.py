@@ -379,27 +379,39 @@ def test_ray_executor_gives_the_same_runs_as_local(local_study, data, tmp_path):
 
 
 def test_report_shows_the_gap_to_the_published_study():
-    """Our best cell with a DP chain total within ε against the published best cell at that ε (its
-    synthetic rows have no guarantee): numbers that could fail, from rows made here."""
+    """Our cell with a DP chain total within ε, chosen on validation and shown with its test AUROC,
+    against the published best cell at that ε (its synthetic rows have no guarantee): numbers that
+    could fail, from rows made here."""
     from dpmammo.report.tables import markdown, published_gap
 
     cfg = load_study(preset="quick", overrides=["seeds=[0, 1]"])
-    assert cfg.compare_with == "osuala2024"
+    assert cfg.compare_with == "osuala2024" and cfg.conditions[:3] == ["real", "real+synthetic", "synthetic"]
 
-    def row(cond, eps, seed, test_set, auroc, guarantee="dp", total=None):
+    def row(cond, eps, seed, test_set, auroc, val, guarantee="dp", total=None):
         return {"condition": cond, "run_id": f"{cond}/{eps}/seed{seed}", "stage": "x", "test_set": test_set,
                 "status": "ok", "epsilon_target": str(eps), "guarantee_total": guarantee,
                 "epsilon_total": total if total is not None else (eps if guarantee == "dp" else ""),
-                "unit": "patient", "auroc": auroc}
+                "unit": "patient", "val_auroc": val, "auroc": auroc}
 
-    rows = [row("real", 1.0, s, "cbis-ddsm/test", a) for s, a in ((0, 0.60), (1, 0.62))]
-    rows += [row("synthetic→real", 1.0, s, "cbis-ddsm/test", 0.70, guarantee="none") for s in (0, 1)]  # excluded
-    rows += [row("real", 6.0, s, "cbis-ddsm/test", 0.65, total=6.3) for s in (0, 1)]  # over its ε: excluded
-    rows += [row("real", "inf", s, "bcdr/test", 0.66, guarantee="none") for s in (0, 1)]
+    # At ε = 1, real is lower on test than real+synthetic (0.610 against 0.640) but higher on
+    # validation (0.600 against 0.550): real is ours, with its test AUROC.
+    rows = [row("real", 1.0, s, "cbis-ddsm/test", a, v) for s, a, v in ((0, 0.60, 0.59), (1, 0.62, 0.61))]
+    rows += [row("real+synthetic", 1.0, s, "cbis-ddsm/test", 0.64, 0.55) for s in (0, 1)]
+    rows += [row("synthetic→real", 1.0, s, "cbis-ddsm/test", 0.70, 0.90, guarantee="none") for s in (0, 1)]  # excluded
+    rows += [row("real", 6.0, s, "cbis-ddsm/test", 0.65, 0.90, total=6.3) for s in (0, 1)]  # over its ε: excluded
+    # At ∞ equal validation AUROCs: the first condition of cfg.conditions (real), not synthetic's higher test.
+    rows += [row("synthetic", "inf", s, "bcdr/test", 0.70, 0.58, guarantee="none") for s in (0, 1)]
+    rows += [row("real", "inf", s, "bcdr/test", 0.66, 0.58, guarantee="none") for s in (0, 1)]
     gap = published_gap(cfg, rows)
     assert gap == [
-        ["cbis-ddsm/test", "target ε=1", "real", "0.610", "synthetic→real (no guarantee)", "0.661", "-0.051"],
-        ["bcdr/test", "non-private", "real", "0.660", "real+synthetic (no guarantee)", "0.709", "-0.049"]]
+        ["cbis-ddsm/test", "target ε=1", "real", "0.600", "0.610", "synthetic→real (no guarantee)", "0.661", "-0.051"],
+        ["bcdr/test", "non-private", "real", "0.580", "0.660", "real+synthetic (no guarantee)", "0.709", "-0.049"]]
     text = markdown(cfg, rows)
     assert "## Against the published study" in text and "(ref " not in text  # not the paper's model: no refs
+    assert ("the one with the highest mean AUROC on the validation set cbis-ddsm/val, never chosen on a test set, "
+            "with its test AUROC") in text
+    assert "| ours: chosen on validation (DP within ε; any at ∞) | ours: cbis-ddsm/val AUROC | ours: test AUROC |" in text
+    # Rows without a validation AUROC are refused, never chosen on the test AUROC instead.
+    with pytest.raises(DpMammoError, match="no validation AUROC"):
+        published_gap(cfg, [{k: v for k, v in r.items() if k != "val_auroc"} for r in rows])
     assert published_gap(load_study(preset="quick", overrides=["compare_with=null"]), rows) == []

@@ -6,9 +6,11 @@ in different study directories. This module reads each study's results.csv and s
 writes comparison.md and a self-contained comparison.html into --out: per shared test set, one
 row per (study, condition) with the source it trained on, one column per study ε (the union, each
 ε with its unit), cells = mean test AUROC ± std over seeds with the chain total that the cell's
-runs actually carry (from results.csv, never assumed from the source); then the best cell with a
-full guarantee at each ε: a DP chain total within the column's ε (`guaranteed_within`, the gap
-table's test at finite ε; unlike the gap table, the non-private column also asks for a DP total).
+runs actually carry (from results.csv, never assumed from the source); then, at each ε, the cell
+chosen on validation among those with a full guarantee (a DP chain total within the column's ε:
+`guaranteed_within`, the gap table's test at finite ε; unlike the gap table, the non-private column
+also asks for a DP total), by the gap table's rule (`chosen_on_validation`: the highest mean
+validation AUROC), shown with its test AUROC.
 
 Nothing here trains or evaluates; the inputs are only read.
 """
@@ -29,11 +31,11 @@ from dpmammo.files import check_out, check_replaceable, exclusive, user_os_error
 from dpmammo.privacy.budget import format_epsilon, parse_epsilon
 from dpmammo.privacy.config import UNIT_WORDS
 from dpmammo.report.html import STYLE, html_table
-from dpmammo.report.tables import eps_columns, guaranteed_within, markdown_table
+from dpmammo.report.tables import chosen_on_validation, eps_columns, guaranteed_within, markdown_table
 from dpmammo.study.conditions import PRIOR_CONDITIONS, SYNTHETIC_CONDITIONS
 from dpmammo.study.config import StudyConfig, SyntheticFromGenerator
 from dpmammo.study.results import RESULTS_CSV, aggregate, read_results
-from dpmammo.study.runner import STUDY_FILE
+from dpmammo.study.runner import STUDY_FILE, rerun_hint
 
 COMPARISON_MD, COMPARISON_HTML = "comparison.md", "comparison.html"
 COMMAND = "dpmammo compare"
@@ -72,8 +74,8 @@ def read_study(study_dir: str | Path) -> StudyResults:
         raise DpMammoError(f"{study_dir} is not a study directory (no {STUDY_FILE}); give a folder written by "
                            "`dpmammo study`")
     if not (path / RESULTS_CSV).is_file():
-        raise DpMammoError(f"{study_dir} is not finished (no {RESULTS_CSV}); finish it with `dpmammo study "
-                           f"{path / STUDY_FILE} --out {study_dir}` (finished runs are reused), then compare")
+        raise DpMammoError(f"{study_dir} is not finished (no {RESULTS_CSV}); finish it, then compare: "
+                           f"{rerun_hint(study_dir)}")
     cfg = parse_config(StudyConfig, read_yaml(path / STUDY_FILE), str(path / STUDY_FILE))
     return StudyResults(cfg.name, path, cfg, read_results(path))
 
@@ -196,16 +198,20 @@ def comparison_grid(studies: list[StudyResults], test_set: str, columns: list[Co
 
 
 def best_guaranteed(studies: list[StudyResults], test_set: str, columns: list[Column]) -> list[str]:
-    """Per column: the best cell with a full guarantee there (`is_guaranteed`), or that none has one."""
-    found = [c for s in studies for c in cells(s, test_set).items()]
+    """Per column: of the cells with a full guarantee there (`is_guaranteed`), the one chosen on
+    validation (`chosen_on_validation`; equals: the first study given, then its condition order)
+    with its mean validation AUROC and its test cell; or that no cell has a guarantee."""
+    found = [(study, cells(study, test_set)) for study in studies]
     out = []
     for column in columns:
-        ok = [cell for (_, col), cell in found if col == column and is_guaranteed(cell, column)]
-        if not ok:
+        ok = [grid[(cond, column)] for study, grid in found for cond in study.cfg.conditions
+              if (cond, column) in grid and is_guaranteed(grid[(cond, column)], column)]
+        best = chosen_on_validation(ok, lambda c: c.stats)
+        if best is None:
             out.append(f"{column.header}: no cell has a DP chain total" + ("" if column.unit is None else " within it"))
             continue
-        best = max(ok, key=lambda c: c.stats["mean"])
-        out.append(f"{column.header}: {best.study} / {best.condition}, {cell_text(best)}")
+        out.append(f"{column.header}: {best.study} / {best.condition} (validation AUROC {best.stats['val_mean']:.3f}), "
+                   f"test {cell_text(best)}")
     return out
 
 
@@ -218,14 +224,24 @@ def unit_note(studies: list[StudyResults]) -> list[str]:
         "named with its unit. An ε per patch is a weaker promise than the same ε per patient."]
 
 
+def val_sets(studies: list[StudyResults]) -> str:
+    """The validation sets the choice is made on: one, or each study's own."""
+    sets = {s.cfg.val_set for s in studies}
+    if len(sets) == 1:
+        return f"validation set {sets.pop()}"
+    return "each study's own validation set: " + "; ".join(f"{s.label}: {s.cfg.val_set}" for s in studies)
+
+
 def intro(studies: list[StudyResults]) -> list[str]:
     return [
         "Test AUROC (malignant positive), mean ± population std over seeds (one seed: its value). In brackets: "
         "the guarantee the cell's runs actually carry, the chain total over every stage (generator, pretraining, "
         "fine-tuning) read from each study's results, or `no guarantee` when any stage has none.",
         "Columns: each study's target ε with its unit (a DP generator shares the study ε with the classifier, so "
-        "that the chain total is the column's ε). Best with a full guarantee: the best cell whose every run has a "
-        "DP chain total within the column's ε in its unit; a cell without a guarantee never counts.",
+        "that the chain total is the column's ε). Best with a full guarantee: among the cells whose every run has a "
+        "DP chain total within the column's ε in its unit, the one with the highest mean validation AUROC ("
+        + val_sets(studies) + "), never chosen on a test set, shown with its test AUROC; a cell without a guarantee "
+        "never counts.",
         *unit_note(studies)]
 
 

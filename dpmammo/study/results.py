@@ -1,8 +1,10 @@
 """Collect a study's runs into results.csv (one row per run × test set) and summary.json.
 
-Both files are written to a temporary name and renamed, so a crash leaves the previous complete
-file or none, never half of one. Metrics come from the run directories (eval/<set>.json,
-metrics.json, privacy.json), so a resumed study gives the same table as an uninterrupted one.
+Each row carries its run's validation AUROC (`val_auroc`, the same for every test set) beside the
+test metrics: the reports choose conditions on it, never on a test set. Both files are written to
+a temporary name and renamed, so a crash leaves the previous complete file or none, never half of
+one. Metrics come from the run directories (eval/<set>.json, metrics.json, privacy.json), so a
+resumed study gives the same table as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
+from dpmammo.errors import DpMammoError
 from dpmammo.files import write_json_atomic, write_text_atomic
 from dpmammo.privacy.budget import is_private, parse_epsilon
 from dpmammo.study.recipes import Plan
@@ -28,8 +31,8 @@ RESULTS_CSV, SUMMARY_JSON = "results.csv", "summary.json"
 # ε columns: the recipe's target (a label of the grid) and the run's chain total, the guarantee
 # that holds for the released model (or "none"), with its δ and unit.
 COLUMNS = ("condition", "run_id", "stage", "test_set", "status", "epsilon_target", "guarantee_total",
-           "epsilon_total", "delta_total", "unit", "seed", "n", "auroc", "auroc_ci_low", "auroc_ci_high", "auprc",
-           "accuracy", "sensitivity", "specificity", "threshold", "wall_time_s", "error")
+           "epsilon_total", "delta_total", "unit", "seed", "val_auroc", "n", "auroc", "auroc_ci_low",
+           "auroc_ci_high", "auprc", "accuracy", "sensitivity", "specificity", "threshold", "wall_time_s", "error")
 METRICS = ("auroc", "auprc", "accuracy", "sensitivity", "specificity")
 
 
@@ -42,6 +45,7 @@ def run_rows(condition: str, spec, run_dir: Path, test_sets: list[str], outcome:
         return [base | {"test_set": s, "status": status, "error": outcome.error if outcome else ""} for s in test_sets]
     run = RunDir(run_dir)
     metrics = run.read_metrics()
+    val_auroc = run.read_val_auroc()
     total = run.read_privacy().total
     rows = []
     for s in test_sets:
@@ -49,7 +53,7 @@ def run_rows(condition: str, spec, run_dir: Path, test_sets: list[str], outcome:
         t = m["at_val_threshold"]
         rows.append(base | {
             "test_set": s, "status": "ok", "guarantee_total": total.guarantee, "epsilon_total": total.epsilon,
-            "delta_total": total.delta, "unit": total.unit, "n": m["n"],
+            "delta_total": total.delta, "unit": total.unit, "val_auroc": val_auroc, "n": m["n"],
             "auroc": m["auroc"], "auroc_ci_low": m["auroc_ci95"][0], "auroc_ci_high": m["auroc_ci95"][1],
             "auprc": m["auprc"], "accuracy": t["accuracy"], "sensitivity": t["sensitivity"],
             "specificity": t["specificity"], "threshold": t["threshold"],
@@ -90,9 +94,19 @@ def write_results(cfg: "StudyConfig", plan: Plan, study_dir: Path, outcomes: dic
 
 
 def read_results(study_dir: str | Path) -> list[dict[str, Any]]:
-    """results.csv back as dicts with numbers parsed (empty cells → None)."""
-    with open(Path(study_dir) / RESULTS_CSV, newline="") as f:
-        return [{k: _num(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    """results.csv back as dicts with numbers parsed (empty cells → None). A file collected by an
+    older dpmammo (a column missing, e.g. `val_auroc`) is refused with the command that collects it
+    again, rather than read with the column left empty."""
+    path = Path(study_dir) / RESULTS_CSV
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            from dpmammo.study.runner import rerun_hint  # here: the runner imports this module
+
+            raise DpMammoError(f"{path} was collected by an older dpmammo (no {', '.join(missing)} column; the reports "
+                               f"choose conditions on the validation AUROC): collect it again: {rerun_hint(study_dir)}")
+        return [{k: _num(v) for k, v in r.items()} for r in reader]
 
 
 def _num(v: str):
@@ -131,7 +145,8 @@ def total_epsilon(rows: list[dict]) -> Optional[float]:
 
 def aggregate(rows: list[dict], metric: str = "auroc") -> dict[tuple[str, float, str], dict]:
     """Per (condition, ε target, test set): mean ± population std over seeds (as in the reference
-    table), the 95% bootstrap CI of a single seed, and the chain guarantee of the cell's runs.
+    table), the 95% bootstrap CI of a single seed, the chain guarantee of the cell's runs, and
+    `val_mean`, the mean validation AUROC of the same runs (None if any of them lacks one).
 
     Rows without a result (failed runs) are counted in `missing`, never averaged in as NaN.
     """
@@ -147,6 +162,14 @@ def aggregate(rows: list[dict], metric: str = "auroc") -> dict[tuple[str, float,
         if len(ok_rows) == 1 and metric == "auroc" and ok_rows[0].get("auroc_ci_low") is not None:
             ci = (float(ok_rows[0]["auroc_ci_low"]), float(ok_rows[0]["auroc_ci_high"]))
         out[key] = {"mean": float(ok.mean()) if ok.size else None, "std": float(ok.std()) if ok.size else None,
-                    "n": int(ok.size), "missing": len(group) - int(ok.size), "ci95": ci,
+                    "n": int(ok.size), "missing": len(group) - int(ok.size), "ci95": ci, "val_mean": val_mean(ok_rows),
                     "total": total_label(group), "total_epsilon": total_epsilon(group)}
     return out
+
+
+def val_mean(rows: list[dict]) -> Optional[float]:
+    """The mean validation AUROC of runs (rows of one cell), or None if there are none or any lacks one."""
+    vals = [r.get("val_auroc") for r in rows]
+    if not vals or any(v is None for v in vals):
+        return None
+    return float(np.mean([float(v) for v in vals]))

@@ -125,6 +125,16 @@ def claim_study_dir(cfg: StudyConfig, out: Path) -> None:
     write_text_atomic(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
 
 
+def rerun_hint(study_dir: str | Path) -> str:
+    """How to finish a study folder, or collect its results.csv again: `dpmammo study` into it with
+    the config it was made with. Its own study.yaml cannot be given (an --out never holds an input of
+    its command); a copy outside it records the same config."""
+    d = Path(study_dir)
+    return (f"run `dpmammo study` into it again with the config it was made with, e.g. a copy of its {STUDY_FILE}: "
+            f"`cp {d / STUDY_FILE} study-copy.yaml && dpmammo study study-copy.yaml --out {d}` (finished runs are "
+            "reused, not retrained, and results.csv is collected again from the run directories)")
+
+
 def _records(path: Path, cfg: StudyConfig) -> bool:
     """Whether study.yaml at `path` records `cfg`. Compared as configs, not as text: study.yaml
     spells out every value, so only a key added to StudyConfig since (e.g. `quality`) is read at
