@@ -87,6 +87,11 @@ RECIPES: dict[str, tuple[dict, bool]] = {
     "scatter-b512-last": ({"model": {"name": "scatter", "input_size": 64},
                            "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
                            "train": {"epochs": 10, "batch_size": 512, "select": "last"}}, False),
+    # the same ScatterNet features projected on their top 32 principal components over procedural
+    # images (public: no private data fits the basis), whitened there
+    "scatter-pca32-b512-last": ({"model": {"name": "scatter", "input_size": 64, "public_pca": {"components": 32}},
+                                 "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+                                 "train": {"epochs": 10, "batch_size": 512, "select": "last"}}, False),
     "probe-b512-last": ({"model": {"freeze_backbone": True}, "init_weights": "backbone",
                          "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
                          "train": {"epochs": 10, "batch_size": 512, "select": "last"}}, True),

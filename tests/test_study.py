@@ -171,7 +171,12 @@ def test_utility_preset_runs_the_validation_winners():
     for seed in range(3):
         dp_real = plan.runs[f"real/eps1/seed{seed}"].config
         assert dp_real.model.name == "scatter" and dp_real.train.select == "last" and dp_real.privacy.unit == "patient"
-        assert plan.runs[f"real/epsinf/seed{seed}"].config.model.name == "cnn-small"
+        assert dp_real.model.public_pca.components == 32 and dp_real.model.num_features == 32
+        assert (dp_real.train.epochs, dp_real.train.batch_size, dp_real.optim.lr) == (10, 512, 0.1)
+        non_private = plan.runs[f"real/epsinf/seed{seed}"].config
+        assert non_private.model.name == "scatter" and non_private.model.public_pca is None
+        assert (non_private.train.epochs, non_private.train.batch_size, non_private.train.select) == (
+            30, 64, "best-val-auroc")
         probe = plan.runs[f"prior-to-real/eps3/seed{seed}"].config
         assert probe.model.freeze_backbone and probe.init_weights == "backbone" and probe.privacy.target_epsilon == 3
         assert plan.priors[f"prior/pretrain/seed{seed}"].config.model == cfg.model.model_copy(

@@ -75,6 +75,29 @@ def scattering_channels(J: int, L: int) -> int:
     return 1 + J * L + L * L * J * (J - 1) // 2
 
 
+class PublicPcaConfig(StrictModel):
+    """A projection of the scattering features fitted on procedural images only (public: a program
+    with a seed made every image, dpmammo.data.procedural), so it spends no privacy."""
+
+    kinds: list[str] = Field(["mammo-phantom", "spectral", "dead-leaves", "random-generator"], min_length=1,
+                             description="procedural kinds whose images the basis is fitted on, in equal numbers")
+    images_per_kind: int = Field(1000, ge=64, le=100_000, description="images of each kind (indices 0..n-1)")
+    seed: int = Field(0, ge=0, description="the procedural processes' seed")
+    components: int = Field(32, ge=1, description="principal components kept: the features the head sees")
+
+    @field_validator("kinds")
+    @classmethod
+    def _known_kinds(cls, v: list[str]) -> list[str]:
+        from dpmammo.data.procedural.kinds import KINDS  # torch-free table
+
+        unknown = [k for k in v if k not in KINDS]
+        if unknown:
+            raise ValueError(f"unknown procedural kind(s) {', '.join(unknown)}; registered: {', '.join(KINDS)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"kinds repeat: {v}")
+        return v
+
+
 class ScatterConfig(StrictModel):
     name: Literal["scatter"] = "scatter"
     input_size: int = Field(64, ge=16, le=256, description="patch side in pixels as loaded (resized on load)")
@@ -85,8 +108,19 @@ class ScatterConfig(StrictModel):
     groups: int = Field(27, ge=1, description="GroupNorm groups over the K channels, per sample and without affine "
                                               "(Tramèr & Boneh's data-independent normalisation; 27 for K = 81 as "
                                               "theirs); must divide K")
-    weights: Optional[Path] = Field(None, description="whole-model weight file (the head), loaded strictly")
+    public_pca: Optional[PublicPcaConfig] = Field(
+        None, description="project the normalised features on their top principal components over procedural "
+                          "images (whitened there): fewer, better-scaled coordinates for DP-SGD's noise, fitted on "
+                          "no private data")
+    weights: Optional[Path] = Field(None, description="whole-model weight file (the head; with public_pca also "
+                                                      "the projection), loaded strictly")
     freeze_backbone: Literal[True] = Field(True, description="the backbone has no parameters: only the head trains")
+
+    @property
+    def num_features(self) -> int:
+        if self.public_pca is not None:
+            return self.public_pca.components
+        return scattering_channels(self.J, self.L) * self.pool ** 2
 
     @model_validator(mode="after")
     def _shapes_fit(self):
@@ -103,6 +137,12 @@ class ScatterConfig(StrictModel):
         if (k // self.groups) * self.pool ** 2 < 2:
             raise ValueError(f"groups = K = {k} with pool 1 normalises single numbers to zero; "
                              "use fewer groups or a larger pool")
+        if self.public_pca is not None:
+            pca, full = self.public_pca, k * self.pool ** 2
+            most = min(full, pca.images_per_kind * len(pca.kinds) - 1)
+            if pca.components > most:
+                raise ValueError(f"public_pca.components {pca.components} exceeds {most}, the most that "
+                                 f"{pca.images_per_kind * len(pca.kinds)} images of {full} features can give")
         return self
 
 

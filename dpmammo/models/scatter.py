@@ -17,7 +17,19 @@ Backbone, for a grayscale patch x of side S = input_size:
 5. flattened to K·pool² features.
 
 Every step is per sample: no statistic of the data set enters the features, so the backbone is a
-public function and spends nothing. Tramèr & Boneh also normalise with each channel's mean and
+public function and spends nothing.
+
+With `public_pca` (PublicPcaConfig), a sixth step projects the K·pool² features on their top k
+principal components over procedural images (dpmammo.data.procedural: a program with a seed made
+every one, so the basis is public and spends nothing either), each component divided by its
+standard deviation there and all multiplied by √(K·pool²/k), so that a procedural image's features
+keep the squared norm K·pool² of the unprojected ones and the recipe's C and learning rate keep
+their scale. Why: DP-SGD's noise has the same norm in every coordinate of the head, so a head on
+k ≪ K·pool² coordinates that carry most of the images' variance gets far less noise per unit of
+signal (Tramèr & Boneh's point about feature dimension; Zhou, Wu & Banerjee 2021, "Bypassing the
+Ambient Dimension", project onto a public subspace for the same reason). The basis is fitted once
+per (settings, procedural set) and kept in the user cache; it is also part of the model's state
+dict, so a saved model carries the exact projection it was trained with. Tramèr & Boneh also normalise with each channel's mean and
 variance over the training set, released with noise and composed into their budget: any such
 data-dependent normalisation would have to be DP and enter the ledger as a stage of its own. The
 per-sample GroupNorm here is their data-independent variant.
@@ -28,12 +40,20 @@ from scipy 1.17); the 2-d torch frontend class is imported from its own module i
 
 from __future__ import annotations
 
+import hashlib
+import math
+
+import torch
 from torch import nn
 
+from dpmammo.data.sets import default_cache_dir
 from dpmammo.errors import DpMammoError
+from dpmammo.files import atomic_path
 from dpmammo.models.classifier import Classifier
 from dpmammo.models.cnn import _Standardize
-from dpmammo.models.config import ScatterConfig, scattering_channels
+from dpmammo.models.config import PublicPcaConfig, ScatterConfig, scattering_channels
+
+BASIS_FORMAT = 1  # bump when the basis's computation changes: cached bases of other formats are not read
 
 
 def _scattering_2d(J: int, L: int, size: int) -> nn.Module:
@@ -72,7 +92,81 @@ class ScatterBackbone(nn.Module):
         return self.norm(self.pool(coeffs.flatten(1, 2))).flatten(1)
 
 
+class PublicProjection(nn.Module):
+    """(N, D) → (N, k): ((x − mean) · componentsᵀ) · scale, the buffers fitted by `fit_public_basis`."""
+
+    def __init__(self, mean: torch.Tensor, components: torch.Tensor, scale: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("components", components)
+        self.register_buffer("scale", scale)
+
+    def forward(self, x):
+        return (x - self.mean) @ self.components.T * self.scale
+
+
+class ProjectedScatter(nn.Module):
+    """The scattering backbone, then its public projection."""
+
+    def __init__(self, scatter: ScatterBackbone, projection: PublicProjection):
+        super().__init__()
+        self.scatter, self.projection = scatter, projection
+        self.input_size = scatter.input_size
+
+    def forward(self, x):
+        return self.projection(self.scatter(x))
+
+
+@torch.no_grad()
+def fit_public_basis(backbone: ScatterBackbone, pca: PublicPcaConfig) -> PublicProjection:
+    """The projection of module docstring step 6, fitted on `pca.images_per_kind` images of each of
+    `pca.kinds` (indices 0..n−1 of `pca.seed`): no file of any data root is opened. Each component's
+    sign is fixed (its largest entry positive), so the basis does not depend on the SVD routine's
+    choice of signs."""
+    from dpmammo.data.procedural.store import generate
+
+    feats = []
+    for kind in pca.kinds:
+        images, _ = generate(kind, seed=pca.seed, start=0, stop=pca.images_per_kind, size=backbone.input_size)
+        for chunk in images.split(256):
+            feats.append(backbone(chunk.float().div_(255.0)).double())
+    x = torch.cat(feats)
+    mean = x.mean(0)
+    _, singular, vt = torch.linalg.svd(x - mean, full_matrices=False)
+    k = pca.components
+    comps = vt[:k]
+    comps = comps * torch.sign(comps.gather(1, comps.abs().argmax(1, keepdim=True)))
+    std = singular[:k] / math.sqrt(len(x))
+    if not bool((std > 1e-8 * std[0]).all()):
+        raise DpMammoError(f"the procedural images span fewer than {k} directions of the features: "
+                           "lower public_pca.components or add kinds or images")
+    scale = math.sqrt(x.shape[1] / k) / std
+    return PublicProjection(mean.float(), comps.float(), scale.float())
+
+
+def public_basis(backbone: ScatterBackbone, pca: PublicPcaConfig) -> PublicProjection:
+    """`fit_public_basis`, kept in the user cache (public data only) under a key of everything it
+    depends on: the backbone's settings, the procedural set, the torch version and BASIS_FORMAT."""
+    key = hashlib.sha256(f"v{BASIS_FORMAT} torch {torch.__version__} {backbone!r} {pca.model_dump_json()}".encode()
+                         ).hexdigest()
+    path = default_cache_dir() / "features" / f"public-pca-{key}.pt"
+    if path.is_file():
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return PublicProjection(state["mean"], state["components"], state["scale"])
+    projection = fit_public_basis(backbone, pca)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(projection.state_dict(), tmp)
+    return projection
+
+
 def scatter(cfg: ScatterConfig) -> Classifier:
     backbone = ScatterBackbone(input_size=cfg.input_size, J=cfg.J, L=cfg.L, pool=cfg.pool, groups=cfg.groups)
-    num_features = backbone.channels * cfg.pool ** 2
-    return Classifier(backbone, nn.Linear(num_features, 2), input_size=cfg.input_size, num_features=num_features)
+    if cfg.public_pca is not None:
+        backbone = ProjectedScatter(backbone, public_basis(backbone, cfg.public_pca))
+    head = nn.Linear(cfg.num_features, 2)
+    # Zero start: the head is the whole model, and the few clipped, noisy DP steps of its recipes would
+    # first have to undo a random start's logits (of order √F·|feature|/√F, large on whitened features).
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return Classifier(backbone, head, input_size=cfg.input_size, num_features=cfg.num_features)

@@ -1,0 +1,122 @@
+"""The scatter model's public projection (`model.public_pca`): fitted on procedural images only,
+deterministic from its seed, whitened as documented, carried in the model's weights, and a DP head
+on it learns phantoms with the run's guarantee unchanged."""
+
+from __future__ import annotations
+
+import builtins
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dpmammo.data.procedural.store import generate
+from dpmammo.errors import DpMammoError
+from dpmammo.models.config import ScatterConfig
+from dpmammo.models.registry import create_model
+from dpmammo.models.scatter import ScatterBackbone, fit_public_basis
+from dpmammo.privacy import read_privacy
+from dpmammo.train import fit
+from tests.test_train import SEEDED, phantom_config
+
+SMALL = {"images_per_kind": 64, "components": 8, "kinds": ["mammo-phantom", "spectral"]}
+
+
+def small_scatter(**pca) -> torch.nn.Module:
+    return create_model("scatter", input_size=32, pool=2, public_pca={**SMALL, **pca})
+
+
+def test_the_basis_repeats_for_a_seed_and_differs_across_seeds():
+    a, b, c = small_scatter(), small_scatter(), small_scatter(seed=1)
+    pa, pb, pc = (m.backbone.projection for m in (a, b, c))
+    assert torch.equal(pa.components, pb.components) and torch.equal(pa.scale, pb.scale)
+    assert (pa.components - pc.components).abs().max() > 1e-3
+    # each component's largest entry is positive (the sign convention), and the rows are orthonormal
+    comps = pa.components.double()
+    assert bool((comps.gather(1, comps.abs().argmax(1, keepdim=True)) > 0).all())
+    assert torch.allclose(comps @ comps.T, torch.eye(8, dtype=torch.float64), atol=1e-5)
+
+
+def test_procedural_features_are_whitened_to_the_unprojected_norm():
+    """On the images it was fitted on, each projected coordinate has mean 0 and variance D/k, so the
+    squared norm averages D = K·pool², that of the group-normalised features it replaces."""
+    cfg = ScatterConfig(input_size=32, pool=2, public_pca=SMALL)
+    backbone = ScatterBackbone(input_size=32, J=cfg.J, L=cfg.L, pool=cfg.pool, groups=cfg.groups)
+    projection = fit_public_basis(backbone, cfg.public_pca)
+    images = torch.cat([generate(k, seed=0, start=0, stop=64, size=32)[0] for k in SMALL["kinds"]])
+    with torch.no_grad():
+        full = backbone(images.float() / 255.0)
+        z = projection(full).double()
+    d = full.shape[1]
+    assert d == 81 * 4 and z.shape == (128, 8)
+    assert z.mean(0).abs().max() < 1e-3 * math.sqrt(d / 8)
+    assert torch.allclose(z.var(0, unbiased=False), torch.full((8,), d / 8, dtype=torch.float64), rtol=1e-3)
+    assert abs(z.pow(2).sum(1).mean().item() - d) < 1e-2 * d
+
+
+def test_fitting_the_basis_opens_no_file(monkeypatch, tmp_path):
+    """The basis is public: no file is read to fit it (the procedural images are made in memory)."""
+    monkeypatch.setenv("DPMAMMO_CACHE", str(tmp_path / "cache"))  # an empty cache: the basis is fitted here
+    opened: list[str] = []
+    real_open = builtins.open
+
+    def spy(file, *args, **kwargs):
+        opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", spy)
+    monkeypatch.setattr(Path, "open", lambda self, *a, **k: spy(self, *a, **k))
+    model = small_scatter(seed=3)
+    assert model.num_features == 8
+    read = [f for f in opened if not f.startswith(str(tmp_path / "cache")) and "site-packages" not in f
+            and "/lib/python" not in f]
+    assert read == [], f"fitting the public basis opened {read}"
+    assert len(list((tmp_path / "cache" / "features").glob("public-pca-*.pt"))) == 1
+
+
+def test_a_saved_model_carries_its_projection(tmp_path, monkeypatch):
+    """A weight file holds the projection: loaded into a model whose basis was fitted otherwise (here
+    another seed), it gives the saved model's outputs exactly."""
+    from dpmammo.models.weights import save_weights
+
+    model = small_scatter()
+    torch.nn.init.normal_(model.head.weight)
+    save_weights(model, tmp_path / "model.safetensors")
+    other = small_scatter(seed=5)
+    x = torch.rand(4, 1, 32, 32)
+    assert not torch.allclose(other(x), model(x))
+    again = create_model("scatter", input_size=32, pool=2, public_pca={**SMALL, "seed": 5},
+                         weights=tmp_path / "model.safetensors")
+    assert torch.equal(again(x), model(x))
+
+
+def test_the_config_refuses_unknown_kinds_and_too_many_components():
+    with pytest.raises(DpMammoError, match="unknown procedural kind"):
+        create_model("scatter", input_size=32, pool=2, public_pca={"kinds": ["clouds"]})
+    with pytest.raises(DpMammoError, match="exceeds 127"):
+        create_model("scatter", input_size=32, pool=2, public_pca={**SMALL, "components": 200})
+
+
+def test_dp_head_on_public_pca_features_learns_phantoms_with_the_same_guarantee(phantom_root, tmp_path, monkeypatch):
+    """A DP linear head on the projected features: the run's ledger is that of the unprojected
+    model at the same settings (the projection is public and spends nothing), and it learns."""
+    monkeypatch.setenv("DPMAMMO_CACHE", str(tmp_path / "cache"))  # other tests expect to compute these features
+    def run(name, **model):
+        cfg = phantom_config(phantom_root, model__={"name": "scatter", "input_size": 64, **model},
+                             privacy__={"target_epsilon": 4.0, **SEEDED}, train__epochs=3, train__batch_size=100,
+                             optim__lr=0.5, train__augment="none")
+        metrics = fit(cfg, tmp_path / name, progress=False)
+        return metrics, read_privacy(tmp_path / name / "privacy.json")
+
+    m, rec = run("pca", public_pca={"images_per_kind": 256, "components": 32})
+    _, plain = run("plain")
+    assert (rec.own.epsilon, rec.own.steps, rec.own.noise_multiplier, rec.own.sample_rate) == (
+        plain.own.epsilon, plain.own.steps, plain.own.noise_multiplier, plain.own.sample_rate)
+    assert [s.stage for s in rec.stages] == [s.stage for s in plain.stages]
+    assert "features: computed (400, 1, 32)" in (tmp_path / "pca" / "log.txt").read_text()
+    assert set(load_file(str(tmp_path / "pca" / "model.safetensors"))) == {
+        "backbone.projection.mean", "backbone.projection.components", "backbone.projection.scale",
+        "head.weight", "head.bias"}
+    assert m["val"]["auroc"] >= 0.8
