@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import statistics
 import time
@@ -92,6 +93,20 @@ RECIPES: dict[str, tuple[dict, bool]] = {
     "scatter-pca32-b512-last": ({"model": {"name": "scatter", "input_size": 64, "public_pca": {"components": 32}},
                                  "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
                                  "train": {"epochs": 10, "batch_size": 512, "select": "last"}}, False),
+    "scatter-pca16-b512-last": ({"model": {"name": "scatter", "input_size": 64, "public_pca": {"components": 16}},
+                                 "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+                                 "train": {"epochs": 10, "batch_size": 512, "select": "last"}}, False),
+    "scatter-pca64-b512-last": ({"model": {"name": "scatter", "input_size": 64, "public_pca": {"components": 64}},
+                                 "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+                                 "train": {"epochs": 10, "batch_size": 512, "select": "last"}}, False),
+    # non-private candidates for ε = ∞ (--epsilons inf): the study's cnn-small (its top-level
+    # settings) and linear heads on the ScatterNet features, best epoch on val as the study's ∞ runs
+    "cnn-small-inf": ({"optim": {"name": "adamw", "lr": 1e-3}, "train": {"epochs": 20, "batch_size": 64}}, False),
+    "scatter-inf": ({"model": {"name": "scatter", "input_size": 64}, "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+                     "train": {"epochs": 30, "batch_size": 64}}, False),
+    "scatter-pca32-inf": ({"model": {"name": "scatter", "input_size": 64, "public_pca": {"components": 32}},
+                           "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9}, "train": {"epochs": 30, "batch_size": 64}},
+                          False),
     "probe-b512-last": ({"model": {"freeze_backbone": True}, "init_weights": "backbone",
                          "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
                          "train": {"epochs": 10, "batch_size": 512, "select": "last"}}, True),
@@ -124,7 +139,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
-    ap.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 6.0])
+    ap.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 6.0], help="per patient; inf: no DP")
     ap.add_argument("--repeats", type=int, default=2, help="runs with fresh secret noise per cell")
     ap.add_argument("--pretrained", type=Path, help="a finished `dpmammo pretrain` run")
     args = ap.parse_args()
@@ -145,7 +160,10 @@ def main() -> None:
             aurocs, wall = [], 0.0
             for r in range(args.repeats):
                 data = merged(BASE, over)
-                data["privacy"] = {**data["privacy"], "target_epsilon": eps}
+                if math.isinf(eps):  # non-private: no privacy block
+                    del data["privacy"]
+                else:
+                    data["privacy"] = {**data["privacy"], "target_epsilon": eps}
                 data["train"] = {**data["train"], "seed": r}
                 if needs_prior:
                     data["init_from"] = str(args.pretrained)
