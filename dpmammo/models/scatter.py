@@ -166,7 +166,7 @@ def scatter(cfg: ScatterConfig) -> Classifier:
         backbone = ProjectedScatter(backbone, public_basis(backbone, cfg.public_pca))
     head = nn.Linear(cfg.num_features, 2)
     # Zero start: the head is the whole model, and the few clipped, noisy DP steps of its recipes would
-    # first have to undo a random start's logits (of order √F·|feature|/√F, large on whitened features).
+    # first have to undo a random start, whose logits grow with the features' norm (large once whitened).
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
     return Classifier(backbone, head, input_size=cfg.input_size, num_features=cfg.num_features)
