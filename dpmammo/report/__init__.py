@@ -14,10 +14,9 @@ from dpmammo.report import plots
 from dpmammo.report.audit import audit_section
 from dpmammo.report.quality import quality_section
 from dpmammo.report.tables import markdown
-from dpmammo.study.config import StudyConfig
 from dpmammo.files import write_text_atomic
+from dpmammo.study.config import STUDY_FILE, StudyConfig
 from dpmammo.study.results import SUMMARY_JSON, read_results
-from dpmammo.study.runner import STUDY_FILE
 
 REPORT_HTML, RESULTS_MD = "report.html", "results.md"
 PLOT_CURVE, PLOT_ROC = "privacy_utility.png", "roc.png"

@@ -33,9 +33,8 @@ from dpmammo.privacy.config import UNIT_WORDS
 from dpmammo.report.html import STYLE, html_table
 from dpmammo.report.tables import chosen_on_validation, eps_columns, guaranteed_within, markdown_table
 from dpmammo.study.conditions import PRIOR_CONDITIONS, SYNTHETIC_CONDITIONS
-from dpmammo.study.config import StudyConfig, SyntheticFromGenerator
-from dpmammo.study.results import RESULTS_CSV, aggregate, read_results
-from dpmammo.study.runner import STUDY_FILE, rerun_hint
+from dpmammo.study.config import STUDY_FILE, StudyConfig, SyntheticFromGenerator
+from dpmammo.study.results import RESULTS_CSV, aggregate, read_results, rerun_hint
 
 COMPARISON_MD, COMPARISON_HTML = "comparison.md", "comparison.html"
 COMMAND = "dpmammo compare"

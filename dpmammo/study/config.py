@@ -36,6 +36,8 @@ from dpmammo.train.config import ModelConfig, OptimConfig, TrainSettings
 from dpmammo.train.pretrain_config import PretrainConfig
 from dpmammo.models.config import CnnSmallConfig
 
+STUDY_FILE = "study.yaml"  # the config a study folder records (dpmammo.study.runner writes it first)
+
 class StageOverride(StrictModel):
     """Per-stage changes to the shared training settings (only what a recipe stage needs)."""
 

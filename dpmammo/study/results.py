@@ -20,6 +20,7 @@ import numpy as np
 from dpmammo.errors import DpMammoError
 from dpmammo.files import write_json_atomic, write_text_atomic
 from dpmammo.privacy.budget import is_private, parse_epsilon
+from dpmammo.study.config import STUDY_FILE
 from dpmammo.study.recipes import Plan
 from dpmammo.runs import RunDir
 
@@ -102,8 +103,6 @@ def read_results(study_dir: str | Path) -> list[dict[str, Any]]:
         reader = csv.DictReader(f)
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            from dpmammo.study.runner import rerun_hint  # here: the runner imports this module
-
             raise DpMammoError(f"{path} was collected by an older dpmammo (no {', '.join(missing)} column; the reports "
                                f"choose conditions on the validation AUROC): collect it again: {rerun_hint(study_dir)}")
         return [{k: _num(v) for k, v in r.items()} for r in reader]
@@ -173,3 +172,13 @@ def val_mean(rows: list[dict]) -> Optional[float]:
     if not vals or any(v is None for v in vals):
         return None
     return float(np.mean([float(v) for v in vals]))
+
+
+def rerun_hint(study_dir: str | Path) -> str:
+    """How to finish a study folder, or collect its results.csv again: `dpmammo study` into it with
+    the config it was made with. Its own study.yaml cannot be given (an --out never holds an input of
+    its command); a copy outside it records the same config."""
+    d = Path(study_dir)
+    return (f"run `dpmammo study` into it again with the config it was made with, e.g. a copy of its {STUDY_FILE}: "
+            f"`cp {d / STUDY_FILE} study-copy.yaml && dpmammo study study-copy.yaml --out {d}` (finished runs are "
+            "reused, not retrained, and results.csv is collected again from the run directories)")

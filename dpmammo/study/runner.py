@@ -26,7 +26,7 @@ from dpmammo.errors import DpMammoError
 from dpmammo.files import check_out, write_text_atomic
 from dpmammo.privacy.ledger import short
 from dpmammo.progress import StepProgress
-from dpmammo.study.config import StudyConfig
+from dpmammo.study.config import STUDY_FILE, StudyConfig
 from dpmammo.study.datacheck import check_study_data
 from dpmammo.study.generators import check_generator_data
 from dpmammo.study.outcome import Outcome, failed, torch_threads
@@ -35,7 +35,6 @@ from dpmammo.study.results import write_results
 from dpmammo.study.upstream import run_upstream
 from dpmammo.runs import RunDir
 
-STUDY_FILE = "study.yaml"
 Executor = Literal["local", "ray"]
 EXECUTORS = ("local", "ray")
 
@@ -124,15 +123,6 @@ def claim_study_dir(cfg: StudyConfig, out: Path) -> None:
                            f"(or delete it to start over)")
     write_text_atomic(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
 
-
-def rerun_hint(study_dir: str | Path) -> str:
-    """How to finish a study folder, or collect its results.csv again: `dpmammo study` into it with
-    the config it was made with. Its own study.yaml cannot be given (an --out never holds an input of
-    its command); a copy outside it records the same config."""
-    d = Path(study_dir)
-    return (f"run `dpmammo study` into it again with the config it was made with, e.g. a copy of its {STUDY_FILE}: "
-            f"`cp {d / STUDY_FILE} study-copy.yaml && dpmammo study study-copy.yaml --out {d}` (finished runs are "
-            "reused, not retrained, and results.csv is collected again from the run directories)")
 
 
 def _records(path: Path, cfg: StudyConfig) -> bool:
