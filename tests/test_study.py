@@ -26,7 +26,11 @@ from dpmammo.errors import DpMammoError
 from dpmammo.study import expand, load_study
 from tests.conftest import read_csv, study_config, tiny_study_block
 
-ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONWARNINGS": "ignore"}
+def study_env() -> dict[str, str]:
+    """The environment of a `dpmammo study` subprocess, read when it starts: at import time the
+    session's private DPMAMMO_CACHE (conftest) is not yet set, and a copy made then sent the
+    subprocesses' feature caches to the user's cache."""
+    return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONWARNINGS": "ignore"}
 METRIC_COLUMNS = ("auroc", "auprc", "accuracy", "sensitivity", "specificity")
 
 
@@ -79,7 +83,7 @@ def local_study(data, tmp_path_factory) -> Path:
     """The reference: the tiny study, uninterrupted, local executor, through the CLI."""
     tmp = tmp_path_factory.mktemp("local")
     cfg = write_study(tmp / "tiny.yaml", tiny_study(data))
-    proc = subprocess.run(study_cmd(cfg, tmp / "study"), env=ENV, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(study_cmd(cfg, tmp / "study"), env=study_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return tmp / "study"
 
@@ -246,7 +250,7 @@ def test_report_renders_in_headless_chromium(local_study, tmp_path):
 def test_study_killed_mid_run_resumes_to_the_same_results(local_study, data, tmp_path):
     cfg = write_study(tmp_path / "tiny.yaml", tiny_study(data))
     out = tmp_path / "study"
-    proc = subprocess.Popen(study_cmd(cfg, out), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(study_cmd(cfg, out), env=study_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not list(out.rglob("metrics.json")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -255,11 +259,11 @@ def test_study_killed_mid_run_resumes_to_the_same_results(local_study, data, tmp
     assert proc.returncode == -signal.SIGKILL, "the study finished before it could be killed"
     finished = list(out.rglob("metrics.json"))
     assert 1 <= len(finished) < 5 and not (out / "results.csv").exists()
-    done = subprocess.run(study_cmd(cfg, out), env=ENV, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(study_cmd(cfg, out), env=study_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert metrics_of(out) == metrics_of(local_study)
     # A finished study is not recomputed: every run is reused and the table stays the same.
-    again = subprocess.run(study_cmd(cfg, out), env=ENV, capture_output=True, text=True, timeout=120)
+    again = subprocess.run(study_cmd(cfg, out), env=study_env(), capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "5 cached" in again.stdout
     assert metrics_of(out) == metrics_of(local_study)
 
@@ -357,7 +361,7 @@ def test_ray_executor_gives_the_same_runs_as_local(local_study, data, tmp_path):
     home = tmp_path / "home"
     (home / ".ray").mkdir(parents=True)
     (home / ".ray" / "auth_token").write_text(secrets.token_hex(16))
-    env = {**ENV, "HOME": str(home)}
+    env = {**study_env(), "HOME": str(home)}
     env.pop("RAY_AUTH_MODE", None)
     env.pop("RAY_AUTH_TOKEN", None)
     env.pop("RAY_AUTH_TOKEN_PATH", None)
