@@ -155,6 +155,8 @@ def main() -> None:
         over, needs_prior = RECIPES[name]
         if needs_prior and args.pretrained is None:
             raise SystemExit(f"recipe {name} needs --pretrained RUN")
+        if name in THEN and any(math.isinf(e) for e in args.epsilons):
+            raise SystemExit(f"recipe {name} shares a DP budget between two stages: give it finite --epsilons")
         cells = []
         for eps in args.epsilons:
             aurocs, wall = [], 0.0

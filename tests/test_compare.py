@@ -105,7 +105,24 @@ def test_the_intro_names_the_validation_sets(tmp_path):
     assert "the one with the highest mean validation AUROC (validation set phantom/val), never chosen" in markdown(
         [gan, dp_gen])
     other = StudyResults(dp_gen.label, dp_gen.path, dp_gen.cfg.model_copy(update={"val_set": "other/val"}), dp_gen.rows)
-    assert "(each study's own validation set: gan-set: phantom/val; dp-generator: other/val)" in markdown([gan, other])
+    assert ("(each study's own validation set, so each study's choice is given: gan-set: phantom/val; "
+            "dp-generator: other/val)") in markdown([gan, other])
+
+
+def test_validation_aurocs_of_different_sets_are_not_compared(tmp_path):
+    """On one validation set the higher one is chosen (gan-set's real, 0.70 against 0.61); with
+    two sets, each study's own choice is given."""
+    from dpmammo.report.compare import all_columns, best_guaranteed
+
+    gan, dp_gen, _ = made_studies(tmp_path)
+    one = [line for line in best_guaranteed([gan, dp_gen], "phantom/test", all_columns([gan, dp_gen]))
+           if line.startswith("ε=1 per patient")]
+    assert len(one) == 1 and "gan-set / real (validation AUROC 0.700)" in one[0] and "dp-generator" not in one[0]
+    other = StudyResults(dp_gen.label, dp_gen.path, dp_gen.cfg.model_copy(update={"val_set": "other/val"}), dp_gen.rows)
+    two = [line for line in best_guaranteed([gan, other], "phantom/test", all_columns([gan, other]))
+           if line.startswith("ε=1 per patient")]
+    assert len(two) == 1 and "gan-set / real (validation AUROC 0.700)" in two[0]
+    assert "dp-generator / synthetic→real (validation AUROC 0.610)" in two[0]
 
 
 def test_results_collected_before_val_auroc_are_refused(tmp_path):

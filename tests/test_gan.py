@@ -149,7 +149,7 @@ def dp_gan_run(phantoms, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1])  # a second seed catches a recipe that works by luck; each costs ~25 s
+@pytest.mark.parametrize("seed", [0, 1])  # a second seed catches a recipe that works by one seed's luck
 def test_recipe_gan_honours_the_condition_at_every_seed(seed, gan_run, dense_phantoms, classifier, tmp_path):
     run = gan_run
     if seed:

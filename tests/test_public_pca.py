@@ -29,10 +29,15 @@ def small_scatter(**pca) -> torch.nn.Module:
 
 
 def test_the_basis_repeats_for_a_seed_and_differs_across_seeds():
-    a, b, c = small_scatter(), small_scatter(), small_scatter(seed=1)
-    pa, pb, pc = (m.backbone.projection for m in (a, b, c))
-    assert torch.equal(pa.components, pb.components) and torch.equal(pa.scale, pb.scale)
+    """Fitted twice (no cache between): the same bytes; another seed: another basis."""
+    cfg = ScatterConfig(input_size=32, pool=2, public_pca=SMALL)
+    backbone = ScatterBackbone(input_size=32, J=cfg.J, L=cfg.L, pool=cfg.pool, groups=cfg.groups)
+    pa, pb = fit_public_basis(backbone, cfg.public_pca), fit_public_basis(backbone, cfg.public_pca)
+    pc = fit_public_basis(backbone, cfg.public_pca.model_copy(update={"seed": 1}))
+    assert all(torch.equal(x, y) for x, y in zip(pa.state_dict().values(), pb.state_dict().values()))
     assert (pa.components - pc.components).abs().max() > 1e-3
+    # the cached basis is the fitted one
+    assert torch.equal(small_scatter().backbone.projection.components, pa.components)
     # each component's largest entry is positive (the sign convention), and the rows are orthonormal
     comps = pa.components.double()
     assert bool((comps.gather(1, comps.abs().argmax(1, keepdim=True)) > 0).all())
@@ -56,9 +61,11 @@ def test_procedural_features_are_whitened_to_the_unprojected_norm():
     assert abs(z.pow(2).sum(1).mean().item() - d) < 1e-2 * d
 
 
-def test_fitting_the_basis_opens_no_file(monkeypatch, tmp_path):
-    """The basis is public: no file is read to fit it (the procedural images are made in memory)."""
+def test_fitting_the_basis_opens_no_file(monkeypatch, tmp_path, phantom_root):
+    """The basis is public: no file is read to fit it (the procedural images are made in memory),
+    with a data root set where a stray read would find patches."""
     monkeypatch.setenv("DPMAMMO_CACHE", str(tmp_path / "cache"))  # an empty cache: the basis is fitted here
+    monkeypatch.setenv("DPMAMMO_DATA", str(phantom_root))
     opened: list[str] = []
     real_open = builtins.open
 
@@ -70,8 +77,8 @@ def test_fitting_the_basis_opens_no_file(monkeypatch, tmp_path):
     monkeypatch.setattr(Path, "open", lambda self, *a, **k: spy(self, *a, **k))
     model = small_scatter(seed=3)
     assert model.num_features == 8
-    read = [f for f in opened if not f.startswith(str(tmp_path / "cache")) and "site-packages" not in f
-            and "/lib/python" not in f]
+    basis_files = str(tmp_path / "cache" / "features" / "public-pca-")
+    read = [f for f in opened if not f.startswith(basis_files) and "site-packages" not in f and "/lib/python" not in f]
     assert read == [], f"fitting the public basis opened {read}"
     assert len(list((tmp_path / "cache" / "features").glob("public-pca-*.pt"))) == 1
 
@@ -86,7 +93,7 @@ def test_a_saved_model_carries_its_projection(tmp_path, monkeypatch):
     save_weights(model, tmp_path / "model.safetensors")
     other = small_scatter(seed=5)
     x = torch.rand(4, 1, 32, 32)
-    assert not torch.allclose(other(x), model(x))
+    assert not torch.allclose(other.forward_features(x), model.forward_features(x))
     again = create_model("scatter", input_size=32, pool=2, public_pca={**SMALL, "seed": 5},
                          weights=tmp_path / "model.safetensors")
     assert torch.equal(again(x), model(x))

@@ -17,7 +17,10 @@ Backbone, for a grayscale patch x of side S = input_size:
 5. flattened to K·pool² features.
 
 Every step is per sample: no statistic of the data set enters the features, so the backbone is a
-public function and spends nothing.
+public function and spends nothing. Tramèr & Boneh also normalise with each channel's mean and
+variance over the training set, released with noise and composed into their budget: any such
+data-dependent normalisation would have to be DP and enter the ledger as a stage of its own. The
+per-sample GroupNorm here is their data-independent variant.
 
 With `public_pca` (PublicPcaConfig), a sixth step projects the K·pool² features on their top k
 principal components over procedural images (dpmammo.data.procedural: a program with a seed made
@@ -28,11 +31,10 @@ their scale. Why: DP-SGD's noise has the same norm in every coordinate of the he
 k ≪ K·pool² coordinates that carry most of the images' variance gets far less noise per unit of
 signal (Tramèr & Boneh's point about feature dimension; Zhou, Wu & Banerjee 2021, "Bypassing the
 Ambient Dimension", project onto a public subspace for the same reason). The basis is fitted once
-per (settings, procedural set) and kept in the user cache; it is also part of the model's state
-dict, so a saved model carries the exact projection it was trained with. Tramèr & Boneh also normalise with each channel's mean and
-variance over the training set, released with noise and composed into their budget: any such
-data-dependent normalisation would have to be DP and enter the ledger as a stage of its own. The
-per-sample GroupNorm here is their data-independent variant.
+per (settings, procedural set, versions) and kept in the user cache. It is part of the model's
+state dict, so the weights a run saves carry the exact projection it was trained with; a
+checkpoint does not (it holds the head), and a resumed run takes the basis from the cache, or fits
+it again, deterministically on one installation.
 
 kymatio 0.3.0's top-level `kymatio.torch` imports its 3-d frontend, which needs `sph_harm` (gone
 from scipy 1.17); the 2-d torch frontend class is imported from its own module instead.
@@ -41,6 +43,7 @@ from scipy 1.17); the 2-d torch frontend class is imported from its own module i
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 
 import torch
@@ -65,7 +68,7 @@ def _scattering_2d(J: int, L: int, size: int) -> nn.Module:
                            "install it with: pip install kymatio==0.3.0") from None
     scattering = ScatteringTorch2D(J=J, shape=(size, size), L=L)
     # The filters are a fixed function of (J, L, size), rebuilt on construction: no weights to save,
-    # load or release, and a checkpoint of the model holds its head alone.
+    # load or release.
     for name, buf in list(scattering.named_buffers(recurse=False)):
         scattering.register_buffer(name, buf, persistent=False)
     return scattering
@@ -146,12 +149,28 @@ def fit_public_basis(backbone: ScatterBackbone, pca: PublicPcaConfig) -> PublicP
 
 def public_basis(backbone: ScatterBackbone, pca: PublicPcaConfig) -> PublicProjection:
     """`fit_public_basis`, kept in the user cache (public data only) under a key of everything it
-    depends on: the backbone's settings, the procedural set, the torch version and BASIS_FORMAT."""
-    key = hashlib.sha256(f"v{BASIS_FORMAT} torch {torch.__version__} {backbone!r} {pca.model_dump_json()}".encode()
-                         ).hexdigest()
+    depends on: the backbone's settings, the procedural kinds with their parameters, dpmammo's,
+    kymatio's and torch's versions, and BASIS_FORMAT."""
+    import kymatio
+
+    from dpmammo import __version__
+    from dpmammo.data.procedural.kinds import KINDS
+
+    params = json.dumps({k: KINDS[k].params for k in pca.kinds}, sort_keys=True)
+    key = hashlib.sha256(f"v{BASIS_FORMAT} dpmammo {__version__} kymatio {kymatio.__version__} torch {torch.__version__} "
+                         f"{backbone!r} {pca.model_dump_json()} {params}".encode()).hexdigest()
     path = default_cache_dir() / "features" / f"public-pca-{key}.pt"
     if path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 — truncated or corrupt: torch raises several kinds
+            raise DpMammoError(f"cannot read the cached public basis {path} ({type(e).__name__}): delete it and it is "
+                               "fitted again") from None
+        d, k = backbone.channels * backbone.pool.output_size ** 2, pca.components
+        shapes = {name: tuple(t.shape) for name, t in state.items()}
+        if shapes != {"mean": (d,), "components": (k, d), "scale": (k,)}:
+            raise DpMammoError(f"{path} is not a public basis of {k} components of {d} features (it holds {shapes}): "
+                               "delete it and it is fitted again")
         return PublicProjection(state["mean"], state["components"], state["scale"])
     projection = fit_public_basis(backbone, pca)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -166,7 +185,8 @@ def scatter(cfg: ScatterConfig) -> Classifier:
         backbone = ProjectedScatter(backbone, public_basis(backbone, cfg.public_pca))
     head = nn.Linear(cfg.num_features, 2)
     # Zero start: the head is the whole model, and the few clipped, noisy DP steps of its recipes would
-    # first have to undo a random start, whose logits grow with the features' norm (large once whitened).
+    # first have to undo a random start. With public_pca each of the k coordinates has variance D/k
+    # at the unprojected norm, so a default start's logits are √(D/k) times larger than on D features.
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
     return Classifier(backbone, head, input_size=cfg.input_size, num_features=cfg.num_features)

@@ -199,18 +199,25 @@ def comparison_grid(studies: list[StudyResults], test_set: str, columns: list[Co
 def best_guaranteed(studies: list[StudyResults], test_set: str, columns: list[Column]) -> list[str]:
     """Per column: of the cells with a full guarantee there (`is_guaranteed`), the one chosen on
     validation (`chosen_on_validation`; equals: the first study given, then its condition order)
-    with its mean validation AUROC and its test cell; or that no cell has a guarantee."""
+    with its mean validation AUROC and its test cell; or that no cell has a guarantee. AUROCs on
+    different validation sets are not compared: when the studies' sets differ, each study's own
+    choice is given."""
     found = [(study, cells(study, test_set)) for study in studies]
+    groups = [found] if len({s.cfg.val_set for s in studies}) == 1 else [[f] for f in found]
     out = []
     for column in columns:
-        ok = [grid[(cond, column)] for study, grid in found for cond in study.cfg.conditions
-              if (cond, column) in grid and is_guaranteed(grid[(cond, column)], column)]
-        best = chosen_on_validation(ok, lambda c: c.stats)
-        if best is None:
+        chosen = []
+        for group in groups:
+            ok = [grid[(cond, column)] for study, grid in group for cond in study.cfg.conditions
+                  if (cond, column) in grid and is_guaranteed(grid[(cond, column)], column)]
+            best = chosen_on_validation(ok, lambda c: c.stats)
+            if best is not None:
+                chosen.append(f"{best.study} / {best.condition} (validation AUROC {best.stats['val_mean']:.3f}), "
+                              f"test {cell_text(best)}")
+        if not chosen:
             out.append(f"{column.header}: no cell has a DP chain total" + ("" if column.unit is None else " within it"))
             continue
-        out.append(f"{column.header}: {best.study} / {best.condition} (validation AUROC {best.stats['val_mean']:.3f}), "
-                   f"test {cell_text(best)}")
+        out.append(f"{column.header}: " + "; ".join(chosen))
     return out
 
 
@@ -228,7 +235,8 @@ def val_sets(studies: list[StudyResults]) -> str:
     sets = {s.cfg.val_set for s in studies}
     if len(sets) == 1:
         return f"validation set {sets.pop()}"
-    return "each study's own validation set: " + "; ".join(f"{s.label}: {s.cfg.val_set}" for s in studies)
+    return ("each study's own validation set, so each study's choice is given: "
+            + "; ".join(f"{s.label}: {s.cfg.val_set}" for s in studies))
 
 
 def intro(studies: list[StudyResults]) -> list[str]:
@@ -240,7 +248,9 @@ def intro(studies: list[StudyResults]) -> list[str]:
         "that the chain total is the column's ε). Best with a full guarantee: among the cells whose every run has a "
         "DP chain total within the column's ε in its unit, the one with the highest mean validation AUROC ("
         + val_sets(studies) + "), never chosen on a test set, shown with its test AUROC; a cell without a guarantee "
-        "never counts.",
+        "never counts. A run's validation AUROC is its released model's: the best epoch's where the recipe selects "
+        "on validation (higher than a last epoch's alike), the last epoch's under `select: last`; this use of the "
+        "validation set is not DP-accounted.",
         *unit_note(studies)]
 
 

@@ -116,8 +116,9 @@ def chosen_on_validation(candidates: list[T], stats: Callable[[T], dict]) -> Opt
     None if there are none. The reports then show its test AUROC: a choice made on the test set
     would make that number optimistic (no tuning on test sets)."""
     if any(stats(c)["val_mean"] is None for c in candidates):
-        raise DpMammoError("a cell to choose from has no validation AUROC (rows without `val_auroc`); "
-                           "collect the study's results.csv again with `dpmammo study`")
+        raise DpMammoError("a cell to choose from has no validation AUROC (rows without `val_auroc`, from a "
+                           "results.csv of an older dpmammo): collect it again by running `dpmammo study` into the study's "
+                           "folder with a copy of its study.yaml (finished runs are reused)")
     return max(candidates, key=lambda c: stats(c)["val_mean"], default=None)
 
 
@@ -130,8 +131,10 @@ def gap_note(cfg: StudyConfig) -> str:
     """What the gap table's two sides are."""
     return (f"Ours: among the conditions whose every run has a DP chain total within the row's ε per "
             f"{cfg.privacy.unit} (any at ε = ∞), the one with the highest mean AUROC on the validation set "
-            f"{cfg.val_set}, never chosen on a test set, with its test AUROC; published: the best published cell on "
-            "that test set, whatever its guarantee (a choice on the test set, which favours it).")
+            f"{cfg.val_set}, never chosen on a test set, with its test AUROC (a run's validation AUROC is its released "
+            "model's: the best epoch's where the recipe selects on validation, the last epoch's under `select: last`; "
+            "this use of the validation set is not DP-accounted); published: the best published cell on that test "
+            "set, whatever its guarantee (a choice on the test set, which favours it).")
 
 
 def published_gap(cfg: StudyConfig, rows: list[dict]) -> list[list[str]]:
