@@ -314,13 +314,13 @@ def test_gradient_canary_audit_of_a_phantom_recipe_writes_bound_and_estimate(tmp
     cfg_file.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "audit"
     proc = subprocess.run([sys.executable, "-m", "dpmammo.cli", "audit", str(cfg_file), "--out", str(out),
-                           "--method", "gradient-canary", "--canaries", "100", "--canary-patches", "2"],
+                           "--method", "gradient-canary", "--canaries", "300", "--canary-patches", "2"],
                           capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "260"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     rec = read_audit(out / "audit.json")
     assert rec.method == "gradient-canary" and rec.primary == "all-iterates" and rec.unit == "patient"
     assert rec.promised.guarantee == "dp" and rec.promised.unit == "patient" and 3.9 < rec.stage_epsilon <= 4.0
-    assert rec.units == 100 and 30 < rec.target_members < 70
+    assert rec.units == 300 and 110 < rec.target_members < 190
     threat = {a.attack: a.threat_model for a in rec.attacks}
     assert threat == {"all-iterates": "white-box all iterates", "all-iterates-sum": "white-box all iterates",
                       "final-model": "white-box final model"}
@@ -334,7 +334,9 @@ def test_gradient_canary_audit_of_a_phantom_recipe_writes_bound_and_estimate(tmp
         assert f.two_sided and f.guesses // 2 in f.k_grid and f.guesses % 2 == 0 and f.correct <= f.guesses
         assert f.epsilon == (0.0 if f.mu == 0 else pytest.approx(gdp.gdp_epsilon(f.mu, rec.delta)))
     assert rec.estimated_epsilon == next(a for a in rec.attacks if a.attack == "all-iterates-sum").gdp_estimate.epsilon.value
-    # 100 canaries see a budget of 4 per patient: the estimate is well above nothing, whatever the bound.
+    # 300 canaries see a budget of 4 per patient: the estimate is well above nothing, whatever the bound.
+    # 300, not 100: μ̂'s sampling spread falls as 1/√M, and at 100 canaries a run with fresh secret
+    # noise can land below the threshold (its μ̂ = 0.25) by chance alone.
     assert rec.estimated_epsilon > 0.5
     assert any("BOUND" in n for n in rec.notes) and any("ESTIMATE" in n for n in rec.notes)
     assert "ε GDP estimate" in proc.stdout and "ε f-DP (GDP)" in proc.stdout and "ε Steinke" in proc.stdout
