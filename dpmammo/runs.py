@@ -111,10 +111,11 @@ class RunDir:
         self.require_finished()
         return json.loads(self.metrics.read_text())
 
-    def read_val_auroc(self) -> float:
+    def read_val_auroc(self, metrics: dict | None = None) -> float:
         """The validation AUROC of a finished classifier run's released model (`val.auroc` in
-        metrics.json, written by dpmammo.train.loop); other runs (generators, pretraining) have none."""
-        val = self.read_metrics().get("val", {})
+        metrics.json, written by dpmammo.train.loop; `metrics`: that file as already read); other
+        runs (generators, pretraining) have none."""
+        val = (metrics if metrics is not None else self.read_metrics()).get("val", {})
         if "auroc" not in val:
             raise DpMammoError(f"{self.path} has no validation AUROC in {METRICS}: it is a "
                                f"{run_kind(self.read_config())} run, not a classifier run")

@@ -88,14 +88,9 @@ class PublicPcaConfig(StrictModel):
     @field_validator("kinds")
     @classmethod
     def _known_kinds(cls, v: list[str]) -> list[str]:
-        from dpmammo.data.procedural.kinds import KINDS  # torch-free table
+        from dpmammo.data.procedural.kinds import check_kind_list  # torch-free table
 
-        unknown = [k for k in v if k not in KINDS]
-        if unknown:
-            raise ValueError(f"unknown procedural kind(s) {', '.join(unknown)}; registered: {', '.join(KINDS)}")
-        if len(set(v)) != len(v):
-            raise ValueError(f"kinds repeat: {v}")
-        return v
+        return check_kind_list(v, what="procedural kind")
 
 
 class ScatterConfig(StrictModel):

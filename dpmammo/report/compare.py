@@ -30,7 +30,7 @@ from dpmammo.errors import DpMammoError
 from dpmammo.files import check_out, check_replaceable, exclusive, user_os_errors, write_text_atomic
 from dpmammo.privacy.budget import format_epsilon, parse_epsilon
 from dpmammo.privacy.config import UNIT_WORDS
-from dpmammo.report.html import STYLE, html_table
+from dpmammo.report.html import html_table, page
 from dpmammo.report.tables import chosen_on_validation, eps_columns, guaranteed_within, markdown_table
 from dpmammo.study.conditions import PRIOR_CONDITIONS, SYNTHETIC_CONDITIONS
 from dpmammo.study.config import STUDY_FILE, StudyConfig, SyntheticFromGenerator
@@ -185,13 +185,21 @@ def is_guaranteed(cell: Cell, column: Column) -> bool:
     return cell.stats["mean"] is not None and guaranteed_within(cell.stats, eps) and in_unit
 
 
-def comparison_grid(studies: list[StudyResults], test_set: str, columns: list[Column]) -> list[list[str]]:
+def row_sources(studies: list[StudyResults]) -> dict[tuple[str, str], str]:
+    """(study label, condition) → what the condition trained on, each read once (a fixed set's
+    guarantee comes from its provenance file)."""
+    return {(s.label, cond): condition_source(s.cfg, cond) for s in studies for cond in s.cfg.conditions}
+
+
+def comparison_grid(studies: list[StudyResults], test_set: str, columns: list[Column],
+                    sources: Optional[dict[tuple[str, str], str]] = None) -> list[list[str]]:
     """Rows (study, condition, source, one cell per column) for one test set."""
+    sources = sources if sources is not None else row_sources(studies)
     out = []
     for study in studies:
         grid = cells(study, test_set)
         for cond in study.cfg.conditions:
-            out.append([study.label, cond, condition_source(study.cfg, cond),
+            out.append([study.label, cond, sources[(study.label, cond)],
                         *(cell_text(grid.get((cond, c))) for c in columns)])
     return out
 
@@ -254,37 +262,57 @@ def intro(studies: list[StudyResults]) -> list[str]:
         *unit_note(studies)]
 
 
-def markdown(studies: list[StudyResults]) -> str:
+@dataclass(frozen=True)
+class TestSetTable:
+    test_set: str
+    rows: list[list[str]]  # comparison_grid
+    best: list[str]  # best_guaranteed, one line per column
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Everything both pages show, computed once."""
+
+    studies: list[StudyResults]
+    head: list[str]
+    notes: list[str]  # test sets left out
+    tables: list[TestSetTable]
+
+
+def tabulate(studies: list[StudyResults]) -> Comparison:
     shared, notes = shared_test_sets(studies)
     columns = all_columns(studies)
+    sources = row_sources(studies)
+    tables = [TestSetTable(t, comparison_grid(studies, t, columns, sources), best_guaranteed(studies, t, columns))
+              for t in shared]
+    return Comparison(studies, ["study", "condition", "source", *(c.header for c in columns)], notes, tables)
+
+
+def markdown(studies: list[StudyResults], comparison: Optional[Comparison] = None) -> str:
+    c = comparison or tabulate(studies)
     lines = ["# Comparison of studies: " + ", ".join(f"`{s.label}`" for s in studies)]
     for paragraph in intro(studies):
         lines += ["", paragraph]
     lines += ["", "Studies:", *(f"- `{s.label}`: {s.path}, seeds {', '.join(map(str, s.cfg.seeds))}" for s in studies)]
-    if notes:
-        lines += ["", *notes]
-    head = ["study", "condition", "source", *(c.header for c in columns)]
-    for test_set in shared:
-        lines += ["", f"## {test_set}", "", *markdown_table(head, comparison_grid(studies, test_set, columns))]
-        lines += ["", "Best with a full guarantee: " + "; ".join(best_guaranteed(studies, test_set, columns)) + "."]
+    if c.notes:
+        lines += ["", *c.notes]
+    for table in c.tables:
+        lines += ["", f"## {table.test_set}", "", *markdown_table(c.head, table.rows)]
+        lines += ["", "Best with a full guarantee: " + "; ".join(table.best) + "."]
     return "\n".join(lines) + "\n"
 
 
-def render_html(studies: list[StudyResults]) -> str:
-    shared, notes = shared_test_sets(studies)
-    columns = all_columns(studies)
-    head = ["study", "condition", "source", *(c.header for c in columns)]
+def render_html(studies: list[StudyResults], comparison: Optional[Comparison] = None) -> str:
+    c = comparison or tabulate(studies)
     title = "Comparison of studies: " + ", ".join(s.label for s in studies)
-    body = "".join(f"<p>{html.escape(p)}</p>" for p in [*intro(studies), *notes])
+    body = "".join(f"<p>{html.escape(p)}</p>" for p in [*intro(studies), *c.notes])
     body += "<ul>" + "".join(f"<li><code>{html.escape(s.label)}</code>: {html.escape(str(s.path))}</li>"
                              for s in studies) + "</ul>"
-    for i, test_set in enumerate(shared):
-        best = "".join(f"<li>{html.escape(b)}</li>" for b in best_guaranteed(studies, test_set, columns))
-        body += (f"<h2>{html.escape(test_set)}</h2>" + html_table(head, comparison_grid(studies, test_set, columns),
-                                                                  f"comparison-{i}")
+    for i, table in enumerate(c.tables):
+        best = "".join(f"<li>{html.escape(b)}</li>" for b in table.best)
+        body += (f"<h2>{html.escape(table.test_set)}</h2>" + html_table(c.head, table.rows, f"comparison-{i}")
                  + f"<p>Best with a full guarantee:</p><ul>{best}</ul>")
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n")
+    return page(title, f"<h1>{html.escape(title)}</h1>{body}")
 
 
 def compare_studies(study_dirs: list[str | Path], out: str | Path, *, force: bool = False) -> Path:
@@ -300,7 +328,8 @@ def compare_studies(study_dirs: list[str | Path], out: str | Path, *, force: boo
         raise DpMammoError("give at least one study directory to compare")
     out = check_out(out, [("the study directory", d) for d in study_dirs])
     studies = with_unique_labels([read_study(d) for d in study_dirs])
-    md, page = markdown(studies), render_html(studies)  # every refusal before anything is written
+    comparison = tabulate(studies)  # every refusal before anything is written
+    md, html_page = markdown(studies, comparison), render_html(studies, comparison)
     replaceable = dict(marker=COMPARISON_MD, command=COMMAND)
     check_replaceable(out, force, **replaceable)
     made = not out.exists()
@@ -311,7 +340,7 @@ def compare_studies(study_dirs: list[str | Path], out: str | Path, *, force: boo
             check_replaceable(out, force, **replaceable)  # again, now that no other process can be writing it
             # The marker first: a folder left by a killed run holds it, so --force may replace that folder.
             write_text_atomic(out / COMPARISON_MD, md)
-            write_text_atomic(out / COMPARISON_HTML, page)
+            write_text_atomic(out / COMPARISON_HTML, html_page)
     except DpMammoError:
         if made and not any(out.iterdir()):  # a refused start leaves no folder it made
             out.rmdir()

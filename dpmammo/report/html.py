@@ -113,16 +113,19 @@ def failures(summary: dict) -> str:
     return f"<ul>{items}</ul>"
 
 
+def page(title: str, body: str) -> str:
+    """A self-contained HTML page (the style inline) around `body`."""
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>\n'
+            f"<style>{STYLE}</style></head><body>\n{body}</body></html>\n")
+
+
 def render(cfg: StudyConfig, rows: list[dict], study_dir: Path, plots: dict[str, Optional[Path]],
            summary: dict, extra_sections: str = "") -> str:
     eps = ", ".join(format_epsilon(e) for e in cfg.epsilons)
     ref = (f"<p>(ref …) cells: published AUROC, {html.escape(CITATION[cfg.compare_with])}.</p>"
            if cfg.same_setup_as_published else "")
     caveat_items = "".join(f"<li>{html.escape(c)}</li>" for c in caveats(cfg))
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>dpmammo study {html.escape(cfg.name)}</title>
-<style>{STYLE}</style></head><body>
-<h1>Privacy-utility study <code>{html.escape(cfg.name)}</code></h1>
+    return page(f"dpmammo study {cfg.name}", f"""<h1>Privacy-utility study <code>{html.escape(cfg.name)}</code></h1>
 <p>Conditions: {html.escape(', '.join(cfg.conditions))}. ε: {eps}. Seeds: {', '.join(map(str, cfg.seeds))}.
 Models: {html.escape(', '.join(cfg.model_names))}. Test sets: {html.escape(', '.join(cfg.test_sets))}.</p>
 <h2>AUROC, mean ± std over seeds (one seed: 95% bootstrap CI), with each cell's total guarantee</h2>{ref}
@@ -136,5 +139,4 @@ Models: {html.escape(', '.join(cfg.model_names))}. Test sets: {html.escape(', '.
 <h2>What may be released</h2>{release_section(cfg, study_dir)}
 <h2>Caveats</h2><ul>{caveat_items}</ul>
 <p>Per-run metrics (AUPRC, accuracy, sensitivity, specificity, CI, wall time): <code>results.csv</code>.</p>
-</body></html>
-"""
+""")

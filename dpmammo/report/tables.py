@@ -117,8 +117,8 @@ def chosen_on_validation(candidates: list[T], stats: Callable[[T], dict]) -> Opt
     would make that number optimistic (no tuning on test sets)."""
     if any(stats(c)["val_mean"] is None for c in candidates):
         raise DpMammoError("a cell to choose from has no validation AUROC (rows without `val_auroc`, from a "
-                           "results.csv of an older dpmammo): collect it again by running `dpmammo study` into the study's "
-                           "folder with a copy of its study.yaml (finished runs are reused)")
+                           "results.csv of an older dpmammo): collect it again by running `dpmammo study` into the "
+                           "study's folder with a copy of its study.yaml (finished runs are reused)")
     return max(candidates, key=lambda c: stats(c)["val_mean"], default=None)
 
 

@@ -46,7 +46,7 @@ def run_rows(condition: str, spec, run_dir: Path, test_sets: list[str], outcome:
         return [base | {"test_set": s, "status": status, "error": outcome.error if outcome else ""} for s in test_sets]
     run = RunDir(run_dir)
     metrics = run.read_metrics()
-    val_auroc = run.read_val_auroc()
+    val_auroc = run.read_val_auroc(metrics)
     total = run.read_privacy().total
     rows = []
     for s in test_sets:

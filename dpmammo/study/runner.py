@@ -124,7 +124,6 @@ def claim_study_dir(cfg: StudyConfig, out: Path) -> None:
     write_text_atomic(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
 
 
-
 def _records(path: Path, cfg: StudyConfig) -> bool:
     """Whether study.yaml at `path` records `cfg`. Compared as configs, not as text: study.yaml
     spells out every value, so only a key added to StudyConfig since (e.g. `quality`) is read at

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from typing_extensions import Annotated
 
 from dpmammo.config import StrictModel
-from dpmammo.data.procedural.kinds import KINDS
+from dpmammo.data.procedural.kinds import KINDS, check_kind_list
 from dpmammo.models.config import CnnSmallConfig
 from dpmammo.train.config import OptimConfig
 
@@ -26,12 +26,7 @@ class ProceduralData(StrictModel):
     @field_validator("kinds")
     @classmethod
     def _registered(cls, v: list[str]) -> list[str]:
-        unknown = [k for k in v if k not in KINDS]
-        if unknown:
-            raise ValueError(f"unknown kind {unknown[0]!r}; registered kinds: {', '.join(KINDS)}")
-        if len(set(v)) != len(v):
-            raise ValueError("a kind is listed twice")
-        return v
+        return check_kind_list(v)
 
     @model_validator(mode="after")
     def _some_data(self):

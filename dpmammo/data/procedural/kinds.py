@@ -67,5 +67,15 @@ def check_kind(name: str) -> Kind:
     return KINDS[name]
 
 
+def check_kind_list(kinds: list[str], *, what: str = "kind") -> list[str]:
+    """A config's list of kinds: each registered, none twice (ValueError, for pydantic validators)."""
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown[0]!r}; registered kinds: {', '.join(KINDS)}")
+    if len(set(kinds)) != len(kinds):
+        raise ValueError("a kind is listed twice")
+    return kinds
+
+
 def kind_help() -> str:
     return "; ".join(f"{k.name}: {k.summary}" for k in KINDS.values())
