@@ -197,12 +197,12 @@ def train(config: Path,
     from dpmammo.runs import RunDir, config_input
     from dpmammo.train import fit
 
-    ranks = distributed.init_from_env(cfg.train.device)  # torchrun: join its process group
-    if ranks.distributed and nproc > 1:
-        raise DpMammoError(f"--nproc {nproc} under torchrun: torchrun starts the processes; drop --nproc")
-    out = out or Path("runs") / config.stem
-    check_out(out, config_input(config, out))
-    metrics = fit(cfg, out, force=force, progress=True, nproc=nproc)
+    with distributed.torchrun_group(cfg.train.device) as ranks:  # torchrun: join its process group
+        if ranks.distributed and nproc > 1:
+            raise DpMammoError(f"--nproc {nproc} under torchrun: torchrun starts the processes; drop --nproc")
+        out = out or Path("runs") / config.stem
+        check_out(out, config_input(config, out))
+        metrics = fit(cfg, out, force=force, progress=True, nproc=nproc)
     if not ranks.is_main:
         return
     console.print(f"{out}: val AUROC {metrics['val']['auroc']:.3f} (epoch {metrics['val']['epoch']}), "

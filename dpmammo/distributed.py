@@ -29,9 +29,10 @@ import os
 import socket
 import sys
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -156,6 +157,22 @@ def init_from_env(device: str) -> Ranks:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     torch.distributed.init_process_group(backend, init_method="env://", timeout=COLLECTIVE_TIMEOUT)
     return current()
+
+
+@contextmanager
+def torchrun_group(device: str) -> Iterator[Ranks]:
+    """`init_from_env` for one command: under torchrun, the ranks leave the process group together
+    when the block ends (a barrier, then destroy_process_group), and at once when it raises. A rank
+    that exits with the group still open can abort in the backend's threads at interpreter exit."""
+    joins = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized()
+    ranks = init_from_env(device)
+    try:
+        yield ranks
+        if joins:
+            ranks.barrier()
+    finally:
+        if joins and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def _free_port() -> int:
