@@ -330,24 +330,33 @@ def audit(config: Path,
     rec = audit_recipe(cfg, out, settings, progress="bar" if sys.stderr.isatty() else "lines")
     estimates = any(a.gdp_estimate for a in rec.attacks)
     both = any(a.fdp_bound for a in rec.attacks)  # the bound is the larger of Steinke's and the f-DP one
+    pairs = any(a.gaussian_bound for a in rec.attacks)
     table = Table("attack", "threat model", "AUC (95% CI)", "TPR@1% FPR", "TPR@0.1% FPR",
                   *([f"ε Steinke /{rec.unit}", f"ε f-DP (GDP) /{rec.unit}"] if both else []),
-                  f"ε lower bound /{rec.unit}", *([f"ε GDP estimate /{rec.unit}"] if estimates else []),
+                  f"ε lower bound /{rec.unit}", *([f"ε Gaussian-pair bound /{rec.unit}"] if pairs else []),
+                  *([f"ε GDP estimate /{rec.unit}"] if estimates else []),
                   title=f"{rec.method} audit of {config}: promised {short(rec.promised)}")
     for a in rec.attacks:
-        e, f = a.gdp_estimate, a.fdp_bound
+        e, f, g = a.gdp_estimate, a.fdp_bound, a.gaussian_bound
         table.add_row(a.attack + (" (primary)" if a.attack == rec.primary else ""), a.threat_model,
                       f"{a.auc.value:.3f} ({a.auc.ci_low:.3f}–{a.auc.ci_high:.3f})",
                       *(f"{t.tpr.value:.3f}" for t in a.tpr_at_fpr),
                       *([f"{a.bound.epsilon:.2f}" if f else "", f"{f.epsilon:.2f} (μ {f.mu:.3f})" if f else ""]
                         if both else []),
                       f"{a.epsilon_lower_bound:.2f}",
+                      *([f"{g.epsilon:.2f} (μ {g.mu:.3f})" if g else ""] if pairs else []),
                       *([f"{e.epsilon.value:.2f} ({e.epsilon.ci_low:.2f}–{e.epsilon.ci_high:.2f})" if e else ""]
                         if estimates else []))
     console.print(table)
     if both:
         console.print("ε lower bound: the larger of Steinke et al.'s bound and the f-DP bound (Mahloujifar et al.; "
                       "premise: a Gaussian trade-off curve), each proved at half the significance")
+    for a in rec.attacks:
+        if a.gaussian_bound:
+            g = a.gaussian_bound
+            console.print(f"Gaussian-pair bound of {a.attack} (Agrawal et al. 2026): at {g.confidence:.0%} on its "
+                          f"own, premise: Gaussian scores (normality p-value in {g.normality_p_in:.2g}, "
+                          f"out {g.normality_p_out:.2g})")
     console.print(f"wrote {out / 'audit.json'} and {out / 'roc.png'}")
 
 

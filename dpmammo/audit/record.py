@@ -82,6 +82,22 @@ class FdpBound(_Record):
     two_sided: bool
 
 
+class GaussianPairBound(_Record):
+    """Agrawal et al.'s (2026) one-run bound (dpmammo.audit.gdp.gaussian_pair_bound): every canary's
+    score counts, none is thresholded into a guess. `mu` is a lower confidence limit at `confidence`
+    of the in/out shift in units of the larger spread, `epsilon` the ε of `mu`-GDP at `delta`. A
+    BOUND under the premise that the scores are Gaussian (the white-box sum score is, by the central
+    limit theorem over steps); `normality_p_in`/`_out` test that premise on each side."""
+
+    kind: Literal["gaussian-pair"] = "gaussian-pair"
+    mu: float
+    epsilon: float
+    delta: float
+    confidence: float
+    normality_p_in: float
+    normality_p_out: float
+
+
 class GdpEstimate(_Record):
     """Andrew et al.'s (2024) ESTIMATE, not a bound: μ̂ = (mean_in − mean_out)/std_out of the canary
     scores read as μ-GDP, and the ε of μ̂-GDP at `delta` (dpmammo.audit.gdp); bootstrap intervals."""
@@ -103,13 +119,16 @@ class AttackResult(_Record):
     threat_model: ThreatModel = "black-box final model"
     gdp_estimate: Optional[GdpEstimate] = None
     fdp_bound: Optional[FdpBound] = None
+    gaussian_bound: Optional[GaussianPairBound] = None  # gradient-canary, the near-Gaussian sum score
 
 
 class AuditRecord(_Record):
     """One audit of one recipe. `measured_epsilon` is the ε lower BOUND of the method's primary
     attack (fixed before the audit, so it needs no correction for picking the best of several rows);
     `estimated_epsilon` (gradient-canary) is the Gaussian-DP ESTIMATE of attack `estimate_attack`,
-    which is no bound and may exceed the promise when the promise is tight."""
+    which is no bound and may exceed the promise when the promise is tight; `gaussian_epsilon` is
+    the Gaussian-pair BOUND of the same attack (premise: its scores are Gaussian), at `confidence`
+    on its own."""
 
     method: AuditMethod
     reference_models: int
@@ -126,6 +145,7 @@ class AuditRecord(_Record):
     attacks: list[AttackResult]
     estimated_epsilon: Optional[float] = None
     estimate_attack: Optional[str] = None
+    gaussian_epsilon: Optional[float] = None
     target: str
     notes: list[str]
     wall_time_s: float

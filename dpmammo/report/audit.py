@@ -78,7 +78,8 @@ def promised_vs_measured_plot(cfg: StudyConfig, audited, path: Path) -> Optional
 
 def audit_table(audited) -> str:
     head = ("condition", "target ε", "promised (chain total)", "DP stage ε", "audit", "threat model",
-            "measured ε lower bound (95%)", "ε estimate (GDP, not a bound)", "attack AUC [95% CI]", "TPR at 1% FPR",
+            "measured ε lower bound (95%)", "ε Gaussian-pair bound (95%, premise: Gaussian scores)",
+            "ε estimate (GDP, not a bound)", "attack AUC [95% CI]", "TPR at 1% FPR",
             "status")
     rows = []
     for a, r in audited:
@@ -92,6 +93,7 @@ def audit_table(audited) -> str:
                      "non-private" if r.stage_epsilon is None else f"{r.stage_epsilon:.2f}/{r.unit}", method,
                      p.threat_model, f"{r.measured_epsilon:.2f}/{r.unit}" + (
                          f" (Steinke {p.bound.epsilon:.2f}, f-DP {p.fdp_bound.epsilon:.2f})" if p.fdp_bound else ""),
+                     "" if r.gaussian_epsilon is None else f"{r.gaussian_epsilon:.2f}/{r.unit} ({r.estimate_attack})",
                      "" if r.estimated_epsilon is None else f"{r.estimated_epsilon:.2f}/{r.unit} ({r.estimate_attack})",
                      f"{p.auc.value:.3f} [{p.auc.ci_low:.3f}, {p.auc.ci_high:.3f}]", f"{tpr.tpr.value:.3f}", a.status])
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
@@ -110,7 +112,8 @@ def audit_section(cfg: StudyConfig, study_dir: Path, embed) -> str:
             f"pool ({html.escape(cfg.privacy.unit)}s) and reports the ε lower bound its primary attack proves with 95% "
             f"confidence (a gradient-canary audit instead trains the recipe once with canary units whose gradients "
             f"the adversary sees in every noisy update, takes the larger of Steinke et al.'s bound and the f-DP bound of "
-            f"Mahloujifar et al., whose premise is a Gaussian trade-off curve, each at half the significance, and adds a "
-            f"Gaussian-DP estimate). A measured bound is a floor "
+            f"Mahloujifar et al., whose premise is a Gaussian trade-off curve, each at half the significance, and adds "
+            f"the Gaussian-pair bound of Agrawal et al., whose premise is Gaussian canary scores, and a Gaussian-DP "
+            f"estimate). A measured bound is a floor "
             f"on the real leakage, not an estimate of it; one above the promise would be a bug. An estimate is "
             f"neither: it may exceed a tight promise.</p>{embed(plot, 'promised vs measured ε')}{audit_table(audited)}")
