@@ -305,11 +305,13 @@ def audit(config: Path,
           canaries: int = typer.Option(200, "--canaries", help="canaries: mislabelled units (one-run) or gradient "
                                                                "canary units (gradient-canary)"),
           canary_kind: str = typer.Option("mislabelled", "--canary-kind",
-                                          help="one-run: mislabelled (private units, other label) | phantom (extra "
-                                               "patients of phantom patches with random labels, built to be "
-                                               "memorised)"),
+                                          help="one-run: mislabelled (private units, other label) | phantom | "
+                                               "procedural (extra patients of phantom patches or procedural images "
+                                               "with random labels, built to be memorised)"),
           directions: str = typer.Option("dirac", "--directions", help="gradient-canary: dirac | gaussian"),
-          canary_patches: int = typer.Option(1, "--canary-patches", help="gradient-canary: records per canary unit"),
+          canary_patches: int = typer.Option(1, "--canary-patches", help="records per canary unit (gradient-canary; "
+                                                                         "one-run with phantom or procedural "
+                                                                         "canaries: copies of its image)"),
           seed: int = typer.Option(0, "--seed", help="the audit's seed (member split, canaries), not DP noise"),
           set_: List[str] = typer.Option([], "--set", help="override a key of the training config")):
     """Membership-inference audit of a training recipe: promised ε vs the ε lower bound an attack proves."""

@@ -39,16 +39,20 @@ class AuditSettings(StrictModel):
     canaries: int = Field(200, ge=8, description="one-run: m mislabelled canaries (at most the private units); "
                                                  "gradient-canary: m canary units added to the private set; each "
                                                  "trained on with probability 1/2")
-    canary_kind: Literal["mislabelled", "phantom"] = Field(
+    canary_kind: Literal["mislabelled", "phantom", "procedural"] = Field(
         "mislabelled", description="one-run: canaries are private units trained with the other label (mislabelled, "
-                                   "in distribution), or extra patients of one phantom patch each with a random label "
-                                   "(phantom: out of distribution, built to be memorised; every private unit trains)")
+                                   "in distribution), or extra patients of one generated image each with a random "
+                                   "label, out of distribution and built to be memorised, every private unit trains: "
+                                   "a phantom patch (phantom) or a procedural image, dead leaves, spectral noise or a "
+                                   "random generator's (procedural; with canary_patches copies, the one that a "
+                                   "non-private model memorises)")
     directions: Literal["dirac", "gaussian"] = Field(
         "dirac", description="gradient-canary: a canary's gradient is one trainable coordinate (dirac) or a random "
                              "unit vector (gaussian, an (m, parameters) matrix in memory)")
     canary_patches: int = Field(1, ge=1, le=64, description="gradient-canary: records of one canary patient, each "
                                                             "with a gradient of norm C (unit patch: 1); one-run with "
-                                                            "phantom canaries: copies of a canary's patch")
+                                                            "phantom or procedural canaries: copies of a canary's "
+                                                            "image")
     seed: Seed = Field(0, description="the audit's own randomness (member split, canaries, bootstrap); not DP noise")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="of the ε lower bounds and the intervals")
     unit: Optional[Unit] = Field(None, description="non-private recipes: the unit to split the pool by (default "

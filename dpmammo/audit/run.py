@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 import numpy as np
 
@@ -23,8 +23,8 @@ from dpmammo.audit.models import (Pool, is_head_only, load_pool, margins, pool_l
                                   train_models)
 from dpmammo.audit.record import AUDIT_JSON, ROC_PNG, AuditRecord, OneRunBound, ThresholdBound, write_audit
 from dpmammo.audit.stats import attack_result
-from dpmammo.audit.splits import (CANARY_DATASET, canary_split, phantom_canary_split, reference_splits,
-                                  write_phantom_canaries)
+from dpmammo.audit.splits import (CANARY_DATASET, PROCEDURAL_CANARY_KINDS, canary_split, extra_canary_split, reference_splits,
+                                  write_extra_canaries)
 from dpmammo.errors import DpMammoError
 from dpmammo.progress import StepProgress
 from dpmammo.runs import RunDir
@@ -70,17 +70,20 @@ def audit_recipe(cfg: TrainConfig, out: str | Path, settings: AuditSettings, *,
     if cfg.data.audit_split is not None:
         raise DpMammoError("the config sets data.audit_split: the audit draws the member splits itself; remove it")
     method, unit = resolve_method(settings, cfg), audit_unit(settings, cfg)
-    if settings.canary_kind == "phantom" and method != "one-run":
-        raise DpMammoError(f"canary_kind phantom is a one-run audit's; the method is {method}: use --method one-run")
+    extra = settings.canary_kind in ("phantom", "procedural")  # canaries are extra patients
+    if extra and method != "one-run":
+        raise DpMammoError(f"canary_kind {settings.canary_kind} is a one-run audit's; the method is {method}: "
+                           "use --method one-run")
     if method == "gradient-canary":
         return whitebox.audit_gradient_canaries(cfg, out, settings, progress=progress)
-    if settings.canary_kind == "phantom":  # extra patients: a training set of the target's own
-        folder = write_phantom_canaries(out / CANARIES_DIR, settings.canaries, seed=settings.seed,
-                                        size=cfg.model.input_size, patches=settings.canary_patches)
+    if extra:  # a training set of the target's own
+        folder = write_extra_canaries(out / CANARIES_DIR, settings.canaries, seed=settings.seed,
+                                      size=cfg.model.input_size, patches=settings.canary_patches,
+                                      kind=settings.canary_kind)
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"train": [*cfg.data.train, str(folder)]})})
     pool = load_pool(cfg, unit)
-    if method == "one-run" and settings.canary_kind == "phantom":
-        splits = [phantom_canary_split(pool.units, _canary_units(pool), seed=settings.seed, unit=unit)[0]]
+    if method == "one-run" and extra:
+        splits = [extra_canary_split(pool.units, _canary_units(pool), seed=settings.seed, unit=unit)[0]]
     elif method == "one-run":
         splits = [canary_split(pool.units, settings.canaries, seed=settings.seed, unit=unit)[0]]
     else:
@@ -135,7 +138,7 @@ def audit_runs(target: Path, references: list[Path], out: str | Path, settings: 
         confidence=settings.confidence, units=len(pool.units), target_members=n_members,
         promised=privacy.total, stage_epsilon=privacy.own.epsilon, delta=privacy.own.delta, primary=primary,
         measured_epsilon=next(r.epsilon_lower_bound for r in results if r.attack == primary), attacks=results,
-        target=str(Path(target).resolve()), notes=_notes(method, unit, phantom=bool(_canary_units(pool))),
+        target=str(Path(target).resolve()), notes=_notes(method, unit, extra=settings.canary_kind if _canary_units(pool) else None),
         wall_time_s=round(time.time() - t0, 1), dpmammo_version=__version__)
     from dpmammo.audit.plot import roc_plot  # matplotlib only when writing
 
@@ -182,7 +185,7 @@ def _reference_attacks(cfg, runs, pool: Pool, labels, splits, settings: AuditSet
 
 
 def _canary_units(pool: Pool) -> list[str]:
-    """The units of the pool that are phantom canaries (splits.write_phantom_canaries), in pool order."""
+    """The units of the pool that are extra canaries (splits.write_extra_canaries), in pool order."""
     canary = {int(u) for u, r in zip(pool.record_unit, pool.records) if r.dataset == CANARY_DATASET}
     return [pool.units[u] for u in sorted(canary)]
 
@@ -222,19 +225,22 @@ def _result(name: str, scores: np.ndarray, is_member: np.ndarray, eps: float, bo
     return attack_result(name, scores, is_member, eps, bound, confidence=settings.confidence, seed=settings.seed)
 
 
-def _notes(method: str, unit: str, *, phantom: bool = False) -> list[str]:
+def _notes(method: str, unit: str, *, extra: Optional[str] = None) -> list[str]:
     notes = [f"membership is per {unit}: a {unit}'s score is the mean over its patches and flip views",
              "intervals: percentile bootstrap over units; the ε bound: Clopper–Pearson for the top-k units, k fixed on a "
              "calibration model" if method != "one-run" else
              "ε bound: Steinke, Nasr & Jagielski (2023), best top-k guess (Bonferroni over the k grid)",
              "the target trains on about half of the private pool, so its noise is calibrated for that pool "
              "size; its promise is the same ε per unit"]
-    if method == "one-run" and phantom:
+    if method == "one-run" and extra:
         notes[2] = ("the target trains on every private unit and about half of the canaries, so its noise is "
                     "calibrated for that pool size; its promise is the same ε per unit")
-        notes.append(f"canaries: extra {unit}s of one phantom patch each ({CANARY_DATASET}, a random process, out of "
-                     "distribution) with a label drawn independently of its look, each included with probability 1/2 "
-                     "and scored on that label; all private units are always members")
+        image = ("one phantom patch" if extra == "phantom"
+                 else f"one procedural image ({', '.join(PROCEDURAL_CANARY_KINDS)} in turn)")
+        notes.append(f"canaries: extra {unit}s of {image} each, as many copies as the audit's canary_patches "
+                     f"({CANARY_DATASET}, a random process, out of distribution), with a label drawn independently of "
+                     "its look, each included with probability 1/2 and scored on that label; all private units are "
+                     "always members")
     elif method == "one-run":
         notes.append("canaries: private units trained with the other label, each included with probability 1/2; "
                      "all other units are always members")

@@ -25,6 +25,12 @@
   canary it has seen only by memorising it, and one it has not seen it can only guess: the
   canaries built to be memorised of Steinke et al. and of Nasr et al. 2023 (mislabelled and out
   of distribution), here without removing anything from the recipe's data.
+- Procedural canaries (`canary_kind: procedural`): the same, with images of the public random
+  processes (dpmammo.data.procedural: dead leaves, spectral noise and random generators in turn,
+  from a seed of the audit's own). Phantoms all look alike, so a model that has seen some predicts
+  much the same for all of them and memorises little; these differ from each other as much as from
+  mammograms, and a canary patient of several copies of its image is seen that many times an
+  epoch (duplication is what makes training data memorised: Carlini et al. 2023).
 """
 
 from __future__ import annotations
@@ -44,9 +50,13 @@ from dpmammo.privacy.config import Unit
 from dpmammo.train.members import AuditSplit
 
 _STREAM = 0xA0D1  # keeps the audit's stream apart from other uses of the same seed
-# The data set name of phantom canaries: the one-run scorer tells them from private units by it.
+# The data set name of extra canaries: the one-run scorer tells them from private units by it.
 CANARY_DATASET = "audit-canary"
-CANARY_MANIFEST = "canaries.json"  # beside the images of write_phantom_canaries: what made them
+CANARY_MANIFEST = "canaries.json"  # beside the images of write_extra_canaries: what made them
+ExtraKind = Literal["phantom", "procedural"]  # canaries that are extra patients of generated images
+# The procedural kinds of procedural canaries, canary i of kind i mod 3 (mammo-phantom is left out:
+# it looks like the phantom canaries, which a model tells apart too little to memorise).
+PROCEDURAL_CANARY_KINDS = ("dead-leaves", "spectral", "random-generator")
 
 
 def reference_splits(units: list[str], n_refs: int, *, seed: int, unit: Unit) -> list[AuditSplit]:
@@ -82,29 +92,32 @@ def canary_split(units: list[str], m: int, *, seed: int, unit: Unit) -> tuple[Au
     return split, canaries, included
 
 
-class PhantomCanaries(BaseModel):
-    """What made a folder of phantom canaries (its manifest, CANARY_MANIFEST): the same values make
+class ExtraCanaries(BaseModel):
+    """What made a folder of extra canaries (its manifest, CANARY_MANIFEST): the same values make
     the same files, byte for byte."""
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["phantom"] = "phantom"
+    kind: ExtraKind = "phantom"
     count: int
     patches_per_canary: int
     size: int
     seed: int
 
 
-def write_phantom_canaries(folder: Path, m: int, *, seed: int, size: int, patches: int = 1) -> Path:
-    """m phantom canaries as a training set in the published layout, `folder`/audit-canary/train:
-    canary i is patient `canary<i>` with `patches` copies of one `size`-pixel phantom patch (a
-    patient with several patches weighs that many records in non-private training; under DP its
-    sum is clipped once) and a label drawn at random, independently of whether its mass was drawn
-    benign- or malignant-looking; `folder`/CANARY_MANIFEST says what made them. Returns the set's
-    folder (a data.train entry). A folder already there is kept when its manifest is this audit's
-    and it holds exactly these files (a resumed audit), refused otherwise: the audit has no --force."""
+def write_extra_canaries(folder: Path, m: int, *, seed: int, size: int, patches: int = 1,
+                         kind: ExtraKind = "phantom") -> Path:
+    """m canaries as a training set in the published layout, `folder`/audit-canary/train: canary i
+    is patient `canary<i>` with `patches` copies of one `size`-pixel image (a patient with several
+    patches weighs that many records in non-private training; under DP its sum is clipped once)
+    and a label drawn at random, independently of its image: a phantom patch (`kind` phantom; its
+    mass drawn benign- or malignant-looking) or an image of procedural kind
+    PROCEDURAL_CANARY_KINDS[i mod 3] (`kind` procedural). `folder`/CANARY_MANIFEST says what made
+    them. Returns the set's folder (a data.train entry). A folder already there is kept when its
+    manifest is this audit's and it holds exactly these files (a resumed audit), refused otherwise:
+    the audit has no --force."""
     if m < 8:
-        raise DpMammoError(f"audit.canaries={m}: a one-run audit with phantom canaries needs at least 8")
-    wanted = PhantomCanaries(count=m, patches_per_canary=patches, size=size, seed=seed)
+        raise DpMammoError(f"audit.canaries={m}: a one-run audit with {kind} canaries needs at least 8")
+    wanted = ExtraCanaries(kind=kind, count=m, patches_per_canary=patches, size=size, seed=seed)
     rng = np.random.default_rng([seed, _STREAM, 2])
     labels, looks = rng.integers(0, 2, m), rng.integers(0, 2, m)
     images = {Path(CANARY_DATASET, "train", PUBLISHED_FOLDER[int(y)],
@@ -116,7 +129,7 @@ def write_phantom_canaries(folder: Path, m: int, *, seed: int, size: int, patche
         _check_made_alike(folder, wanted)
         found = {p.relative_to(folder) for p in folder.rglob("*") if p.is_file()}
         if found != files:
-            raise DpMammoError(f"{folder} holds other files than this audit's {m} phantom canaries (seed {seed}) and "
+            raise DpMammoError(f"{folder} holds other files than this audit's {m} {kind} canaries (seed {seed}) and "
                                f"their {CANARY_MANIFEST}; choose another --out")
         return folder
     tmp = folder.with_name(folder.name + ".tmp")
@@ -125,35 +138,50 @@ def write_phantom_canaries(folder: Path, m: int, *, seed: int, size: int, patche
         if not left <= files:
             raise DpMammoError(f"{tmp} holds files this audit did not write; move them away or choose another --out")
         shutil.rmtree(tmp)
+    drawn = _procedural_images(m, seed=seed, size=size) if kind == "procedural" else None
     for rel, i in images.items():
         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(make_patch(np.random.default_rng([seed, _STREAM, 3, i]), bool(looks[i]), size)).save(tmp / rel)
+        pixels = (drawn[i] if drawn is not None
+                  else make_patch(np.random.default_rng([seed, _STREAM, 3, i]), bool(looks[i]), size))
+        Image.fromarray(pixels).save(tmp / rel)
     (tmp / CANARY_MANIFEST).write_text(wanted.model_dump_json(indent=2) + "\n")
     tmp.rename(folder)
     return folder
 
 
-def _check_made_alike(folder: Path, wanted: PhantomCanaries) -> None:
+def _procedural_images(m: int, *, seed: int, size: int) -> list[np.ndarray]:
+    """Image i: the (i // 3)-th image of procedural kind i mod 3, from a seed derived from the audit's
+    (its own stream: no canary is an image of a public prior made with the same seed)."""
+    from dpmammo.data.procedural.store import generate
+
+    own = int(np.random.default_rng([seed, _STREAM, 5]).integers(2 ** 31))
+    n = len(PROCEDURAL_CANARY_KINDS)
+    made = [generate(k, seed=own, start=0, stop=len(range(j, m, n)), size=size)[0][:, 0].numpy()
+            for j, k in enumerate(PROCEDURAL_CANARY_KINDS)]
+    return [made[i % n][i // n] for i in range(m)]
+
+
+def _check_made_alike(folder: Path, wanted: ExtraCanaries) -> None:
     """Refuse canaries in `folder` whose manifest says they were made otherwise than `wanted` (a folder
     without a manifest is left to the check of its files)."""
     path = folder / CANARY_MANIFEST
     if not path.is_file():
         return
     try:
-        found = PhantomCanaries.model_validate_json(path.read_text())
+        found = ExtraCanaries.model_validate_json(path.read_text())
     except (ValidationError, UnicodeDecodeError) as e:
-        raise DpMammoError(f"{path} is not a phantom-canary manifest ({e.__class__.__name__}); "
+        raise DpMammoError(f"{path} is not a canary manifest ({e.__class__.__name__}); "
                            "choose another --out") from None
     if found != wanted:
         differ = ", ".join(f"{name} {getattr(found, name)} (this audit: {getattr(wanted, name)})"
-                           for name in PhantomCanaries.model_fields if getattr(found, name) != getattr(wanted, name))
-        raise DpMammoError(f"{folder} holds phantom canaries made with other settings: {differ}; the audit does not "
+                           for name in ExtraCanaries.model_fields if getattr(found, name) != getattr(wanted, name))
+        raise DpMammoError(f"{folder} holds canaries made with other settings: {differ}; the audit does not "
                            f"replace them: choose another --out, or move {folder} away to make them anew")
 
 
-def phantom_canary_split(units: list[str], canary_units: list[str], *, seed: int,
+def extra_canary_split(units: list[str], canary_units: list[str], *, seed: int,
                          unit: Unit) -> tuple[AuditSplit, np.ndarray]:
-    """The one-run target's split with phantom canaries: every private unit, and each canary unit
+    """The one-run target's split with extra canaries: every private unit, and each canary unit
     with probability ½ (returned: which of `canary_units` were included)."""
     included = np.random.default_rng([seed, _STREAM, 4]).random(len(canary_units)) < 0.5
     canaries = set(canary_units)
