@@ -107,6 +107,16 @@ RECIPES: dict[str, tuple[dict, bool]] = {
     "scatter-pca32-inf": ({"model": {"name": "scatter", "input_size": 64, "public_pca": {"components": 32}},
                            "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9}, "train": {"epochs": 30, "batch_size": 64}},
                           False),
+    # richer ScatterNet features for ε = ∞ (issue 27's outside probe: J = 3 unpooled and 128 px were its
+    # strongest non-private features on CBIS-DDSM): J = 3 at 64 px, 217 channels × 8²; J = 2 at 128 px,
+    # 81 channels × 8²; each with a little weight decay (a non-private linear model on thousands of
+    # features over ~1100 patches)
+    "scatter-j3-inf": ({"model": {"name": "scatter", "input_size": 64, "J": 3, "pool": 8, "groups": 31},
+                        "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-3},
+                        "train": {"epochs": 30, "batch_size": 64}}, False),
+    "scatter-128-inf": ({"model": {"name": "scatter", "input_size": 128, "J": 2, "pool": 8},
+                         "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-3},
+                         "train": {"epochs": 30, "batch_size": 64}}, False),
     "probe-b512-last": ({"model": {"freeze_backbone": True}, "init_weights": "backbone",
                          "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
                          "train": {"epochs": 10, "batch_size": 512, "select": "last"}}, True),

@@ -18,6 +18,7 @@ from dpmammo.models.config import ScatterConfig
 from dpmammo.models.registry import create_model
 from dpmammo.models.scatter import ScatterBackbone, fit_public_basis
 from dpmammo.privacy import read_privacy
+from dpmammo.privacy.ledger import compose
 from dpmammo.train import fit
 from tests.test_train import SEEDED, phantom_config
 
@@ -108,7 +109,8 @@ def test_the_config_refuses_unknown_kinds_and_too_many_components():
 
 def test_dp_head_on_public_pca_features_learns_phantoms_with_the_same_guarantee(phantom_root, tmp_path, monkeypatch):
     """A DP linear head on the projected features: the run's ledger is that of the unprojected
-    model at the same settings (the projection is public and spends nothing), and it learns."""
+    model at the same settings plus a public stage naming the basis's procedural images (the
+    projection spends nothing: the same chain total), and it learns."""
     monkeypatch.setenv("DPMAMMO_CACHE", str(tmp_path / "cache"))  # other tests expect to compute these features
     def run(name, **model):
         cfg = phantom_config(phantom_root, model__={"name": "scatter", "input_size": 64, **model},
@@ -121,7 +123,15 @@ def test_dp_head_on_public_pca_features_learns_phantoms_with_the_same_guarantee(
     _, plain = run("plain")
     assert (rec.own.epsilon, rec.own.steps, rec.own.noise_multiplier, rec.own.sample_rate) == (
         plain.own.epsilon, plain.own.steps, plain.own.noise_multiplier, plain.own.sample_rate)
-    assert [s.stage for s in rec.stages] == [s.stage for s in plain.stages]
+    basis, *rest = rec.stages
+    assert [s.stage for s in rest] == [s.stage for s in plain.stages]
+    assert rec.total.model_dump(exclude={"stages", "method"}) == plain.total.model_dump(exclude={"stages", "method"})
+    # (seeded noise here: no guarantee for either.) With DP noise, the public stage adds nothing to the total:
+    own = rec.own.model_copy(update={"guarantee": "dp", "reason": None})
+    assert compose([basis, own], delta=own.delta).epsilon == compose([own], delta=own.delta).epsilon == own.epsilon
+    assert basis.stage == "public-basis" and basis.guarantee == "public" and basis.data == [
+        "procedural/mammo-phantom", "procedural/spectral", "procedural/dead-leaves", "procedural/random-generator"]
+    assert "images 0..255" in basis.note and "seed 0" in basis.note
     assert "features: computed (400, 1, 32)" in (tmp_path / "pca" / "log.txt").read_text()
     assert set(load_file(str(tmp_path / "pca" / "model.safetensors"))) == {
         "backbone.projection.mean", "backbone.projection.components", "backbone.projection.scale",

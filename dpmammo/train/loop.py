@@ -275,6 +275,14 @@ def input_chain(cfg: TrainConfig, train_records) -> list[StageSpend]:
     if getattr(cfg.model, "pretrained", False):
         chain.append(StageSpend(stage="weights", run="timm ImageNet-1k", data=["ImageNet-1k"], guarantee="public",
                                 note="ImageNet weights from timm: public data"))
+    pca = getattr(cfg.model, "public_pca", None)
+    if pca is not None:  # the projection is part of the released model: its provenance is on record
+        chain.append(StageSpend(
+            stage="public-basis", run=f"{pca.components} principal components, seed {pca.seed}",
+            data=[f"procedural/{k}" for k in pca.kinds], guarantee="public",
+            note=f"ScatterNet features projected on principal components fitted on images 0..{pca.images_per_kind - 1} "
+                 f"of each procedural process ({', '.join(pca.kinds)}; seed {pca.seed}, {cfg.model.input_size} px): "
+                 "made by a program from its seed; no private data"))
     return chain + synthetic_chain(synthetic_provenance(train_records))
 
 
