@@ -99,6 +99,11 @@ RECIPES: dict[str, tuple[dict, bool]] = {
     "scatter-pca64-b512-last": ({"model": {"name": "scatter", "input_size": 64, "public_pca": {"components": 64}},
                                  "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
                                  "train": {"epochs": 10, "batch_size": 512, "select": "last"}}, False),
+    # the same projection of the ScatterNet features of 128 px patches (J = 2, pooled to 8²: 5184 features)
+    "scatter128-pca32-b512-last": ({"model": {"name": "scatter", "input_size": 128, "pool": 8,
+                                              "public_pca": {"components": 32}},
+                                    "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+                                    "train": {"epochs": 10, "batch_size": 512, "select": "last"}}, False),
     # non-private candidates for ε = ∞ (--epsilons inf): the study's cnn-small (its top-level
     # settings) and linear heads on the ScatterNet features, best epoch on val as the study's ∞ runs
     "cnn-small-inf": ({"optim": {"name": "adamw", "lr": 1e-3}, "train": {"epochs": 20, "batch_size": 64}}, False),
