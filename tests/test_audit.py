@@ -172,8 +172,8 @@ def test_one_run_with_phantom_canaries_sees_a_non_private_model_memorise(phantom
 
 
 def test_procedural_canaries_are_diverse_repeatable_and_memorised_by_a_whole_cnn(phantoms, tmp_path):
-    """Procedural canaries: the same seed writes the same bytes, another seed other images; canary
-    i is of kind i mod 3 and no two canaries share an image. A tiny whole cnn-small (width 8)
+    """Procedural canaries: the same seed writes the same bytes, another seed other images, and
+    no two canaries share an image. A tiny whole cnn-small (width 8)
     trained without privacy on the phantom set plus 96 canaries of 4 copies each memorises them:
     AUC ≥ 0.7 with its interval above chance (0.78 when written; at this size the bound stays
     small, the real recipe's is in benchmarks/README.md)."""

@@ -137,3 +137,11 @@ def test_dp_head_on_public_pca_features_learns_phantoms_with_the_same_guarantee(
         "backbone.projection.mean", "backbone.projection.components", "backbone.projection.scale",
         "head.weight", "head.bias"}
     assert m["val"]["auroc"] >= 0.8
+    # A run from this one loads its projection with its weights: the parent's chain names the basis, once.
+    child = phantom_config(phantom_root, model__={"name": "scatter", "input_size": 64,
+                                                  "public_pca": {"images_per_kind": 256, "components": 32}},
+                           privacy__={"target_epsilon": 4.0, **SEEDED}, train__epochs=1, train__batch_size=100,
+                           train__augment="none", init_from__=str(tmp_path / "pca"))
+    fit(child, tmp_path / "child", progress=False)
+    stages = read_privacy(tmp_path / "child" / "privacy.json").stages
+    assert [s.stage for s in stages] == ["public-basis", "classifier", "classifier"]

@@ -82,6 +82,8 @@ def gdp_estimate(scores: np.ndarray, included: np.ndarray, *, delta: float, n_bo
 
 # --- a bound under a stated premise: the canary scores are Gaussian ---------------------------
 
+MIN_SIDE = 8  # canaries on each side (in, out) below which no Gaussian is fitted
+
 @dataclass(frozen=True)
 class GaussianPair:
     """`mu`: a lower confidence limit of the in/out scores' shift in units of their larger spread;
@@ -97,32 +99,36 @@ class GaussianPair:
 def gaussian_pair_bound(scores: np.ndarray, included: np.ndarray, *, delta: float,
                         confidence: float) -> GaussianPair:
     """The one-run ε lower bound of Agrawal et al. (2026, "Let's Ask Gauss: Improved One-Run Privacy
-    Auditing", arXiv 2606.12733): a BOUND at `confidence` under the premise that the "in" and "out"
-    scores are Gaussian, which the white-box sum score is by the central limit theorem over
-    training steps (each step adds independent Gaussian noise; an included canary adds a clipped
-    unit with probability q).
+    Auditing", arXiv 2606.12733): a BOUND at `confidence` under a premise, that the "in" and "out"
+    scores are Gaussian draws, independent across canaries. The white-box sum score is near
+    Gaussian by the central limit theorem over training steps (each step adds independent Gaussian
+    noise; an included canary adds a clipped unit with probability q), and Dirac canaries barely
+    interact. The ε at small δ rests on the tails, 3–4 spreads out, which the normality test of a few
+    hundred scores (`normality_p_in`/`_out`) checks only in the bulk: the bound is as good as the
+    Gaussian model of the tails.
 
-    Why it holds. The canary scores are a post-processing of the mechanism's output, and the in/out
-    pair over canaries is a mixture of each canary's pair, so by joint convexity of the hockey-stick
-    divergence its (ε, δ) curve is at most the mechanism's. Let s = max(s_in, s_out) and
-    Δ = m_in − m_out > 0. The equal-variance pair N(m_out, s²), N(m_in, s²) attains its δ(ε) on a
-    set {x > t} (in over out) or {x < t'} (out over in) with t, t' beyond the far side of the
-    other mean: t > m_out, t' < m_in. Narrowing the spread of the side measured there to its true
-    s_out ≤ s (or s_in ≤ s) only thins that tail, so the true pair's δ(ε) is at least as large in
-    the direction of the side with the smaller spread. So μ = Δ/s read as μ-GDP under-states the
-    pair, and a lower confidence limit of μ (normal approximation with the delta method's standard
-    error √(1/n_in + 1/n_out + μ²/(2n))) under-states it at `confidence`.
-    Unlike Steinke et al.'s bound and the f-DP bound, no guess is thresholded: every score counts.
+    Why it holds under the premise. The canary scores are a post-processing of the mechanism's
+    output, and the in/out pair over canaries is a mixture of each canary's pair, so by joint
+    convexity of the hockey-stick divergence its (ε, δ) curve is at most the mechanism's. Let
+    s = max(s_in, s_out) and Δ = m_in − m_out > 0. The equal-variance pair N(m_out, s²), N(m_in, s²)
+    attains its δ(ε) on a set {x > t} (in over out) or {x < t'} (out over in) with t, t' beyond the
+    far side of the other mean: t > m_out, t' < m_in. Narrowing the spread of the side measured
+    there to its true s_out ≤ s (or s_in ≤ s) only thins that tail, so the true pair's δ(ε) is at
+    least as large in the direction of the side with the smaller spread. So μ = Δ/s read as μ-GDP
+    under-states the pair. Its lower confidence limit uses the normal approximation with the delta
+    method's standard error, √(1/n_in + 1/n_out + μ²/(2·min(n_in, n_out))): the mean difference over
+    the larger spread contributes at most 1/n_in + 1/n_out, and the sample spread that μ is measured
+    in, from one side, μ²/(2n) of that side's n (the smaller n, to be safe).
     """
     inn, out = np.asarray(scores, float)[included], np.asarray(scores, float)[~included]
     n_in, n_out = len(inn), len(out)
-    if n_in < 8 or n_out < 8:
-        raise ValueError(f"need at least 8 included and 8 excluded canaries, got {n_in} and {n_out}")
+    if n_in < MIN_SIDE or n_out < MIN_SIDE:
+        raise ValueError(f"need at least {MIN_SIDE} included and {MIN_SIDE} excluded canaries, got {n_in} and {n_out}")
     spread = max(float(np.std(inn, ddof=1)), float(np.std(out, ddof=1)))
     if spread == 0:
         raise ValueError("every canary score is the same: nothing to fit a Gaussian to")
     mu_hat = float(inn.mean() - out.mean()) / spread
-    se = math.sqrt(1 / n_in + 1 / n_out + mu_hat * mu_hat / (2 * (n_in + n_out)))
+    se = math.sqrt(1 / n_in + 1 / n_out + mu_hat * mu_hat / (2 * min(n_in, n_out)))
     mu = max(0.0, mu_hat - float(special.ndtri(confidence)) * se)
     return GaussianPair(mu=mu, epsilon=gdp_epsilon(mu, delta), normality_p_in=_normality_p(inn),
                         normality_p_out=_normality_p(out))

@@ -86,8 +86,9 @@ class GaussianPairBound(_Record):
     """Agrawal et al.'s (2026) one-run bound (dpmammo.audit.gdp.gaussian_pair_bound): every canary's
     score counts, none is thresholded into a guess. `mu` is a lower confidence limit at `confidence`
     of the in/out shift in units of the larger spread, `epsilon` the ε of `mu`-GDP at `delta`. A
-    BOUND under the premise that the scores are Gaussian (the white-box sum score is, by the central
-    limit theorem over steps); `normality_p_in`/`_out` test that premise on each side."""
+    BOUND under the premise that the scores are independent Gaussian draws, tails included (the
+    white-box sum score is near Gaussian by the central limit theorem over steps);
+    `normality_p_in`/`_out` test that premise on each side, in the bulk of the scores only."""
 
     kind: Literal["gaussian-pair"] = "gaussian-pair"
     mu: float
@@ -127,8 +128,8 @@ class AuditRecord(_Record):
     attack (fixed before the audit, so it needs no correction for picking the best of several rows);
     `estimated_epsilon` (gradient-canary) is the Gaussian-DP ESTIMATE of attack `estimate_attack`,
     which is no bound and may exceed the promise when the promise is tight; `gaussian_epsilon` is
-    the Gaussian-pair BOUND of the same attack (premise: its scores are Gaussian), at `confidence`
-    on its own."""
+    the Gaussian-pair BOUND of the attack that carries a `gaussian_bound` (premise: its scores are
+    Gaussian), at `confidence` on its own."""
 
     method: AuditMethod
     reference_models: int

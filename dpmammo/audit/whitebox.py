@@ -263,7 +263,7 @@ def score_canaries(run: CanaryRun, *, confidence: float, seed: int, n_boot: int 
         fdp_bound = FdpBound(mu=f.mu, epsilon=f.epsilon, delta=run.delta, confidence=each, k_grid=grid,
                              guesses=f.guesses, correct=f.correct, two_sided=True)
         pair = None
-        if name in GAUSSIAN_SCORES:
+        if name in GAUSSIAN_SCORES and min(inc.sum(), (~inc).sum()) >= gdp.MIN_SIDE:
             g = gdp.gaussian_pair_bound(scores, inc, delta=run.delta, confidence=confidence)
             pair = GaussianPairBound(mu=g.mu, epsilon=g.epsilon, delta=run.delta, confidence=confidence,
                                      normality_p_in=g.normality_p_in, normality_p_out=g.normality_p_out)
@@ -353,7 +353,8 @@ def audit_gradient_canaries(cfg, out, settings, *, progress: str = "lines"):
         promised=compose([*upstream, own], delta=own.delta), stage_epsilon=run.epsilon, delta=run.delta,
         primary=PRIMARY_BOUND, measured_epsilon=primary.epsilon_lower_bound, attacks=results,
         estimated_epsilon=summed.gdp_estimate.epsilon.value, estimate_attack=PRIMARY_ESTIMATE,
-        gaussian_epsilon=summed.gaussian_bound.epsilon, target=str(out.resolve()),
+        gaussian_epsilon=summed.gaussian_bound.epsilon if summed.gaussian_bound else None,
+        target=str(out.resolve()),
         notes=_notes(settings, mode, cfg.privacy.grad_sample_mode), wall_time_s=round(time.time() - t0, 1),
         dpmammo_version=__version__)
     out.mkdir(parents=True, exist_ok=True)
@@ -363,6 +364,8 @@ def audit_gradient_canaries(cfg, out, settings, *, progress: str = "lines"):
 
 
 def _notes(settings, mode: str, recipe_mode: str) -> list[str]:
+    from dpmammo.audit import gdp
+
     return [
         f"white-box one-run audit: {settings.canaries} gradient canaries ({settings.directions} directions, norm C, "
         f"{settings.canary_patches} record(s) each), each a unit of privacy added with probability 1/2; `units` counts "
@@ -379,9 +382,10 @@ def _notes(settings, mode: str, recipe_mode: str) -> list[str]:
         "its ε at δ bounds ε under the premise that the trade-off curve is Gaussian, as DP-SGD's nearly is); "
         "gdp_estimate: an ESTIMATE (Andrew et al. 2024), not a bound",
         f"gaussian_bound ({', '.join(GAUSSIAN_SCORES)}): a BOUND at the record's confidence on its own (Agrawal et "
-        "al. 2026) under the premise that the canary scores are Gaussian, which the sum of T noisy projections is by "
-        "the central limit theorem (normality_p_in/_out test it); every score counts, none is thresholded, so it "
-        "proves more than the two guess-based bounds; `gaussian_epsilon` is its ε",
+        "al. 2026) under the premise that the canary scores are independent Gaussian draws, tails included; the sum "
+        "of T noisy projections is near Gaussian by the central limit theorem, and normality_p_in/_out test that in "
+        "the bulk only; every score counts, none is thresholded, so it usually proves more than the two guess-based "
+        f"bounds; `gaussian_epsilon` is its ε (none with fewer than {gdp.MIN_SIDE} canaries on a side)",
         f"primary bound: {PRIMARY_BOUND} (likelihood-ratio score); primary estimate: {PRIMARY_ESTIMATE} (sum score); "
         "both fixed before the run",
         f"per-sample gradients: grad_sample_mode {mode} (the recipe says {recipe_mode})",

@@ -93,12 +93,17 @@ def audit_table(audited) -> str:
                      "non-private" if r.stage_epsilon is None else f"{r.stage_epsilon:.2f}/{r.unit}", method,
                      p.threat_model, f"{r.measured_epsilon:.2f}/{r.unit}" + (
                          f" (Steinke {p.bound.epsilon:.2f}, f-DP {p.fdp_bound.epsilon:.2f})" if p.fdp_bound else ""),
-                     "" if r.gaussian_epsilon is None else f"{r.gaussian_epsilon:.2f}/{r.unit} ({r.estimate_attack})",
+                     "" if r.gaussian_epsilon is None else f"{r.gaussian_epsilon:.2f}/{r.unit} ({_gaussian_attack(r)})",
                      "" if r.estimated_epsilon is None else f"{r.estimated_epsilon:.2f}/{r.unit} ({r.estimate_attack})",
                      f"{p.auc.value:.3f} [{p.auc.ci_low:.3f}, {p.auc.ci_high:.3f}]", f"{tpr.tpr.value:.3f}", a.status])
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f'<table id="audit"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _gaussian_attack(r: AuditRecord) -> str:
+    """The attack whose scores the record's Gaussian-pair bound was fitted to."""
+    return next(a.attack for a in r.attacks if a.gaussian_bound is not None)
 
 
 def audit_section(cfg: StudyConfig, study_dir: Path, embed) -> str:

@@ -276,7 +276,10 @@ def input_chain(cfg: TrainConfig, train_records) -> list[StageSpend]:
         chain.append(StageSpend(stage="weights", run="timm ImageNet-1k", data=["ImageNet-1k"], guarantee="public",
                                 note="ImageNet weights from timm: public data"))
     pca = getattr(cfg.model, "public_pca", None)
-    if pca is not None:  # the projection is part of the released model: its provenance is on record
+    # The projection is part of the released model: its provenance is on record. A parent run or a
+    # weight file brings its own projection (loaded over the fitted one) and its own chain says where
+    # it came from.
+    if pca is not None and getattr(cfg.model, "weights", None) is None and cfg.init_from is None:
         chain.append(StageSpend(
             stage="public-basis", run=f"{pca.components} principal components, seed {pca.seed}",
             data=[f"procedural/{k}" for k in pca.kinds], guarantee="public",
