@@ -44,8 +44,8 @@ class AuditSettings(StrictModel):
                                    "in distribution), or extra patients of one generated image each with a random "
                                    "label, out of distribution and built to be memorised, every private unit trains: "
                                    "a phantom patch (phantom) or a procedural image, dead leaves, spectral noise or a "
-                                   "random generator's (procedural; with canary_patches copies, the one that a "
-                                   "non-private model memorises)")
+                                   "random generator's (procedural); several canary_patches copies each are what a "
+                                   "non-private recipe memorises")
     directions: Literal["dirac", "gaussian"] = Field(
         "dirac", description="gradient-canary: a canary's gradient is one trainable coordinate (dirac) or a random "
                              "unit vector (gaussian, an (m, parameters) matrix in memory)")

@@ -23,8 +23,8 @@ from dpmammo.audit.models import (Pool, is_head_only, load_pool, margins, pool_l
                                   train_models)
 from dpmammo.audit.record import AUDIT_JSON, ROC_PNG, AuditRecord, OneRunBound, ThresholdBound, write_audit
 from dpmammo.audit.stats import attack_result
-from dpmammo.audit.splits import (CANARY_DATASET, PROCEDURAL_CANARY_KINDS, canary_split, extra_canary_split, reference_splits,
-                                  write_extra_canaries)
+from dpmammo.audit.splits import (CANARY_DATASET, PROCEDURAL_CANARY_KINDS, canary_split, extra_canary_split,
+                                  reference_splits, write_extra_canaries)
 from dpmammo.errors import DpMammoError
 from dpmammo.progress import StepProgress
 from dpmammo.runs import RunDir
@@ -138,7 +138,8 @@ def audit_runs(target: Path, references: list[Path], out: str | Path, settings: 
         confidence=settings.confidence, units=len(pool.units), target_members=n_members,
         promised=privacy.total, stage_epsilon=privacy.own.epsilon, delta=privacy.own.delta, primary=primary,
         measured_epsilon=next(r.epsilon_lower_bound for r in results if r.attack == primary), attacks=results,
-        target=str(Path(target).resolve()), notes=_notes(method, unit, extra=settings.canary_kind if _canary_units(pool) else None),
+        target=str(Path(target).resolve()),
+        notes=_notes(method, unit, extra=settings.canary_kind if _canary_units(pool) else None),
         wall_time_s=round(time.time() - t0, 1), dpmammo_version=__version__)
     from dpmammo.audit.plot import roc_plot  # matplotlib only when writing
 
@@ -235,8 +236,10 @@ def _notes(method: str, unit: str, *, extra: Optional[str] = None) -> list[str]:
     if method == "one-run" and extra:
         notes[2] = ("the target trains on every private unit and about half of the canaries, so its noise is "
                     "calibrated for that pool size; its promise is the same ε per unit")
-        image = ("one phantom patch" if extra == "phantom"
-                 else f"one procedural image ({', '.join(PROCEDURAL_CANARY_KINDS)} in turn)")
+        # `extra` is the settings' kind; scoring finished runs with other settings names no kind
+        image = {"phantom": "one phantom patch",
+                 "procedural": f"one procedural image ({', '.join(PROCEDURAL_CANARY_KINDS)} in turn)"}.get(
+                     extra, "one generated image")
         notes.append(f"canaries: extra {unit}s of {image} each, as many copies as the audit's canary_patches "
                      f"({CANARY_DATASET}, a random process, out of distribution), with a label drawn independently of "
                      "its look, each included with probability 1/2 and scored on that label; all private units are "

@@ -27,10 +27,11 @@
   of distribution), here without removing anything from the recipe's data.
 - Procedural canaries (`canary_kind: procedural`): the same, with images of the public random
   processes (dpmammo.data.procedural: dead leaves, spectral noise and random generators in turn,
-  from a seed of the audit's own). Phantoms all look alike, so a model that has seen some predicts
-  much the same for all of them and memorises little; these differ from each other as much as from
-  mammograms, and a canary patient of several copies of its image is seen that many times an
-  epoch (duplication is what makes training data memorised: Carlini et al. 2023).
+  from a seed of the audit's own), a second out-of-distribution family that differs from
+  mammograms more than phantoms do. For either kind, a canary patient of several copies of its
+  image is seen that many times an epoch, and duplication is what gets training data memorised
+  (Carlini et al. 2023); which kind a recipe's release shows more of varied from run to run
+  (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ CANARY_DATASET = "audit-canary"
 CANARY_MANIFEST = "canaries.json"  # beside the images of write_extra_canaries: what made them
 ExtraKind = Literal["phantom", "procedural"]  # canaries that are extra patients of generated images
 # The procedural kinds of procedural canaries, canary i of kind i mod 3 (mammo-phantom is left out:
-# it looks like the phantom canaries, which a model tells apart too little to memorise).
+# it is close to the phantom canaries, the other kind).
 PROCEDURAL_CANARY_KINDS = ("dead-leaves", "spectral", "random-generator")
 
 
