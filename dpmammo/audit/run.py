@@ -204,7 +204,18 @@ def _one_run(cfg, target: Path, pool: Pool, labels, split, settings: AuditSettin
         trained_label = np.where(included[pool.record_unit], 1 - labels, labels)
         # A canary is scored on the label it was (or would have been) trained with: the wrong one.
         canary_label = np.where(is_canary[pool.record_unit], 1 - labels, trained_label)
-    sig = margins(pool_logits(cfg, [target], pool.records), canary_label)[0]
+    logits = pool_logits(cfg, [target], pool.records)
+    if phantom:
+        # Out of distribution, the model leans one way on most canaries, members or not, and each
+        # canary's random label then decides its score more than memorisation does. Centring the
+        # logit difference on the canaries' median removes that lean. The median is a function of
+        # the released model and the canary set, not of who was included, so the guesses stay a
+        # valid adversary's for Steinke et al.'s bound.
+        own = is_canary[pool.record_unit]
+        lean = float(np.median(logits[0, own, :, 1] - logits[0, own, :, 0]))
+        logits = logits.copy()
+        logits[..., 1] -= lean
+    sig = margins(logits, canary_label)[0]
     scores = unit_scores(log_sigmoid(sig).mean(1), pool.record_unit, len(pool.units))[is_canary]
     inc = included[is_canary]
     m = len(scores)
@@ -242,8 +253,9 @@ def _notes(method: str, unit: str, *, extra: Optional[str] = None) -> list[str]:
                      extra, "one generated image")
         notes.append(f"canaries: extra {unit}s of {image} each, as many copies as the audit's canary_patches "
                      f"({CANARY_DATASET}, a random process, out of distribution), with a label drawn independently of "
-                     "its look, each included with probability 1/2 and scored on that label; all private units are "
-                     "always members")
+                     "its look, each included with probability 1/2 and scored on that label after centring the logit "
+                     "difference on the canaries' median (the model's lean on such images, members or not); all "
+                     "private units are always members")
     elif method == "one-run":
         notes.append("canaries: private units trained with the other label, each included with probability 1/2; "
                      "all other units are always members")
