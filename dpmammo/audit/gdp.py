@@ -84,6 +84,7 @@ def gdp_estimate(scores: np.ndarray, included: np.ndarray, *, delta: float, n_bo
 
 MIN_SIDE = 8  # canaries on each side (in, out) below which no Gaussian is fitted
 
+
 @dataclass(frozen=True)
 class GaussianPair:
     """`mu`: a lower confidence limit of the in/out scores' shift in units of their larger spread;

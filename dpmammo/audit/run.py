@@ -193,9 +193,9 @@ def _canary_units(pool: Pool) -> list[str]:
 
 def _one_run(cfg, target: Path, pool: Pool, labels, split, settings: AuditSettings):
     members, flipped = set(split.members), set(split.mislabelled)
-    phantom = set(_canary_units(pool))
-    if phantom:  # extra patients, each included or not; scored on the random label each carries
-        is_canary = np.array([u in phantom for u in pool.units])
+    extra = set(_canary_units(pool))
+    if extra:  # extra patients, each included or not; scored on the random label each carries
+        is_canary = np.array([u in extra for u in pool.units])
         included = is_canary & np.array([u in members for u in pool.units])
         canary_label = labels
     else:
@@ -205,7 +205,7 @@ def _one_run(cfg, target: Path, pool: Pool, labels, split, settings: AuditSettin
         # A canary is scored on the label it was (or would have been) trained with: the wrong one.
         canary_label = np.where(is_canary[pool.record_unit], 1 - labels, trained_label)
     logits = pool_logits(cfg, [target], pool.records)
-    if phantom:
+    if extra:
         # Out of distribution, the model leans one way on most canaries, members or not, and each
         # canary's random label then decides its score more than memorisation does. Centring the
         # logit difference on the canaries' median removes that lean. The median is a function of

@@ -227,8 +227,8 @@ THREAT_MODELS = {  # attack → what its adversary sees; the method's rows, in t
 # Fixed before any audited run (chosen on simulations of the subsampled Gaussian mechanism, not on
 # an audit): the bound of the likelihood-ratio score, the estimate of the near-Gaussian sum.
 PRIMARY_BOUND, PRIMARY_ESTIMATE = "all-iterates", "all-iterates-sum"
-# The scores the Gaussian-pair bound is computed for: the sum of T noisy projections is Gaussian by
-# the central limit theorem. The likelihood-ratio score is skewed by construction, and the final
+# The scores the Gaussian-pair bound is computed for: the sum of T noisy projections is near Gaussian
+# by the central limit theorem. The likelihood-ratio score is skewed by construction, and the final
 # model under momentum or AdamW is no sum of the updates, so neither meets the premise.
 GAUSSIAN_SCORES = ("all-iterates-sum",)
 K_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5)  # k per side (top k "in", bottom k "out"), of M

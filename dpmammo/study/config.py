@@ -38,6 +38,7 @@ from dpmammo.models.config import CnnSmallConfig
 
 STUDY_FILE = "study.yaml"  # the config a study folder records (dpmammo.study.runner writes it first)
 
+
 class StageOverride(StrictModel):
     """Per-stage changes to the shared training settings (only what a recipe stage needs)."""
 
