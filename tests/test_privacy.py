@@ -72,10 +72,18 @@ def test_epsilon_must_be_positive():
         calibrate_noise(target_epsilon=0, delta=1e-4, sample_rate=0.1, steps=10, accountant="rdp")
 
 
-def _dp(run, sigma, q, steps, eps):
+def _dp(run, sigma, q, steps, eps, accountant="rdp"):
     return StageSpend(stage="s", run=run, data=["cbis-ddsm/train"], guarantee="dp", epsilon=eps, delta=1e-4,
                       mechanism="dp-sgd", noise_multiplier=sigma, sample_rate=q, steps=steps, max_grad_norm=1.0,
-                      accountant="rdp", unit="patient")
+                      accountant=accountant, unit="patient")
+
+
+def pld_epsilon(events: list[tuple[float, float, int]], delta: float) -> float:
+    """Independent PLD accounting (Google's dp-accounting) of (σ, q, steps) segments in order."""
+    acc = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)
+    for sigma, q, steps in events:
+        acc.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
+    return acc.get_epsilon(delta)
 
 
 def test_chain_composes_rdp_tighter_than_adding_epsilons():
@@ -85,6 +93,33 @@ def test_chain_composes_rdp_tighter_than_adding_epsilons():
     assert total.guarantee == "dp"
     assert max(ea, eb) < total.epsilon < ea + eb
     assert total.epsilon == pytest.approx(epsilon_of([sgd(*a), sgd(*b)], 1e-4))
+
+
+@pytest.mark.parametrize("accountants", [("prv", "prv"), ("rdp", "prv"), ("prv", "rdp")])
+def test_a_chain_with_a_prv_stage_composes_its_events_in_prv(accountants):
+    """Any PRV stage makes the chain compose all its events by PRV (the events, not the stages' ε:
+    valid whichever accountant calibrated each stage), at one δ, as Google's PLD accountant does."""
+    a, b = (1.0, 0.1, 100), (1.5, 0.05, 300)
+    ea, eb = (epsilon_of([sgd(*e)], 1e-4, acc) for e, acc in zip((a, b), accountants))
+    total = compose([_dp("gan", *a, ea, accountants[0]), _dp("clf", *b, eb, accountants[1])], delta=1e-4)
+    assert total.guarantee == "dp" and total.delta == 1e-4 and total.method.startswith("PRV")
+    assert total.epsilon == pytest.approx(pld_epsilon([a, b], 1e-4), rel=0.01)
+    assert total.epsilon < epsilon_of([sgd(*a), sgd(*b)], 1e-4, "rdp") < ea + eb + 0.5
+
+
+def test_noise_calibrated_to_a_prv_chain_total_meets_it():
+    """A PRV stage that targets its chain's total leaves the PRV composition at the target."""
+    from dpmammo.privacy import PrivacyConfig, prior_history
+
+    a = (1.0, 0.1, 100)
+    gen = _dp("gen", *a, epsilon_of([sgd(*a)], 1e-4, "prv"), "prv")
+    prior = prior_history([gen], PrivacyConfig(target_epsilon=6.0, target="total", accountant="prv"))
+    q, steps = 0.2, steps_for(30, 0.2)
+    sigma = calibrate_noise(target_epsilon=6.0, delta=1e-4, sample_rate=q, steps=steps, accountant="prv", prior=prior)
+    own = _dp("clf", sigma, q, steps, epsilon_of([sgd(sigma, q, steps)], 1e-4, "prv"), "prv")
+    total = compose([gen, own], delta=1e-4)
+    assert 6.0 - 0.02 <= total.epsilon <= 6.0
+    assert total.epsilon == pytest.approx(pld_epsilon([a, (sigma, q, steps)], 1e-4), rel=0.01)
 
 
 def test_chain_with_a_non_private_stage_has_no_guarantee():
@@ -131,7 +166,7 @@ def test_prior_history_refuses_what_a_total_cannot_compose():
     assert prior_history([gen], PrivacyConfig(target_epsilon=6.0)) == []  # a stage-only target needs none
     with pytest.raises(DpMammoError, match="a total needs one unit"):
         prior_history([gen], PrivacyConfig(target_epsilon=6.0, target="total", unit="patch"))
-    with pytest.raises(DpMammoError, match="composes by RDP"):
+    with pytest.raises(DpMammoError, match="set privacy.accountant: rdp"):
         prior_history([gen], PrivacyConfig(target_epsilon=6.0, target="total", accountant="prv"))
     none = StageSpend(stage="generator", run="c-dcgan", data=["cbis-ddsm/train"], guarantee="none",
                       reason="non-private")

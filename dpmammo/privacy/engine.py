@@ -304,8 +304,8 @@ def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer, sampler:
         config: the privacy block (target ε, δ, unit, clipping norm, accountant, grad-sample mode).
         criterion: the loss with mean reduction (default cross-entropy); DPSetup.criterion wraps it.
         prior: with `config.target == "total"`, the privacy events of the DP stages before this one
-            (dpmammo.privacy.ledger.prior_history): the noise is calibrated to their RDP composition
-            with this stage.
+            (dpmammo.privacy.ledger.prior_history): the noise is calibrated to their composition
+            with this stage in `config.accountant`.
         world_size: the number of processes of one training over several (dpmammo.distributed):
             each rank's sampler yields its share of the units, each rank clips its own, and the
             optimizer sums over the ranks and adds the noise once (NoiseOnceAcrossRanks).

@@ -11,8 +11,10 @@ Composition of a chain (e.g. DP-GAN → synthetic pretrain → DP fine-tune):
   data of unknown origin) makes the total "no guarantee";
 - a DP stage spends typed privacy events (dpmammo.privacy.events): DP-SGD steps, or one Gaussian
   release, each behind the Gaussian release of a noisy unit count where the stage made one;
-- DP stages on RDP accountants compose exactly by adding the RDP curves of their events;
-  otherwise ε and δ add up (basic composition), which is looser but valid;
+- the DP stages' events compose in one accountant and are converted at one δ: RDP (adding the
+  stages' RDP curves) when every stage used it, else PRV (Gopi et al. 2021, numerically composing
+  the events' privacy-loss distributions). The events describe the mechanisms themselves, so
+  either composition is valid whichever accountant calibrated each stage;
 - the unit of the total is the patient only if every DP stage protected patients: patient-level
   DP implies patch-level DP, not the other way round.
 """
@@ -192,8 +194,10 @@ def weights_stage(path: Path, *, declared_public: bool) -> StageSpend:
 
 def prior_history(upstream: list[StageSpend], privacy: Optional[PrivacyConfig]) -> list[PrivacyEvent]:
     """The privacy events of the DP stages in `upstream`, for a stage whose `privacy.target` is the
-    chain's total; [] for a stage-only target or a non-private stage. The total is an RDP composition
-    in one unit, so anything else is refused, as is an input that carries no guarantee at all."""
+    chain's total; [] for a stage-only target or a non-private stage. The total is one accountant's
+    composition in one unit (compose), so the stage must calibrate with the accountant that the
+    chain composes with and protect the same unit: anything else is refused, as is an input that
+    carries no guarantee at all."""
     if privacy is None or privacy.target != "total":
         return []
     bad = next((s for s in upstream if s.guarantee == "none"), None)
@@ -202,9 +206,10 @@ def prior_history(upstream: list[StageSpend], privacy: Optional[PrivacyConfig]) 
                            f"({REASON_WORDS[bad.reason]}): there is no total to target; use privacy.target: stage")
     dp = [s for s in upstream if s.guarantee == "dp"]
     for s in dp:
-        if privacy.accountant != "rdp" or s.accountant != "rdp":
-            raise DpMammoError(f"privacy.target is total: the chain composes by RDP, but {s.stage} ({s.run}) used "
-                               f"accountant {s.accountant} and this stage {privacy.accountant}; use rdp for both")
+        if s.accountant != privacy.accountant:
+            raise DpMammoError(f"privacy.target is total: {s.stage} ({s.run}) used accountant {s.accountant} and this "
+                               f"stage {privacy.accountant}; the total is calibrated and composed in one accountant: "
+                               f"set privacy.accountant: {s.accountant}")
         if s.unit != privacy.unit:
             raise DpMammoError(f"privacy.target is total: {s.stage} ({s.run}) protects each {s.unit}, this stage each "
                                f"{privacy.unit}; a total needs one unit")
@@ -223,15 +228,14 @@ def compose(stages: list[StageSpend], delta: Optional[float] = None) -> ChainTot
     if not dp:
         return ChainTotal(guarantee="public", method="no stage touched private data", stages=names)
     unit = "patient" if all(s.unit == "patient" for s in dp) else "patch"
-    if all(s.accountant == "rdp" for s in dp):
-        # RDP composition converts the whole chain at one δ: the caller's, else the last DP stage's
-        # (so a consumer that adds no DP stage states its input's guarantee unchanged).
-        delta = dp[-1].delta if delta is None else delta
-        eps = epsilon_of([e for s in dp for e in s.events()], delta, "rdp")
-        return ChainTotal(guarantee="dp", epsilon=eps, delta=delta, unit=unit,
-                          method="RDP composition of all DP stages", stages=names)
-    return ChainTotal(guarantee="dp", epsilon=sum(s.epsilon for s in dp), delta=sum(s.delta for s in dp), unit=unit,
-                      method="basic composition (ε and δ add)", stages=names)
+    # One composition converts the whole chain at one δ: the caller's, else the last DP stage's (so a
+    # consumer that adds no DP stage states its input's guarantee unchanged). RDP when every stage used
+    # it (an RDP chain's total is then what its stages were calibrated on), else PRV, valid for any mix.
+    delta = dp[-1].delta if delta is None else delta
+    accountant = "rdp" if all(s.accountant == "rdp" for s in dp) else "prv"
+    eps = epsilon_of([e for s in dp for e in s.events()], delta, accountant)
+    return ChainTotal(guarantee="dp", epsilon=eps, delta=delta, unit=unit,
+                      method=f"{accountant.upper()} composition of all DP stages", stages=names)
 
 
 def write_privacy(path: str | Path, own: StageSpend, upstream: list[StageSpend],
@@ -239,7 +243,7 @@ def write_privacy(path: str | Path, own: StageSpend, upstream: list[StageSpend],
     """privacy.json for a run: its chain (upstream stages, then its own) and the composed total."""
     chain = [*upstream, own]
     # A chain's total is stated at the δ of this stage when it is DP, else at that of the chain's
-    # last DP stage (RDP composition lets the whole chain be converted at one δ; see compose).
+    # last DP stage (one composition converts the whole chain at one δ; see compose).
     record = PrivacyRecord(stages=chain, total=compose(chain, delta=own.delta if own.guarantee == "dp" else None),
                            notes=list(notes or []))
     write_json_atomic(path, record.model_dump(mode="json"))

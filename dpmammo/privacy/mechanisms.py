@@ -37,7 +37,7 @@ def gaussian_release(values: Callable[[], torch.Tensor], *, sensitivity: float, 
         key: the stage's secret key (dpmammo.privacy.sampling.secret_key); seeded keys are for
             tests only, and the ledger records them as no guarantee.
         prior: events composed before this release, when its target is a chain's total; the
-            noise is then calibrated to their RDP composition with this release.
+            noise is then calibrated to their composition with this release (its accountant's).
         index: which release of the stage this is: each draws its own noise from the key.
 
     Returns:

@@ -44,7 +44,7 @@ NOT_ACCOUNTED = (
     "Hyper-parameters (learning rate, epochs, clipping norm, batch size) are public choices made before "
     "training, on validation data, phantoms or public data; the ε covers one training run with them.",
     "Composition: every model released from the same patients spends budget. Releasing k models of one data "
-    "set is (Σε, Σδ)-DP at worst (tighter by RDP composition of their ledgers); a study folder's grid of runs "
+    "set is (Σε, Σδ)-DP at worst (tighter by composing their ledgers' events); a study folder's grid of runs "
     "is not one release.",
     "Not released and not covered: the run's log.txt and metrics.json (exact data-set sizes, per-epoch "
     "validation AUROC), feature caches of private images (~/.cache/dpmammo), and any non-DP model of a study "

@@ -41,7 +41,7 @@ def prior_note(cfg: StudyConfig) -> tuple[str, ...]:
              f"{cfg.privacy.unit}.",)
     if "prior→probe→real" in cfg.conditions:
         notes += (f"prior→probe→real trains a DP linear probe on the frozen prior at {cfg.prior.probe_share:g}·ε, then "
-                  "fine-tunes the whole model with DP, its noise calibrated so that the RDP composition of the two "
+                  "fine-tunes the whole model with DP, its noise calibrated so that the composition of the two "
                   f"stages is the column's ε per {cfg.privacy.unit}.",)
     return notes
 

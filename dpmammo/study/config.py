@@ -8,8 +8,8 @@ training blocks (`model`, `optim`, `train`) are the ones of `dpmammo.train.Train
 `synthetic:` is either a fixed set (`dataset/split` or a folder) or a generator the study trains
 and samples itself (`SyntheticFromGenerator`). A DP generator takes `generator_share` of each
 study ε; every DP classifier stage that uses its samples targets the chain's total (its
-`privacy.target` is `total`): its noise is calibrated so that the RDP composition of generator and
-stage is the study ε. A condition's total then equals the study ε and compares with `real` at
+`privacy.target` is `total`): its noise is calibrated so that the composition of generator and
+stage (in the study's accountant) is the study ε. A condition's total then equals the study ε and compares with `real` at
 the same ε (splitting ε linearly instead left a composed total well below it: 4.45 at ε = 6).
 
 `prior:` is a procedural pretraining (`dpmammo pretrain`) the study runs once per seed for the
@@ -105,7 +105,7 @@ class SyntheticFromGenerator(StrictModel):
     generator_share: Optional[float] = Field(
         None, gt=0, lt=1, description="DP generator only: the part s of each study ε the generator spends; the DP "
                                       "classifier stages that use its samples are calibrated so that the chain's "
-                                      "composed total (RDP) is ε")
+                                      "composed total is ε")
 
     _data: dict[str, Any] = PrivateAttr(default_factory=dict)  # the generator config, overrides applied
 
@@ -182,7 +182,7 @@ class PriorSettings(StrictModel):
     probe_share: float = Field(
         0.3, gt=0, lt=1, description="prior→probe→real only: the part of each study ε the DP linear probe spends; "
                                      "the whole-model fine-tune after it is calibrated to what the probe left, so "
-                                     "that their RDP composition is ε")
+                                     "that their composition is ε")
 
     _data: dict[str, Any] = PrivateAttr(default_factory=dict)  # the pretrain config, overrides applied
 
@@ -313,8 +313,8 @@ class StudyConfig(StrictModel):
     def _check_generator_privacy(self) -> None:
         """A DP generator accounts like the study's DP stages. Why: a chain's total is per patient
         only if every stage protects patients; it is stated at the last stage's δ (a generator
-        calibrated at a larger δ would overshoot its share there); and only RDP stages compose
-        exactly (otherwise ε and δ add, and the total's δ is no longer the study's)."""
+        calibrated at a larger δ would overshoot its share there); and the consumer calibrates its
+        noise to the total in its own accountant, which must be the one the chain composes in."""
         gen = self.generator.config_at(1.0, None).privacy
         for key in ("unit", "delta", "accountant"):
             mine, study = getattr(gen, key), getattr(self.privacy, key)
@@ -360,8 +360,8 @@ class StudyConfig(StrictModel):
 
     def consumer_target(self) -> Literal["stage", "total"]:
         """What the ε of a DP classifier stage whose chain includes the synthetic set bounds: with a
-        DP generator, the chain's composed total (the stage takes what the generator left, by RDP
-        composition, which is tighter than splitting ε), else the stage alone."""
+        DP generator, the chain's composed total (the stage takes what the generator left, by
+        composition in the study's accountant, which is tighter than splitting ε), else the stage alone."""
         gen = self.generator
         return "total" if gen is not None and gen.is_private else "stage"
 

@@ -14,18 +14,18 @@ from dpmammo.study.config import StudyConfig
 
 PRESETS = ("quick", "quick-audit", "quick-e2e", "utility", "paper")
 # The generator of quick-e2e: DP-MERF (dpmammo.gan.merf) on the private training set at the quick
-# study's resolution, accounted like the study's DP stages (per patient, δ = 1e-4, RDP); the study
+# study's resolution, accounted like the study's DP stages (per patient, δ = 1e-4, PRV); the study
 # sets privacy.target_epsilon to generator_share × each ε. Its other settings are DP-MERF's defaults.
 # Its generator is half DP-MERF's default width and trains 5 epochs of 100 steps: at the defaults
 # (width 64, 20 epochs) one generator takes several times the rest of the study on a CPU, and its
 # loss had stopped falling after 2 epochs (at ε = 0.5 the release's noise, not the fit, sets the floor).
 E2E_GENERATOR = ("{generator: dp-merf, data: {train: [cbis-ddsm/train]}, model: {image_size: 64, g_width: 32}, "
-                 "optim: {epochs: 5}, privacy: {delta: 1.0e-4, unit: patient}}")
+                 "optim: {epochs: 5}, privacy: {delta: 1.0e-4, unit: patient, accountant: prv}}")
 # A preset that is another one plus overrides (one source of truth: no copy to drift apart).
 # quick-audit: head-only fine-tuning audited with LiRA and 16 reference models (cheap on cached
 # features), full-model conditions with one training run and 200 mislabelled canaries.
 # quick-e2e: the whole chain on CPU: a DP generator trained at half of each ε, then the DP fine-tune on
-# its synthetic pretraining calibrated so that the chain's RDP total is ε, beside real-only DP at ε.
+# its synthetic pretraining calibrated so that the chain's total is ε, beside real-only DP at ε.
 # `synthetic` comes free (it is the pretrain run). No ε = ∞ column, to keep it minutes on a small CPU
 # (--set "epsilons=[1, 6, inf]" adds a non-private generator and its runs); benchmarks/README.md has its time.
 DERIVED = {
