@@ -129,18 +129,21 @@ def test_init_from_a_dp_run_composes_both_stages(phantom_root, dp_run, tmp_path)
     assert max(first.epsilon, second.epsilon) < rec.total.epsilon < first.epsilon + second.epsilon
 
 
-def test_a_stage_calibrated_to_the_chain_total_lands_on_it(phantom_root, dp_run, tmp_path):
-    """privacy.target: total after a DP run (init_from): the composed total is the target (within
-    the calibration's 0.01), with less noise than the same stage calibrated alone to the rest."""
-    cfg = phantom_config(phantom_root, train__epochs=1, privacy__={"target_epsilon": 4.0, "target": "total"},
-                         init_from__=str(dp_run))
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_a_stage_calibrated_to_the_chain_total_lands_on_it(phantom_root, dp_run, tmp_path, accountant):
+    """privacy.target: total after a DP run (init_from, RDP): the composed total is the target (within
+    the calibration's 0.01) in the accountant the chain composes in (PRV once this stage uses it)."""
+    cfg = phantom_config(phantom_root, train__epochs=1, init_from__=str(dp_run),
+                         privacy__={"target_epsilon": 4.0, "target": "total", "accountant": accountant})
     fit(cfg, tmp_path / "run", progress=False)
     rec = read_privacy(tmp_path / "run" / "privacy.json")
     first, second = rec.stages
+    assert (first.accountant, second.accountant) == ("rdp", accountant)
     assert second.target_epsilon == 4.0 and second.epsilon < 4.0
     assert 4.0 - 0.011 <= rec.total.epsilon <= 4.0 + 1e-9
+    assert rec.total.method.startswith(accountant.upper())
     assert rec.total.epsilon == pytest.approx(epsilon_of([e for s in (first, second) for e in s.events()],
-                                                         second.delta))
+                                                         second.delta, accountant))
 
 
 def test_a_patch_level_stage_makes_the_chain_total_patch_level(phantom_root, dp_run, tmp_path):

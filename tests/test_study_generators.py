@@ -102,6 +102,8 @@ def test_generator_block_is_validated(data, tmp_path):
         ({"generator": tiny_generator(privacy={"unit": "patch"}), "generator_share": 0.5},
          "privacy.unit patch differs"),
         ({"generator": tiny_generator(privacy={"delta": 1e-5}), "generator_share": 0.5}, "privacy.delta 1e-05 differs"),
+        ({"generator": tiny_generator(privacy={"delta": 1e-4, "accountant": "prv"}), "generator_share": 0.5},
+         "set the study's privacy.accountant to prv"),
         ({"generator": {**dp, "modl": {}}, "generator_share": 0.5}, "modl: unknown key"),
         ({"generator": dp, "generator_share": 1.0}, "generator_share"),
         ({"generator": dp, "generator_share": 0.5, "colour": 1}, "synthetic.generator.colour: unknown key"),
@@ -110,6 +112,10 @@ def test_generator_block_is_validated(data, tmp_path):
     for block, msg in cases:
         with pytest.raises(DpMammoError, match=msg):
             study_config(gen_study(data, dp, synthetic=block))
+    # A study in prv takes a generator in either accountant: its chains compose in prv.
+    for acc in ("rdp", "prv"):
+        study_config(gen_study(data, dp, privacy={"accountant": "prv"}, synthetic={
+            "generator": tiny_generator(privacy={"delta": 1e-4, "accountant": acc}), "generator_share": 0.5}))
     # A file written for `gan train` (its own target ε), with overrides, is read once and recorded
     # inline in the study directory; the study's budget replaces the file's.
     path = tmp_path / "gen.yaml"

@@ -195,9 +195,9 @@ def weights_stage(path: Path, *, declared_public: bool) -> StageSpend:
 def prior_history(upstream: list[StageSpend], privacy: Optional[PrivacyConfig]) -> list[PrivacyEvent]:
     """The privacy events of the DP stages in `upstream`, for a stage whose `privacy.target` is the
     chain's total; [] for a stage-only target or a non-private stage. The total is one accountant's
-    composition in one unit (compose), so the stage must calibrate with the accountant that the
-    chain composes with and protect the same unit: anything else is refused, as is an input that
-    carries no guarantee at all."""
+    composition in one unit (compose: PRV as soon as one stage used PRV), so the stage must
+    calibrate in the accountant the chain will compose in and protect the same unit: an RDP stage
+    after a PRV one is refused, as is another unit or an input that carries no guarantee at all."""
     if privacy is None or privacy.target != "total":
         return []
     bad = next((s for s in upstream if s.guarantee == "none"), None)
@@ -206,10 +206,9 @@ def prior_history(upstream: list[StageSpend], privacy: Optional[PrivacyConfig]) 
                            f"({REASON_WORDS[bad.reason]}): there is no total to target; use privacy.target: stage")
     dp = [s for s in upstream if s.guarantee == "dp"]
     for s in dp:
-        if s.accountant != privacy.accountant:
-            raise DpMammoError(f"privacy.target is total: {s.stage} ({s.run}) used accountant {s.accountant} and this "
-                               f"stage {privacy.accountant}; the total is calibrated and composed in one accountant: "
-                               f"set privacy.accountant: {s.accountant}")
+        if privacy.accountant == "rdp" and s.accountant != "rdp":
+            raise DpMammoError(f"privacy.target is total: {s.stage} ({s.run}) used accountant {s.accountant}, so the "
+                               f"chain composes in prv, and this stage would calibrate in rdp; set privacy.accountant: prv")
         if s.unit != privacy.unit:
             raise DpMammoError(f"privacy.target is total: {s.stage} ({s.run}) protects each {s.unit}, this stage each "
                                f"{privacy.unit}; a total needs one unit")

@@ -27,7 +27,7 @@ def budget_split(cfg: StudyConfig) -> tuple[str, ...]:
     s = gen.generator_share
     return (f"The synthetic sets come from a DP generator trained by the study at {s:g}·ε for each study ε; "
             "every DP classifier stage that uses its samples (directly or through pretrained weights) is "
-            "calibrated to what the generator left, so that the composed total (RDP) of such a condition is the "
+            "calibrated to what the generator left, so that the composed total of such a condition is the "
             "study ε (its column). At ε = ∞ the generator is non-private.",)
 
 

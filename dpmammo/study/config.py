@@ -314,13 +314,18 @@ class StudyConfig(StrictModel):
         """A DP generator accounts like the study's DP stages. Why: a chain's total is per patient
         only if every stage protects patients; it is stated at the last stage's δ (a generator
         calibrated at a larger δ would overshoot its share there); and the consumer calibrates its
-        noise to the total in its own accountant, which must be the one the chain composes in."""
+        noise to the total in the study's accountant, which must be the one the chain composes in
+        (prv as soon as one stage used prv: dpmammo.privacy.ledger.compose)."""
         gen = self.generator.config_at(1.0, None).privacy
-        for key in ("unit", "delta", "accountant"):
+        for key in ("unit", "delta"):
             mine, study = getattr(gen, key), getattr(self.privacy, key)
             if mine != study:
                 raise ValueError(f"synthetic.generator: privacy.{key} {mine} differs from the study's privacy.{key} "
                                  f"{study}; set both to the same value (the chain total composes both stages)")
+        if self.privacy.accountant == "rdp" and gen.accountant != "rdp":
+            raise ValueError(f"synthetic.generator: privacy.accountant {gen.accountant}: the chain then composes in "
+                             "prv, and the study's DP stages would calibrate in rdp; set the study's privacy.accountant "
+                             "to prv (or the generator's to rdp)")
 
     @property
     def model_names(self) -> list[str]:

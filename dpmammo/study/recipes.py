@@ -32,7 +32,7 @@ seed for every ε, and the fine-tune's own ε is its chain's total (its target i
 ``prior→probe→real`` is DP-RandP's three phases (Tang et al., NeurIPS 2023): (I) the same
 procedural pretrain run, (II) a DP linear probe on its frozen features (cached) at
 `prior.probe_share`·ε, run id ``prior-probe/<ε>/seed<s>``, (III) a DP fine-tune of the whole model
-from the probe, calibrated to what the probe left (`privacy.target: total`), so that the RDP
+from the probe, calibrated to what the probe left (`privacy.target: total`), so that the
 composition of (II) and (III) is the study ε per patient.
 
 Generator and pretrain runs are the study's upstream runs (`Plan.upstream`): planned once by id,
@@ -232,7 +232,7 @@ def prior_to_real(study: StudyConfig, eps: float, seed: int, study_dir: Optional
 def prior_probe_real(study: StudyConfig, eps: float, seed: int, study_dir: Optional[Path]) -> list[RunSpec]:
     """(II) DP linear probe on the frozen procedural backbone at probe_share·ε (stage `prior-probe`),
     then (III) the whole model fine-tuned from the probe (stage `probe-finetune`) with its noise
-    calibrated so that the chain's RDP total is ε. At ε = ∞ both stages are non-private."""
+    calibrated so that the chain's total is ε. At ε = ∞ both stages are non-private."""
     prior = prior_spec(study, seed)
     base = _without_weight_sources(study.model.model_dump())
     probe_eps = eps * study.prior.probe_share if math.isfinite(eps) else eps
