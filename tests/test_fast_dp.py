@@ -7,6 +7,7 @@ import copy
 import json
 import os
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -99,6 +100,44 @@ def test_dp_head_on_scatter_features_is_the_same_cached_or_not(phantom_root, tmp
     torch.manual_seed(3)
     start = create_model("scatter", input_size=32, pool=2).state_dict()
     assert (heads[True]["head.weight"] - start["head.weight"]).abs().max() > 1e-3  # the head moved
+
+
+def test_test_flips_score_the_mean_logit_over_the_four_flips(phantom_root, tmp_path):
+    """train.test_flips: a prediction is the softmax of the mean logits over the image's 4 flips,
+    the same from images (predict_proba) and from cached features (head_proba), and what a run's
+    validation AUROC was computed with, so that training selects and `evaluate` scores alike."""
+    from sklearn.metrics import roc_auc_score
+
+    from dpmammo.data.images import N_VIEWS, load_images, load_labels, to_float
+    from dpmammo.data.sets import load_set
+    from dpmammo.train.features import compute_features, head_proba
+    from dpmammo.train.predict import predict_proba
+    from dpmammo.train.saved import load_run_model
+
+    torch.manual_seed(0)
+    model = create_model("scatter", input_size=32, pool=2).eval()
+    torch.nn.init.normal_(model.head.weight)  # the scatter head starts at zero: every probability ½
+    val = load_set(phantom_root, "phantom/val")
+    images = load_images(val, 32)
+    with torch.no_grad():
+        logits = torch.stack([model(to_float(apply_views(images, torch.full((len(images),), v))))
+                              for v in range(N_VIEWS)]).mean(0)
+    expected = torch.softmax(logits, dim=1)[:, 1].numpy()
+    flipped = predict_proba(model, images, flips=True)
+    np.testing.assert_allclose(flipped, expected, atol=1e-6)
+    np.testing.assert_allclose(head_proba(model, compute_features(model, images, N_VIEWS), flips=True), flipped,
+                               atol=1e-5)
+    assert np.abs(predict_proba(model, images) - flipped).max() > 1e-3  # the features are not flip-invariant
+    with pytest.raises(ValueError, match="all 4 views"):
+        head_proba(model, compute_features(model, images, 1), flips=True)
+
+    cfg = TrainConfig.model_validate({**frozen_cnn_config(phantom_root, True, dp=False).model_dump(),
+                                      "model": {"name": "scatter", "input_size": 32, "pool": 2}})
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"test_flips": True})})
+    metrics = fit(cfg, tmp_path / "run", progress=False)
+    _, trained = load_run_model(tmp_path / "run")
+    auroc = roc_auc_score(load_labels(val).numpy(), predict_proba(trained, images, flips=True))
+    assert metrics["val"]["auroc"] == pytest.approx(auroc, abs=1e-9)
 
 
 def tiny_swin() -> nn.Module:

@@ -47,11 +47,12 @@ def evaluate_run(run_dir: str | Path, on: list[str], *, data_root: str | Path | 
     val = load_set(root, cfg.data.val)
     yv = load_labels(val).numpy()
     check_both_classes(yv, cfg.data.val)
-    threshold = youden_threshold(yv, predict_proba(model, load_images(val, model.input_size), device=dev))
+    flips = cfg.train.test_flips  # the run's own way of scoring an image, as on validation in training
+    threshold = youden_threshold(yv, predict_proba(model, load_images(val, model.input_size), flips=flips, device=dev))
     results = {}
     for name, records in test_sets.items():
         y = load_labels(records).numpy()
-        p = predict_proba(model, load_images(records, model.input_size), device=dev)
+        p = predict_proba(model, load_images(records, model.input_size), flips=flips, device=dev)
         m = binary_metrics(y, p, val_threshold=threshold, n_boot=n_boot)
         m.update(set=name, threshold_from=cfg.data.val)
         fpr, tpr, _ = roc_curve(y, p)

@@ -77,31 +77,33 @@ def release_run(run_dir: str | Path, out: str | Path, *, allow_no_guarantee: boo
     if record.total.guarantee == "none" and not allow_no_guarantee:
         raise DpMammoError(f"{run.path} has no privacy guarantee ({describe(record.total)}); releasing it exposes "
                            "its training patients. Pass --no-guarantee-ok to package it anyway, with that statement")
-    model_cfg = _model_config(run)
+    model_cfg, test_flips = _model_config(run)
     _prepare(out, force)
     shutil.copyfile(run.weights, out / "model.safetensors")
     write_json_atomic(out / "model.json", model_cfg.model_dump(mode="json"))
     write_json_atomic(out / "privacy.json", record.model_dump(mode="json"))
     write_text_atomic(out / "PRIVACY.md", privacy_statement(record, run.name))
-    write_text_atomic(out / "MODEL_CARD.md", model_card(run, model_cfg, record))
+    write_text_atomic(out / "MODEL_CARD.md", model_card(run, model_cfg, record, test_flips=test_flips))
     rel = ReleaseRecord(source_run=run.name, guarantee=describe(record.total), files=list(RELEASE_FILES),
                         dpmammo_version=__version__)
     write_json_atomic(out / MARKER, rel.model_dump(mode="json"))
     return rel
 
 
-def _model_config(run: RunDir) -> BaseModel:
-    """The run's model block (classifier or generator), typed; weight-file sources dropped."""
+def _model_config(run: RunDir) -> tuple[BaseModel, bool]:
+    """The run's model block (classifier or generator), typed, weight-file sources dropped; and
+    whether the run predicts from the mean logit over the 4 flips (train.test_flips)."""
     from dpmammo.config import parse_config
     from dpmammo.gan.registry import is_generator_config, parse_generator_config
     from dpmammo.train import TrainConfig
 
     data = run.read_config()
     if is_generator_config(data):
-        return parse_generator_config(data, str(run.config)).model
+        return parse_generator_config(data, str(run.config)).model, False
     cfg = parse_config(TrainConfig, data, str(run.config))
     sources = {"weights": None, "backbone_weights": None, "pretrained": False}
-    return cfg.model.model_copy(update={k: v for k, v in sources.items() if k in type(cfg.model).model_fields})
+    model = cfg.model.model_copy(update={k: v for k, v in sources.items() if k in type(cfg.model).model_fields})
+    return model, cfg.train.test_flips
 
 
 def _prepare(out: Path, force: bool) -> None:
@@ -153,13 +155,15 @@ def privacy_statement(record: PrivacyRecord, run_name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def model_card(run: RunDir, model_cfg: BaseModel, record: PrivacyRecord) -> str:
+def model_card(run: RunDir, model_cfg: BaseModel, record: PrivacyRecord, *, test_flips: bool = False) -> str:
     generator = getattr(model_cfg, "name", None) is None  # generator shapes have no registry name
     task = ("a conditional generator of mammography patches (condition 1 = malignant, 0 = benign)" if generator
             else "breast-mass malignancy from a mammography patch; output: P(malignant) (class 1)")
     lines = [f"# Model card: {run.name}", "",
              f"- Model: `{getattr(model_cfg, 'name', type(model_cfg).__name__)}`; architecture in `model.json`.",
              f"- Task: {task}.",
+             *(["- Prediction: the mean logit over the patch's 4 flips (horizontal, vertical, both, none), as its "
+                "evaluations were computed (`train.test_flips`)."] if test_flips else []),
              f"- Training data: {', '.join(record.own.data)}.",
              f"- Privacy: {describe(record.total)} (see PRIVACY.md).",
              "- Intended use: research on privacy-preserving mammography models; not a medical device.",

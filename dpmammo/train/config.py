@@ -65,6 +65,10 @@ class TrainSettings(StrictModel):
                                       "selection may pick either (`last`: the average); absent: no average")
     select: Literal["best-val-auroc", "last"] = Field(
         "best-val-auroc", description="which epoch's weights to keep; validation data is not DP-accounted")
+    test_flips: bool = Field(
+        False, description="predict with the mean logit over each image's 4 flips (test-time augmentation) wherever "
+                           "the run scores images: validation during training, `dpmammo evaluate`; a function of the "
+                           "released weights and the image only, so it costs no privacy")
 
 
 class TrainConfig(StrictModel):

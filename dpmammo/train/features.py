@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dpmammo.data.images import VIEWS, apply_views, to_float
+from dpmammo.data.images import N_VIEWS, VIEWS, apply_views, to_float
 from dpmammo.data.manifest import PatchRecord
 from dpmammo.data.sets import default_cache_dir
 from dpmammo.errors import DpMammoError
@@ -101,13 +101,18 @@ def take_views(features: torch.Tensor, idx: torch.Tensor, views: torch.Tensor | 
 
 
 @torch.no_grad()
-def head_proba(model: Classifier, features: torch.Tensor, *, device: torch.device | str = "cpu") -> np.ndarray:
-    """P(malignant) from cached view-0 features, the way predict_proba scores images.
+def head_proba(model: Classifier, features: torch.Tensor, *, flips: bool = False,
+               device: torch.device | str = "cpu") -> np.ndarray:
+    """P(malignant) from cached features (N, views, F), the way predict_proba scores images: from
+    view 0, or with `flips` from the mean logits over all N_VIEWS views.
 
     Only the head changes mode: switching a whole Swin-T to eval and back walks ~200 modules,
     which every epoch of every head-only run would pay for validation."""
+    if flips and features.shape[1] != N_VIEWS:
+        raise ValueError(f"flips need features of all {N_VIEWS} views, got {features.shape[1]}")
     was_training = model.head.training
     model.head.eval()
-    logits = model.forward_head(features[:, 0].to(device))
+    views = range(N_VIEWS) if flips else range(1)
+    logits = torch.stack([model.forward_head(features[:, v].to(device)) for v in views]).float().mean(0)
     model.head.train(was_training)
     return torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy().astype(np.float64)

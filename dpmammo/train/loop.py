@@ -125,16 +125,19 @@ def train_run(cfg: TrainConfig, stage: Stage, progress: bool) -> dict:
 
     # Frozen backbone: its features per image and flip view, once (disk-cached); train the head on them.
     cached = model.is_backbone_frozen and cfg.train.feature_cache
-    inputs, trainable, score_val = images, model, lambda: predict_proba(model, val_images, device=device)
+    test_flips = cfg.train.test_flips  # validation scores images as evaluation will (test-time flips or not)
+    inputs, trainable, score_val = images, model, lambda: predict_proba(model, val_images, flips=test_flips,
+                                                                        device=device)
     if cached:
         n_views = N_VIEWS if cfg.train.augment == "flips" else 1
         if not ranks.is_main:
             ranks.barrier()  # rank 0 computes and stores the features; the others then read them
         inputs = fc.cached_features(model, train_records, images, n_views, device=device, say=say)
-        val_feats = fc.cached_features(model, val_records, val_images, 1, device=device, say=say)
+        val_feats = fc.cached_features(model, val_records, val_images, N_VIEWS if test_flips else 1, device=device,
+                                       say=say)
         if ranks.is_main:
             ranks.barrier()
-        trainable, score_val = model.head, lambda: fc.head_proba(model, val_feats, device=device)
+        trainable, score_val = model.head, lambda: fc.head_proba(model, val_feats, flips=test_flips, device=device)
 
     # Batch selection: Poisson-sampled units of privacy under DP (secret randomness), shuffled batches otherwise.
     params = [p for p in trainable.parameters() if p.requires_grad]
