@@ -136,7 +136,8 @@ def test_test_flips_score_the_mean_logit_over_the_four_flips(phantom_root, tmp_p
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"test_flips": True})})
     metrics = fit(cfg, tmp_path / "run", progress=False)
     _, trained = load_run_model(tmp_path / "run")
-    auroc = roc_auc_score(load_labels(val).numpy(), predict_proba(trained, images, flips=True))
+    auroc = roc_auc_score(load_labels(val).numpy(),
+                          head_proba(trained, compute_features(trained, images, N_VIEWS), flips=True))
     assert metrics["val"]["auroc"] == pytest.approx(auroc, abs=1e-9)
 
 

@@ -54,7 +54,7 @@ def evaluate_run(run_dir: str | Path, on: list[str], *, data_root: str | Path | 
         y = load_labels(records).numpy()
         p = predict_proba(model, load_images(records, model.input_size), flips=flips, device=dev)
         m = binary_metrics(y, p, val_threshold=threshold, n_boot=n_boot)
-        m.update(set=name, threshold_from=cfg.data.val)
+        m.update(set=name, threshold_from=cfg.data.val, test_flips=flips)
         fpr, tpr, _ = roc_curve(y, p)
         m["roc"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
         run.write_eval(name, m, roc=lambda path: plot_roc(fpr, tpr, m["auroc"], f"{run_title(run)}\non {name}", path))

@@ -115,25 +115,26 @@ def score(folder: str | Path, ref: str, *, classifier: str | Path, root: Optiona
     syn, real = score_sets(folder, ref, root=root, max_images=max_images, seed=seed)
     if not RunDir(classifier).is_finished:
         raise DpMammoError(f"--classifier {classifier} is not a finished classifier run (no {METRICS})")
-    _, model = load_run_model(Path(classifier))
+    cfg, model = load_run_model(Path(classifier))
     result: dict = {"folder": str(folder), "ref": ref, "n_synthetic": len(syn), "n_ref": len(real),
                     "classifier": str(classifier)}
-    result |= score_records(syn, real, model, frd=frd, frd_size=frd_size)
+    result |= score_records(syn, real, model, frd=frd, frd_size=frd_size, test_flips=cfg.train.test_flips)
     if out is not None:
         write_json_atomic(out, result)
     return result
 
 
 def score_records(syn: list[PatchRecord], real: list[PatchRecord], model, *, frd: bool = True,
-                  frd_size: int = 128) -> dict:
+                  frd_size: int = 128, test_flips: bool = False) -> dict:
     """The scores of `score` for patches already chosen: `syn` (labelled; both classes) against
     `real`, with `model` (a loaded classifier trained on real data) as feature extractor and judge.
-    Every patch is resized to the model's input size, so sets of any resolution compare at one."""
+    Every patch is resized to the model's input size, so sets of any resolution compare at one;
+    `test_flips`: the judge's train.test_flips, so it scores as its own evaluation did."""
     from dpmammo.train.predict import predict_proba
 
     result: dict = {}
     labels = load_labels(syn).numpy()
-    p, secs = timed(lambda: predict_proba(model, load_images(syn, model.input_size)))
+    p, secs = timed(lambda: predict_proba(model, load_images(syn, model.input_size), flips=test_flips))
     result["class_fidelity"] = {"auroc": float(roc_auc_score(labels, p)), "seconds": secs,
                                 "meaning": "AUROC of the intended labels under a classifier trained on real data"}
     fd, secs = timed(lambda: frechet_distance(classifier_features(model, real), classifier_features(model, syn)))

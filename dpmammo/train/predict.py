@@ -20,8 +20,8 @@ def predict_proba(model: nn.Module, images: torch.Tensor, *, flips: bool = False
     out = []
     for chunk in images.split(batch_size):
         chunk = chunk.to(device)
-        logits = torch.stack([model(to_float(apply_views(chunk, torch.full((len(chunk),), v, dtype=torch.long))))
-                              for v in views]).float().mean(0)
+        view = lambda v: torch.full((len(chunk),), v, dtype=torch.long, device=chunk.device)  # noqa: E731
+        logits = torch.stack([model(to_float(apply_views(chunk, view(v)))) for v in views]).float().mean(0)
         out.append(torch.softmax(logits, dim=1)[:, 1].cpu())
     model.train(was_training)
     return torch.cat(out).numpy().astype(np.float64)
