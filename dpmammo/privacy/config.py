@@ -29,7 +29,7 @@ GradSampleMode = Literal[("auto", *GRAD_SAMPLE_MODES)]  # type: ignore[valid-typ
 
 Accountant = Literal["rdp", "prv"]
 ACCOUNTANT_HELP = ("how ε is computed from the noise, sample rate and steps: rdp (Rényi DP; Mironov 2017) or prv "
-                   "(privacy random variables; Gopi et al. 2021: an upper bound within 0.01 of the exact ε, 7-8% less "
+                   "(privacy random variables; Gopi et al. 2021: an upper bound within 0.01 of the exact ε, 7-9% less "
                    "noise than rdp at the same ε), both Opacus's. A chain composes in rdp when all its DP stages used "
                    "rdp, else in prv; a stage that targets its chain's total after a prv stage must use prv")
 

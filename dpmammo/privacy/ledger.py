@@ -206,13 +206,20 @@ def prior_history(upstream: list[StageSpend], privacy: Optional[PrivacyConfig]) 
                            f"({REASON_WORDS[bad.reason]}): there is no total to target; use privacy.target: stage")
     dp = [s for s in upstream if s.guarantee == "dp"]
     for s in dp:
-        if privacy.accountant == "rdp" and s.accountant != "rdp":
+        if chain_accountant([s.accountant, privacy.accountant]) != privacy.accountant:
             raise DpMammoError(f"privacy.target is total: {s.stage} ({s.run}) used accountant {s.accountant}, so the "
                                f"chain composes in prv, and this stage would calibrate in rdp; set privacy.accountant: prv")
         if s.unit != privacy.unit:
             raise DpMammoError(f"privacy.target is total: {s.stage} ({s.run}) protects each {s.unit}, this stage each "
                                f"{privacy.unit}; a total needs one unit")
     return [e for s in dp for e in s.events()]
+
+
+def chain_accountant(accountants: list[Optional[str]]) -> str:
+    """The accountant a chain whose DP stages used `accountants` composes in: RDP when every stage
+    used it (an RDP chain's total is then what its stages were calibrated on), else PRV, valid for
+    any mix. The one place the rule lives: a stage that targets the total must calibrate in it."""
+    return "rdp" if all(a == "rdp" for a in accountants) else "prv"
 
 
 def compose(stages: list[StageSpend], delta: Optional[float] = None) -> ChainTotal:
@@ -228,10 +235,9 @@ def compose(stages: list[StageSpend], delta: Optional[float] = None) -> ChainTot
         return ChainTotal(guarantee="public", method="no stage touched private data", stages=names)
     unit = "patient" if all(s.unit == "patient" for s in dp) else "patch"
     # One composition converts the whole chain at one δ: the caller's, else the last DP stage's (so a
-    # consumer that adds no DP stage states its input's guarantee unchanged). RDP when every stage used
-    # it (an RDP chain's total is then what its stages were calibrated on), else PRV, valid for any mix.
+    # consumer that adds no DP stage states its input's guarantee unchanged).
     delta = dp[-1].delta if delta is None else delta
-    accountant = "rdp" if all(s.accountant == "rdp" for s in dp) else "prv"
+    accountant = chain_accountant([s.accountant for s in dp])
     eps = epsilon_of([e for s in dp for e in s.events()], delta, accountant)
     return ChainTotal(guarantee="dp", epsilon=eps, delta=delta, unit=unit,
                       method=f"{accountant.upper()} composition of all DP stages", stages=names)

@@ -9,8 +9,9 @@ training blocks (`model`, `optim`, `train`) are the ones of `dpmammo.train.Train
 and samples itself (`SyntheticFromGenerator`). A DP generator takes `generator_share` of each
 study ε; every DP classifier stage that uses its samples targets the chain's total (its
 `privacy.target` is `total`): its noise is calibrated so that the composition of generator and
-stage (in the study's accountant) is the study ε. A condition's total then equals the study ε and compares with `real` at
-the same ε (splitting ε linearly instead left a composed total well below it: 4.45 at ε = 6).
+stage (in the study's accountant) is the study ε. A condition's total then equals the study ε and
+compares with `real` at the same ε (splitting ε linearly instead left a composed total well below
+it: 4.45 at ε = 6).
 
 `prior:` is a procedural pretraining (`dpmammo pretrain`) the study runs once per seed for the
 `prior→real` condition: images of public random processes only, a `public` stage that spends no
@@ -316,14 +317,16 @@ class StudyConfig(StrictModel):
         only if every stage protects patients; it is stated at the last stage's δ (a generator
         calibrated at a larger δ would overshoot its share there); and the consumer calibrates its
         noise to the total in the study's accountant, which must be the one the chain composes in
-        (prv as soon as one stage used prv: dpmammo.privacy.ledger.compose)."""
+        (dpmammo.privacy.ledger.chain_accountant)."""
+        from dpmammo.privacy.ledger import chain_accountant
+
         gen = self.generator.config_at(1.0, None).privacy
         for key in ("unit", "delta"):
             mine, study = getattr(gen, key), getattr(self.privacy, key)
             if mine != study:
                 raise ValueError(f"synthetic.generator: privacy.{key} {mine} differs from the study's privacy.{key} "
                                  f"{study}; set both to the same value (the chain total composes both stages)")
-        if self.privacy.accountant == "rdp" and gen.accountant != "rdp":
+        if chain_accountant([gen.accountant, self.privacy.accountant]) != self.privacy.accountant:
             raise ValueError(f"synthetic.generator: privacy.accountant {gen.accountant}: the chain then composes in "
                              "prv, and the study's DP stages would calibrate in rdp; set the study's privacy.accountant "
                              "to prv (or the generator's to rdp)")
