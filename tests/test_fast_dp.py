@@ -139,6 +139,12 @@ def test_test_flips_score_the_mean_logit_over_the_four_flips(phantom_root, tmp_p
     auroc = roc_auc_score(load_labels(val).numpy(),
                           head_proba(trained, compute_features(trained, images, N_VIEWS), flips=True))
     assert metrics["val"]["auroc"] == pytest.approx(auroc, abs=1e-9)
+    # A release says so, for a program (release.json) and for a reader (the model card).
+    from dpmammo.release import release_run
+
+    assert release_run(tmp_path / "run", tmp_path / "release", allow_no_guarantee=True).test_flips is True
+    assert json.loads((tmp_path / "release" / "release.json").read_text())["test_flips"] is True
+    assert "mean logit over the patch's 4 flips" in (tmp_path / "release" / "MODEL_CARD.md").read_text()
 
 
 def tiny_swin() -> nn.Module:

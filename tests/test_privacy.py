@@ -61,6 +61,14 @@ def test_prv_accountant_is_at_most_rdp():
     assert epsilon_of(h, 1e-4, "prv") <= epsilon_of(h, 1e-4, "rdp")
 
 
+def test_an_accountant_that_cannot_resolve_delta_says_what_to_change():
+    # Opacus's PRV raises a bare ValueError below δ ≈ 1e-15; the user gets the settings to change.
+    h = [sgd(5.0, 0.5, 20)]
+    assert epsilon_of(h, 1e-14, "prv") > 0
+    with pytest.raises(DpMammoError, match="privacy.delta or privacy.accountant: rdp"):
+        epsilon_of(h, 1e-20, "prv")
+
+
 @pytest.mark.parametrize("delta,n", [(0.0, 1104), (-1e-5, 1104), (1 / 1104, 1104), (0.01, 1104)])
 def test_delta_must_be_below_one_over_n(delta, n):
     with pytest.raises(DpMammoError, match="delta"):

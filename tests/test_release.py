@@ -36,6 +36,7 @@ def test_release_of_a_dp_run_holds_the_model_its_ledger_and_statement_only(runs,
         assert caveat in statement
     model = json.loads((out / "model.json").read_text())
     assert model["name"] == "cnn-small" and "root" not in json.dumps(model)
+    assert json.loads((out / "release.json").read_text())["test_flips"] is False  # the patch alone
     # Nothing of the run's research record travels: no log, no metrics (exact set sizes), no config paths.
     released = " ".join(p.read_text() for p in out.iterdir() if p.suffix in (".json", ".md"))
     assert "train_size" not in released and "val_auroc" not in released and "n_units" not in released

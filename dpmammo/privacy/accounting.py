@@ -151,8 +151,12 @@ def epsilon_of(events: Sequence[PrivacyEvent], delta: float, accountant: str = "
 @functools.lru_cache(maxsize=4096)
 def _epsilon_of(history: tuple[Segment, ...], delta: float, accountant: str) -> float:
     acc = _opacus_accountant(accountant, history)
-    with _full_batch_quiet(accountant, [q for _, q, _ in history]):
-        return float(acc.get_epsilon(delta=delta, **accountant_kwargs(accountant)))
+    try:
+        with _full_batch_quiet(accountant, [q for _, q, _ in history]):
+            return float(acc.get_epsilon(delta=delta, **accountant_kwargs(accountant)))
+    except ValueError as e:  # Opacus's PRV refuses δ it cannot resolve in floating point (below about 1e-12)
+        raise DpMammoError(f"the {accountant} accountant cannot compute ε at delta={delta:g}: {e} "
+                           "Choose a larger privacy.delta or privacy.accountant: rdp.") from None
 
 
 class EpsilonCurve:

@@ -11,7 +11,8 @@ run's guarantee covers:
   count of private units is in it, see dpmammo.privacy.sampling);
 - `PRIVACY.md`: the statement: unit, ε, δ, accountant, chain, and what is *not* accounted;
 - `MODEL_CARD.md`: what the model is, what it was trained on, and its evaluations;
-- `release.json`: this folder's own marker (what it holds and which run it came from).
+- `release.json`: this folder's own marker (what it holds, which run it came from, and whether the
+  model predicts from the mean logit over its 4 flips, `test_flips`).
 
 A run without a guarantee (private data used without DP, seeded noise, inputs of unknown origin)
 is refused unless `allow_no_guarantee`; its statement then says so in its first line.
@@ -23,7 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from dpmammo import __version__
 from dpmammo.errors import DpMammoError
@@ -57,6 +58,8 @@ class ReleaseRecord(BaseModel):
 
     source_run: str
     guarantee: str
+    test_flips: bool = Field(description="predict from the mean logit over the patch's 4 flips, as the run's "
+                                         "evaluations did (train.test_flips); false: the patch alone")
     files: list[str]
     dpmammo_version: str
 
@@ -84,7 +87,8 @@ def release_run(run_dir: str | Path, out: str | Path, *, allow_no_guarantee: boo
     write_json_atomic(out / "privacy.json", record.model_dump(mode="json"))
     write_text_atomic(out / "PRIVACY.md", privacy_statement(record, run.name))
     write_text_atomic(out / "MODEL_CARD.md", model_card(run, model_cfg, record, test_flips=test_flips))
-    rel = ReleaseRecord(source_run=run.name, guarantee=describe(record.total), files=list(RELEASE_FILES),
+    rel = ReleaseRecord(source_run=run.name, guarantee=describe(record.total), test_flips=test_flips,
+                        files=list(RELEASE_FILES),
                         dpmammo_version=__version__)
     write_json_atomic(out / MARKER, rel.model_dump(mode="json"))
     return rel
