@@ -104,6 +104,26 @@ RECIPES: dict[str, tuple[dict, bool]] = {
                                               "public_pca": {"components": 32}},
                                     "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
                                     "train": {"epochs": 10, "batch_size": 512, "select": "last"}}, False),
+    # the projected ScatterNet features with the patch's 16×16 standardised pixels appended, projected on
+    # their own top 16 principal components over the same procedural images (`with_pixels`)
+    "scatter-pca32-px16-b512-last": ({"model": {"name": "scatter", "input_size": 64, "public_pca": {"components": 32},
+                                                "with_pixels": {"resolution": 16, "components": 16}},
+                                      "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+                                      "train": {"epochs": 10, "batch_size": 512, "select": "last"}}, False),
+    # coarser scattering features under the same public projection: larger wavelets see the mass's
+    # shape more and the film's grain less. J = 3 at 64 px (217 channels, pooled to 2² or 4²), and
+    # J = 2 on patches resized to 32 px (81 channels × 4²)
+    "scatter-j3p2-pca32-b512-last": ({"model": {"name": "scatter", "input_size": 64, "J": 3, "pool": 2, "groups": 31,
+                                                "public_pca": {"components": 32}},
+                                      "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+                                      "train": {"epochs": 10, "batch_size": 512, "select": "last"}}, False),
+    "scatter-j3p4-pca32-b512-last": ({"model": {"name": "scatter", "input_size": 64, "J": 3, "pool": 4, "groups": 31,
+                                                "public_pca": {"components": 32}},
+                                      "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+                                      "train": {"epochs": 10, "batch_size": 512, "select": "last"}}, False),
+    "scatter32-pca32-b512-last": ({"model": {"name": "scatter", "input_size": 32, "public_pca": {"components": 32}},
+                                   "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+                                   "train": {"epochs": 10, "batch_size": 512, "select": "last"}}, False),
     # non-private candidates for ε = ∞ (--epsilons inf): the study's cnn-small (its top-level
     # settings) and linear heads on the ScatterNet features, best epoch on val as the study's ∞ runs
     "cnn-small-inf": ({"optim": {"name": "adamw", "lr": 1e-3}, "train": {"epochs": 20, "batch_size": 64}}, False),
@@ -157,6 +177,8 @@ def main() -> None:
     ap.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 6.0], help="per patient; inf: no DP")
     ap.add_argument("--repeats", type=int, default=2, help="runs with fresh secret noise per cell")
     ap.add_argument("--pretrained", type=Path, help="a finished `dpmammo pretrain` run")
+    ap.add_argument("--test-flips", action="store_true",
+                    help="score validation by the mean logit over the 4 flips (train.test_flips), as the presets do")
     args = ap.parse_args()
 
     import torch
@@ -181,7 +203,7 @@ def main() -> None:
                     del data["privacy"]
                 else:
                     data["privacy"] = {**data["privacy"], "target_epsilon": eps}
-                data["train"] = {**data["train"], "seed": r}
+                data["train"] = {**data["train"], "seed": r, **({"test_flips": True} if args.test_flips else {})}
                 if needs_prior:
                     data["init_from"] = str(args.pretrained)
                 out = args.out / name / f"eps{eps:g}" / f"rep{r}"

@@ -107,6 +107,36 @@ def test_the_config_refuses_unknown_kinds_and_too_many_components():
         create_model("scatter", input_size=32, pool=2, public_pca={**SMALL, "components": 200})
 
 
+def test_with_pixels_appends_the_pixels_public_projection(tmp_path, monkeypatch):
+    """`with_pixels`: the patch's standardised 8×8 pixels, projected on their own basis fitted on the
+    same procedural images (whitened to their unprojected squared norm there), appended to the
+    projected scattering features, the two scaled by 1/√2; carried in the weights like the first."""
+    from dpmammo.models.pixels import PixelFeatures
+    from dpmammo.models.weights import save_weights
+
+    monkeypatch.setenv("DPMAMMO_CACHE", str(tmp_path / "cache"))
+    model = create_model("scatter", input_size=32, pool=2, public_pca=SMALL,
+                         with_pixels={"resolution": 8, "components": 4})
+    assert model.num_features == 8 + 4
+    pixels = PixelFeatures(input_size=32, resolution=8)
+    cfg = ScatterConfig(input_size=32, pool=2, public_pca=SMALL)
+    pixel_basis = fit_public_basis(pixels, cfg.public_pca.model_copy(update={"components": 4}))
+    images = torch.cat([generate(k, seed=0, start=0, stop=64, size=32)[0] for k in SMALL["kinds"]]).float() / 255.0
+    with torch.no_grad():
+        z = pixel_basis(pixels(images)).double()
+        joined = model.forward_features(images)
+        scatter_part = model.backbone.projection(model.backbone.scatter(images))
+    assert abs(z.pow(2).sum(1).mean().item() - 64) < 1e-2 * 64  # the pixels' squared norm, 8², kept
+    assert torch.allclose(joined, torch.cat([scatter_part, z.float()], 1) / math.sqrt(2), atol=1e-4)
+    save_weights(model, tmp_path / "model.safetensors")
+    assert {"backbone.pixels_projection.components", "backbone.projection.components"} <= set(
+        load_file(str(tmp_path / "model.safetensors")))
+    with pytest.raises(DpMammoError, match="with_pixels needs public_pca"):
+        create_model("scatter", input_size=32, pool=2, with_pixels={"resolution": 8, "components": 4})
+    with pytest.raises(DpMammoError, match="with_pixels.components 65 exceeds 64"):
+        create_model("scatter", input_size=32, pool=2, public_pca=SMALL, with_pixels={"resolution": 8, "components": 65})
+
+
 def test_dp_head_on_public_pca_features_learns_phantoms_with_the_same_guarantee(phantom_root, tmp_path, monkeypatch):
     """A DP linear head on the projected features: the run's ledger is that of the unprojected
     model at the same settings plus a public stage naming the basis's procedural images (the

@@ -175,7 +175,8 @@ def test_utility_preset_runs_the_validation_winners():
     for seed in range(3):
         dp_real = plan.runs[f"real/eps1/seed{seed}"].config
         assert dp_real.model.name == "scatter" and dp_real.train.select == "last" and dp_real.privacy.unit == "patient"
-        assert dp_real.model.public_pca.components == 32 and dp_real.model.num_features == 32
+        assert dp_real.model.public_pca.components == 32 and dp_real.model.with_pixels.components == 16
+        assert dp_real.model.num_features == 32 + 16
         assert (dp_real.train.epochs, dp_real.train.batch_size, dp_real.optim.lr) == (10, 512, 0.1)
         non_private = plan.runs[f"real/epsinf/seed{seed}"].config
         assert non_private.model.name == "scatter" and non_private.model.public_pca is None

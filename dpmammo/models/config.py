@@ -93,6 +93,16 @@ class PublicPcaConfig(StrictModel):
         return check_kind_list(v, what="procedural kind")
 
 
+class PublicPixelsConfig(StrictModel):
+    """The `pixels` model's features (downsampled, per-image standardised) projected on their top
+    principal components over the same procedural images as `public_pca` (its kinds, images and
+    seed: public), appended to the projected scattering features: the patch's coarse shape beside
+    the scattering's texture. Chosen on cbis-ddsm/val (benchmarks/README.md)."""
+
+    resolution: int = Field(16, ge=4, le=128, description="side the patch is average-pooled to before the projection")
+    components: int = Field(16, ge=1, description="principal components kept of the resolution² pixels")
+
+
 class ScatterConfig(StrictModel):
     name: Literal["scatter"] = "scatter"
     input_size: int = Field(64, ge=16, le=256, description="patch side in pixels as loaded (resized on load)")
@@ -107,6 +117,9 @@ class ScatterConfig(StrictModel):
         None, description="project the normalised features on their top principal components over procedural "
                           "images (whitened there): fewer, better-scaled coordinates for DP-SGD's noise, fitted on "
                           "no private data")
+    with_pixels: Optional[PublicPixelsConfig] = Field(
+        None, description="append the patch's downsampled pixels, projected on their own public principal components "
+                          "(needs public_pca, whose procedural images fit both bases)")
     weights: Optional[Path] = Field(None, description="whole-model weight file (the head; with public_pca also "
                                                       "the projection), loaded strictly")
     freeze_backbone: Literal[True] = Field(True, description="the backbone has no parameters: only the head trains")
@@ -114,7 +127,7 @@ class ScatterConfig(StrictModel):
     @property
     def num_features(self) -> int:
         if self.public_pca is not None:
-            return self.public_pca.components
+            return self.public_pca.components + (self.with_pixels.components if self.with_pixels is not None else 0)
         return scattering_channels(self.J, self.L) * self.pool ** 2
 
     @model_validator(mode="after")
@@ -138,6 +151,17 @@ class ScatterConfig(StrictModel):
             if pca.components > most:
                 raise ValueError(f"public_pca.components {pca.components} exceeds {most}, the most that "
                                  f"{pca.images_per_kind * len(pca.kinds)} images of {full} features can give")
+        if self.with_pixels is not None:
+            px = self.with_pixels
+            if self.public_pca is None:
+                raise ValueError("with_pixels needs public_pca: both parts are projected on procedural images")
+            if px.resolution > self.input_size:
+                raise ValueError(f"with_pixels.resolution {px.resolution} exceeds input_size {self.input_size}")
+            most = min(px.resolution ** 2, self.public_pca.images_per_kind * len(self.public_pca.kinds) - 1)
+            if px.components > most:
+                raise ValueError(f"with_pixels.components {px.components} exceeds {most}, the most that "
+                                 f"{px.resolution}² pixels of {self.public_pca.images_per_kind * len(self.public_pca.kinds)} "
+                                 "images can give")
         return self
 
 

@@ -17,7 +17,15 @@ from dpmammo.models.cnn import _Standardize
 from dpmammo.models.config import PixelsConfig
 
 
+class PixelFeatures(nn.Sequential):
+    """(N, 1, S, S) → (N, resolution²): average-pooled, then standardised per image."""
+
+    def __init__(self, *, input_size: int, resolution: int):
+        super().__init__(nn.AdaptiveAvgPool2d(resolution), _Standardize(), nn.Flatten())
+        self.input_size, self.num_features = input_size, resolution ** 2
+
+
 def pixels(cfg: PixelsConfig) -> Classifier:
-    backbone = nn.Sequential(nn.AdaptiveAvgPool2d(cfg.resolution), _Standardize(), nn.Flatten())
+    backbone = PixelFeatures(input_size=cfg.input_size, resolution=cfg.resolution)
     head = nn.Linear(cfg.resolution ** 2, 2)
     return Classifier(backbone, head, input_size=cfg.input_size, num_features=cfg.resolution ** 2)

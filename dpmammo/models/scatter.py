@@ -36,6 +36,10 @@ state dict, so the weights a run saves carry the exact projection it was trained
 checkpoint does not (it holds the head), and a resumed run takes the basis from the cache, or fits
 it again, deterministically on one installation.
 
+With `with_pixels` (PublicPixelsConfig), the `pixels` model's features (the patch average-pooled
+and standardised) are projected the same way on the same procedural images and appended: the
+mass's coarse shape beside the scattering's texture (ProjectedScatter).
+
 kymatio 0.3.0's top-level `kymatio.torch` imports its 3-d frontend, which needs `sph_harm` (gone
 from scipy 1.17); the 2-d torch frontend class is imported from its own module instead.
 """
@@ -45,6 +49,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from typing import Optional
 
 import torch
 from torch import nn
@@ -55,6 +60,7 @@ from dpmammo.files import atomic_path
 from dpmammo.models.classifier import Classifier
 from dpmammo.models.cnn import _Standardize
 from dpmammo.models.config import PublicPcaConfig, ScatterConfig, scattering_channels
+from dpmammo.models.pixels import PixelFeatures
 
 BASIS_FORMAT = 1  # bump when the basis's computation changes: cached bases of other formats are not read
 
@@ -81,6 +87,7 @@ class ScatterBackbone(nn.Module):
         super().__init__()
         self.input_size, self.J, self.L = input_size, J, L
         self.channels = scattering_channels(J, L)
+        self.num_features = self.channels * pool ** 2
         self.standardize = _Standardize()
         self.scattering = _scattering_2d(J, L, input_size)
         self.pool = nn.AdaptiveAvgPool2d(pool)
@@ -109,19 +116,27 @@ class PublicProjection(nn.Module):
 
 
 class ProjectedScatter(nn.Module):
-    """The scattering backbone, then its public projection."""
+    """The scattering backbone, then its public projection; with `pixels`, the projected pixel
+    features appended (`with_pixels`) and the two parts scaled by 1/√2 together, so that the joined
+    vector's squared norm on procedural images is the mean of the parts' (K·pool² and resolution²),
+    near the scattering part's alone: the recipe's C and learning rate keep their scale."""
 
-    def __init__(self, scatter: ScatterBackbone, projection: PublicProjection):
+    def __init__(self, scatter: ScatterBackbone, projection: PublicProjection,
+                 pixels: Optional[PixelFeatures] = None, pixels_projection: Optional[PublicProjection] = None):
         super().__init__()
         self.scatter, self.projection = scatter, projection
+        self.pixels, self.pixels_projection = pixels, pixels_projection
         self.input_size = scatter.input_size
 
     def forward(self, x):
-        return self.projection(self.scatter(x))
+        z = self.projection(self.scatter(x))
+        if self.pixels is None:
+            return z
+        return torch.cat([z, self.pixels_projection(self.pixels(x))], dim=1) * (1 / math.sqrt(2))
 
 
 @torch.no_grad()
-def fit_public_basis(backbone: ScatterBackbone, pca: PublicPcaConfig) -> PublicProjection:
+def fit_public_basis(backbone: ScatterBackbone | PixelFeatures, pca: PublicPcaConfig) -> PublicProjection:
     """The projection of module docstring step 6, fitted on `pca.images_per_kind` images of each of
     `pca.kinds` (indices 0..n−1 of `pca.seed`): no file of any data root is opened. Each component's
     sign is fixed (its largest entry positive), so the basis does not depend on the SVD routine's
@@ -147,7 +162,7 @@ def fit_public_basis(backbone: ScatterBackbone, pca: PublicPcaConfig) -> PublicP
     return PublicProjection(mean.float(), comps.float(), scale.float())
 
 
-def public_basis(backbone: ScatterBackbone, pca: PublicPcaConfig) -> PublicProjection:
+def public_basis(backbone: ScatterBackbone | PixelFeatures, pca: PublicPcaConfig) -> PublicProjection:
     """`fit_public_basis`, kept in the user cache (public data only) under a key of everything it
     depends on: the backbone's settings, the procedural kinds with their parameters, dpmammo's,
     kymatio's and torch's versions, and BASIS_FORMAT."""
@@ -166,7 +181,7 @@ def public_basis(backbone: ScatterBackbone, pca: PublicPcaConfig) -> PublicProje
         except Exception as e:  # noqa: BLE001 — truncated or corrupt: torch raises several kinds
             raise DpMammoError(f"cannot read the cached public basis {path} ({type(e).__name__}): delete it and it is "
                                "fitted again") from None
-        d, k = backbone.channels * backbone.pool.output_size ** 2, pca.components
+        d, k = backbone.num_features, pca.components
         shapes = {name: tuple(t.shape) for name, t in state.items()}
         if shapes != {"mean": (d,), "components": (k, d), "scale": (k,)}:
             raise DpMammoError(f"{path} is not a public basis of {k} components of {d} features (it holds {shapes}): "
@@ -182,7 +197,12 @@ def public_basis(backbone: ScatterBackbone, pca: PublicPcaConfig) -> PublicProje
 def scatter(cfg: ScatterConfig) -> Classifier:
     backbone = ScatterBackbone(input_size=cfg.input_size, J=cfg.J, L=cfg.L, pool=cfg.pool, groups=cfg.groups)
     if cfg.public_pca is not None:
-        backbone = ProjectedScatter(backbone, public_basis(backbone, cfg.public_pca))
+        pixels = pixels_projection = None
+        if cfg.with_pixels is not None:
+            pixels = PixelFeatures(input_size=cfg.input_size, resolution=cfg.with_pixels.resolution)
+            pixels_projection = public_basis(pixels, cfg.public_pca.model_copy(
+                update={"components": cfg.with_pixels.components}))
+        backbone = ProjectedScatter(backbone, public_basis(backbone, cfg.public_pca), pixels, pixels_projection)
     head = nn.Linear(cfg.num_features, 2)
     # Zero start: the head is the whole model, and the few clipped, noisy DP steps of its recipes would
     # first have to undo a random start. With public_pca each of the k coordinates has variance D/k

@@ -283,12 +283,15 @@ def input_chain(cfg: TrainConfig, train_records) -> list[StageSpend]:
     # weight file brings its own projection (loaded over the fitted one) and its own chain says where
     # it came from.
     if pca is not None and getattr(cfg.model, "weights", None) is None and cfg.init_from is None:
+        px = cfg.model.with_pixels
+        pixels = ("" if px is None else f", and the patch's {px.resolution}×{px.resolution} standardised pixels on "
+                  f"{px.components} of their own, fitted on the same images")
         chain.append(StageSpend(
             stage="public-basis", run=f"{pca.components} principal components, seed {pca.seed}",
             data=[f"procedural/{k}" for k in pca.kinds], guarantee="public",
             note=f"ScatterNet features projected on principal components fitted on images 0..{pca.images_per_kind - 1} "
-                 f"of each procedural process ({', '.join(pca.kinds)}; seed {pca.seed}, {cfg.model.input_size} px): "
-                 "made by a program from its seed; no private data"))
+                 f"of each procedural process ({', '.join(pca.kinds)}; seed {pca.seed}, {cfg.model.input_size} px)"
+                 f"{pixels}: made by a program from its seed; no private data"))
     return chain + synthetic_chain(synthetic_provenance(train_records))
 
 
