@@ -6,8 +6,8 @@ import dp_accounting
 import pytest
 
 from dpmammo.errors import DpMammoError
-from dpmammo.privacy import (DpSgdEvent, GaussianRelease, StageSpend, calibrate_noise, check_delta, compose, epsilon_of,
-                             steps_for)
+from dpmammo.privacy import (DpSgdEvent, GaussianRelease, StageSpend, calibrate_noise, check_delta, check_planned_total,
+                             compose, epsilon_of, steps_for)
 from dpmammo.privacy.accounting import RDP_ORDERS
 
 
@@ -62,11 +62,23 @@ def test_prv_accountant_is_at_most_rdp():
 
 
 def test_an_accountant_that_cannot_resolve_delta_says_what_to_change():
-    # Opacus's PRV raises a bare ValueError below δ ≈ 1e-15; the user gets the settings to change.
-    h = [sgd(5.0, 0.5, 20)]
-    assert epsilon_of(h, 1e-14, "prv") > 0
-    with pytest.raises(DpMammoError, match="privacy.delta or privacy.accountant: rdp"):
+    """Opacus's PRV raises a bare ValueError at a δ it cannot resolve in floating point; the user
+    gets the settings to change, in calibration and in accounting alike."""
+    advice = "privacy.delta or privacy.accountant: rdp"
+    h = [sgd(5.0, 0.9, 11)]
+    assert epsilon_of(h, 1e-12, "prv") > 0
+    with pytest.raises(DpMammoError, match=advice):
         epsilon_of(h, 1e-20, "prv")
+    with pytest.raises(DpMammoError, match=advice):
+        calibrate_noise(target_epsilon=1.0, delta=1e-20, sample_rate=0.5, steps=20, accountant="prv")
+    # The limit grows with the history: a chain's total can fail at a δ where its last stage alone
+    # does not. check_planned_total composes it before the stage's first step (dpmammo.train.loop).
+    at = {"delta": 1e-14}
+    upstream = _dp("gan", 1.0, 0.2, 150, 1.0, "prv").model_copy(update=at)
+    own = _dp("clf", 5.0, 0.9, 11, 1.0, "prv").model_copy(update=at)
+    check_planned_total([], own)
+    with pytest.raises(DpMammoError, match=advice):
+        check_planned_total([upstream], own)
 
 
 @pytest.mark.parametrize("delta,n", [(0.0, 1104), (-1e-5, 1104), (1 / 1104, 1104), (0.01, 1104)])

@@ -133,8 +133,11 @@ def test_with_pixels_appends_the_pixels_public_projection(tmp_path, monkeypatch)
         load_file(str(tmp_path / "model.safetensors")))
     with pytest.raises(DpMammoError, match="with_pixels needs public_pca"):
         create_model("scatter", input_size=32, pool=2, with_pixels={"resolution": 8, "components": 4})
-    with pytest.raises(DpMammoError, match="with_pixels.components 65 exceeds 64"):
-        create_model("scatter", input_size=32, pool=2, public_pca=SMALL, with_pixels={"resolution": 8, "components": 65})
+    with pytest.raises(DpMammoError, match="with_pixels.components 64 exceeds 63"):  # standardised: rank 8² − 1
+        create_model("scatter", input_size=32, pool=2, public_pca=SMALL, with_pixels={"resolution": 8, "components": 64})
+    # Each basis is cached under its own key: the pixels' depends on the patch size they are pooled from.
+    create_model("scatter", input_size=64, pool=2, public_pca=SMALL, with_pixels={"resolution": 8, "components": 4})
+    assert len(list((tmp_path / "cache" / "features").glob("public-pca-*.pt"))) == 4  # scatter and pixels × 32, 64 px
 
 
 def test_dp_head_on_public_pca_features_learns_phantoms_with_the_same_guarantee(phantom_root, tmp_path, monkeypatch):

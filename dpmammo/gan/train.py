@@ -32,8 +32,8 @@ from dpmammo.gan.augment import U_FLIPS, diff_augment, flip_real, uniforms_neede
 from dpmammo.gan.config import GanConfig, GeneratorShape
 from dpmammo.gan.models import N_CLASSES, build, to_model_range
 from dpmammo.models import save_weights
-from dpmammo.privacy import (Batch, DPSetup, dp_stage, make_private, non_dp_stage, prior_history, synthetic_chain,
-                             write_privacy)
+from dpmammo.privacy import (Batch, DPSetup, check_planned_total, dp_stage, make_private, non_dp_stage,
+                             prior_history, synthetic_chain, write_privacy)
 from dpmammo.privacy.nonprivate import NonPrivate
 from dpmammo.privacy.sampling import batch_selection, epoch_steps
 from dpmammo.randomness import keyed_uniform, step_generator
@@ -91,6 +91,7 @@ def train_gan_run(cfg: GanConfig, stage: Stage, progress: bool) -> dict:
         dp = make_private(model=disc, optimizer=opt_d, sampler=sampler, epochs=cfg.train.epochs, config=p,
                           criterion=nn.BCEWithLogitsLoss(), prior=prior_history(upstream, p))
         d_train, opt_d = dp.model, dp.optimizer
+        check_planned_total(upstream, dp_stage(stage="gan", run=run.name, data=cfg.data.train, dp=dp, planned=True))
         say(f"DP discriminator (unit {p.unit}; q from a noisy unit count): sigma={dp.noise_multiplier:.4f} "
             f"q={dp.sample_rate:.5f} steps={dp.planned_steps} target eps={p.target_epsilon} delta={p.delta:g}"
             + (" SEEDED NOISE (tests only): no guarantee" if p.seeded_noise_for_tests else ""))

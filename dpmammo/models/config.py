@@ -157,11 +157,12 @@ class ScatterConfig(StrictModel):
                 raise ValueError("with_pixels needs public_pca: both parts are projected on procedural images")
             if px.resolution > self.input_size:
                 raise ValueError(f"with_pixels.resolution {px.resolution} exceeds input_size {self.input_size}")
-            most = min(px.resolution ** 2, self.public_pca.images_per_kind * len(self.public_pca.kinds) - 1)
+            # Standardised per image, the pixels sum to zero: they span resolution² − 1 directions at most.
+            most = min(px.resolution ** 2 - 1, self.public_pca.images_per_kind * len(self.public_pca.kinds) - 1)
             if px.components > most:
                 raise ValueError(f"with_pixels.components {px.components} exceeds {most}, the most that "
-                                 f"{px.resolution}² pixels of {self.public_pca.images_per_kind * len(self.public_pca.kinds)} "
-                                 "images can give")
+                                 f"{px.resolution}² standardised pixels of "
+                                 f"{self.public_pca.images_per_kind * len(self.public_pca.kinds)} images can give")
         return self
 
 

@@ -22,7 +22,11 @@ class PixelFeatures(nn.Sequential):
 
     def __init__(self, *, input_size: int, resolution: int):
         super().__init__(nn.AdaptiveAvgPool2d(resolution), _Standardize(), nn.Flatten())
-        self.input_size, self.num_features = input_size, resolution ** 2
+        self.input_size, self.resolution, self.num_features = input_size, resolution, resolution ** 2
+
+    def extra_repr(self) -> str:
+        # The feature cache and the public basis's cache key on the repr: everything that shapes the features shows.
+        return f"input_size={self.input_size}, resolution={self.resolution}"
 
 
 def pixels(cfg: PixelsConfig) -> Classifier:

@@ -117,9 +117,10 @@ class PublicProjection(nn.Module):
 
 class ProjectedScatter(nn.Module):
     """The scattering backbone, then its public projection; with `pixels`, the projected pixel
-    features appended (`with_pixels`) and the two parts scaled by 1/√2 together, so that the joined
-    vector's squared norm on procedural images is the mean of the parts' (K·pool² and resolution²),
-    near the scattering part's alone: the recipe's C and learning rate keep their scale."""
+    features appended (`with_pixels`) and the two parts scaled by 1/√2 together: on procedural
+    images the joined squared norm is then (K·pool² + resolution²) / 2, 776 for the presets' 1296 +
+    256, 0.6 times the scattering part's alone. That factor is the one measured on validation
+    (benchmarks/README.md), not a derived one: with a clipped head it acts as a smaller step."""
 
     def __init__(self, scatter: ScatterBackbone, projection: PublicProjection,
                  pixels: Optional[PixelFeatures] = None, pixels_projection: Optional[PublicProjection] = None):
@@ -136,7 +137,8 @@ class ProjectedScatter(nn.Module):
 
 
 @torch.no_grad()
-def fit_public_basis(backbone: ScatterBackbone | PixelFeatures, pca: PublicPcaConfig) -> PublicProjection:
+def fit_public_basis(backbone: ScatterBackbone | PixelFeatures, pca: PublicPcaConfig, *,
+                     setting: str = "public_pca.components") -> PublicProjection:
     """The projection of module docstring step 6, fitted on `pca.images_per_kind` images of each of
     `pca.kinds` (indices 0..n−1 of `pca.seed`): no file of any data root is opened. Each component's
     sign is fixed (its largest entry positive), so the basis does not depend on the SVD routine's
@@ -157,12 +159,13 @@ def fit_public_basis(backbone: ScatterBackbone | PixelFeatures, pca: PublicPcaCo
     std = singular[:k] / math.sqrt(len(x))
     if not bool((std > 1e-8 * std[0]).all()):
         raise DpMammoError(f"the procedural images span fewer than {k} directions of the features: "
-                           "lower public_pca.components or add kinds or images")
+                           f"lower {setting} or add kinds or images")
     scale = math.sqrt(x.shape[1] / k) / std
     return PublicProjection(mean.float(), comps.float(), scale.float())
 
 
-def public_basis(backbone: ScatterBackbone | PixelFeatures, pca: PublicPcaConfig) -> PublicProjection:
+def public_basis(backbone: ScatterBackbone | PixelFeatures, pca: PublicPcaConfig, *,
+                 setting: str = "public_pca.components") -> PublicProjection:
     """`fit_public_basis`, kept in the user cache (public data only) under a key of everything it
     depends on: the backbone's settings, the procedural kinds with their parameters, dpmammo's,
     kymatio's and torch's versions, and BASIS_FORMAT."""
@@ -187,7 +190,7 @@ def public_basis(backbone: ScatterBackbone | PixelFeatures, pca: PublicPcaConfig
             raise DpMammoError(f"{path} is not a public basis of {k} components of {d} features (it holds {shapes}): "
                                "delete it and it is fitted again")
         return PublicProjection(state["mean"], state["components"], state["scale"])
-    projection = fit_public_basis(backbone, pca)
+    projection = fit_public_basis(backbone, pca, setting=setting)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         torch.save(projection.state_dict(), tmp)
@@ -201,7 +204,7 @@ def scatter(cfg: ScatterConfig) -> Classifier:
         if cfg.with_pixels is not None:
             pixels = PixelFeatures(input_size=cfg.input_size, resolution=cfg.with_pixels.resolution)
             pixels_projection = public_basis(pixels, cfg.public_pca.model_copy(
-                update={"components": cfg.with_pixels.components}))
+                update={"components": cfg.with_pixels.components}), setting="with_pixels.components")
         backbone = ProjectedScatter(backbone, public_basis(backbone, cfg.public_pca), pixels, pixels_projection)
     head = nn.Linear(cfg.num_features, 2)
     # Zero start: the head is the whole model, and the few clipped, noisy DP steps of its recipes would

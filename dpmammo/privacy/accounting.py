@@ -120,7 +120,14 @@ def _calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, st
                                               sample_rate=sample_rate, steps=steps, accountant=accountant,
                                               epsilon_tolerance=0.01, **accountant_kwargs(accountant)))
     except ValueError as e:
+        if "delta" in str(e):  # Opacus's PRV: "Floating point errors will dominate for such small values of delta"
+            raise DpMammoError(_unresolvable_delta(accountant, delta, e)) from None
         raise DpMammoError(f"cannot reach epsilon={target_epsilon} with {steps} steps at q={sample_rate:.4g}: {e}") from None
+
+
+def _unresolvable_delta(accountant: str, delta: float, e: Exception) -> str:
+    return (f"the {accountant} accountant cannot compute ε at delta={delta:g}: {e} "
+            "Choose a larger privacy.delta or privacy.accountant: rdp (for every stage of the chain).")
 
 
 def _calibrate_after(prior: list[Segment], target: float, delta: float, q: float,
@@ -154,9 +161,10 @@ def _epsilon_of(history: tuple[Segment, ...], delta: float, accountant: str) -> 
     try:
         with _full_batch_quiet(accountant, [q for _, q, _ in history]):
             return float(acc.get_epsilon(delta=delta, **accountant_kwargs(accountant)))
-    except ValueError as e:  # Opacus's PRV refuses δ it cannot resolve in floating point (below about 1e-12)
-        raise DpMammoError(f"the {accountant} accountant cannot compute ε at delta={delta:g}: {e} "
-                           "Choose a larger privacy.delta or privacy.accountant: rdp.") from None
+    except ValueError as e:
+        # Opacus's PRV refuses a δ it cannot resolve in floating point: the limit grows with the
+        # history's length (about 1e-15 for one short stage, 1e-14 already failing with a longer one).
+        raise DpMammoError(_unresolvable_delta(accountant, delta, e)) from None
 
 
 class EpsilonCurve:

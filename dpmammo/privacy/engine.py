@@ -332,13 +332,9 @@ def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer, sampler:
     accountant = StepAccountant(config.accountant, max_grad_norm=config.max_grad_norm, unit=config.unit)
     dp_opt.attach_step_hook(accountant.optimizer_hook(sampler.sample_rate))
     curve = EpsilonCurve(sigma, sampler.sample_rate, config.delta, before=count) if config.accountant == "rdp" else None
-    setup = DPSetup(model=gsm, optimizer=dp_opt, criterion=dp_criterion, grad_sample_mode=mode,
-                    accountant=accountant, noise_multiplier=sigma, sampler=sampler, planned_steps=steps, config=config,
-                    curve=curve)
-    # The ε that privacy.json will record, computed now: an accountant that cannot evaluate it
-    # (PRV at a tiny δ) refuses before training, not after it (memoised: the end reuses it).
-    epsilon_of(setup.planned_events(), config.delta, config.accountant)
-    return setup
+    return DPSetup(model=gsm, optimizer=dp_opt, criterion=dp_criterion, grad_sample_mode=mode,
+                   accountant=accountant, noise_multiplier=sigma, sampler=sampler, planned_steps=steps, config=config,
+                   curve=curve)
 
 
 # The optimizers' noise comes from the sampler's secret key (dpmammo.privacy.noise.NoiseAhead):

@@ -140,17 +140,19 @@ class PrivacyRecord(_Record):
         return describe(self.total)
 
 
-def dp_stage(*, stage: str, run: str, data: list[str], dp, note: str = "") -> StageSpend:
-    """The record of a DP stage (`dp` is a DPSetup). A test-only seeded-noise run keeps its
-    numbers for inspection but gives no guarantee."""
+def dp_stage(*, stage: str, run: str, data: list[str], dp, note: str = "", planned: bool = False) -> StageSpend:
+    """The record of a DP stage (`dp` is a DPSetup): its steps taken, or with `planned` the steps it
+    was calibrated for. A test-only seeded-noise run keeps its numbers for inspection but gives no
+    guarantee."""
     p = dp.config
     seeded = p.seeded_noise_for_tests
+    epsilon = epsilon_of(dp.planned_events(), p.delta, p.accountant) if planned else dp.epsilon()
     return StageSpend(
         stage=stage, run=run, data=list(data), guarantee="none" if seeded else "dp",
-        reason="seeded-noise" if seeded else None, unit=p.unit, epsilon=dp.epsilon(), delta=p.delta,
+        reason="seeded-noise" if seeded else None, unit=p.unit, epsilon=epsilon, delta=p.delta,
         target_epsilon=p.target_epsilon, mechanism="dp-sgd", noise_multiplier=dp.noise_multiplier,
         sample_rate=dp.sample_rate,
-        steps=dp.steps_taken, accountant=p.accountant, max_grad_norm=p.max_grad_norm,
+        steps=dp.planned_steps if planned else dp.steps_taken, accountant=p.accountant, max_grad_norm=p.max_grad_norm,
         unit_count_noise=dp.sampler.unit_count_noise,
         note=("seeded noise: anyone who knows train.seed can remove it; for tests only. " if seeded else "") + note)
 
@@ -241,6 +243,13 @@ def compose(stages: list[StageSpend], delta: Optional[float] = None) -> ChainTot
     eps = epsilon_of([e for s in dp for e in s.events()], delta, accountant)
     return ChainTotal(guarantee="dp", epsilon=eps, delta=delta, unit=unit,
                       method=f"{accountant.upper()} composition of all DP stages", stages=names)
+
+
+def check_planned_total(upstream: list[StageSpend], own: StageSpend) -> None:
+    """Compose the chain as `write_privacy` will once the stage (`own`, from dp_stage(planned=True))
+    has taken its planned steps, before its first: an accountant that cannot evaluate that total
+    (Opacus's PRV at a tiny δ over a long history) refuses then, not after training."""
+    compose([*upstream, own], delta=own.delta)
 
 
 def write_privacy(path: str | Path, own: StageSpend, upstream: list[StageSpend],

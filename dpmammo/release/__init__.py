@@ -58,8 +58,9 @@ class ReleaseRecord(BaseModel):
 
     source_run: str
     guarantee: str
-    test_flips: bool = Field(description="predict from the mean logit over the patch's 4 flips, as the run's "
-                                         "evaluations did (train.test_flips); false: the patch alone")
+    test_flips: Optional[bool] = Field(None, description="predict from the mean logit over the patch's 4 flips, as "
+                                                         "the run's evaluations did (train.test_flips); false: the "
+                                                         "patch alone; null: a release made before this was recorded")
     files: list[str]
     dpmammo_version: str
 

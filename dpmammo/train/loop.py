@@ -28,8 +28,8 @@ from dpmammo.data.sets import check_training_sets, load_set, resolve_root, synth
 from dpmammo.errors import DpMammoError
 from dpmammo.files import check_out
 from dpmammo.models import save_weights
-from dpmammo.privacy import (DPSetup, StageSpend, dp_stage, make_private, non_dp_stage, prior_history, weights_stage,
-                             write_privacy)
+from dpmammo.privacy import (DPSetup, StageSpend, check_planned_total, dp_stage, make_private, non_dp_stage,
+                             prior_history, weights_stage, write_privacy)
 from dpmammo.privacy.ledger import synthetic_chain
 from dpmammo.privacy.nonprivate import NonPrivate
 from dpmammo.privacy.sampling import batch_selection, epoch_steps, secret_key
@@ -160,6 +160,8 @@ def train_run(cfg: TrainConfig, stage: Stage, progress: bool) -> dict:
         dp = make_private(model=trainable, optimizer=optimizer, sampler=sampler, epochs=epochs, config=p,
                           criterion=criterion, prior=prior_history(upstream, p), world_size=ranks.world)
         trainable, optimizer = dp.model, dp.optimizer
+        check_planned_total(upstream, dp_stage(stage="classifier", run=run.name, data=cfg.data.train, dp=dp,
+                                               planned=True))
         say(f"DP-SGD ({dp.grad_sample_mode}, unit {p.unit}; q from a noisy unit count, sigma_N={p.unit_count_noise:g}): "
             f"sigma={dp.noise_multiplier:.4f} q={dp.sample_rate:.5f} steps={dp.planned_steps} "
             f"target eps={p.target_epsilon}{' (chain total)' if p.target == 'total' else ''} delta={p.delta:g}"
