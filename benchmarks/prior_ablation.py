@@ -132,6 +132,11 @@ RECIPES: dict[str, tuple[dict, bool]] = {
     "scatter-pca32-inf": ({"model": {"name": "scatter", "input_size": 64, "public_pca": {"components": 32}},
                            "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9}, "train": {"epochs": 30, "batch_size": 64}},
                           False),
+    # the DP recipe's features (projected ScatterNet + pixels) at ε = ∞, with the ∞ recipe's optimiser
+    "scatter-pca32-px16-inf": ({"model": {"name": "scatter", "input_size": 64, "public_pca": {"components": 32},
+                                          "with_pixels": {"resolution": 16, "components": 16}},
+                                "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9}, "train": {"epochs": 30, "batch_size": 64}},
+                               False),
     # richer ScatterNet features for ε = ∞ (issue 27's outside probe: J = 3 unpooled and 128 px were its
     # strongest non-private features on CBIS-DDSM): J = 3 at 64 px, 217 channels × 8²; J = 2 at 128 px,
     # 81 channels × 8²; each with a little weight decay (a non-private linear model on thousands of

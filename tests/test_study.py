@@ -179,7 +179,7 @@ def test_utility_preset_runs_the_validation_winners():
         assert dp_real.model.num_features == 32 + 16
         assert (dp_real.train.epochs, dp_real.train.batch_size, dp_real.optim.lr) == (10, 512, 0.1)
         non_private = plan.runs[f"real/epsinf/seed{seed}"].config
-        assert non_private.model.name == "scatter" and non_private.model.public_pca is None
+        assert non_private.model == dp_real.model  # the same public features, without DP
         assert (non_private.train.epochs, non_private.train.batch_size, non_private.train.select) == (
             30, 64, "best-val-auroc")
         probe = plan.runs[f"prior-to-real/eps3/seed{seed}"].config
