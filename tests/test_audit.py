@@ -93,14 +93,14 @@ def phantoms(tmp_path_factory):
     return make_phantoms(tmp_path_factory.mktemp("audit-phantoms"), n=64, seed=3, size=32)
 
 
-def recipe(root, *, privacy=None, head=True, epochs=100) -> TrainConfig:
+def recipe(root, *, privacy=None, head=True, epochs=100, batch_size=8) -> TrainConfig:
     """Over-fitting on purpose: no augmentation, small batches, many steps. Head-only on the cached
     features of a frozen (random) cnn-small backbone, or the whole tiny cnn-small."""
     return parse_config(TrainConfig, {
         "data": {"root": str(root), "train": ["phantom/train"], "val": "phantom/val"},
         "model": {"name": "cnn-small", "input_size": 32, "width": 64 if head else 8, "freeze_backbone": head},
         "optim": {"lr": 5e-2 if head else 1e-2},
-        "train": {"epochs": epochs, "batch_size": 8, "select": "last", "augment": "none", "device": "cpu"},
+        "train": {"epochs": epochs, "batch_size": batch_size, "select": "last", "augment": "none", "device": "cpu"},
         "privacy": privacy}, "test recipe")
 
 
@@ -142,6 +142,26 @@ def test_dp_model_at_epsilon_1_never_measured_above_its_promise(phantoms, tmp_pa
                        AuditSettings(method="one-run", canaries=32), progress="off")
     assert one.promised.guarantee == "dp" and one.measured_epsilon <= 1.0
     assert one.attacks[0].bound.canaries == 32 and one.target_members == 32 + one.attacks[0].bound.included
+
+
+def test_dp_audit_models_keep_the_recipe_sampling_rate(phantoms, tmp_path):
+    """On half the pool a DP model draws half the recipe's batch, so it keeps the recipe's q (and σ,
+    steps): a recipe of full batches (all 64 patients a step, q = 1) is audited, not refused for a
+    batch larger than the 32 patients a model holds."""
+    from dpmammo.audit.models import read_split
+    from dpmammo.privacy import read_privacy
+
+    # σ_N = 2 on the unit count (the default 20 would swamp 32 patients), paid for by a larger ε
+    cfg = recipe(phantoms, privacy={"target_epsilon": 8.0, "unit_count_noise": 2.0}, epochs=3, batch_size=64)
+    rec = audit_recipe(cfg, tmp_path / "lira", AuditSettings(method="lira", models=4), progress="off")
+    assert rec.promised.guarantee == "dp" and rec.units == 64
+    runs = sorted((tmp_path / "lira" / "models").iterdir())
+    assert len(runs) == 5
+    for run in runs:
+        model_cfg, split = read_split(run)
+        assert len(split.members) == 32 and model_cfg.train.batch_size == 32
+        own = read_privacy(run / "privacy.json").own
+        assert own.sample_rate > 0.8 and own.steps <= 4  # q ≈ 1 (32 of a count of 32 ± 2): 3 epochs, ~3 steps
 
 
 def test_one_run_with_phantom_canaries_sees_a_non_private_model_memorise(phantoms, tmp_path):

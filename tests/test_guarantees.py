@@ -129,6 +129,30 @@ def test_init_from_a_dp_run_composes_both_stages(phantom_root, dp_run, tmp_path)
     assert max(first.epsilon, second.epsilon) < rec.total.epsilon < first.epsilon + second.epsilon
 
 
+def test_the_chain_total_is_composed_before_the_first_step(phantom_root, dp_run, tmp_path, monkeypatch):
+    """The loop composes the chain from the stage's planned record before it trains (check_planned_total,
+    so an accountant that cannot evaluate the total refuses then): the same record and total that
+    privacy.json holds after training."""
+    import dpmammo.train.loop as loop
+    from dpmammo.privacy.ledger import compose
+
+    checked, real_check = [], loop.check_planned_total
+
+    def spy(upstream, own):
+        checked.append((upstream, own, (tmp_path / "run" / "log.txt").read_text()))
+        real_check(upstream, own)
+
+    monkeypatch.setattr(loop, "check_planned_total", spy)
+    cfg = phantom_config(phantom_root, train__epochs=2, init_from__=str(dp_run),
+                         privacy__={"target_epsilon": 2.0, "accountant": "prv"})
+    fit(cfg, tmp_path / "run", progress=False)
+    rec = read_privacy(tmp_path / "run" / "privacy.json")
+    (upstream, planned, log_then), = checked
+    assert "epoch 1" not in log_then and "epoch 1" in (tmp_path / "run" / "log.txt").read_text()
+    assert [*upstream, planned] == rec.stages and planned.steps > 0
+    assert compose([*upstream, planned], delta=planned.delta) == rec.total
+
+
 @pytest.mark.parametrize("accountant", ["rdp", "prv"])
 def test_a_stage_calibrated_to_the_chain_total_lands_on_it(phantom_root, dp_run, tmp_path, accountant):
     """privacy.target: total after a DP run (init_from, RDP): the composed total is the target (within

@@ -64,9 +64,15 @@ def is_head_only(cfg: TrainConfig) -> bool:
     return bool(cfg.model.freeze_backbone and cfg.train.feature_cache)
 
 
-def with_split(cfg: TrainConfig, split: AuditSplit) -> TrainConfig:
+def with_split(cfg: TrainConfig, split: AuditSplit, pool_units: int) -> TrainConfig:
+    """The recipe trained on `split`'s members of a pool of `pool_units` units. Under DP its batch is
+    scaled by the members' share of the pool, so that the model keeps the recipe's sampling rate q,
+    and with it σ and the steps: the mechanism whose promise is audited, not one of another q (and a
+    recipe of nearly full batches, 512 of 578 patients, stays possible on half of them)."""
     data = cfg.model_dump(mode="json")
     data["data"]["audit_split"] = split.model_dump(mode="json")
+    if cfg.privacy is not None:
+        data["train"]["batch_size"] = max(1, round(cfg.train.batch_size * len(split.members) / pool_units))
     return parse_config(TrainConfig, data, f"audit model {split.role}")
 
 
@@ -105,13 +111,14 @@ class FeaturePrimer:
         return path
 
 
-def train_models(cfg: TrainConfig, splits: list[AuditSplit], models_dir: Path,
+def train_models(cfg: TrainConfig, splits: list[AuditSplit], models_dir: Path, pool_units: int,
                  report: Callable[[str, str, float], None]) -> list[Path]:
-    """Train (or reuse, when finished with the same config) one run per split; returns the run dirs."""
+    """Train (or reuse, when finished with the same config) one run per split of a pool of
+    `pool_units` units; returns the run dirs."""
     primer = FeaturePrimer(cfg, initial_model(cfg)) if is_head_only(cfg) else None
     runs = []
     for split in splits:
-        run, mcfg = models_dir / split.role, with_split(cfg, split)
+        run, mcfg = models_dir / split.role, with_split(cfg, split, pool_units)
         t0 = time.time()
         if RunDir(run).is_finished:
             if not RunDir(run).has_config(mcfg):

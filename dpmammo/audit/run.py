@@ -91,7 +91,7 @@ def audit_recipe(cfg: TrainConfig, out: str | Path, settings: AuditSettings, *,
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
     with _ModelProgress(progress, len(splits)) as report:
-        runs = train_models(cfg, splits, out / MODELS_DIR, report)
+        runs = train_models(cfg, splits, out / MODELS_DIR, len(pool.units), report)
     return audit_runs(runs[0], runs[1:], out, settings.model_copy(update={"method": method}), t0=t0)
 
 

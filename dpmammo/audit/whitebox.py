@@ -41,6 +41,7 @@ from dpmammo.privacy.accounting import epsilon_of
 from dpmammo.privacy.config import PrivacyConfig
 from dpmammo.privacy.engine import DPSetup
 from dpmammo.privacy.events import PrivacyEvent
+from dpmammo.privacy.ledger import StageSpend, check_planned_total, dp_stage
 from dpmammo.privacy.sampling import batch_selection
 from dpmammo.privacy.secret import SecretKey
 
@@ -123,7 +124,8 @@ def canary_training(*, model: nn.Module, optimizer: torch.optim.Optimizer, crite
                     take: Optional[Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]] = None,
                     prior: Sequence[PrivacyEvent] = (), device: torch.device | str = "cpu",
                     adversary_knows_seed: bool = False, views_per_record: int = 1,
-                    mutate: Optional[Callable[[DPSetup], None]] = None) -> CanaryRun:
+                    mutate: Optional[Callable[[DPSetup], None]] = None,
+                    upstream: Sequence[StageSpend] = ()) -> CanaryRun:
     """Train `model` with DP-SGD on `records` plus the included canaries, observing every noisy update.
 
     Args:
@@ -158,6 +160,7 @@ def canary_training(*, model: nn.Module, optimizer: torch.optim.Optimizer, crite
                               "the audit's training set", views_per_record=views_per_record)
     dp = make_private(model=model, optimizer=optimizer, sampler=sampler, epochs=epochs, config=privacy,
                       criterion=criterion, prior=prior)
+    check_planned_total(list(upstream), dp_stage(stage="classifier", run="audit", data=[], dp=dp, planned=True))
     params = list(dp.optimizer.params)
     n_params = sum(p.numel() for p in params)
     first = len(records)
@@ -296,7 +299,7 @@ def audit_gradient_canaries(cfg, out, settings, *, progress: str = "lines"):
     from dpmammo.data.images import N_VIEWS, load_images, load_labels
     from dpmammo.data.sets import check_training_sets, resolve_root
     from dpmammo.device import resolve_device
-    from dpmammo.privacy.ledger import compose, dp_stage, prior_history
+    from dpmammo.privacy.ledger import compose, prior_history
     from dpmammo.train import features as fc
     from dpmammo.train.loop import build_optimizer, flip_views, image_batch, input_chain
 
@@ -339,11 +342,11 @@ def audit_gradient_canaries(cfg, out, settings, *, progress: str = "lines"):
                           criterion=nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing), inputs=inputs,
                           labels=labels, records=records, privacy=privacy, epochs=cfg.train.epochs,
                           batch_size=cfg.train.batch_size, physical=physical, seed=cfg.train.seed, canaries=canaries,
-                          take=take, prior=prior_history(upstream, privacy), device=device, views_per_record=k)
+                          take=take, prior=prior_history(upstream, privacy), device=device, views_per_record=k,
+                          upstream=upstream)
     say(f"trained: σ={run.sigma:.4f} q={run.sample_rate:.4f} steps={run.steps}, promised ε={run.epsilon:.3f}/{privacy.unit} (this stage)")
     scored = score_canaries(run, confidence=settings.confidence, seed=settings.seed)
-    own = dp_stage(stage="classifier", run=f"audit {out.name}", data=cfg.data.train, dp=run.setup)
-    own = own.model_copy(update={"epsilon": run.epsilon, "steps": run.steps})
+    own = dp_stage(stage="classifier", run=f"audit {out.name}", data=cfg.data.train, dp=run.setup, planned=True)
     results = [r for r, _ in scored]
     primary = next(r for r in results if r.attack == PRIMARY_BOUND)
     summed = next(r for r in results if r.attack == PRIMARY_ESTIMATE)

@@ -45,7 +45,8 @@ from dpmammo.gan.merf_config import MerfConfig, MerfFeatures
 from dpmammo.gan.models import N_CLASSES, build_generator
 from dpmammo.gan.train import SAMPLES_DIR, grid_inputs, write_grid
 from dpmammo.models import save_weights
-from dpmammo.privacy import StageSpend, non_dp_stage, release_stage, synthetic_chain, write_privacy
+from dpmammo.privacy import (StageSpend, check_planned_total, non_dp_stage, release_stage, synthetic_chain,
+                             write_privacy)
 from dpmammo.privacy.events import GaussianRelease
 from dpmammo.privacy.mechanisms import gaussian_release
 from dpmammo.privacy.sampling import secret_key, unit_ids
@@ -93,6 +94,17 @@ def train_merf_run(cfg: MerfConfig, stage: Stage, progress: bool) -> dict:
     if not stage.resuming:
         state.update(private_release(cfg, freqs, say))
         stage.save_checkpoint()  # before anything is derived from it
+    # The run's record, built now: a chain total the accountant cannot evaluate refuses before the
+    # generator trains, not after.
+    upstream = [StageSpend.model_validate(s) for s in state["upstream"]]
+    if cfg.privacy is not None:
+        # σ read back from the checkpoint on a resume: the release was made once, by the first start.
+        release = GaussianRelease(noise_multiplier=state["sigma"], sensitivity=SENSITIVITY, unit=cfg.privacy.unit)
+        own = release_stage(stage=STAGE, run=run.name, data=cfg.data.train, privacy=cfg.privacy, release=release,
+                            note="what is released: the sum of per-unit embeddings; the generator is post-processing")
+    else:
+        own = non_dp_stage(stage=STAGE, run=run.name, data=cfg.data.train, n_private=state["n_private"])
+    check_planned_total(upstream, own)
     # From here on nothing touches private data: everything below is post-processing of the release.
     target, freqs = class_targets(state["release"]).to(device), freqs.to(device)
     fixed_z, fixed_y = grid_inputs(cfg.model, cfg.train.seed)
@@ -118,14 +130,6 @@ def train_merf_run(cfg: MerfConfig, stage: Stage, progress: bool) -> dict:
 
     # Outputs: generator weights, privacy record, metrics (written last: it marks the run finished).
     save_weights(gen_model, run.weights)
-    upstream = [StageSpend.model_validate(s) for s in state["upstream"]]
-    if cfg.privacy is not None:
-        # σ read back from the checkpoint on a resume: the release was made once, by the first start.
-        release = GaussianRelease(noise_multiplier=state["sigma"], sensitivity=SENSITIVITY, unit=cfg.privacy.unit)
-        own = release_stage(stage=STAGE, run=run.name, data=cfg.data.train, privacy=cfg.privacy, release=release,
-                            note="what is released: the sum of per-unit embeddings; the generator is post-processing")
-    else:
-        own = non_dp_stage(stage=STAGE, run=run.name, data=cfg.data.train, n_private=state["n_private"])
     privacy = write_privacy(run.privacy, own, upstream, notes=[LOSS_NOTE])
     metrics = {
         "history": stage.history, "train_size": state["train_size"], "n_private": state["n_private"],

@@ -246,9 +246,10 @@ def compose(stages: list[StageSpend], delta: Optional[float] = None) -> ChainTot
 
 
 def check_planned_total(upstream: list[StageSpend], own: StageSpend) -> None:
-    """Compose the chain as `write_privacy` will once the stage (`own`, from dp_stage(planned=True))
-    has taken its planned steps, before its first: an accountant that cannot evaluate that total
-    (Opacus's PRV at a tiny δ over a long history) refuses then, not after training."""
+    """Compose the chain as `write_privacy` will, with the stage's record as it will be written
+    (`own`: for DP-SGD from dp_stage(planned=True), its planned steps), before the stage trains: an
+    accountant that cannot evaluate that total (Opacus's PRV at a tiny δ over a long history)
+    refuses then, not after training."""
     compose([*upstream, own], delta=own.delta)
 
 
