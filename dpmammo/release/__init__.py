@@ -89,8 +89,7 @@ def release_run(run_dir: str | Path, out: str | Path, *, allow_no_guarantee: boo
     write_text_atomic(out / "PRIVACY.md", privacy_statement(record, run.name))
     write_text_atomic(out / "MODEL_CARD.md", model_card(run, model_cfg, record, test_flips=test_flips))
     rel = ReleaseRecord(source_run=run.name, guarantee=describe(record.total), test_flips=test_flips,
-                        files=list(RELEASE_FILES),
-                        dpmammo_version=__version__)
+                        files=list(RELEASE_FILES), dpmammo_version=__version__)
     write_json_atomic(out / MARKER, rel.model_dump(mode="json"))
     return rel
 

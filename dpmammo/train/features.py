@@ -115,4 +115,4 @@ def head_proba(model: Classifier, features: torch.Tensor, *, flips: bool = False
     views = range(N_VIEWS) if flips else range(1)
     logits = torch.stack([model.forward_head(features[:, v].to(device)) for v in views]).float().mean(0)
     model.head.train(was_training)
-    return torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy().astype(np.float64)
+    return torch.softmax(logits, dim=1)[:, 1].cpu().numpy().astype(np.float64)
