@@ -139,7 +139,7 @@ def test_fdp_bound_holds_on_a_simulated_gaussian_mechanism_and_beats_steinke(sig
         guesses, correct = one_run.guesses_from_scores(scores, included, 100, 100)
         over += fdp.mu_lower_bound(m=m, guesses=guesses, correct=correct) > 1 / sigma
         if rep < 30:
-            grid = whitebox.k_grid(m)
+            grid = one_run.k_grid(m)
             f = fdp.best_bound(scores, included, grid, delta=delta, two_sided=True)
             steinke = one_run.best_bound(scores, included, grid, delta=delta, two_sided=True)[0]
             assert steinke < f.epsilon < true_eps and f.mu < 1 / sigma
@@ -185,7 +185,7 @@ def test_gaussian_pair_bound_holds_on_simulated_gaussian_scores_and_beats_the_gu
         got.append(g.epsilon)
         over += g.epsilon > true_eps
         if rep < 20:
-            f = fdp.best_bound(scores, included, whitebox.k_grid(m), delta=delta, two_sided=True)
+            f = fdp.best_bound(scores, included, one_run.k_grid(m), delta=delta, two_sided=True)
             ratio.append(g.epsilon / max(f.epsilon, 1e-9))
     assert over <= 15, (over, true_eps)
     if (shift, s_in, s_out) == (1.0, 1.0, 1.0):

@@ -57,6 +57,17 @@ def epsilon_lower_bound(*, m: int, guesses: int, correct: int, delta: float, con
     return float(optimize.brentq(gap, 0.0, hi, xtol=1e-6))
 
 
+# k per side (top k "in", bottom k "out"), as fractions of the m canaries. Low scores are evidence too:
+# a member rarely scores far against the label it was trained on, so Steinke et al.'s two-sided game
+# (k+ = k−) proves more than guessing "in" alone, black-box as well as white-box.
+K_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5)
+
+
+def k_grid(m: int) -> list[int]:
+    """The k per side that the one-run audits try for m canaries (Bonferroni over this grid)."""
+    return sorted({max(1, round(m * f)) for f in K_FRACTIONS})
+
+
 def guesses_from_scores(scores: np.ndarray, included: np.ndarray, k_plus: int, k_minus: int = 0) -> tuple[int, int]:
     """(guesses, correct) when guessing "in" for the k+ highest scores and "out" for the k− lowest."""
     if k_plus + k_minus > len(scores):

@@ -219,10 +219,11 @@ def _one_run(cfg, target: Path, pool: Pool, labels, split, settings: AuditSettin
     scores = unit_scores(log_sigmoid(sig).mean(1), pool.record_unit, len(pool.units))[is_canary]
     inc = included[is_canary]
     m = len(scores)
-    k_grid = sorted({max(1, round(m * f)) for f in (0.05, 0.1, 0.2, 0.5, 1.0)})
-    eps, k, guesses, correct = one_run.best_bound(scores, inc, k_grid, delta=_delta(cfg),
-                                                  confidence=settings.confidence)
-    bound = OneRunBound(canaries=m, included=int(inc.sum()), k_grid=k_grid, guesses=guesses, correct=correct)
+    grid = one_run.k_grid(m)
+    eps, k, guesses, correct = one_run.best_bound(scores, inc, grid, delta=_delta(cfg),
+                                                  confidence=settings.confidence, two_sided=True)
+    bound = OneRunBound(canaries=m, included=int(inc.sum()), k_grid=grid, guesses=guesses, correct=correct,
+                        two_sided=True)
     return [_result("one-run", scores, inc, eps, bound, settings)], len(members)
 
 
@@ -241,7 +242,8 @@ def _notes(method: str, unit: str, *, extra: Optional[str] = None) -> list[str]:
     notes = [f"membership is per {unit}: a {unit}'s score is the mean over its patches and flip views",
              "intervals: percentile bootstrap over units; the ε bound: Clopper–Pearson for the top-k units, k fixed on a "
              "calibration model" if method != "one-run" else
-             "ε bound: Steinke, Nasr & Jagielski (2023), best top-k guess (Bonferroni over the k grid)",
+             "ε bound: Steinke, Nasr & Jagielski (2023), the best k of guessing the top k in and the bottom k out "
+             "(Bonferroni over the k grid)",
              "the target trains on about half of the private pool, so its noise is calibrated for that pool "
              "size; its promise is the same ε per unit"]
     if method == "one-run" and extra:

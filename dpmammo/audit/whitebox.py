@@ -234,13 +234,6 @@ PRIMARY_BOUND, PRIMARY_ESTIMATE = "all-iterates", "all-iterates-sum"
 # by the central limit theorem. The likelihood-ratio score is skewed by construction, and the final
 # model under momentum or AdamW is no sum of the updates, so neither meets the premise.
 GAUSSIAN_SCORES = ("all-iterates-sum",)
-K_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5)  # k per side (top k "in", bottom k "out"), of M
-
-
-def k_grid(m: int) -> list[int]:
-    return sorted({max(1, round(m * f)) for f in K_FRACTIONS})
-
-
 def score_canaries(run: CanaryRun, *, confidence: float, seed: int, n_boot: int = 1000):
     """[(AttackResult, ROC curve)] of each score of `run`: the ε lower bound (the larger of Steinke et
     al.'s two-sided bound and Mahloujifar et al.'s f-DP bound on the same guesses, each proved at half
@@ -251,7 +244,7 @@ def score_canaries(run: CanaryRun, *, confidence: float, seed: int, n_boot: int 
     from dpmammo.audit.stats import attack_result
 
     inc = run.canaries.included
-    grid = k_grid(run.canaries.m)
+    grid = one_run.k_grid(run.canaries.m)
     each = 1.0 - (1.0 - confidence) / 2  # Bonferroni over the two bounds
     results = []
     for name, scores in run.scores().items():
