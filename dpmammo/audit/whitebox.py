@@ -234,6 +234,8 @@ PRIMARY_BOUND, PRIMARY_ESTIMATE = "all-iterates", "all-iterates-sum"
 # by the central limit theorem. The likelihood-ratio score is skewed by construction, and the final
 # model under momentum or AdamW is no sum of the updates, so neither meets the premise.
 GAUSSIAN_SCORES = ("all-iterates-sum",)
+
+
 def score_canaries(run: CanaryRun, *, confidence: float, seed: int, n_boot: int = 1000):
     """[(AttackResult, ROC curve)] of each score of `run`: the ε lower bound (the larger of Steinke et
     al.'s two-sided bound and Mahloujifar et al.'s f-DP bound on the same guesses, each proved at half
