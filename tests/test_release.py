@@ -73,3 +73,4 @@ def test_a_dp_generator_run_is_released_with_its_statement(phantom_root, tmp_pat
     assert "conditional generator" in card and "per patient" in card
     total = read_privacy(tmp_path / "release" / "privacy.json").total
     assert total.guarantee == "dp" and total.epsilon <= 3.0
+    assert json.loads((tmp_path / "release" / "release.json").read_text())["test_flips"] is None  # predicts nothing

@@ -60,7 +60,8 @@ class ReleaseRecord(BaseModel):
     guarantee: str
     test_flips: Optional[bool] = Field(None, description="predict from the mean logit over the patch's 4 flips, as "
                                                          "the run's evaluations did (train.test_flips); false: the "
-                                                         "patch alone; null: a release made before this was recorded")
+                                                         "patch alone; null: a generator (no predictions), or a "
+                                                         "release made before this was recorded")
     files: list[str]
     dpmammo_version: str
 
@@ -94,16 +95,17 @@ def release_run(run_dir: str | Path, out: str | Path, *, allow_no_guarantee: boo
     return rel
 
 
-def _model_config(run: RunDir) -> tuple[BaseModel, bool]:
+def _model_config(run: RunDir) -> tuple[BaseModel, Optional[bool]]:
     """The run's model block (classifier or generator), typed, weight-file sources dropped; and
-    whether the run predicts from the mean logit over the 4 flips (train.test_flips)."""
+    whether the run predicts from the mean logit over the 4 flips (train.test_flips; None for a
+    generator, which predicts nothing)."""
     from dpmammo.config import parse_config
     from dpmammo.gan.registry import is_generator_config, parse_generator_config
     from dpmammo.train import TrainConfig
 
     data = run.read_config()
     if is_generator_config(data):
-        return parse_generator_config(data, str(run.config)).model, False
+        return parse_generator_config(data, str(run.config)).model, None
     cfg = parse_config(TrainConfig, data, str(run.config))
     sources = {"weights": None, "backbone_weights": None, "pretrained": False}
     model = cfg.model.model_copy(update={k: v for k, v in sources.items() if k in type(cfg.model).model_fields})
@@ -159,7 +161,8 @@ def privacy_statement(record: PrivacyRecord, run_name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def model_card(run: RunDir, model_cfg: BaseModel, record: PrivacyRecord, *, test_flips: bool = False) -> str:
+def model_card(run: RunDir, model_cfg: BaseModel, record: PrivacyRecord, *,
+               test_flips: Optional[bool] = False) -> str:
     generator = getattr(model_cfg, "name", None) is None  # generator shapes have no registry name
     task = ("a conditional generator of mammography patches (condition 1 = malignant, 0 = benign)" if generator
             else "breast-mass malignancy from a mammography patch; output: P(malignant) (class 1)")
