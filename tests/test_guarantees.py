@@ -15,6 +15,7 @@ import torch
 
 from dpmammo.privacy import DpSgdEvent, GaussianRelease, epsilon_of, read_privacy
 from dpmammo.privacy.accounting import RDP_ORDERS
+from dpmammo.runs import RunDir
 from dpmammo.train import fit
 from tests.conftest import no_unit_count
 from tests.test_train import phantom_config
@@ -132,7 +133,7 @@ def test_init_from_a_dp_run_composes_both_stages(phantom_root, dp_run, tmp_path)
 def test_the_chain_total_is_composed_before_the_first_step(phantom_root, dp_run, tmp_path, monkeypatch):
     """The loop composes the chain from the stage's planned record before it trains (check_planned_total,
     so an accountant that cannot evaluate the total refuses then): the same record and total that
-    privacy.json holds after training."""
+    privacy.json holds after training. Each epoch logs the stage's ε so far, PRV stages too."""
     import dpmammo.train.loop as loop
     from dpmammo.privacy.ledger import compose
 
@@ -151,6 +152,9 @@ def test_the_chain_total_is_composed_before_the_first_step(phantom_root, dp_run,
     assert "epoch 1" not in log_then and "epoch 1" in (tmp_path / "run" / "log.txt").read_text()
     assert [*upstream, planned] == rec.stages and planned.steps > 0
     assert compose([*upstream, planned], delta=planned.delta) == rec.total
+    # A PRV stage logs its ε every epoch too (its accountant's, memoised): rising, ending on the record's.
+    eps = [row["epsilon"] for row in RunDir(tmp_path / "run").read_metrics()["history"]]
+    assert len(eps) == 2 and 0 < eps[0] < eps[1] == rec.own.epsilon
 
 
 @pytest.mark.parametrize("accountant", ["rdp", "prv"])

@@ -142,7 +142,7 @@ class DPSetup:
     sampler: PoissonUnits
     planned_steps: int
     config: PrivacyConfig
-    curve: EpsilonCurve | None = None  # cheap running ε (RDP stages)
+    curve: EpsilonCurve | None = None  # cheap running ε of an RDP stage (a PRV stage asks its accountant)
 
     @property
     def sample_rate(self) -> float:
@@ -244,9 +244,10 @@ class DPSetup:
         self.accountant.load_state(accountant_history)
         self.sampler.draws, self.optimizer.noise_ahead.draws = draws["sample"], draws["noise"]
 
-    def running_epsilon(self) -> float | None:
-        """ε so far, cheaply, for per-epoch logs (RDP stages; None for PRV, which is computed at the end)."""
-        return self.curve(self.steps_taken) if self.curve is not None else None
+    def running_epsilon(self) -> float:
+        """The stage's ε so far, for per-epoch logs: an RDP stage reads its precomputed curve, a PRV stage
+        asks its accountant (memoised, so the record at the end reuses the last epoch's answer)."""
+        return self.curve(self.steps_taken) if self.curve is not None else self.epsilon()
 
     @property
     def steps_taken(self) -> int:
