@@ -64,11 +64,12 @@ def test_one_run_bound_matches_steinke_closed_form_and_naive_p_value():
 def test_two_sided_guesses_count_low_scores_as_out_and_prove_more():
     """Guessing "out" for the lowest scores as well as "in" for the highest (the one-run audits' game)
     uses the evidence of low scores: on members shifted by 1.5 spreads it proves more than guessing
-    "in" alone, in each of 5 draws (1.61–1.80 against 1.21–1.61 when written)."""
+    "in" alone, in each of 5 draws. The k grid never asks for more guesses than canaries, odd m too."""
     toy = np.array([3.0, 2.0, 1.0, 0.0])
     assert one_run.guesses_from_scores(toy, np.array([True, False, True, False]), 1, 1) == (2, 2)
     assert one_run.guesses_from_scores(toy, np.array([False, True, True, False]), 2, 2) == (4, 2)
-    assert one_run.k_grid(500) == [5, 10, 25, 50, 100, 175, 250]
+    assert one_run.k_grid(500) == [5, 10, 25, 50, 100, 175, 250] and one_run.k_grid(127)[-1] == 63
+    assert all(2 * k <= m for m in range(2, 400) for k in one_run.k_grid(m))
     for seed in range(5):
         rng = np.random.default_rng(seed)
         included = rng.random(500) < 0.5
@@ -182,17 +183,21 @@ def test_dp_audit_models_keep_the_recipe_sampling_rate(phantoms, tmp_path):
         assert own.sample_rate > 0.8 and own.steps <= 4  # q ≈ 1 (32 of a count of 32 ± 2): 3 epochs, ~3 steps
 
 
-def test_one_run_with_phantom_canaries_sees_a_non_private_model_memorise(phantoms, tmp_path):
+def test_one_run_with_phantom_canaries_sees_a_non_private_model_memorise(phantoms, tmp_path, monkeypatch):
     """One-run with 128 phantom canaries (2 copies of one patch each) added as extra patients with
     random labels: every private patient trains, about half the canaries do; a non-private model
     that memorises them is caught (here the canaries are in distribution, as the private set is
     phantoms too: AUC ≥ 0.62 and a bound above 0), the canary folder is the audit's own and refused
     when foreign, and a DP model of the same recipe stays below its promise."""
     settings = AuditSettings(method="one-run", canaries=128, canary_kind="phantom", canary_patches=2)
+    sides, best_bound = [], one_run.best_bound
+    monkeypatch.setattr(one_run, "best_bound", lambda *a, **kw: sides.append(kw["two_sided"]) or best_bound(*a, **kw))
     rec = audit_recipe(recipe(phantoms), tmp_path / "ph", settings, progress="off")
+    monkeypatch.undo()
+    assert sides == [True]  # the black-box audit guesses the bottom k "out" too
     a = rec.attacks[0]
     assert a.bound.canaries == 128 and rec.units == 64 + 128 and rec.target_members == 64 + a.bound.included
-    assert a.bound.two_sided and a.bound.guesses % 2 == 0 and a.bound.guesses // 2 in a.bound.k_grid
+    assert a.bound.two_sided and a.bound.guesses // 2 in a.bound.k_grid and a.bound.k_grid == one_run.k_grid(128)
     assert 44 < a.bound.included < 84 and rec.promised.guarantee == "none"
     assert a.auc.value >= 0.62 and rec.measured_epsilon > 0, (a.auc.value, rec.measured_epsilon)
     assert any("phantom" in n for n in rec.notes)

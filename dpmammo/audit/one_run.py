@@ -64,8 +64,9 @@ K_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5)
 
 
 def k_grid(m: int) -> list[int]:
-    """The k per side that the one-run audits try for m canaries (Bonferroni over this grid)."""
-    return sorted({max(1, round(m * f)) for f in K_FRACTIONS})
+    """The k per side that the one-run audits try for m canaries (Bonferroni over this grid); never
+    past m // 2, so the top k and the bottom k never overlap (round() takes 63.5 to 64)."""
+    return sorted({max(1, min(m // 2, round(m * f))) for f in K_FRACTIONS})
 
 
 def guesses_from_scores(scores: np.ndarray, included: np.ndarray, k_plus: int, k_minus: int = 0) -> tuple[int, int]:

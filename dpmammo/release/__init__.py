@@ -12,7 +12,7 @@ run's guarantee covers:
 - `PRIVACY.md`: the statement: unit, ε, δ, accountant, chain, and what is *not* accounted;
 - `MODEL_CARD.md`: what the model is, what it was trained on, and its evaluations;
 - `release.json`: this folder's own marker (what it holds, which run it came from, and whether the
-  model predicts from the mean logit over its 4 flips, `test_flips`).
+  model predicts from the mean logit over its 4 flips, `test_flips`; null for a generator).
 
 A run without a guarantee (private data used without DP, seeded noise, inputs of unknown origin)
 is refused unless `allow_no_guarantee`; its statement then says so in its first line.
@@ -162,7 +162,7 @@ def privacy_statement(record: PrivacyRecord, run_name: str) -> str:
 
 
 def model_card(run: RunDir, model_cfg: BaseModel, record: PrivacyRecord, *,
-               test_flips: Optional[bool] = False) -> str:
+               test_flips: Optional[bool] = None) -> str:
     generator = getattr(model_cfg, "name", None) is None  # generator shapes have no registry name
     task = ("a conditional generator of mammography patches (condition 1 = malignant, 0 = benign)" if generator
             else "breast-mass malignancy from a mammography patch; output: P(malignant) (class 1)")
