@@ -213,6 +213,14 @@ def test_one_run_with_phantom_canaries_sees_a_non_private_model_memorise(phantom
     with pytest.raises(DpMammoError, match="canary_kind phantom is a one-run audit's"):
         audit_recipe(recipe(phantoms), tmp_path / "lira", AuditSettings(method="lira", canary_kind="phantom"),
                      progress="off")
+    # `auto` (a study's audit block) uses the canaries where it picks one-run, and LiRA without them
+    # on a head-only recipe.
+    auto = AuditSettings(method="auto", models=4, canaries=16, canary_kind="phantom", canary_patches=2)
+    head = audit_recipe(recipe(phantoms, epochs=2), tmp_path / "auto-head", auto, progress="off")
+    assert head.method == "lira" and head.units == 64 and not (tmp_path / "auto-head" / "canaries").exists()
+    whole = audit_recipe(recipe(phantoms, head=False, epochs=1), tmp_path / "auto-whole", auto, progress="off")
+    assert whole.method == "one-run" and whole.units == 64 + 16 and whole.attacks[0].bound.canaries == 16
+    assert len(list((tmp_path / "auto-whole" / "canaries").rglob("*.png"))) == 32
 
 
 def test_procedural_canaries_are_diverse_repeatable_and_memorised_by_a_whole_cnn(phantoms, tmp_path):
@@ -315,6 +323,8 @@ def test_quick_audit_preset_is_quick_plus_an_audit():
 
     quick, audited = load_study(preset="quick"), load_study(preset="quick-audit")
     assert quick.audit is None and audited.audit is not None and audited.audit.method == "auto"
+    a = audited.audit  # full-model conditions: canaries built to be memorised (docs/audits.md)
+    assert (a.canaries, a.canary_kind, a.canary_patches) == (500, "procedural", 8)
     assert quick.model_dump(exclude={"name", "audit"}) == audited.model_dump(exclude={"name", "audit"})
 
 

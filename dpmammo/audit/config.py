@@ -19,7 +19,8 @@ METHOD_WORDS: dict[str, str] = {
                        "2023; bounds of Steinke et al. 2023 and, f-DP, Mahloujifar et al. 2025; Andrew et al. 2024 "
                        "estimate)",
 }
-AUTO_WORDS = "LiRA for head-only recipes (reference models train on cached features), one-run otherwise"
+AUTO_WORDS = ("LiRA for head-only recipes (reference models train on cached features), one-run otherwise (with "
+              "canary_kind's canaries)")
 AuditMethod = Literal[tuple(METHOD_WORDS)]  # type: ignore[valid-type]  # what an audit ran
 Method = Literal[(*METHOD_WORDS, "auto")]  # type: ignore[valid-type]  # what a user asks for
 
@@ -45,7 +46,7 @@ class AuditSettings(StrictModel):
                                    "label, out of distribution and built to be memorised, every private unit trains: "
                                    "a phantom patch (phantom) or a procedural image, dead leaves, spectral noise or a "
                                    "random generator's (procedural); several canary_patches copies each are what a "
-                                   "non-private recipe memorises")
+                                   "non-private recipe memorises; with method auto, used where auto picks one-run")
     directions: Literal["dirac", "gaussian"] = Field(
         "dirac", description="gradient-canary: a canary's gradient is one trainable coordinate (dirac) or a random "
                              "unit vector (gaussian, an (m, parameters) matrix in memory)")

@@ -70,10 +70,11 @@ def audit_recipe(cfg: TrainConfig, out: str | Path, settings: AuditSettings, *,
     if cfg.data.audit_split is not None:
         raise DpMammoError("the config sets data.audit_split: the audit draws the member splits itself; remove it")
     method, unit = resolve_method(settings, cfg), audit_unit(settings, cfg)
-    extra = settings.canary_kind in ("phantom", "procedural")  # canaries are extra patients
-    if extra and method != "one-run":
+    extra_kind = settings.canary_kind in ("phantom", "procedural")  # canaries are extra patients
+    if extra_kind and settings.method not in ("one-run", "auto"):
         raise DpMammoError(f"canary_kind {settings.canary_kind} is a one-run audit's; the method is {method}: "
-                           "use --method one-run")
+                           "use --method one-run (or auto, which uses them where it picks one-run)")
+    extra = extra_kind and method == "one-run"  # auto picks LiRA for head-only recipes: no canaries there
     if method == "gradient-canary":
         return whitebox.audit_gradient_canaries(cfg, out, settings, progress=progress)
     if extra:  # a training set of the target's own

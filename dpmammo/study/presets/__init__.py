@@ -23,13 +23,15 @@ E2E_GENERATOR = ("{generator: dp-merf, data: {train: [cbis-ddsm/train]}, model: 
                  "optim: {epochs: 5}, privacy: {delta: 1.0e-4, unit: patient, accountant: prv}}")
 # A preset that is another one plus overrides (one source of truth: no copy to drift apart).
 # quick-audit: head-only fine-tuning audited with LiRA and 16 reference models (cheap on cached
-# features), full-model conditions with one training run and 200 mislabelled canaries.
+# features), full-model conditions with one training run and 500 procedural canaries of 8 copies
+# each (extra patients built to be memorised: 200 mislabelled private patients proved nothing, even
+# of a non-private model; docs/audits.md).
 # quick-e2e: the whole chain on CPU: a DP generator trained at half of each ε, then the DP fine-tune on
 # its synthetic pretraining calibrated so that the chain's total is ε, beside real-only DP at ε.
 # `synthetic` comes free (it is the pretrain run). No ε = ∞ column, to keep it minutes on a small CPU
 # (--set "epsilons=[1, 6, inf]" adds a non-private generator and its runs); benchmarks/README.md has its time.
 DERIVED = {
-    "quick-audit": ("quick", ["name=quick-audit", "audit={method: auto, models: 16, canaries: 200, seed: 0}"]),
+    "quick-audit": ("quick", ["name=quick-audit", "audit={method: auto, models: 16, canaries: 500, canary_kind: procedural, canary_patches: 8, seed: 0}"]),
     "quick-e2e": ("quick", ["name=quick-e2e", "conditions=[real, synthetic, synthetic→real]", "epsilons=[1, 6]",
                             f"synthetic={{generator: {E2E_GENERATOR}, n: 3000, balance: 0.5, generator_share: 0.5}}"]),
 }
