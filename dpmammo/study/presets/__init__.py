@@ -31,7 +31,8 @@ E2E_GENERATOR = ("{generator: dp-merf, data: {train: [cbis-ddsm/train]}, model: 
 # `synthetic` comes free (it is the pretrain run). No ε = ∞ column, to keep it minutes on a small CPU
 # (--set "epsilons=[1, 6, inf]" adds a non-private generator and its runs); benchmarks/README.md has its time.
 DERIVED = {
-    "quick-audit": ("quick", ["name=quick-audit", "audit={method: auto, models: 16, canaries: 500, canary_kind: procedural, canary_patches: 8, seed: 0}"]),
+    "quick-audit": ("quick", ["name=quick-audit", "audit={method: auto, models: 16, canaries: 500, "
+                                                  "canary_kind: procedural, canary_patches: 8, seed: 0}"]),
     "quick-e2e": ("quick", ["name=quick-e2e", "conditions=[real, synthetic, synthetic→real]", "epsilons=[1, 6]",
                             f"synthetic={{generator: {E2E_GENERATOR}, n: 3000, balance: 0.5, generator_share: 0.5}}"]),
 }
