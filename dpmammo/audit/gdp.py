@@ -20,13 +20,13 @@ when the promise is tight. The ε lower *bound* is Steinke et al.'s (dpmammo.aud
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 from scipy import optimize, special
 from scipy import stats as sps
 
 from dpmammo.audit import stats
+from dpmammo.audit.record import GaussianPairBound
 
 MU_CAP = 1e100
 
@@ -85,20 +85,8 @@ def gdp_estimate(scores: np.ndarray, included: np.ndarray, *, delta: float, n_bo
 MIN_SIDE = 8  # canaries on each side (in, out) below which no Gaussian is fitted
 
 
-@dataclass(frozen=True)
-class GaussianPair:
-    """`mu`: a lower confidence limit of the in/out scores' shift in units of their larger spread;
-    `epsilon`: the ε of `mu`-GDP at δ; `normality_p_in`/`_out`: D'Agostino–Pearson p-values of the
-    premise (each side's scores Gaussian), for the reader to judge it."""
-
-    mu: float
-    epsilon: float
-    normality_p_in: float
-    normality_p_out: float
-
-
 def gaussian_pair_bound(scores: np.ndarray, included: np.ndarray, *, delta: float,
-                        confidence: float) -> GaussianPair:
+                        confidence: float) -> GaussianPairBound:
     """The one-run ε lower bound of Agrawal et al. (2026, "Let's Ask Gauss: Improved One-Run Privacy
     Auditing", arXiv 2606.12733): a BOUND at `confidence` under a premise, that the "in" and "out"
     scores are Gaussian draws, independent across canaries. The white-box sum score is near
@@ -131,8 +119,8 @@ def gaussian_pair_bound(scores: np.ndarray, included: np.ndarray, *, delta: floa
     mu_hat = float(inn.mean() - out.mean()) / spread
     se = math.sqrt(1 / n_in + 1 / n_out + mu_hat * mu_hat / (2 * min(n_in, n_out)))
     mu = max(0.0, mu_hat - float(special.ndtri(confidence)) * se)
-    return GaussianPair(mu=mu, epsilon=gdp_epsilon(mu, delta), normality_p_in=_normality_p(inn),
-                        normality_p_out=_normality_p(out))
+    return GaussianPairBound(mu=mu, epsilon=gdp_epsilon(mu, delta), delta=delta, confidence=confidence,
+                             normality_p_in=_normality_p(inn), normality_p_out=_normality_p(out))
 
 
 def _normality_p(x: np.ndarray) -> float:

@@ -242,7 +242,7 @@ def score_canaries(run: CanaryRun, *, confidence: float, seed: int, n_boot: int 
     the significance, so that their maximum holds at `confidence`), the GDP estimate, and for the
     GAUSSIAN_SCORES the Gaussian-pair bound (at `confidence` on its own)."""
     from dpmammo.audit import fdp, gdp, one_run
-    from dpmammo.audit.record import Estimate, FdpBound, GaussianPairBound, GdpEstimate, OneRunBound
+    from dpmammo.audit.record import Estimate, FdpBound, GdpEstimate, OneRunBound
     from dpmammo.audit.stats import attack_result
 
     inc = run.canaries.included
@@ -262,9 +262,7 @@ def score_canaries(run: CanaryRun, *, confidence: float, seed: int, n_boot: int 
                              guesses=f.guesses, correct=f.correct, two_sided=True)
         pair = None
         if name in GAUSSIAN_SCORES and min(inc.sum(), (~inc).sum()) >= gdp.MIN_SIDE:
-            g = gdp.gaussian_pair_bound(scores, inc, delta=run.delta, confidence=confidence)
-            pair = GaussianPairBound(mu=g.mu, epsilon=g.epsilon, delta=run.delta, confidence=confidence,
-                                     normality_p_in=g.normality_p_in, normality_p_out=g.normality_p_out)
+            pair = gdp.gaussian_pair_bound(scores, inc, delta=run.delta, confidence=confidence)
         result, curve = attack_result(name, scores, inc, max(steinke, f.epsilon), bound, confidence=confidence,
                                       seed=seed, n_boot=n_boot)
         results.append((result.model_copy(update={"threat_model": THREAT_MODELS[name], "gdp_estimate": estimate,

@@ -28,6 +28,7 @@ from dpmammo.data.sets import default_cache_dir
 from dpmammo.errors import DpMammoError
 from dpmammo.files import atomic_path
 from dpmammo.models.classifier import Classifier
+from dpmammo.train.predict import malignant_proba
 
 CACHE_VERSION = 1  # bump when the way features are computed changes
 
@@ -113,6 +114,6 @@ def head_proba(model: Classifier, features: torch.Tensor, *, flips: bool = False
     was_training = model.head.training
     model.head.eval()
     views = range(N_VIEWS) if flips else range(1)
-    logits = torch.stack([model.forward_head(features[:, v].to(device)) for v in views]).float().mean(0)
+    proba = malignant_proba([model.forward_head(features[:, v].to(device)) for v in views])
     model.head.train(was_training)
-    return torch.softmax(logits, dim=1)[:, 1].cpu().numpy().astype(np.float64)
+    return proba
