@@ -193,6 +193,30 @@ def test_gaussian_pair_bound_holds_on_simulated_gaussian_scores_and_beats_the_gu
         assert np.median(ratio) > 1.5
 
 
+def test_ideal_mu_is_where_the_sum_scores_of_the_ideal_mechanism_land_and_the_standard_error_is_their_spread():
+    """The ideal mechanism at the quick recipe's ε = 2 settings (σ 3.44, q 0.118, 253 steps; 1000
+    canaries): an included canary adds 1 with probability q at each step, every canary gets N(0, σ²).
+    Over 200 simulated runs the Gaussian-pair μ̂ of the sum scores averages whitebox.ideal_mu to
+    within 0.025 below and 0.01 above (μ̂ reads the larger of two sample spreads, which sits ~2 % above
+    the true one: 0.537 against 0.545 in a 400-run simulation), and its spread across runs is the
+    recorded standard error to within 15 % (the width that the bound's 95 % rests on)."""
+    sigma, q, steps, m = 3.4375, 0.1184, 253, 1000
+    ideal = whitebox.ideal_mu(sigma, q, steps)
+    assert ideal == pytest.approx(q * math.sqrt(steps) / math.sqrt(sigma ** 2 + q * (1 - q)))
+    mu_hat, se = [], []
+    for rep in range(200):
+        rng = np.random.default_rng([rep, 2])
+        included = rng.random(m) < 0.5
+        joins = rng.binomial(steps, q, m) * included  # steps at which each included canary was sampled
+        scores = joins + rng.normal(0.0, sigma * math.sqrt(steps), m)  # the sum of T N(0, σ²) draws
+        g = gdp.gaussian_pair_bound(scores, included, delta=1e-4, confidence=0.95)
+        mu_hat.append(g.mu_hat)
+        se.append(g.standard_error)
+        assert g.mu == pytest.approx(max(0.0, g.mu_hat - 1.6449 * g.standard_error), abs=1e-4)
+    assert ideal - 0.025 < np.mean(mu_hat) < ideal + 0.01, (np.mean(mu_hat), ideal)
+    assert np.std(mu_hat) == pytest.approx(np.mean(se), rel=0.15), (np.std(mu_hat), np.mean(se))
+
+
 def test_gaussian_pair_bound_reads_the_larger_spread_and_refuses_too_few_canaries():
     """The same shift with a wider "in" side proves less (μ in units of the wider spread), never
     more; fewer than 8 canaries on a side is refused, and an audit of so few canaries records no
@@ -352,6 +376,10 @@ def test_one_run_catches_each_broken_mechanism_and_never_the_correct_one(mutatio
     assert f > steinke  # on the same guesses, the whole Gaussian curve proves more than one (ε, δ) point
     pair = results[whitebox.PRIMARY_ESTIMATE].gaussian_bound
     assert [n for n, r in results.items() if r.gaussian_bound] == list(whitebox.GAUSSIAN_SCORES)
+    # μ̂ against the shift the stated σ, q and T give (record.CanaryMechanism): a broken mechanism lands
+    # far above it, the correct one does not (z = 17.8 / 16.7 / 28.8 for the mutations, −0.1 correct).
+    z = (pair.mu_hat - whitebox.ideal_mu(run.sigma, run.sample_rate, run.steps)) / pair.standard_error
+    assert z > 3 if mutation != "none" else z < 3, (mutation, z)
     if mutation == "none":
         assert all(r.epsilon_lower_bound < run.epsilon for r in results.values()), results
         assert primary > 0.1  # the canaries are seen: a bound, just not above the promise
@@ -412,6 +440,16 @@ def test_gradient_canary_audit_of_a_phantom_recipe_writes_bound_and_estimate(tmp
     assert rec.estimated_epsilon == summed.gdp_estimate.epsilon.value
     assert rec.gaussian_epsilon == summed.gaussian_bound.epsilon <= rec.stage_epsilon
     assert summed.gaussian_bound.confidence == 0.95 and "Gaussian-pair bound" in proc.stdout
+    # The audited DP-SGD and the shift its ideal mechanism gives, beside the measured μ̂ and its spread.
+    # The correct mechanism never lands 3 standard errors above the ideal; below it may (the phantom
+    # recipe's small noise, σ 0.87, leaves the real gradients' drift on the canary coordinates visible:
+    # z = −1.3, −0.6, −3.3 in three runs).
+    mech, g = rec.mechanism, summed.gaussian_bound
+    assert 0 < mech.sample_rate <= 1 and mech.steps > 0 and mech.noise_multiplier > 0
+    assert mech.ideal_mu == pytest.approx(whitebox.ideal_mu(mech.noise_multiplier, mech.sample_rate, mech.steps))
+    assert g.mu == pytest.approx(max(0.0, g.mu_hat - 1.6449 * g.standard_error), abs=1e-4)
+    assert g.mu_hat < mech.ideal_mu + 3 * g.standard_error, (g.mu_hat, mech.ideal_mu, g.standard_error)
+    assert "the ideal mechanism's μ" in proc.stdout
     # 300 canaries see a budget of 4 per patient: the estimate is well above nothing, whatever the bound.
     # 300, not 100: μ̂'s sampling spread falls as 1/√M, and at 100 canaries a run with fresh secret
     # noise can land below the threshold (its μ̂ = 0.25) by chance alone.

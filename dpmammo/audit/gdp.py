@@ -120,7 +120,8 @@ def gaussian_pair_bound(scores: np.ndarray, included: np.ndarray, *, delta: floa
     se = math.sqrt(1 / n_in + 1 / n_out + mu_hat * mu_hat / (2 * min(n_in, n_out)))
     mu = max(0.0, mu_hat - float(special.ndtri(confidence)) * se)
     return GaussianPairBound(mu=mu, epsilon=gdp_epsilon(mu, delta), delta=delta, confidence=confidence,
-                             normality_p_in=_normality_p(inn), normality_p_out=_normality_p(out))
+                             mu_hat=mu_hat, standard_error=se, normality_p_in=_normality_p(inn),
+                             normality_p_out=_normality_p(out))
 
 
 def _normality_p(x: np.ndarray) -> float:

@@ -97,6 +97,25 @@ class GaussianPairBound(_Record):
     confidence: float
     normality_p_in: float
     normality_p_out: float
+    # The point estimate μ̂ and its standard error, of which `mu` is the lower limit (None in records
+    # written before they were kept).
+    mu_hat: Optional[float] = None
+    standard_error: Optional[float] = None
+
+
+class CanaryMechanism(_Record):
+    """What a gradient-canary run's DP-SGD was (noise multiplier σ, Poisson rate q, steps T), and the
+    sum score's shift `ideal_mu` = q·T / √(T·(σ² + q(1 − q))) that the ideal mechanism gives: noise
+    and the canaries alone, no drift from real gradients (in units of C, an included canary adds 1
+    with probability q at each step, Bernoulli variance q(1 − q), beside noise of variance σ²). A
+    Gaussian-pair `mu_hat` far from it, (mu_hat − ideal_mu) / standard_error beyond ±3, says the scores
+    are not the premise's: above, more leaks than the promise allows (a bug); below, drift or
+    interaction hides part of the canaries' signal."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    ideal_mu: float
 
 
 class GdpEstimate(_Record):
@@ -147,6 +166,7 @@ class AuditRecord(_Record):
     estimated_epsilon: Optional[float] = None
     estimate_attack: Optional[str] = None
     gaussian_epsilon: Optional[float] = None
+    mechanism: Optional[CanaryMechanism] = None  # gradient-canary: the audited DP-SGD and its ideal shift
     target: str
     notes: list[str]
     wall_time_s: float

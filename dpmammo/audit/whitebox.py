@@ -27,6 +27,7 @@ post-processing).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Optional, Sequence
 
@@ -95,6 +96,13 @@ class GradientCanaries:
         rows = torch.zeros((len(ids), n_params))
         rows[torch.arange(len(ids)), self.coords[ids]] = 1.0
         return rows
+
+
+def ideal_mu(sigma: float, sample_rate: float, steps: int) -> float:
+    """The sum score's in/out shift, in units of the "in" spread, that the ideal mechanism gives (noise
+    and canaries alone, no drift from real gradients; record.CanaryMechanism): q·T / √(T·(σ² + q(1 − q)))."""
+    q = sample_rate
+    return q * steps / math.sqrt(steps * (sigma * sigma + q * (1 - q)))
 
 
 @dataclass
@@ -287,7 +295,7 @@ def audit_gradient_canaries(cfg, out, settings, *, progress: str = "lines"):
 
     from dpmammo import __version__
     from dpmammo.audit.plot import roc_plot
-    from dpmammo.audit.record import AUDIT_JSON, ROC_PNG, AuditRecord, write_audit
+    from dpmammo.audit.record import AUDIT_JSON, ROC_PNG, AuditRecord, CanaryMechanism, write_audit
     from dpmammo.train.build import initial_model
     from dpmammo.data.images import N_VIEWS, load_images, load_labels
     from dpmammo.data.sets import check_training_sets, resolve_root
@@ -350,6 +358,8 @@ def audit_gradient_canaries(cfg, out, settings, *, progress: str = "lines"):
         primary=PRIMARY_BOUND, measured_epsilon=primary.epsilon_lower_bound, attacks=results,
         estimated_epsilon=summed.gdp_estimate.epsilon.value, estimate_attack=PRIMARY_ESTIMATE,
         gaussian_epsilon=summed.gaussian_bound.epsilon if summed.gaussian_bound else None,
+        mechanism=CanaryMechanism(noise_multiplier=run.sigma, sample_rate=run.sample_rate, steps=run.steps,
+                                  ideal_mu=ideal_mu(run.sigma, run.sample_rate, run.steps)),
         target=str(out.resolve()),
         notes=_notes(settings, mode, cfg.privacy.grad_sample_mode), wall_time_s=round(time.time() - t0, 1),
         dpmammo_version=__version__)
