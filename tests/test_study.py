@@ -178,8 +178,11 @@ def test_utility_preset_runs_the_validation_winners():
         assert dp_real.model.public_pca.components == 32 and dp_real.model.with_pixels.components == 16
         assert dp_real.model.num_features == 32 + 16
         assert (dp_real.train.epochs, dp_real.train.batch_size, dp_real.optim.lr) == (10, 512, 0.1)
+        assert dp_real.model.pool == 4 and dp_real.optim.weight_decay == 0  # nothing of the ∞ block leaks in
         non_private = plan.runs[f"real/epsinf/seed{seed}"].config
-        assert non_private.model == dp_real.model  # the same public features, without DP
+        # the cross-validation's winner: the 128 px patch's unprojected ScatterNet features
+        assert (non_private.model.input_size, non_private.model.pool, non_private.model.public_pca) == (128, 8, None)
+        assert (non_private.optim.lr, non_private.optim.weight_decay) == (0.05, 1e-3)
         assert (non_private.train.epochs, non_private.train.batch_size, non_private.train.select) == (
             30, 64, "best-val-auroc")
         probe = plan.runs[f"prior-to-real/eps3/seed{seed}"].config

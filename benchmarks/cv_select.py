@@ -1,0 +1,105 @@
+"""Choose a recipe by K-fold cross-validation over cbis-ddsm/train's patients (never a test set).
+
+Why: the ε = ∞ recipes select their epoch on cbis-ddsm/val (192 patches of 102 patients), and
+ranking recipes on that same small set misranked them twice (benchmarks/README.md, "The winners on
+the test sets"). Here every recipe is run as the presets run it (its epoch still selected on
+cbis-ddsm/val), K times, each time on the patients of K − 1 folds of cbis-ddsm/train
+(`data.audit_split`, the member mechanism the audits use), and scored on the held-out fold's
+patches: every training patch is scored once by a model that never saw its patient, so a recipe's
+out-of-fold AUROC rests on 1104 patches of 578 patients, independent of the patches that chose its
+epoch. Scores are the presets' (mean logit over the 4 flips with `--test-flips`).
+
+Prints, per recipe and ε, the pooled out-of-fold AUROC, the folds' mean ± std, and the val AUROC
+of the selected epochs. No test set is loaded. Run by hand; the table goes into benchmarks/README.md.
+
+    DPMAMMO_DATA=../shared/data/mammo_dp python benchmarks/cv_select.py --out demo/cv --epsilons inf \\
+        --test-flips --recipes cnn-small-inf scatter-inf scatter-pca32-px16-inf
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from prior_ablation import BASE, RECIPES, THEN, merged  # noqa: E402  (one table of recipes for both scripts)
+
+
+def folds_of(patients: list[str], k: int, seed: int) -> list[list[str]]:
+    """The patients in k folds of near-equal size, from a seeded shuffle (the split is public
+    bookkeeping, not DP randomness)."""
+    order = np.random.default_rng([seed, 27]).permutation(sorted(patients))
+    return [sorted(order[i::k].tolist()) for i in range(k)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--recipes", nargs="+", required=True, choices=[r for r in RECIPES if r not in THEN])
+    ap.add_argument("--epsilons", type=float, nargs="+", default=[math.inf], help="per patient; inf: no DP")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0, help="the fold split's seed (also each run's train.seed)")
+    ap.add_argument("--test-flips", action="store_true", help="score by the mean logit over the 4 flips, as the presets do")
+    args = ap.parse_args()
+
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from dpmammo.audit.models import pool_logits
+    from dpmammo.config import parse_config
+    from dpmammo.data.sets import load_set, resolve_root
+    from dpmammo.train import TrainConfig, fit
+    from dpmammo.train.members import AuditSplit
+
+    torch.set_num_threads(2)
+    print(f"load average at start: {os.getloadavg()}", flush=True)
+    records = load_set(resolve_root(None), "cbis-ddsm/train")
+    patients = sorted({r.patient for r in records})
+    folds = folds_of(patients, args.folds, args.seed)
+    for name in args.recipes:
+        over, needs_prior = RECIPES[name]
+        if needs_prior:
+            raise SystemExit(f"recipe {name} starts from a pretrained run; this script runs recipes that need none")
+        cells = []
+        for eps in args.epsilons:
+            score = np.full(len(records), np.nan)
+            fold_aurocs, val_aurocs, t0 = [], [], time.time()
+            for f, held_out in enumerate(folds):
+                data = merged(BASE, over)
+                if math.isinf(eps):
+                    del data["privacy"]
+                else:
+                    data["privacy"] = {**data["privacy"], "target_epsilon": eps}
+                keep = sorted(set(patients) - set(held_out))
+                data["train"] = {**data["train"], "seed": args.seed, **({"test_flips": True} if args.test_flips else {})}
+                if not math.isinf(eps):  # keep the recipe's sampling rate q on the smaller pool (as audit models do)
+                    data["train"]["batch_size"] = max(1, round(data["train"]["batch_size"] * len(keep) / len(patients)))
+                data["data"] = {**data["data"], "audit_split": AuditSplit(
+                    unit="patient", members=keep, seed=args.seed, role=f"cv-fold-{f}").model_dump(mode="json")}
+                cfg = parse_config(TrainConfig, data, name)
+                out = args.out / name / f"eps{eps:g}" / f"fold{f}"
+                if not (out / "metrics.json").is_file():
+                    fit(cfg, out, progress=False)
+                val_aurocs.append(json.loads((out / "metrics.json").read_text())["val"]["auroc"])
+                idx = [i for i, r in enumerate(records) if r.patient in set(held_out)]
+                logits = pool_logits(cfg, [out], [records[i] for i in idx])[0]  # (records, views, 2)
+                d = logits[..., 1] - logits[..., 0]
+                score[idx] = d.mean(1) if args.test_flips else d[:, 0]
+                fold_aurocs.append(roc_auc_score([records[i].label for i in idx], score[idx]))
+            pooled = roc_auc_score([r.label for r in records], score)
+            cells.append(f"ε={eps:g}: out-of-fold {pooled:.3f} (folds {statistics.mean(fold_aurocs):.3f} ± "
+                         f"{statistics.pstdev(fold_aurocs):.3f}; val {statistics.mean(val_aurocs):.3f}) "
+                         f"{time.time() - t0:.0f} s")
+        print(f"{name:24s} " + "   ".join(cells) + f"   load {os.getloadavg()[0]:.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
