@@ -12,7 +12,7 @@ epoch. Scores are the presets' (mean logit over the 4 flips with `--test-flips`)
 Prints, per recipe and ε, the pooled out-of-fold AUROC, the folds' mean ± std, and the val AUROC
 of the selected epochs. No test set is loaded. Run by hand; the table goes into benchmarks/README.md.
 
-    DPMAMMO_DATA=../shared/data/mammo_dp python benchmarks/cv_select.py --out demo/cv --epsilons inf \\
+    DPMAMMO_DATA=/path/to/mammo_dp python benchmarks/cv_select.py --out demo/cv --epsilons inf \\
         --test-flips --recipes cnn-small-inf scatter-inf scatter-pca32-px16-inf
 """
 
@@ -43,7 +43,9 @@ def folds_of(patients: list[str], k: int, seed: int) -> list[list[str]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--recipes", nargs="+", required=True, choices=[r for r in RECIPES if r not in THEN])
+    # recipes of one stage that need no pretrained run
+    ap.add_argument("--recipes", nargs="+", required=True, choices=[r for r, (_, prior) in RECIPES.items()
+                                                                    if r not in THEN and not prior])
     ap.add_argument("--epsilons", type=float, nargs="+", default=[math.inf], help="per patient; inf: no DP")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0, help="the fold split's seed (also each run's train.seed)")
@@ -56,6 +58,7 @@ def main() -> None:
     from dpmammo.audit.models import pool_logits
     from dpmammo.config import parse_config
     from dpmammo.data.sets import load_set, resolve_root
+    from dpmammo.runs import RunDir
     from dpmammo.train import TrainConfig, fit
     from dpmammo.train.members import AuditSplit
 
@@ -65,9 +68,7 @@ def main() -> None:
     patients = sorted({r.patient for r in records})
     folds = folds_of(patients, args.folds, args.seed)
     for name in args.recipes:
-        over, needs_prior = RECIPES[name]
-        if needs_prior:
-            raise SystemExit(f"recipe {name} starts from a pretrained run; this script runs recipes that need none")
+        over, _ = RECIPES[name]
         cells = []
         for eps in args.epsilons:
             score = np.full(len(records), np.nan)
@@ -85,11 +86,15 @@ def main() -> None:
                 data["data"] = {**data["data"], "audit_split": AuditSplit(
                     unit="patient", members=keep, seed=args.seed, role=f"cv-fold-{f}").model_dump(mode="json")}
                 cfg = parse_config(TrainConfig, data, name)
-                out = args.out / name / f"eps{eps:g}" / f"fold{f}"
-                if not (out / "metrics.json").is_file():
+                out = args.out / name / f"eps{eps:g}" / f"seed{args.seed}-k{args.folds}" / f"fold{f}"
+                if (out / "metrics.json").is_file():  # a finished fold is reused only if it trained on these members
+                    if not RunDir(out).has_config(cfg):
+                        raise SystemExit(f"{out} holds a run of another config (recipe edited?): use another --out")
+                else:
                     fit(cfg, out, progress=False)
                 val_aurocs.append(json.loads((out / "metrics.json").read_text())["val"]["auroc"])
-                idx = [i for i, r in enumerate(records) if r.patient in set(held_out)]
+                held = set(held_out)
+                idx = [i for i, r in enumerate(records) if r.patient in held]
                 logits = pool_logits(cfg, [out], [records[i] for i in idx])[0]  # (records, views, 2)
                 d = logits[..., 1] - logits[..., 0]
                 score[idx] = d.mean(1) if args.test_flips else d[:, 0]

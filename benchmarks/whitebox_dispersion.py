@@ -33,11 +33,14 @@ def main() -> None:
         if rec.mechanism is None:
             print(f"{folder.name}: no mechanism recorded (an audit before it was kept, or not gradient-canary)")
             continue
-        g = next(a.gaussian_bound for a in rec.attacks if a.gaussian_bound is not None)
+        g = next((a.gaussian_bound for a in rec.attacks if a.gaussian_bound is not None), None)
+        if g is None or g.mu_hat is None:
+            print(f"{folder.name}: no Gaussian-pair bound with μ̂ (fewer than 8 canaries on a side?)")
+            continue
         m = rec.mechanism
         z = (g.mu_hat - m.ideal_mu) / g.standard_error
         zs.append(z)
-        print(f"{folder.name:6s} {rec.stage_epsilon:9.2f}  {m.noise_multiplier:.3f}  {m.sample_rate:.4f}  {m.steps:3d}  "
+        print(f"{folder.name:6s} {rec.stage_epsilon or float('nan'):9.2f}  {m.noise_multiplier:.3f}  {m.sample_rate:.4f}  {m.steps:3d}  "
               f"{m.ideal_mu:.3f}    {g.mu_hat:.3f} ± {g.standard_error:.3f}  {z:+5.2f}  {g.epsilon:.2f}")
     if len(zs) > 1:
         z = np.asarray(zs)

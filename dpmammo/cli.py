@@ -356,8 +356,8 @@ def audit(config: Path,
     for a in rec.attacks:
         if a.gaussian_bound:
             g = a.gaussian_bound
-            ideal = (f"; the ideal mechanism's μ at this σ, q, T: {rec.mechanism.ideal_mu:.3f}"
-                     if rec.mechanism is not None else "")
+            # a record written just now: mu_hat, standard_error and mechanism are always set
+            ideal = f"; the ideal mechanism's μ at this σ, q, T: {rec.mechanism.ideal_mu:.3f}"
             console.print(f"Gaussian-pair bound of {a.attack} (Agrawal et al. 2026): at {g.confidence:.0%} on its "
                           f"own, premise: Gaussian scores (normality p-value in {g.normality_p_in:.2g}, "
                           f"out {g.normality_p_out:.2g}); μ̂ {g.mu_hat:.3f} ± {g.standard_error:.3f}{ideal}")

@@ -163,7 +163,7 @@ def test_a_stage_may_train_another_model():
         expand(load_study(preset="quick", overrides=["stages.real={model: {name: pixels, width: 16}}"]))
 
 
-def test_utility_preset_runs_the_validation_winners():
+def test_utility_preset_runs_the_recipes_chosen_without_a_test_set():
     cfg = load_study(preset="utility")
     plan = expand(cfg)
     assert cfg.epsilons == [1, 3, 6, math.inf] and cfg.seeds == [0, 1, 2]
@@ -178,7 +178,11 @@ def test_utility_preset_runs_the_validation_winners():
         assert dp_real.model.public_pca.components == 32 and dp_real.model.with_pixels.components == 16
         assert dp_real.model.num_features == 32 + 16
         assert (dp_real.train.epochs, dp_real.train.batch_size, dp_real.optim.lr) == (10, 512, 0.1)
-        assert dp_real.model.pool == 4 and dp_real.optim.weight_decay == 0  # nothing of the ∞ block leaks in
+        # nothing of the ∞ block leaks in: the DP recipe chosen on val, key for key
+        assert dp_real.model.model_dump(include={"input_size", "J", "L", "pool", "groups", "freeze_backbone"}) == {
+            "input_size": 64, "J": 2, "L": 8, "pool": 4, "groups": 27, "freeze_backbone": True}
+        assert dp_real.optim.model_dump() == {"name": "sgd", "lr": 0.1, "weight_decay": 0.0, "momentum": 0.9,
+                                              "label_smoothing": 0.0}
         non_private = plan.runs[f"real/epsinf/seed{seed}"].config
         # the cross-validation's winner: the 128 px patch's unprojected ScatterNet features
         assert (non_private.model.input_size, non_private.model.pool, non_private.model.public_pca) == (128, 8, None)

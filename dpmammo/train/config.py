@@ -23,8 +23,9 @@ class DataConfig(StrictModel):
                              description="training sets (`dataset/split` or a synthetic folder path); their union")
     val: str = Field("cbis-ddsm/val", description="validation set for model selection")
     audit_split: Optional[AuditSplit] = Field(
-        None, description="membership-inference audits only (written by `dpmammo audit`): the private units this run "
-                          "trains on; absent: all of them")
+        None, description="a known member split, written by `dpmammo audit` (membership inference) or by "
+                          "benchmarks/cv_select.py (cross-validation folds): the private units this run trains on; "
+                          "absent: all of them")
 
 
 class OptimConfig(StrictModel):
