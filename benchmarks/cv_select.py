@@ -50,13 +50,16 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0, help="the fold split's seed (also each run's train.seed)")
     ap.add_argument("--test-flips", action="store_true", help="score by the mean logit over the 4 flips, as the presets do")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="change a key of every recipe's training config, e.g. --set optim.lr=0.2 (repeatable); "
+                         "the runs go to a folder of their own per set of changes")
     args = ap.parse_args()
 
     import torch
     from sklearn.metrics import roc_auc_score
 
     from dpmammo.audit.models import pool_logits
-    from dpmammo.config import parse_config
+    from dpmammo.config import apply_overrides, parse_config
     from dpmammo.data.sets import load_set, resolve_root
     from dpmammo.runs import RunDir
     from dpmammo.train import TrainConfig, fit
@@ -85,8 +88,9 @@ def main() -> None:
                     data["train"]["batch_size"] = max(1, round(data["train"]["batch_size"] * len(keep) / len(patients)))
                 data["data"] = {**data["data"], "audit_split": AuditSplit(
                     unit="patient", members=keep, seed=args.seed, role=f"cv-fold-{f}").model_dump(mode="json")}
-                cfg = parse_config(TrainConfig, data, name)
-                out = args.out / name / f"eps{eps:g}" / f"seed{args.seed}-k{args.folds}" / f"fold{f}"
+                cfg = parse_config(TrainConfig, apply_overrides(data, args.overrides), name)
+                changed = ",".join(args.overrides).replace("/", "_") or "as-is"
+                out = args.out / name / changed / f"eps{eps:g}" / f"seed{args.seed}-k{args.folds}" / f"fold{f}"
                 if (out / "metrics.json").is_file():  # a finished fold is reused only if it trained on these members
                     if not RunDir(out).has_config(cfg):
                         raise SystemExit(f"{out} holds a run of another config (recipe edited?): use another --out")
@@ -103,7 +107,8 @@ def main() -> None:
             cells.append(f"ε={eps:g}: out-of-fold {pooled:.3f} (folds {statistics.mean(fold_aurocs):.3f} ± "
                          f"{statistics.pstdev(fold_aurocs):.3f}; val {statistics.mean(val_aurocs):.3f}) "
                          f"{time.time() - t0:.0f} s")
-        print(f"{name:24s} " + "   ".join(cells) + f"   load {os.getloadavg()[0]:.1f}", flush=True)
+        print(f"{name:24s} {' '.join(args.overrides)} " + "   ".join(cells) + f"   load {os.getloadavg()[0]:.1f}",
+              flush=True)
 
 
 if __name__ == "__main__":
