@@ -9,6 +9,10 @@ patches: every training patch is scored once by a model that never saw its patie
 out-of-fold AUROC rests on 1104 patches of 578 patients, independent of the patches that chose its
 epoch. Scores are the presets' (mean logit over the 4 flips with `--test-flips`).
 
+Like a choice on cbis-ddsm/val, a choice made here is not DP-accounted: it looks at CBIS-DDSM's
+training patients without noise, so the ε a study reports for those patients leaves it out. It
+chooses a preset's defaults on the benchmark data; a user's own patients are not looked at.
+
 Prints, per recipe and ε, the pooled out-of-fold AUROC, the folds' mean ± std, and the val AUROC
 of the selected epochs. No test set is loaded. Run by hand; the table goes into benchmarks/README.md.
 

@@ -178,7 +178,7 @@ def test_utility_preset_runs_the_recipes_chosen_without_a_test_set():
         assert dp_real.model.public_pca.components == 32 and dp_real.model.with_pixels.components == 16
         assert dp_real.model.num_features == 32 + 16
         assert (dp_real.train.epochs, dp_real.train.batch_size, dp_real.optim.lr) == (10, 512, 0.4)
-        # nothing of the ∞ block leaks in: the DP recipe chosen on val, key for key
+        # nothing of the ∞ block leaks in: the DP recipe as chosen (features on val, lr by CV), key for key
         assert dp_real.model.model_dump(include={"input_size", "J", "L", "pool", "groups", "freeze_backbone"}) == {
             "input_size": 64, "J": 2, "L": 8, "pool": 4, "groups": 27, "freeze_backbone": True}
         assert dp_real.optim.model_dump() == {"name": "sgd", "lr": 0.4, "weight_decay": 0.0, "momentum": 0.9,
