@@ -432,3 +432,45 @@ def test_report_shows_the_gap_to_the_published_study():
     with pytest.raises(DpMammoError, match="no validation AUROC"):
         published_gap(cfg, [{k: v for k, v in r.items() if k != "val_auroc"} for r in rows])
     assert published_gap(load_study(preset="quick", overrides=["compare_with=null"]), rows) == []
+
+
+def test_report_shows_the_gap_to_the_study_targets():
+    """Each target of `targets` beside our cell chosen on validation among the cells guaranteed
+    within its ε (never the better test cell), with the gap and whether the mean reaches it; a
+    target without such a cell is not reached. Numbers that could fail, from rows made here."""
+    from dpmammo.report.html import target_section
+    from dpmammo.report.tables import markdown, target_gap
+
+    targets = ('targets=[{test_set: cbis-ddsm/test, epsilon: 1, auroc: 0.66}, '
+               '{test_set: bcdr/test, epsilon: 1, auroc: 0.60}, {test_set: cbis-ddsm/test, epsilon: 6, auroc: 0.7}, '
+               '{test_set: cbis-ddsm/test, epsilon: inf, auroc: 0.65}]')
+    cfg = load_study(preset="quick", overrides=["seeds=[0, 1]", targets])
+
+    def row(cond, eps, seed, test_set, auroc, val, guarantee="dp", total=None):
+        return {"condition": cond, "run_id": f"{cond}/{eps}/seed{seed}", "stage": "x", "test_set": test_set,
+                "status": "ok", "epsilon_target": str(eps), "guarantee_total": guarantee,
+                "epsilon_total": total if total is not None else (eps if guarantee == "dp" else ""),
+                "unit": "patient", "val_auroc": val, "auroc": auroc}
+
+    rows = [row("real", 1.0, s, "cbis-ddsm/test", a, 0.70) for s, a in ((0, 0.64), (1, 0.66))]  # mean 0.650
+    rows += [row("real+synthetic", 1.0, s, "cbis-ddsm/test", 0.68, 0.60) for s in (0, 1)]  # lower on val
+    rows += [row("real", 1.0, s, "bcdr/test", 0.61, 0.70) for s in (0, 1)]
+    rows += [row("real", 6.0, s, "cbis-ddsm/test", 0.75, 0.90, total=6.3) for s in (0, 1)]  # over its ε
+    rows += [row("real", "inf", s, "cbis-ddsm/test", 0.64, 0.70, guarantee="none") for s in (0, 1)]
+    assert target_gap(cfg, rows) == [
+        ["cbis-ddsm/test", "target ε=1", "0.660", "real", "0.700", "0.650", "-0.010", "no"],
+        ["bcdr/test", "target ε=1", "0.600", "real", "0.700", "0.610", "+0.010", "yes"],
+        ["cbis-ddsm/test", "target ε=6", "0.700", "none with a guarantee within ε", "", "", "", "no"],
+        ["cbis-ddsm/test", "non-private", "0.650", "real", "0.700", "0.640", "-0.010", "no"]]
+    assert "## Against the study's targets" in markdown(cfg, rows)
+    assert '<table id="target-gap">' in target_section(cfg, rows) and "<td>-0.010</td>" in target_section(cfg, rows)
+    # No targets: no section.
+    assert target_gap(load_study(preset="quick"), rows) == [] and target_section(load_study(preset="quick"), rows) == ""
+    # A target the study cannot measure is refused when the config is read.
+    for bad, match in (("[{test_set: inbreast/test, epsilon: 1, auroc: 0.6}]", "not one of test_sets"),
+                       ("[{test_set: bcdr/test, epsilon: 2, auroc: 0.6}]", "not one of epsilons"),
+                       ("[{test_set: bcdr/test, epsilon: 1, auroc: 0.6}, {test_set: bcdr/test, epsilon: 1, auroc: 0.7}]",
+                        "given twice"),
+                       ("[{test_set: bcdr/test, epsilon: 1, auroc: 1.2}]", "less than 1")):
+        with pytest.raises(DpMammoError, match=match):
+            load_study(preset="quick", overrides=[f"targets={bad}"])

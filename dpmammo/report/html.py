@@ -11,7 +11,8 @@ from typing import Optional
 from dpmammo.privacy.budget import format_epsilon
 from dpmammo.privacy.config import UNIT_WORDS
 from dpmammo.report.reference import CITATION
-from dpmammo.report.tables import budget_split, gap_head, gap_note, html_tables, prior_note, published_gap
+from dpmammo.report.tables import (budget_split, gap_head, gap_note, html_tables, prior_note, published_gap,
+                                    target_gap, target_head, target_note)
 from dpmammo.study.config import StudyConfig
 from dpmammo.study.recipes import expand
 from dpmammo.runs import RunDir
@@ -104,6 +105,15 @@ def gap_section(cfg: StudyConfig, rows: list[dict]) -> str:
             f"{html.escape(gap_note(cfg))}</p>" + html_table(gap_head(cfg), gap, "published-gap"))
 
 
+def target_section(cfg: StudyConfig, rows: list[dict]) -> str:
+    """Our guaranteed cell chosen on validation against each of the study's `targets`."""
+    gap = target_gap(cfg, rows)
+    if not gap:
+        return ""
+    return (f"<h2>Against the study's targets</h2><p>{html.escape(target_note(cfg))}</p>"
+            + html_table(target_head(cfg), gap, "target-gap"))
+
+
 def failures(summary: dict) -> str:
     bad = {rid: r for rid, r in summary.get("runs", {}).items() if r["status"] in ("failed", "skipped")}
     if not bad:
@@ -131,6 +141,7 @@ Models: {html.escape(', '.join(cfg.model_names))}. Test sets: {html.escape(', '.
 <h2>AUROC, mean ± std over seeds (one seed: 95% bootstrap CI), with each cell's total guarantee</h2>{ref}
 {html_tables(cfg, rows)}
 {gap_section(cfg, rows)}
+{target_section(cfg, rows)}
 <h2>Privacy-utility curve</h2>{embed_png(plots.get('privacy_utility'), 'privacy-utility curve')}
 <h2>ROC curves</h2>{embed_png(plots.get('roc'), 'ROC curves')}
 <h2>Privacy spend of every run</h2>{privacy_table(cfg, study_dir)}

@@ -226,6 +226,16 @@ Synthetic = Annotated[Union[Annotated[str, Tag("set")], Annotated[SyntheticFromG
                       Discriminator(_synthetic_kind)]
 
 
+class UtilityTarget(StrictModel):
+    """A test AUROC the study aims for on one test set at one ε per unit: the report sets the cell
+    chosen on validation beside it and shows the gap (so a preset states what it is measured
+    against, and a reader sees where it falls short)."""
+
+    test_set: str = Field(..., description="one of the study's test_sets")
+    epsilon: Epsilon = Field(..., description="one of the study's epsilons, or inf (non-private)")
+    auroc: float = Field(..., gt=0.0, lt=1.0, description="the test AUROC aimed for (mean over seeds)")
+
+
 class StudyConfig(StrictModel):
     name: str = Field("study", min_length=1, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$",
                       description="the default study folder runs/<name>: letters, digits, _ . - (not a leading dot)")
@@ -262,6 +272,9 @@ class StudyConfig(StrictModel):
     compare_with: Optional[Literal["osuala2024"]] = Field(
         None, description="compare with the published study: a table of our best guaranteed cell against its best "
                           "cell at each ε (any model), and its numbers beside each of ours (its model, swin_t, only)")
+    targets: list[UtilityTarget] = Field(
+        default_factory=list, description="test AUROC aims, e.g. [{test_set: cbis-ddsm/test, epsilon: 1, auroc: "
+                                          "0.66}]: the report shows the cell chosen on validation against each")
     roc_epsilon: Optional[Epsilon] = Field(None, description="ε of the ROC-curve plot; default the largest finite ε")
     audit: Optional[AuditSettings] = Field(
         None, description="membership-inference audit of every condition × ε (first seed) after the runs, e.g. "
@@ -290,6 +303,16 @@ class StudyConfig(StrictModel):
                 raise ValueError(f"{what} lists a value twice: {items}")
         if self.roc_epsilon is not None and self.roc_epsilon not in self.epsilons:
             raise ValueError(f"roc_epsilon {self.roc_epsilon} is not one of epsilons {self.epsilons}")
+        seen = set()
+        for t in self.targets:
+            if t.test_set not in self.test_sets:
+                raise ValueError(f"targets: test_set {t.test_set!r} is not one of test_sets {self.test_sets}")
+            if not math.isinf(t.epsilon) and t.epsilon not in self.epsilons:
+                raise ValueError(f"targets: epsilon {format_epsilon(t.epsilon)} is not one of epsilons "
+                                 f"{[format_epsilon(e) for e in self.epsilons]} (or inf)")
+            if (t.test_set, t.epsilon) in seen:
+                raise ValueError(f"targets: {t.test_set} at ε = {format_epsilon(t.epsilon)} is given twice")
+            seen.add((t.test_set, t.epsilon))
         if self.generator is not None and self.generator.is_private:
             self._check_generator_privacy()
         self._check_prior()
