@@ -466,10 +466,12 @@ def test_report_shows_the_gap_to_the_study_targets():
     assert '<table id="target-gap">' in target_section(cfg, rows) and "<td>-0.010</td>" in target_section(cfg, rows)
     # No targets: no section.
     assert target_gap(load_study(preset="quick"), rows) == [] and target_section(load_study(preset="quick"), rows) == ""
-    # A target the study cannot measure is refused when the config is read.
-    for bad, match in (("[{test_set: inbreast/test, epsilon: 1, auroc: 0.6}]", "not one of test_sets"),
-                       ("[{test_set: bcdr/test, epsilon: 2, auroc: 0.6}]", "not one of epsilons"),
-                       ("[{test_set: bcdr/test, epsilon: 1, auroc: 0.6}, {test_set: bcdr/test, epsilon: 1, auroc: 0.7}]",
+    # A target outside the study's grid (a narrowed preset) is shown as not run, never dropped.
+    narrowed = load_study(preset="quick", overrides=["test_sets=[bcdr/test]", targets])
+    assert [r[-1] for r in target_gap(narrowed, rows)] == ["not run", "yes", "not run", "not run"]
+    two = load_study(preset="quick", overrides=["targets=[{test_set: bcdr/test, epsilon: 2, auroc: 0.6}]"])
+    assert target_gap(two, rows) == [["bcdr/test", "target ε=2", "0.600", "not run in this study", "", "", "", "not run"]]
+    for bad, match in (("[{test_set: bcdr/test, epsilon: 1, auroc: 0.6}, {test_set: bcdr/test, epsilon: 1, auroc: 0.7}]",
                         "given twice"),
                        ("[{test_set: bcdr/test, epsilon: 1, auroc: 1.2}]", "less than 1")):
         with pytest.raises(DpMammoError, match=match):

@@ -141,12 +141,16 @@ def target_head(cfg: StudyConfig) -> list[str]:
 def target_gap(cfg: StudyConfig, rows: list[dict]) -> list[list[str]]:
     """Per target of the study (`targets`): our cell chosen as in `chosen_cell`, its test AUROC
     (mean over seeds), the gap and whether the mean reaches the target. A target without a
-    qualifying cell (no run within its ε, or every run failed) is shown as not reached."""
+    qualifying cell (no run within its ε, or every run failed) is shown as not reached; one
+    outside the study's test sets or ε (a narrowed preset) as not run."""
     agg = aggregate(rows, "auroc")
     out = []
     for t in cfg.targets:
-        chosen = chosen_cell(cfg, agg, t.epsilon, t.test_set)
         head = [t.test_set, eps_header(t.epsilon), f"{t.auroc:.3f}"]
+        if t.test_set not in cfg.test_sets or t.epsilon not in eps_columns(cfg):
+            out.append(head + ["not run in this study", "", "", "", "not run"])
+            continue
+        chosen = chosen_cell(cfg, agg, t.epsilon, t.test_set)
         if chosen is None:
             out.append(head + ["none with a guarantee within ε", "", "", "", "no"])
             continue
