@@ -110,6 +110,12 @@ RECIPES: dict[str, tuple[dict, bool]] = {
                                                 "with_pixels": {"resolution": 16, "components": 16}},
                                       "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
                                       "train": {"epochs": 10, "batch_size": 512, "select": "last"}}, False),
+    # the DP recipe's projection and pixels over the ∞ recipe's scattering (J = 4 on the 128 px patch, 4²)
+    "scatter128j4-pca32-px16-b512-last": ({"model": {"name": "scatter", "input_size": 128, "J": 4, "pool": 4,
+                                                     "groups": 139, "public_pca": {"components": 32},
+                                                     "with_pixels": {"resolution": 16, "components": 16}},
+                                           "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+                                           "train": {"epochs": 10, "batch_size": 512, "select": "last"}}, False),
     # coarser scattering features under the same public projection: larger wavelets see the mass's
     # shape more and the film's grain less. J = 3 at 64 px (217 channels, pooled to 2² or 4²), and
     # J = 2 on patches resized to 32 px (81 channels × 4²)
@@ -147,6 +153,14 @@ RECIPES: dict[str, tuple[dict, bool]] = {
     "scatter-128-inf": ({"model": {"name": "scatter", "input_size": 128, "J": 2, "pool": 8},
                          "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-3},
                          "train": {"epochs": 30, "batch_size": 64}}, False),
+    # more scales on the 128 px patch, pooled to 4²: J = 3 (217 channels, 3472 features) and J = 4 (417
+    # channels, 6672 features), each normalised in groups of 7 and 3 channels
+    "scatter-128-j3p4-inf": ({"model": {"name": "scatter", "input_size": 128, "J": 3, "pool": 4, "groups": 31},
+                              "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-3},
+                              "train": {"epochs": 30, "batch_size": 64}}, False),
+    "scatter-128-j4p4-inf": ({"model": {"name": "scatter", "input_size": 128, "J": 4, "pool": 4, "groups": 139},
+                              "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-3},
+                              "train": {"epochs": 30, "batch_size": 64}}, False),
     "probe-b512-last": ({"model": {"freeze_backbone": True}, "init_weights": "backbone",
                          "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
                          "train": {"epochs": 10, "batch_size": 512, "select": "last"}}, True),

@@ -119,7 +119,8 @@ def _test_image(size: int, seed: int = 0) -> torch.Tensor:
     return (0.3 + 0.5 * blob + 0.2 * torch.rand(size, size, generator=g))[None, None].clamp(0, 1)
 
 
-@pytest.mark.parametrize("size,J,L,pool,groups", [(64, 2, 8, 4, 27), (32, 1, 4, 2, 5), (64, 3, 8, 2, 7)])
+@pytest.mark.parametrize("size,J,L,pool,groups", [(64, 2, 8, 4, 27), (32, 1, 4, 2, 5), (64, 3, 8, 2, 7),
+                                                   (64, 4, 8, 2, 139)])
 def test_scatter_features_are_kymatio_scattering_pooled_and_group_normalised(size, J, L, pool, groups):
     m = create_model("scatter", input_size=size, J=J, L=L, pool=pool, groups=groups)
     image = _test_image(size)

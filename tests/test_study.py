@@ -184,9 +184,10 @@ def test_utility_preset_runs_the_recipes_chosen_without_a_test_set():
         assert dp_real.optim.model_dump() == {"name": "sgd", "lr": 0.4, "weight_decay": 0.0, "momentum": 0.9,
                                               "label_smoothing": 0.0}
         non_private = plan.runs[f"real/epsinf/seed{seed}"].config
-        # the cross-validation's winner: the 128 px patch's unprojected ScatterNet features
-        assert (non_private.model.input_size, non_private.model.pool, non_private.model.public_pca) == (128, 8, None)
-        assert (non_private.optim.lr, non_private.optim.weight_decay) == (0.05, 1e-3)
+        # the cross-validation's winner: the 128 px patch's unprojected ScatterNet features at 4 scales
+        assert non_private.model.model_dump(include={"input_size", "J", "pool", "groups", "public_pca"}) == {
+            "input_size": 128, "J": 4, "pool": 4, "groups": 139, "public_pca": None}
+        assert (non_private.optim.lr, non_private.optim.weight_decay) == (1e-3, 1e-3)
         assert (non_private.train.epochs, non_private.train.batch_size, non_private.train.select) == (
             30, 64, "best-val-auroc")
         probe = plan.runs[f"prior-to-real/eps3/seed{seed}"].config

@@ -106,7 +106,7 @@ class PublicPixelsConfig(StrictModel):
 class ScatterConfig(StrictModel):
     name: Literal["scatter"] = "scatter"
     input_size: int = Field(64, ge=16, le=256, description="patch side in pixels as loaded (resized on load)")
-    J: int = Field(2, ge=1, le=3, description="wavelet scales: the coefficients are input_size / 2^J a side")
+    J: int = Field(2, ge=1, le=5, description="wavelet scales: the coefficients are input_size / 2^J a side")
     L: int = Field(8, ge=1, le=16, description="wavelet orientations per scale")
     pool: int = Field(4, ge=1, le=128, description="side the coefficients are average-pooled to: the features are "
                                                    "K·pool² with K = 1 + J·L + L²·J(J−1)/2 channels")
