@@ -120,7 +120,7 @@ def _test_image(size: int, seed: int = 0) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("size,J,L,pool,groups", [(64, 2, 8, 4, 27), (32, 1, 4, 2, 5), (64, 3, 8, 2, 7),
-                                                   (64, 4, 8, 2, 139)])
+                                                   (64, 4, 8, 2, 139), (32, 5, 4, 1, 1)])
 def test_scatter_features_are_kymatio_scattering_pooled_and_group_normalised(size, J, L, pool, groups):
     m = create_model("scatter", input_size=size, J=J, L=L, pool=pool, groups=groups)
     image = _test_image(size)
@@ -155,6 +155,8 @@ def test_scatter_config_refuses_shapes_that_do_not_fit():
         create_model("scatter", input_size=36, J=3, groups=7)
     with pytest.raises(DpMammoError, match="freeze_backbone"):
         create_model("scatter", freeze_backbone=False)
+    with pytest.raises(DpMammoError, match="less than or equal to 5"):
+        create_model("scatter", input_size=128, J=6, pool=2)
 
 
 def test_feature_cache_key_tells_parameter_free_backbones_apart():

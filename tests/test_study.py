@@ -169,6 +169,10 @@ def test_utility_preset_runs_the_recipes_chosen_without_a_test_set():
     assert cfg.epsilons == [1, 3, 6, math.inf] and cfg.seeds == [0, 1, 2]
     assert cfg.model_names == ["cnn-small", "scatter"]  # what the report names
     assert cfg.conditions == ["real", "synthetic→real", "prior→real"]
+    # the aims its report measures against (docs/study.md states them)
+    assert [(t.test_set, t.epsilon, t.auroc) for t in cfg.targets] == [
+        ("cbis-ddsm/test", 1, 0.66), ("bcdr/test", 1, 0.64), ("cbis-ddsm/test", 6, 0.70), ("bcdr/test", 6, 0.67),
+        ("cbis-ddsm/test", math.inf, 0.75)]
     assert list(plan.upstream) == [f"prior/pretrain/seed{s}" for s in range(3)]
     # 3 seeds × (4 ε × (real, fine-tune, prior fine-tune) + one synthetic pretrain)
     assert len(plan.runs) == 3 * (4 * 3 + 1)
@@ -435,17 +439,18 @@ def test_report_shows_the_gap_to_the_published_study():
     assert published_gap(load_study(preset="quick", overrides=["compare_with=null"]), rows) == []
 
 
-def test_report_shows_the_gap_to_the_study_targets():
-    """Each target of `targets` beside our cell chosen on validation among the cells guaranteed
-    within its ε (never the better test cell), with the gap and whether the mean reaches it; a
-    target without such a cell is not reached. Numbers that could fail, from rows made here."""
-    from dpmammo.report.html import target_section
-    from dpmammo.report.tables import markdown, target_gap
+def test_report_shows_the_gap_to_the_study_aims():
+    """Each aim of `targets` beside our cell chosen on validation among the cells guaranteed within
+    its ε (never the better test cell), with the gap and whether the mean reaches it; an aim without
+    such a cell is not reached, one outside the study's grid not run. Numbers that could fail, from
+    rows made here."""
+    from dpmammo.report.html import aim_section
+    from dpmammo.report.tables import aim_gap, markdown
 
-    targets = ('targets=[{test_set: cbis-ddsm/test, epsilon: 1, auroc: 0.66}, '
-               '{test_set: bcdr/test, epsilon: 1, auroc: 0.60}, {test_set: cbis-ddsm/test, epsilon: 6, auroc: 0.7}, '
-               '{test_set: cbis-ddsm/test, epsilon: inf, auroc: 0.65}]')
-    cfg = load_study(preset="quick", overrides=["seeds=[0, 1]", targets])
+    aims = ('targets=[{test_set: cbis-ddsm/test, epsilon: 1, auroc: 0.66}, '
+            '{test_set: bcdr/test, epsilon: 1, auroc: 0.60}, {test_set: cbis-ddsm/test, epsilon: 6, auroc: 0.7}, '
+            '{test_set: cbis-ddsm/test, epsilon: inf, auroc: 0.65}]')
+    cfg = load_study(preset="quick", overrides=["seeds=[0, 1]", aims])
 
     def row(cond, eps, seed, test_set, auroc, val, guarantee="dp", total=None):
         return {"condition": cond, "run_id": f"{cond}/{eps}/seed{seed}", "stage": "x", "test_set": test_set,
@@ -455,23 +460,30 @@ def test_report_shows_the_gap_to_the_study_targets():
 
     rows = [row("real", 1.0, s, "cbis-ddsm/test", a, 0.70) for s, a in ((0, 0.64), (1, 0.66))]  # mean 0.650
     rows += [row("real+synthetic", 1.0, s, "cbis-ddsm/test", 0.68, 0.60) for s in (0, 1)]  # lower on val
-    rows += [row("real", 1.0, s, "bcdr/test", 0.61, 0.70) for s in (0, 1)]
+    rows += [row("real", 1.0, 0, "bcdr/test", 0.61, 0.70),  # and a failed seed, as results.run_rows writes it
+             {"condition": "real", "run_id": "real/1.0/seed1", "stage": "x", "seed": 1, "epsilon_target": 1.0,
+              "test_set": "bcdr/test", "status": "failed", "error": "boom"}]
     rows += [row("real", 6.0, s, "cbis-ddsm/test", 0.75, 0.90, total=6.3) for s in (0, 1)]  # over its ε
     rows += [row("real", "inf", s, "cbis-ddsm/test", 0.64, 0.70, guarantee="none") for s in (0, 1)]
-    assert target_gap(cfg, rows) == [
+    assert aim_gap(cfg, rows) == [
         ["cbis-ddsm/test", "target ε=1", "0.660", "real", "0.700", "0.650", "-0.010", "no"],
-        ["bcdr/test", "target ε=1", "0.600", "real", "0.700", "0.610", "+0.010", "yes"],
+        ["bcdr/test", "target ε=1", "0.600", "real", "0.700", "0.610 (1 failed)", "+0.010", "yes"],
         ["cbis-ddsm/test", "target ε=6", "0.700", "none with a guarantee within ε", "", "", "", "no"],
         ["cbis-ddsm/test", "non-private", "0.650", "real", "0.700", "0.640", "-0.010", "no"]]
-    assert "## Against the study's targets" in markdown(cfg, rows)
-    assert '<table id="target-gap">' in target_section(cfg, rows) and "<td>-0.010</td>" in target_section(cfg, rows)
-    # No targets: no section.
-    assert target_gap(load_study(preset="quick"), rows) == [] and target_section(load_study(preset="quick"), rows) == ""
-    # A target outside the study's grid (a narrowed preset) is shown as not run, never dropped.
-    narrowed = load_study(preset="quick", overrides=["test_sets=[bcdr/test]", targets])
-    assert [r[-1] for r in target_gap(narrowed, rows)] == ["not run", "yes", "not run", "not run"]
+    assert "## Against the study's aims" in markdown(cfg, rows)
+    section = aim_section(cfg, rows)
+    assert '<table id="aim-gap">' in section and "<td>-0.010</td>" in section and "per patient" in section
+    # No aims: no section.
+    assert aim_gap(load_study(preset="quick"), rows) == [] and aim_section(load_study(preset="quick"), rows) == ""
+    # An aim outside the study's grid (a narrowed preset) is shown as not run, never dropped, ∞ included:
+    # the ∞ column still holds ε-independent cells (synthetic), which must not stand in for `real` at ∞.
+    narrowed = load_study(preset="quick", overrides=["test_sets=[bcdr/test]", aims])
+    assert [r[-1] for r in aim_gap(narrowed, rows)] == ["not run", "yes", "not run", "not run"]
+    finite = load_study(preset="quick", overrides=["epsilons=[1, 6]", aims])
+    assert aim_gap(finite, rows)[3] == ["cbis-ddsm/test", "non-private", "0.650", "not run in this study", "", "", "",
+                                        "not run"]
     two = load_study(preset="quick", overrides=["targets=[{test_set: bcdr/test, epsilon: 2, auroc: 0.6}]"])
-    assert target_gap(two, rows) == [["bcdr/test", "target ε=2", "0.600", "not run in this study", "", "", "", "not run"]]
+    assert aim_gap(two, rows) == [["bcdr/test", "target ε=2", "0.600", "not run in this study", "", "", "", "not run"]]
     for bad, match in (("[{test_set: bcdr/test, epsilon: 1, auroc: 0.6}, {test_set: bcdr/test, epsilon: 1, auroc: 0.7}]",
                         "given twice"),
                        ("[{test_set: bcdr/test, epsilon: 1, auroc: 1.2}]", "less than 1")):

@@ -11,8 +11,8 @@ from typing import Optional
 from dpmammo.privacy.budget import format_epsilon
 from dpmammo.privacy.config import UNIT_WORDS
 from dpmammo.report.reference import CITATION
-from dpmammo.report.tables import (budget_split, gap_head, gap_note, html_tables, prior_note, published_gap,
-                                    target_gap, target_head, target_note)
+from dpmammo.report.tables import (aim_gap, aim_head, aim_note, budget_split, gap_head, gap_note, html_tables,
+                                    prior_note, published_gap)
 from dpmammo.study.config import StudyConfig
 from dpmammo.study.recipes import expand
 from dpmammo.runs import RunDir
@@ -105,13 +105,13 @@ def gap_section(cfg: StudyConfig, rows: list[dict]) -> str:
             f"{html.escape(gap_note(cfg))}</p>" + html_table(gap_head(cfg), gap, "published-gap"))
 
 
-def target_section(cfg: StudyConfig, rows: list[dict]) -> str:
-    """Our guaranteed cell chosen on validation against each of the study's `targets`."""
-    gap = target_gap(cfg, rows)
+def aim_section(cfg: StudyConfig, rows: list[dict]) -> str:
+    """Our guaranteed cell chosen on validation against each of the study's aims (`targets`)."""
+    gap = aim_gap(cfg, rows)
     if not gap:
         return ""
-    return (f"<h2>Against the study's targets</h2><p>{html.escape(target_note(cfg))}</p>"
-            + html_table(target_head(cfg), gap, "target-gap"))
+    return (f"<h2>Against the study's aims</h2><p>{html.escape(aim_note(cfg))}</p>"
+            + html_table(aim_head(cfg), gap, "aim-gap"))
 
 
 def failures(summary: dict) -> str:
@@ -141,7 +141,7 @@ Models: {html.escape(', '.join(cfg.model_names))}. Test sets: {html.escape(', '.
 <h2>AUROC, mean ± std over seeds (one seed: 95% bootstrap CI), with each cell's total guarantee</h2>{ref}
 {html_tables(cfg, rows)}
 {gap_section(cfg, rows)}
-{target_section(cfg, rows)}
+{aim_section(cfg, rows)}
 <h2>Privacy-utility curve</h2>{embed_png(plots.get('privacy_utility'), 'privacy-utility curve')}
 <h2>ROC curves</h2>{embed_png(plots.get('roc'), 'ROC curves')}
 <h2>Privacy spend of every run</h2>{privacy_table(cfg, study_dir)}

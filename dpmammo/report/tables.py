@@ -1,6 +1,6 @@
 """The study tables: AUROC per condition × target ε (mean ± std over seeds, or one seed's 95%
 bootstrap CI), each cell with the guarantee its runs actually have (the chain total), one table
-per test set; and the gap to the published study and to the study's own `targets`, our condition at
+per test set; and the gap to the published study and to the study's own aims (`targets`), our condition at
 each ε chosen on validation (`chosen_on_validation`, shared with dpmammo.report.compare) and reported
 with its test AUROC."""
 
@@ -133,53 +133,62 @@ def chosen_cell(cfg: StudyConfig, agg: dict, eps: float, test_set: str) -> Optio
     return chosen_on_validation(admitted, lambda c: c[1])
 
 
-def target_head(cfg: StudyConfig) -> list[str]:
-    return ["test set", "ε", "target AUROC", "ours: chosen on validation (DP within ε; any at ∞)",
-            f"ours: {cfg.val_set} AUROC", "ours: test AUROC", "ours − target", "reached"]
+def ours_head(cfg: StudyConfig) -> list[str]:
+    """The columns of our chosen cell, shared by the gap tables."""
+    return ["ours: chosen on validation (DP within ε; any at ∞)", f"ours: {cfg.val_set} AUROC", "ours: test AUROC"]
 
 
-def target_gap(cfg: StudyConfig, rows: list[dict]) -> list[list[str]]:
-    """Per target of the study (`targets`): our cell chosen as in `chosen_cell`, its test AUROC
-    (mean over seeds), the gap and whether the mean reaches the target. A target without a
-    qualifying cell (no run within its ε, or every run failed) is shown as not reached; one
-    outside the study's test sets or ε (a narrowed preset) as not run."""
-    agg = aggregate(rows, "auroc")
-    out = []
-    for t in cfg.targets:
-        head = [t.test_set, eps_header(t.epsilon), f"{t.auroc:.3f}"]
-        if t.test_set not in cfg.test_sets or t.epsilon not in eps_columns(cfg):
-            out.append(head + ["not run in this study", "", "", "", "not run"])
-            continue
-        chosen = chosen_cell(cfg, agg, t.epsilon, t.test_set)
-        if chosen is None:
-            out.append(head + ["none with a guarantee within ε", "", "", "", "no"])
-            continue
-        cond, stats = chosen
-        out.append(head + [cond, f"{stats['val_mean']:.3f}", f"{stats['mean']:.3f}",
-                           f"{stats['mean'] - t.auroc:+.3f}", "yes" if stats["mean"] >= t.auroc else "no"])
-    return out
-
-
-def target_note(cfg: StudyConfig) -> str:
-    """What the target table's rows are."""
-    return (f"Each target is a test AUROC (mean over seeds) the study aims for at that ε per {cfg.privacy.unit}; ours "
-            "is chosen as in the comparison with the published study (the highest mean validation AUROC among the "
-            "conditions guaranteed within ε, never chosen on a test set).")
-
-
-def gap_head(cfg: StudyConfig) -> list[str]:
-    return ["test set", "ε", "ours: chosen on validation (DP within ε; any at ∞)", f"ours: {cfg.val_set} AUROC",
-            "ours: test AUROC", "published: best condition", "AUROC", "ours − published"]
-
-
-def gap_note(cfg: StudyConfig) -> str:
-    """What the gap table's two sides are."""
+def ours_note(cfg: StudyConfig) -> str:
+    """How our cell of a gap table is chosen (`chosen_cell`)."""
     return (f"Ours: among the conditions whose every run has a DP chain total within the row's ε per "
             f"{cfg.privacy.unit} (any at ε = ∞), the one with the highest mean AUROC on the validation set "
             f"{cfg.val_set}, never chosen on a test set, with its test AUROC (a run's validation AUROC is its released "
             "model's: the best epoch's where the recipe selects on validation, the last epoch's under `select: last`; "
-            "this use of the validation set is not DP-accounted); published: the best published cell on that test "
-            "set, whatever its guarantee (a choice on the test set, which favours it).")
+            "this use of the validation set is not DP-accounted)")
+
+
+def aim_head(cfg: StudyConfig) -> list[str]:
+    return ["test set", "ε", "aimed test AUROC", *ours_head(cfg), "ours − aim", "reached"]
+
+
+def aim_gap(cfg: StudyConfig, rows: list[dict]) -> list[list[str]]:
+    """Per aim of the study (`targets`): our cell (`chosen_cell`), its test AUROC (mean over the
+    seeds that finished; how many failed, if any), the gap and whether that mean reaches the aim.
+    An aim without such a cell (no run within its ε, or every run failed) is not reached; one outside
+    the study's test sets or ε (a narrowed preset) is not run."""
+    agg = aggregate(rows, "auroc")
+    out = []
+    for t in cfg.targets:
+        head = [t.test_set, eps_header(t.epsilon), f"{t.auroc:.3f}"]
+        if t.test_set not in cfg.test_sets or t.epsilon not in cfg.epsilons:
+            out.append(head + ["not run in this study", "", "", "", "not run"])
+            continue
+        chosen = chosen_cell(cfg, agg, t.epsilon, t.test_set)
+        if chosen is None:
+            none = "no finished cell" if math.isinf(t.epsilon) else "none with a guarantee within ε"
+            out.append(head + [none, "", "", "", "no"])
+            continue
+        cond, stats = chosen
+        failed = f" ({stats['missing']} failed)" if stats["missing"] else ""
+        out.append(head + [cond, f"{stats['val_mean']:.3f}", f"{stats['mean']:.3f}{failed}",
+                           f"{stats['mean'] - t.auroc:+.3f}", "yes" if stats["mean"] >= t.auroc else "no"])
+    return out
+
+
+def aim_note(cfg: StudyConfig) -> str:
+    """What the aims table's rows are."""
+    return (f"Each aim is a test AUROC (mean over seeds) the study states for that ε per {cfg.privacy.unit} "
+            f"(`targets`). {ours_note(cfg)}.")
+
+
+def gap_head(cfg: StudyConfig) -> list[str]:
+    return ["test set", "ε", *ours_head(cfg), "published: best condition", "AUROC", "ours − published"]
+
+
+def gap_note(cfg: StudyConfig) -> str:
+    """What the gap table's two sides are."""
+    return (f"{ours_note(cfg)}; published: the best published cell on that test set, whatever its guarantee (a "
+            "choice on the test set, which favours it).")
 
 
 def published_gap(cfg: StudyConfig, rows: list[dict]) -> list[list[str]]:
@@ -225,10 +234,9 @@ def markdown(cfg: StudyConfig, rows: list[dict]) -> str:
     if gap:
         lines += ["", f"## Against the published study ({CITATION[cfg.compare_with]})", "", gap_note(cfg), "",
                   *markdown_table(gap_head(cfg), gap)]
-    targets = target_gap(cfg, rows)
-    if targets:
-        lines += ["", "## Against the study's targets", "", target_note(cfg), "",
-                  *markdown_table(target_head(cfg), targets)]
+    aims = aim_gap(cfg, rows)
+    if aims:
+        lines += ["", "## Against the study's aims", "", aim_note(cfg), "", *markdown_table(aim_head(cfg), aims)]
     failed = [r for r in rows if r["status"] != "ok"]
     if failed:
         lines += ["", "## Runs without results", ""]
