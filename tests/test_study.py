@@ -400,6 +400,14 @@ def test_ray_executor_gives_the_same_runs_as_local(local_study, data, tmp_path):
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+def result_row(cond, eps, seed, test_set, auroc, val, guarantee="dp", total=None) -> dict:
+    """A finished run's row of results.csv, made here (the gap tables' tests)."""
+    return {"condition": cond, "run_id": f"{cond}/{eps}/seed{seed}", "stage": "x", "test_set": test_set,
+            "status": "ok", "epsilon_target": str(eps), "guarantee_total": guarantee,
+            "epsilon_total": total if total is not None else (eps if guarantee == "dp" else ""),
+            "unit": "patient", "val_auroc": val, "auroc": auroc}
+
+
 def test_report_shows_the_gap_to_the_published_study():
     """Our cell with a DP chain total within ε, chosen on validation and shown with its test AUROC,
     against the published best cell at that ε (its synthetic rows have no guarantee): numbers that
@@ -409,21 +417,15 @@ def test_report_shows_the_gap_to_the_published_study():
     cfg = load_study(preset="quick", overrides=["seeds=[0, 1]"])
     assert cfg.compare_with == "osuala2024" and cfg.conditions[:3] == ["real", "real+synthetic", "synthetic"]
 
-    def row(cond, eps, seed, test_set, auroc, val, guarantee="dp", total=None):
-        return {"condition": cond, "run_id": f"{cond}/{eps}/seed{seed}", "stage": "x", "test_set": test_set,
-                "status": "ok", "epsilon_target": str(eps), "guarantee_total": guarantee,
-                "epsilon_total": total if total is not None else (eps if guarantee == "dp" else ""),
-                "unit": "patient", "val_auroc": val, "auroc": auroc}
-
     # At ε = 1, real is lower on test than real+synthetic (0.610 against 0.640) but higher on
     # validation (0.600 against 0.550): real is ours, with its test AUROC.
-    rows = [row("real", 1.0, s, "cbis-ddsm/test", a, v) for s, a, v in ((0, 0.60, 0.59), (1, 0.62, 0.61))]
-    rows += [row("real+synthetic", 1.0, s, "cbis-ddsm/test", 0.64, 0.55) for s in (0, 1)]
-    rows += [row("synthetic→real", 1.0, s, "cbis-ddsm/test", 0.70, 0.90, guarantee="none") for s in (0, 1)]  # excluded
-    rows += [row("real", 6.0, s, "cbis-ddsm/test", 0.65, 0.90, total=6.3) for s in (0, 1)]  # over its ε: excluded
+    rows = [result_row("real", 1.0, s, "cbis-ddsm/test", a, v) for s, a, v in ((0, 0.60, 0.59), (1, 0.62, 0.61))]
+    rows += [result_row("real+synthetic", 1.0, s, "cbis-ddsm/test", 0.64, 0.55) for s in (0, 1)]
+    rows += [result_row("synthetic→real", 1.0, s, "cbis-ddsm/test", 0.70, 0.90, guarantee="none") for s in (0, 1)]  # excluded
+    rows += [result_row("real", 6.0, s, "cbis-ddsm/test", 0.65, 0.90, total=6.3) for s in (0, 1)]  # over its ε: excluded
     # At ∞ equal validation AUROCs: the first condition of cfg.conditions (real), not synthetic's higher test.
-    rows += [row("synthetic", "inf", s, "bcdr/test", 0.70, 0.58, guarantee="none") for s in (0, 1)]
-    rows += [row("real", "inf", s, "bcdr/test", 0.66, 0.58, guarantee="none") for s in (0, 1)]
+    rows += [result_row("synthetic", "inf", s, "bcdr/test", 0.70, 0.58, guarantee="none") for s in (0, 1)]
+    rows += [result_row("real", "inf", s, "bcdr/test", 0.66, 0.58, guarantee="none") for s in (0, 1)]
     gap = published_gap(cfg, rows)
     assert gap == [
         ["cbis-ddsm/test", "target ε=1", "real", "0.600", "0.610", "synthetic→real (no guarantee)", "0.661", "-0.051"],
@@ -452,19 +454,13 @@ def test_report_shows_the_gap_to_the_study_aims():
             '{test_set: cbis-ddsm/test, epsilon: inf, auroc: 0.65}]')
     cfg = load_study(preset="quick", overrides=["seeds=[0, 1]", aims])
 
-    def row(cond, eps, seed, test_set, auroc, val, guarantee="dp", total=None):
-        return {"condition": cond, "run_id": f"{cond}/{eps}/seed{seed}", "stage": "x", "test_set": test_set,
-                "status": "ok", "epsilon_target": str(eps), "guarantee_total": guarantee,
-                "epsilon_total": total if total is not None else (eps if guarantee == "dp" else ""),
-                "unit": "patient", "val_auroc": val, "auroc": auroc}
-
-    rows = [row("real", 1.0, s, "cbis-ddsm/test", a, 0.70) for s, a in ((0, 0.64), (1, 0.66))]  # mean 0.650
-    rows += [row("real+synthetic", 1.0, s, "cbis-ddsm/test", 0.68, 0.60) for s in (0, 1)]  # lower on val
-    rows += [row("real", 1.0, 0, "bcdr/test", 0.61, 0.70),  # and a failed seed, as results.run_rows writes it
+    rows = [result_row("real", 1.0, s, "cbis-ddsm/test", a, 0.70) for s, a in ((0, 0.64), (1, 0.66))]  # mean 0.650
+    rows += [result_row("real+synthetic", 1.0, s, "cbis-ddsm/test", 0.68, 0.60) for s in (0, 1)]  # lower on val
+    rows += [result_row("real", 1.0, 0, "bcdr/test", 0.61, 0.70),  # and a failed seed, as results.run_rows writes it
              {"condition": "real", "run_id": "real/1.0/seed1", "stage": "x", "seed": 1, "epsilon_target": 1.0,
               "test_set": "bcdr/test", "status": "failed", "error": "boom"}]
-    rows += [row("real", 6.0, s, "cbis-ddsm/test", 0.75, 0.90, total=6.3) for s in (0, 1)]  # over its ε
-    rows += [row("real", "inf", s, "cbis-ddsm/test", 0.64, 0.70, guarantee="none") for s in (0, 1)]
+    rows += [result_row("real", 6.0, s, "cbis-ddsm/test", 0.75, 0.90, total=6.3) for s in (0, 1)]  # over its ε
+    rows += [result_row("real", "inf", s, "cbis-ddsm/test", 0.64, 0.70, guarantee="none") for s in (0, 1)]
     assert aim_gap(cfg, rows) == [
         ["cbis-ddsm/test", "target ε=1", "0.660", "real", "0.700", "0.650", "-0.010", "no"],
         ["bcdr/test", "target ε=1", "0.600", "real", "0.700", "0.610 (1 failed)", "+0.010", "yes"],
