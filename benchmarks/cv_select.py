@@ -62,7 +62,9 @@ def main() -> None:
     import torch
     from sklearn.metrics import roc_auc_score
 
-    from dpmammo.audit.models import pool_logits
+    from dpmammo.audit.models import FeaturePrimer, is_head_only, pool_logits
+    from dpmammo.models import load_weights
+    from dpmammo.train.build import initial_model
     from dpmammo.config import apply_overrides, parse_config
     from dpmammo.data.sets import load_set, resolve_root
     from dpmammo.runs import RunDir
@@ -80,32 +82,48 @@ def main() -> None:
         for eps in args.epsilons:
             score = np.full(len(records), np.nan)
             fold_aurocs, val_aurocs, t0 = [], [], time.time()
+            primer = None  # head-only recipes: every training patch's features once, each fold's subset sliced from them
             for f, held_out in enumerate(folds):
-                data = merged(BASE, over)
+                data = apply_overrides(merged(BASE, over), args.overrides)  # (before the batch is scaled below)
                 if math.isinf(eps):
                     del data["privacy"]
                 else:
                     data["privacy"] = {**data["privacy"], "target_epsilon": eps}
                 keep = sorted(set(patients) - set(held_out))
-                data["train"] = {**data["train"], "seed": args.seed, **({"test_flips": True} if args.test_flips else {})}
+                # (a symmetrised model's features are the same in every flip: no flips to score by)
+                flips = args.test_flips and data["model"].get("symmetrize", "none") == "none"
+                data["train"] = {**data["train"], "seed": args.seed, **({"test_flips": True} if flips else {})}
                 if not math.isinf(eps):  # keep the recipe's sampling rate q on the smaller pool (as audit models do)
                     data["train"]["batch_size"] = max(1, round(data["train"]["batch_size"] * len(keep) / len(patients)))
                 data["data"] = {**data["data"], "audit_split": AuditSplit(
                     unit="patient", members=keep, seed=args.seed, role=f"cv-fold-{f}").model_dump(mode="json")}
-                cfg = parse_config(TrainConfig, apply_overrides(data, args.overrides), name)
+                cfg = parse_config(TrainConfig, data, name)
                 changed = ",".join(args.overrides).replace("/", "_") or "as-is"
                 out = args.out / name / changed / f"eps{eps:g}" / f"seed{args.seed}-k{args.folds}" / f"fold{f}"
                 if (out / "metrics.json").is_file():  # a finished fold is reused only if it trained on these members
                     if not RunDir(out).has_config(cfg):
                         raise SystemExit(f"{out} holds a run of another config (recipe edited?): use another --out")
                 else:
-                    fit(cfg, out, progress=False)
+                    if primer is None and is_head_only(cfg):
+                        primer = FeaturePrimer(cfg, initial_model(cfg))
+                    primed = primer.prime(cfg.data.audit_split) if primer is not None else None
+                    try:
+                        fit(cfg, out, progress=False)
+                    finally:
+                        if primed is not None:
+                            primed.unlink(missing_ok=True)
                 val_aurocs.append(json.loads((out / "metrics.json").read_text())["val"]["auroc"])
                 held = set(held_out)
                 idx = [i for i, r in enumerate(records) if r.patient in held]
-                logits = pool_logits(cfg, [out], [records[i] for i in idx])[0]  # (records, views, 2)
+                if primer is not None and primer.n_views >= (4 if flips else 1):  # the held-out fold from the same features
+                    load_weights(primer.model, RunDir(out).weights)
+                    with torch.no_grad():
+                        logits = torch.stack([primer.model.eval().forward_head(primer.features[idx, v])
+                                              for v in range(4 if flips else 1)], 1).numpy()
+                else:
+                    logits = pool_logits(cfg, [out], [records[i] for i in idx])[0]  # (records, views, 2)
                 d = logits[..., 1] - logits[..., 0]
-                score[idx] = d.mean(1) if args.test_flips else d[:, 0]
+                score[idx] = d.mean(1) if flips else d[:, 0]
                 fold_aurocs.append(roc_auc_score([records[i].label for i in idx], score[idx]))
             pooled = roc_auc_score([r.label for r in records], score)
             cells.append(f"ε={eps:g}: out-of-fold {pooled:.3f} (folds {statistics.mean(fold_aurocs):.3f} ± "

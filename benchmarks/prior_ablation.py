@@ -162,6 +162,12 @@ RECIPES: dict[str, tuple[dict, bool]] = {
     "scatter-128-j4p4-inf": ({"model": {"name": "scatter", "input_size": 128, "J": 4, "pool": 4, "groups": 139},
                               "optim": {"name": "sgd", "lr": 0.001, "momentum": 0.9, "weight_decay": 1e-3},
                               "train": {"epochs": 30, "batch_size": 64}}, False),
+    # the same features averaged over the patch's 8 flips and transposes (symmetrize: dihedral), so the
+    # head sees features invariant to them; no flip views to train or score on (8× the transform's cost)
+    "scatter-128-j4p4-d8-inf": ({"model": {"name": "scatter", "input_size": 128, "J": 4, "pool": 4, "groups": 139,
+                                           "symmetrize": "dihedral"},
+                                 "optim": {"name": "sgd", "lr": 0.001, "momentum": 0.9, "weight_decay": 1e-3},
+                                 "train": {"epochs": 30, "batch_size": 64, "augment": "none"}}, False),
     "probe-b512-last": ({"model": {"freeze_backbone": True}, "init_weights": "backbone",
                          "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
                          "train": {"epochs": 10, "batch_size": 512, "select": "last"}}, True),
@@ -223,7 +229,8 @@ def main() -> None:
                     del data["privacy"]
                 else:
                     data["privacy"] = {**data["privacy"], "target_epsilon": eps}
-                data["train"] = {**data["train"], "seed": r, **({"test_flips": True} if args.test_flips else {})}
+                flips = args.test_flips and data["model"].get("symmetrize", "none") == "none"  # none to score by
+                data["train"] = {**data["train"], "seed": r, **({"test_flips": True} if flips else {})}
                 if needs_prior:
                     data["init_from"] = str(args.pretrained)
                 out = args.out / name / f"eps{eps:g}" / f"rep{r}"

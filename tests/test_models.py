@@ -146,6 +146,23 @@ def test_scatter_features_of_an_image_do_not_depend_on_its_batch():
     assert (together[0] - together[2]).abs().max() > 0.1  # distinct images, distinct features
 
 
+def test_dihedral_scatter_features_are_the_mean_over_the_8_flips_and_transposes():
+    """symmetrize: dihedral gives one feature vector for all 8 symmetries of the square: the mean of
+    the plain features of the 8, so the head sees the same patch in every orientation."""
+    plain = create_model("scatter", input_size=32, pool=2)
+    sym = create_model("scatter", input_size=32, pool=2, symmetrize="dihedral")
+    x = torch.cat([_test_image(32, seed) for seed in range(3)])
+    t = x.transpose(-1, -2)
+    orbit = [x, x.flip(-1), x.flip(-2), x.flip(-1, -2), t, t.flip(-1), t.flip(-2), t.flip(-1, -2)]
+    feats = sym.forward_features(x)
+    torch.testing.assert_close(feats, sum(plain.forward_features(v) for v in orbit) / 8, rtol=1e-5, atol=1e-5)
+    for v in orbit[1:]:
+        torch.testing.assert_close(sym.forward_features(v), feats, rtol=1e-5, atol=1e-5)
+    # the plain features are not invariant, so the check above could fail: the blob sits off centre
+    assert (plain.forward_features(x) - plain.forward_features(t)).abs().max() > 0.1
+    assert list(sym.state_dict()) == ["head.weight", "head.bias"]
+
+
 def test_scatter_config_refuses_shapes_that_do_not_fit():
     with pytest.raises(DpMammoError, match=r"groups 27 must divide the K = 217 .* one of \[1, 7, 31, 217\]"):
         create_model("scatter", J=3)
@@ -157,6 +174,9 @@ def test_scatter_config_refuses_shapes_that_do_not_fit():
         create_model("scatter", freeze_backbone=False)
     with pytest.raises(DpMammoError, match="less than or equal to 5"):
         create_model("scatter", input_size=128, J=6, pool=2)
+    with pytest.raises(DpMammoError, match="with_pixels appends pixels that are not symmetrised"):
+        create_model("scatter", symmetrize="dihedral", public_pca={"components": 8},
+                     with_pixels={"resolution": 16, "components": 8})
 
 
 def test_feature_cache_key_tells_parameter_free_backbones_apart():
@@ -167,3 +187,5 @@ def test_feature_cache_key_tells_parameter_free_backbones_apart():
     assert a.num_features == b.num_features
     assert feature_key(a, [], 4) != feature_key(b, [], 4)
     assert feature_key(a, [], 4) == feature_key(create_model("scatter", input_size=32, pool=2), [], 4)
+    sym = create_model("scatter", input_size=32, pool=2, symmetrize="dihedral")
+    assert feature_key(sym, [], 1) != feature_key(a, [], 1)

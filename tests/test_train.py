@@ -188,6 +188,11 @@ def test_finished_run_is_not_overwritten(phantom_root, tmp_path):
     ({"model__": {"name": "resnet"}}, "does not match any of the expected tags: 'cnn-small', 'swin_t'"),
     ({"train__epochz": 3}, "train.epochz: unknown key"),
     ({"optim__momentum": 0.9}, "momentum applies to sgd only"),
+    # features invariant to the flips: 4 flip views would repeat them (at 8 transforms each)
+    ({"model__": {"name": "scatter", "input_size": 32, "pool": 2, "symmetrize": "dihedral"}},
+     "the same in every flip; set train.augment: none and train.test_flips: false"),
+    ({"model__": {"name": "scatter", "input_size": 32, "pool": 2, "symmetrize": "dihedral"},
+      "train__augment": "none", "train__test_flips": True}, "same in every flip; set train.augment: none"),
 ])
 def test_bad_config_is_refused_with_the_key_named(phantom_root, over, message):
     with pytest.raises(DpMammoError, match=message):

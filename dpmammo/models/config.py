@@ -113,6 +113,10 @@ class ScatterConfig(StrictModel):
     groups: int = Field(27, ge=1, description="GroupNorm groups over the K channels, per sample and without affine "
                                               "(Tramèr & Boneh's data-independent normalisation; 27 for K = 81 as "
                                               "theirs); must divide K")
+    symmetrize: Literal["none", "dihedral"] = Field(
+        "none", description="dihedral: average the features over the patch's 8 flips and transposes, so they are "
+                            "invariant to them (8× the transform's cost; train.augment and train.test_flips then "
+                            "add nothing: set them to none and false)")
     public_pca: Optional[PublicPcaConfig] = Field(
         None, description="project the normalised features on their top principal components over procedural "
                           "images (whitened there): fewer, better-scaled coordinates for DP-SGD's noise, fitted on "
@@ -153,6 +157,8 @@ class ScatterConfig(StrictModel):
                                  f"{pca.images_per_kind * len(pca.kinds)} images of {full} features can give")
         if self.with_pixels is not None:
             px = self.with_pixels
+            if self.symmetrize != "none":
+                raise ValueError("with_pixels appends pixels that are not symmetrised: use symmetrize: none with it")
             if self.public_pca is None:
                 raise ValueError("with_pixels needs public_pca: both parts are projected on procedural images")
             if px.resolution > self.input_size:

@@ -14,7 +14,11 @@ Backbone, for a grayscale patch x of side S = input_size:
 3. each channel is average-pooled to `pool` × `pool`;
 4. GroupNorm over the K channels in `groups` groups, without affine parameters: each group of
    each image is set to zero mean and unit variance from that image's own coefficients;
-5. flattened to K·pool² features.
+5. flattened to K·pool² features;
+6. with `symmetrize: dihedral`, steps 1–5 are run on the patch's 8 flips and transposes (the
+   symmetries of the square) and the 8 feature vectors averaged: features invariant to them. A
+   mass has no preferred orientation, and for a linear head this is test-time augmentation over
+   all 8 built into the features (a flip-only version is `train.test_flips`, over 4).
 
 Every step is per sample: no statistic of the data set enters the features, so the backbone is a
 public function and spends nothing. Tramèr & Boneh also normalise with each channel's mean and
@@ -22,7 +26,7 @@ variance over the training set, released with noise and composed into their budg
 data-dependent normalisation would have to be DP and enter the ledger as a stage of its own. The
 per-sample GroupNorm here is their data-independent variant.
 
-With `public_pca` (PublicPcaConfig), a sixth step projects the K·pool² features on their top k
+With `public_pca` (PublicPcaConfig), a further step projects the K·pool² features on their top k
 principal components over procedural images (dpmammo.data.procedural: a program with a seed made
 every one, so the basis is public and spends nothing either), each component divided by its
 standard deviation there and all multiplied by √(K·pool²/k), so that a procedural image's features
@@ -49,7 +53,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 from torch import nn
@@ -83,9 +87,10 @@ def _scattering_2d(J: int, L: int, size: int) -> nn.Module:
 class ScatterBackbone(nn.Module):
     """(N, 1, S, S) in [0, 1] → (N, K·pool²) per-sample normalised scattering features."""
 
-    def __init__(self, *, input_size: int, J: int, L: int, pool: int, groups: int):
+    def __init__(self, *, input_size: int, J: int, L: int, pool: int, groups: int,
+                 symmetrize: Literal["none", "dihedral"] = "none"):
         super().__init__()
-        self.input_size, self.J, self.L = input_size, J, L
+        self.input_size, self.J, self.L, self.symmetrize = input_size, J, L, symmetrize
         self.channels = scattering_channels(J, L)
         self.num_features = self.channels * pool ** 2
         self.standardize = _Standardize()
@@ -95,11 +100,24 @@ class ScatterBackbone(nn.Module):
 
     def extra_repr(self) -> str:
         # The feature cache keys on the backbone's repr: everything that shapes the features shows.
-        return f"input_size={self.input_size}, J={self.J}, L={self.L}"
+        # (symmetrize only when on, so the cached features of earlier runs keep their keys.)
+        return (f"input_size={self.input_size}, J={self.J}, L={self.L}"
+                + (f", symmetrize={self.symmetrize}" if self.symmetrize != "none" else ""))
 
-    def forward(self, x):
+    def _features(self, x):
         coeffs = self.scattering(self.standardize(x).contiguous())  # N, 1, K, S/2^J, S/2^J
         return self.norm(self.pool(coeffs.flatten(1, 2))).flatten(1)
+
+    def forward(self, x):
+        if self.symmetrize == "none":
+            return self._features(x)
+        # One transform at a time: a batch of all 8 would hold 8× the scattering's intermediates.
+        total = None
+        for xt in (x, x.transpose(-1, -2)):
+            for dims in ((), (-1,), (-2,), (-1, -2)):
+                f = self._features(xt.flip(dims) if dims else xt)
+                total = f if total is None else total + f
+        return total / 8
 
 
 class PublicProjection(nn.Module):
@@ -198,7 +216,8 @@ def public_basis(backbone: ScatterBackbone | PixelFeatures, pca: PublicPcaConfig
 
 
 def scatter(cfg: ScatterConfig) -> Classifier:
-    backbone = ScatterBackbone(input_size=cfg.input_size, J=cfg.J, L=cfg.L, pool=cfg.pool, groups=cfg.groups)
+    backbone = ScatterBackbone(input_size=cfg.input_size, J=cfg.J, L=cfg.L, pool=cfg.pool, groups=cfg.groups,
+                               symmetrize=cfg.symmetrize)
     if cfg.public_pca is not None:
         pixels = pixels_projection = None
         if cfg.with_pixels is not None:

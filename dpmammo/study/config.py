@@ -48,6 +48,7 @@ class StageOverride(StrictModel):
     lr: Optional[float] = Field(None, gt=0)
     select: Optional[Literal["best-val-auroc", "last"]] = Field(None, description="train.select for this stage")
     test_flips: Optional[bool] = Field(None, description="train.test_flips for this stage")
+    augment: Optional[Literal["flips", "none"]] = Field(None, description="train.augment for this stage")
     optim: dict[str, Any] = Field(default_factory=dict,
                                   description="keys of the optim block to change, e.g. {momentum: 0.9}; with another "
                                               "optimiser's name, its whole block, e.g. {name: sgd, lr: 0.1, momentum: 0.9}")
