@@ -157,6 +157,9 @@ def test_a_stage_may_train_another_model():
     assert dp_real.train.epochs == 7  # the stage's keys, then its dp block's
     assert (plain.model.name, plain.optim.name, plain.train.epochs, plain.train.select) == (
         "cnn-small", "adamw", 7, "best-val-auroc")
+    views = expand(load_study(preset="quick", overrides=["stages.real={augment: none, dp: {augment: flips}}"]))
+    assert (views.runs["real/epsinf/seed0"].config.train.augment, views.runs["real/eps1/seed0"].config.train.augment,
+            views.runs["synthetic/pretrain/seed0"].config.train.augment) == ("none", "flips", "flips")
     with pytest.raises(DpMammoError, match="dp.dp"):
         load_study(preset="quick", overrides=["dp.dp={epochs: 3}"])
     with pytest.raises(DpMammoError, match="width"):
@@ -179,8 +182,9 @@ def test_utility_preset_runs_the_recipes_chosen_without_a_test_set():
     for seed in range(3):
         dp_real = plan.runs[f"real/eps1/seed{seed}"].config
         assert dp_real.model.name == "scatter" and dp_real.train.select == "last" and dp_real.privacy.unit == "patient"
-        assert dp_real.model.public_pca.components == 32 and dp_real.model.with_pixels.components == 16
-        assert dp_real.model.num_features == 32 + 16
+        assert dp_real.model.public_pca.components == 32 and dp_real.model.with_pixels is None
+        assert dp_real.model.symmetrize == "dihedral" and dp_real.model.num_features == 32
+        assert (dp_real.train.augment, dp_real.train.test_flips) == ("none", False)  # invariant features: no views
         assert (dp_real.train.epochs, dp_real.train.batch_size, dp_real.optim.lr) == (10, 512, 0.4)
         # nothing of the ∞ block leaks in: the DP recipe as chosen (features on val, lr by CV), key for key
         assert dp_real.model.model_dump(include={"input_size", "J", "L", "pool", "groups", "freeze_backbone"}) == {
