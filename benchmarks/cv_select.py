@@ -53,7 +53,8 @@ def main() -> None:
     ap.add_argument("--epsilons", type=float, nargs="+", default=[math.inf], help="per patient; inf: no DP")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0, help="the fold split's seed (also each run's train.seed)")
-    ap.add_argument("--test-flips", action="store_true", help="score by the mean logit over the 4 flips, as the presets do")
+    ap.add_argument("--test-flips", action="store_true", help="score by the mean logit over the 4 flips, as the presets do "
+                                                              "(not for a symmetrised model: its features are the same in every flip)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="change a key of every recipe's training config, e.g. --set optim.lr=0.2 (repeatable); "
                          "the runs go to a folder of their own per set of changes")
@@ -64,6 +65,7 @@ def main() -> None:
 
     from dpmammo.audit.models import FeaturePrimer, is_head_only, pool_logits
     from dpmammo.models import load_weights
+    from dpmammo.models.config import flip_invariant
     from dpmammo.train.build import initial_model
     from dpmammo.config import apply_overrides, parse_config
     from dpmammo.data.sets import load_set, resolve_root
@@ -91,7 +93,7 @@ def main() -> None:
                     data["privacy"] = {**data["privacy"], "target_epsilon": eps}
                 keep = sorted(set(patients) - set(held_out))
                 # (a symmetrised model's features are the same in every flip: no flips to score by)
-                flips = args.test_flips and data["model"].get("symmetrize", "none") == "none"
+                flips = args.test_flips and not flip_invariant(parse_config(TrainConfig, data, name).model)
                 data["train"] = {**data["train"], "seed": args.seed, **({"test_flips": True} if flips else {})}
                 if not math.isinf(eps):  # keep the recipe's sampling rate q on the smaller pool (as audit models do)
                     data["train"]["batch_size"] = max(1, round(data["train"]["batch_size"] * len(keep) / len(patients)))
@@ -117,8 +119,9 @@ def main() -> None:
                 idx = [i for i, r in enumerate(records) if r.patient in held]
                 if primer is not None and primer.n_views >= (4 if flips else 1):  # the held-out fold from the same features
                     load_weights(primer.model, RunDir(out).weights)
+                    rows = [primer.row[records[i].path] for i in idx]
                     with torch.no_grad():
-                        logits = torch.stack([primer.model.eval().forward_head(primer.features[idx, v])
+                        logits = torch.stack([primer.model.eval().forward_head(primer.features[rows, v])
                                               for v in range(4 if flips else 1)], 1).numpy()
                 else:
                     logits = pool_logits(cfg, [out], [records[i] for i in idx])[0]  # (records, views, 2)

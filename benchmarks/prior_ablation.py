@@ -110,6 +110,13 @@ RECIPES: dict[str, tuple[dict, bool]] = {
                                                 "with_pixels": {"resolution": 16, "components": 16}},
                                       "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
                                       "train": {"epochs": 10, "batch_size": 512, "select": "last"}}, False),
+    # the presets' DP `real` now: the projection of the features averaged over the 8 flips and transposes
+    # (symmetrize: dihedral; no pixels, which are not averaged; no flip views), at the cross-validated lr 0.4
+    "scatter-pca32-d8-b512-last": ({"model": {"name": "scatter", "input_size": 64, "public_pca": {"components": 32},
+                                              "symmetrize": "dihedral"},
+                                    "optim": {"name": "sgd", "lr": 0.4, "momentum": 0.9},
+                                    "train": {"epochs": 10, "batch_size": 512, "select": "last", "augment": "none"}},
+                                   False),
     # the DP recipe's projection and pixels over the ∞ recipe's scattering (J = 4 on the 128 px patch, 4²)
     "scatter128j4-pca32-px16-b512-last": ({"model": {"name": "scatter", "input_size": 128, "J": 4, "pool": 4,
                                                      "groups": 139, "public_pca": {"components": 32},
@@ -210,6 +217,7 @@ def main() -> None:
     import torch
 
     from dpmammo.config import parse_config
+    from dpmammo.models.config import flip_invariant
     from dpmammo.train import TrainConfig, fit
 
     torch.set_num_threads(2)
@@ -229,10 +237,10 @@ def main() -> None:
                     del data["privacy"]
                 else:
                     data["privacy"] = {**data["privacy"], "target_epsilon": eps}
-                flips = args.test_flips and data["model"].get("symmetrize", "none") == "none"  # none to score by
-                data["train"] = {**data["train"], "seed": r, **({"test_flips": True} if flips else {})}
                 if needs_prior:
                     data["init_from"] = str(args.pretrained)
+                flips = args.test_flips and not flip_invariant(parse_config(TrainConfig, data, name).model)  # (none to score by)
+                data["train"] = {**data["train"], "seed": r, **({"test_flips": True} if flips else {})}
                 out = args.out / name / f"eps{eps:g}" / f"rep{r}"
                 if name in THEN:  # two stages: the first at its share of ε, the second from its run
                     second, share = THEN[name]

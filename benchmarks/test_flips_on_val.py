@@ -24,12 +24,16 @@ def main() -> None:
 
     from dpmammo.data.images import load_images, load_labels
     from dpmammo.data.sets import load_set, resolve_root
+    from dpmammo.models.config import flip_invariant
     from dpmammo.train.predict import predict_proba
     from dpmammo.train.saved import load_run_model
 
     rows = []
     for run in sorted(glob.glob(args.runs)):
         cfg, model = load_run_model(run)
+        if flip_invariant(cfg.model):  # the same features in every flip: nothing for the flips to change
+            print(f"{run}: skipped (model.symmetrize: its features are the same in every flip)", flush=True)
+            continue
         root = resolve_root(cfg.data.root)
         for name in args.on:
             records = load_set(root, name)

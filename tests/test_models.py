@@ -189,3 +189,4 @@ def test_feature_cache_key_tells_parameter_free_backbones_apart():
     assert feature_key(a, [], 4) == feature_key(create_model("scatter", input_size=32, pool=2), [], 4)
     sym = create_model("scatter", input_size=32, pool=2, symmetrize="dihedral")
     assert feature_key(sym, [], 1) != feature_key(a, [], 1)
+    assert "symmetrize" not in repr(a.backbone)  # the plain features keep the keys their caches were written under

@@ -178,3 +178,27 @@ def test_dp_head_on_public_pca_features_learns_phantoms_with_the_same_guarantee(
     fit(child, tmp_path / "child", progress=False)
     stages = read_privacy(tmp_path / "child" / "privacy.json").stages
     assert [s.stage for s in stages] == ["public-basis", "classifier", "classifier"]
+
+
+def test_a_symmetrised_projection_is_fitted_on_the_averaged_features_and_says_so(phantom_root, tmp_path, monkeypatch):
+    """symmetrize: dihedral with public_pca: the basis is fitted on the features averaged over the 8
+    flips and transposes (another basis than the plain one, and the projected features are the same
+    in every orientation), a run computes one view per patch, and its ledger's public stage says what
+    was projected."""
+    monkeypatch.setenv("DPMAMMO_CACHE", str(tmp_path / "cache"))
+    sym = create_model("scatter", input_size=32, pool=2, public_pca=SMALL, symmetrize="dihedral")
+    plain = small_scatter()
+    assert (sym.backbone.projection.components - plain.backbone.projection.components).abs().max() > 1e-3
+    x = generate("dead-leaves", seed=3, start=0, stop=4, size=32)[0].float() / 255.0
+    feats = sym.forward_features(x)
+    for view in (x.flip(-1), x.transpose(-1, -2), x.transpose(-1, -2).flip(-2)):
+        torch.testing.assert_close(sym.forward_features(view), feats, rtol=1e-4, atol=1e-4)
+    assert (plain.forward_features(x.transpose(-1, -2)) - plain.forward_features(x)).abs().max() > 1e-2
+    cfg = phantom_config(phantom_root, model__={"name": "scatter", "input_size": 32, "pool": 2, "public_pca": SMALL,
+                                                "symmetrize": "dihedral"},
+                         privacy__={"target_epsilon": 4.0, **SEEDED}, train__epochs=1, train__batch_size=100,
+                         optim__lr=0.5, train__augment="none")
+    fit(cfg, tmp_path / "sym", progress=False)
+    basis = read_privacy(tmp_path / "sym" / "privacy.json").stages[0]
+    assert basis.stage == "public-basis" and "averaged over the patch's 8 flips and transposes" in basis.note
+    assert "features: computed (400, 1, 8)" in (tmp_path / "sym" / "log.txt").read_text()

@@ -26,6 +26,7 @@ from dpmammo.data.manifest import PatchRecord
 from dpmammo.data.sets import load_set, resolve_root
 from dpmammo.errors import DpMammoError
 from dpmammo.models import Classifier, load_weights
+from dpmammo.models.config import flip_invariant
 from dpmammo.device import resolve_device
 from dpmammo.privacy.config import Unit
 from dpmammo.runs import RunDir
@@ -139,17 +140,19 @@ def train_models(cfg: TrainConfig, splits: list[AuditSplit], models_dir: Path, p
 
 @torch.no_grad()
 def pool_logits(cfg: TrainConfig, runs: list[Path], records: list[PatchRecord]) -> np.ndarray:
-    """(models, records, 4 views, 2) logits of every run on `records` in every flip view."""
+    """(models, records, views, 2) logits of every run on `records` in every flip view: the 4 flips,
+    or view 0 alone for a model whose features are the same in every flip (`flip_invariant`)."""
     device = resolve_device(cfg.train.device)
     model = initial_model(cfg).to(device)
     images = load_images(records, model.input_size)
-    feats = (fc.cached_features(model, records, images, N_VIEWS, device=device)
+    n_views = 1 if flip_invariant(cfg.model) else N_VIEWS
+    feats = (fc.cached_features(model, records, images, n_views, device=device)
              if is_head_only(cfg) else None)
-    out = np.empty((len(runs), len(records), N_VIEWS, 2), dtype=np.float64)
+    out = np.empty((len(runs), len(records), n_views, 2), dtype=np.float64)
     for m, run in enumerate(runs):
         load_weights(model, RunDir(run).weights)
         model.eval()
-        for v in range(N_VIEWS):
+        for v in range(n_views):
             if feats is not None:
                 logits = model.forward_head(feats[:, v].to(device))
             else:

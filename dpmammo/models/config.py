@@ -184,3 +184,9 @@ for _name, (_config, _) in MODELS.items():  # a config's `name` is its key: conf
         raise TypeError(f"MODELS[{_name!r}]: {_config.__name__}.name defaults to "
                         f"{_config.model_fields['name'].default!r}; give it Literal[{_name!r}] = {_name!r}")
 ModelConfig = Union[tuple(config for config, _ in MODELS.values())]  # type: ignore[valid-type]
+
+
+def flip_invariant(model: ModelConfig) -> bool:
+    """Whether the model's features are the same in every flip of the patch (`scatter` with
+    `symmetrize`), so that flip views of a patch only repeat them."""
+    return isinstance(model, ScatterConfig) and model.symmetrize != "none"

@@ -4,7 +4,7 @@ Tramèr & Boneh (ICLR 2021), "Differentially Private Learning Needs Better Featu
 Data)": handcrafted scattering features (Oyallon & Mallat's ScatterNet, here kymatio's
 `Scattering2D`, J = 2 scales and L = 8 orientations in their setup) with a DP linear model beat
 end-to-end DP CNNs at small ε. The transform is a fixed filter bank: it costs no privacy, and with
-`train.feature_cache` it runs once per image and flip view.
+`train.feature_cache` it runs once per image and flip view (once per image when symmetrised, step 6).
 
 Backbone, for a grayscale patch x of side S = input_size:
 
@@ -157,7 +157,7 @@ class ProjectedScatter(nn.Module):
 @torch.no_grad()
 def fit_public_basis(backbone: ScatterBackbone | PixelFeatures, pca: PublicPcaConfig, *,
                      setting: str = "public_pca.components") -> PublicProjection:
-    """The projection of module docstring step 6, fitted on `pca.images_per_kind` images of each of
+    """The projection of the module docstring (`public_pca`: on the features of steps 1–6), fitted on `pca.images_per_kind` images of each of
     `pca.kinds` (indices 0..n−1 of `pca.seed`): no file of any data root is opened. Each component's
     sign is fixed (its largest entry positive), so the basis does not depend on the SVD routine's
     choice of signs."""

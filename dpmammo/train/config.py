@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from typing_extensions import Annotated
 
 from dpmammo.config import Seed, StrictModel
-from dpmammo.models.config import CnnSmallConfig, ScatterConfig
+from dpmammo.models.config import CnnSmallConfig, flip_invariant
 from dpmammo.models.config import ModelConfig as AnyModelConfig
 from dpmammo.privacy.config import PrivacyConfig
 from dpmammo.train.members import AuditSplit
@@ -103,12 +103,11 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _no_views_of_invariant_features(self):
-        # The features of a dihedral-symmetrised scatter model are the same in every flip: the 4 views
-        # of train.augment / train.test_flips would compute them 4 times (8 transforms each) for nothing.
-        if isinstance(self.model, ScatterConfig) and self.model.symmetrize != "none":
-            if self.train.augment != "none" or self.train.test_flips:
-                raise ValueError(f"model.symmetrize: {self.model.symmetrize}: the features are the same in every "
-                                 "flip; set train.augment: none and train.test_flips: false")
+        # Features the same in every flip (a symmetrised scatter model): the 4 views of train.augment /
+        # train.test_flips would compute them 4 times (8 transforms each) for nothing.
+        if flip_invariant(self.model) and (self.train.augment != "none" or self.train.test_flips):
+            raise ValueError(f"model.symmetrize: {self.model.symmetrize}: the features are the same in every "
+                             "flip; set train.augment: none and train.test_flips: false")
         return self
 
     @model_validator(mode="after")

@@ -28,6 +28,7 @@ from dpmammo.data.sets import check_training_sets, load_set, resolve_root, synth
 from dpmammo.errors import DpMammoError
 from dpmammo.files import check_out
 from dpmammo.models import save_weights
+from dpmammo.models.config import flip_invariant
 from dpmammo.privacy import (DPSetup, StageSpend, check_planned_total, dp_stage, make_private, non_dp_stage,
                              prior_history, weights_stage, write_privacy)
 from dpmammo.privacy.ledger import synthetic_chain
@@ -288,10 +289,12 @@ def input_chain(cfg: TrainConfig, train_records) -> list[StageSpend]:
         px = cfg.model.with_pixels
         pixels = ("" if px is None else f", and the patch's {px.resolution}×{px.resolution} standardised pixels on "
                   f"{px.components} of their own, fitted on the same images")
+        symmetrised = " averaged over the patch's 8 flips and transposes" if flip_invariant(cfg.model) else ""
         chain.append(StageSpend(
             stage="public-basis", run=f"{pca.components} principal components, seed {pca.seed}",
             data=[f"procedural/{k}" for k in pca.kinds], guarantee="public",
-            note=f"ScatterNet features projected on principal components fitted on images 0..{pca.images_per_kind - 1} "
+            note=f"ScatterNet features{symmetrised} projected on principal components fitted on images "
+                 f"0..{pca.images_per_kind - 1} "
                  f"of each procedural process ({', '.join(pca.kinds)}; seed {pca.seed}, {cfg.model.input_size} px)"
                  f"{pixels}: made by a program from its seed; no private data"))
     return chain + synthetic_chain(synthetic_provenance(train_records))
