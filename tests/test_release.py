@@ -74,3 +74,17 @@ def test_a_dp_generator_run_is_released_with_its_statement(phantom_root, tmp_pat
     total = read_privacy(tmp_path / "release" / "privacy.json").total
     assert total.guarantee == "dp" and total.epsilon <= 3.0
     assert json.loads((tmp_path / "release" / "release.json").read_text())["test_flips"] is None  # predicts nothing
+
+
+def test_the_model_card_says_when_the_prediction_is_the_same_in_every_orientation(runs):
+    """A symmetrised scatter model (`model.symmetrize`) predicts without test-time flips, and its card
+    says why: its features are averaged over the 8 flips and transposes."""
+    from dpmammo.models.config import ScatterConfig
+    from dpmammo.release import model_card
+    from dpmammo.runs import RunDir
+
+    run, record = RunDir(runs / "dp"), read_privacy(runs / "dp" / "privacy.json")
+    sym = model_card(run, ScatterConfig(symmetrize="dihedral", public_pca={"components": 8}), record, test_flips=False)
+    plain = model_card(run, ScatterConfig(), record, test_flips=False)
+    assert "the same for the patch in each of its 8 flips and transposes" in sym
+    assert "flips and transposes" not in plain and "mean logit over the patch's 4 flips" not in sym

@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field
 from dpmammo import __version__
 from dpmammo.errors import DpMammoError
 from dpmammo.files import write_json_atomic, write_text_atomic
+from dpmammo.models.config import flip_invariant
 from dpmammo.privacy.config import UNIT_WORDS
 from dpmammo.privacy.ledger import PrivacyRecord, describe
 from dpmammo.runs import RunDir
@@ -171,6 +172,8 @@ def model_card(run: RunDir, model_cfg: BaseModel, record: PrivacyRecord, *,
              f"- Task: {task}.",
              *(["- Prediction: the mean logit over the patch's 4 flips (horizontal, vertical, both, none), as its "
                 "evaluations were computed (`train.test_flips`)."] if test_flips else []),
+             *(["- Prediction: the same for the patch in each of its 8 flips and transposes: its features are "
+                "averaged over them (`model.symmetrize`)."] if flip_invariant(model_cfg) else []),
              f"- Training data: {', '.join(record.own.data)}.",
              f"- Privacy: {describe(record.total)} (see PRIVACY.md).",
              "- Intended use: research on privacy-preserving mammography models; not a medical device.",
