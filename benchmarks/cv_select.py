@@ -53,8 +53,9 @@ def main() -> None:
     ap.add_argument("--epsilons", type=float, nargs="+", default=[math.inf], help="per patient; inf: no DP")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0, help="the fold split's seed (also each run's train.seed)")
-    ap.add_argument("--test-flips", action="store_true", help="score by the mean logit over the 4 flips, as the presets do "
-                                                              "(not for a symmetrised model: its features are the same in every flip)")
+    ap.add_argument("--test-flips", action="store_true",
+                    help="score by the mean logit over the 4 flips, as the presets do (not a symmetrised model: "
+                         "its features are the same in every flip)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="change a key of every recipe's training config, e.g. --set optim.lr=0.2 (repeatable); "
                          "the runs go to a folder of their own per set of changes")
@@ -84,7 +85,8 @@ def main() -> None:
         for eps in args.epsilons:
             score = np.full(len(records), np.nan)
             fold_aurocs, val_aurocs, t0 = [], [], time.time()
-            primer = None  # head-only recipes: every training patch's features once, each fold's subset sliced from them
+            # head-only recipes: every training patch's features once, each fold's subset sliced from them
+            primer = None
             for f, held_out in enumerate(folds):
                 data = apply_overrides(merged(BASE, over), args.overrides)  # (before the batch is scaled below)
                 if math.isinf(eps):
@@ -117,7 +119,8 @@ def main() -> None:
                 val_aurocs.append(json.loads((out / "metrics.json").read_text())["val"]["auroc"])
                 held = set(held_out)
                 idx = [i for i, r in enumerate(records) if r.patient in held]
-                if primer is not None and primer.n_views >= (4 if flips else 1):  # the held-out fold from the same features
+                # the held-out fold scored from the same features
+                if primer is not None and primer.n_views >= (4 if flips else 1):
                     load_weights(primer.model, RunDir(out).weights)
                     rows = [primer.row[records[i].path] for i in idx]
                     with torch.no_grad():

@@ -239,7 +239,8 @@ def main() -> None:
                     data["privacy"] = {**data["privacy"], "target_epsilon": eps}
                 if needs_prior:
                     data["init_from"] = str(args.pretrained)
-                flips = args.test_flips and not flip_invariant(parse_config(TrainConfig, data, name).model)  # (none to score by)
+                # (a symmetrised model's features are the same in every flip: none to score by)
+                flips = args.test_flips and not flip_invariant(parse_config(TrainConfig, data, name).model)
                 data["train"] = {**data["train"], "seed": r, **({"test_flips": True} if flips else {})}
                 out = args.out / name / f"eps{eps:g}" / f"rep{r}"
                 if name in THEN:  # two stages: the first at its share of ε, the second from its run

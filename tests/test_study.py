@@ -123,7 +123,7 @@ def test_quick_preset_plan_shares_the_pretrain_run_and_chains_by_id():
         if not math.isinf(eps):
             assert ft.config.privacy.target_epsilon == eps and ft.config.privacy.delta == 1e-4
         real = plan.runs[f"real/{tag}/seed0"].config
-        # ε = ∞: cnn-small; DP: the stage's own dp block (symmetrised ScatterNet features, batch 512) after the `dp` block
+        # ε = ∞: cnn-small; DP: the stage's own dp block (symmetrised ScatterNet features, batch 512) after `dp`
         assert (real.model.name, real.train.batch_size) == (("cnn-small", 64) if math.isinf(eps) else ("scatter", 512))
         if not math.isinf(eps):
             assert (real.model.symmetrize, real.model.with_pixels, real.train.augment, real.train.test_flips) == (

@@ -157,10 +157,10 @@ class ProjectedScatter(nn.Module):
 @torch.no_grad()
 def fit_public_basis(backbone: ScatterBackbone | PixelFeatures, pca: PublicPcaConfig, *,
                      setting: str = "public_pca.components") -> PublicProjection:
-    """The projection of the module docstring (`public_pca`: on the features of steps 1–6), fitted on `pca.images_per_kind` images of each of
-    `pca.kinds` (indices 0..n−1 of `pca.seed`): no file of any data root is opened. Each component's
-    sign is fixed (its largest entry positive), so the basis does not depend on the SVD routine's
-    choice of signs."""
+    """The projection of the module docstring (`public_pca`, on the features of steps 1–6), fitted
+    on `pca.images_per_kind` images of each of `pca.kinds` (indices 0..n−1 of `pca.seed`): no file
+    of any data root is opened. Each component's sign is fixed (its largest entry positive), so the
+    basis does not depend on the SVD routine's choice of signs."""
     from dpmammo.data.procedural.store import generate
 
     feats = []
