@@ -183,6 +183,29 @@ def test_dp_audit_models_keep_the_recipe_sampling_rate(phantoms, tmp_path):
         assert own.sample_rate > 0.8 and own.steps <= 4  # q ≈ 1 (32 of a count of 32 ± 2): 3 epochs, ~3 steps
 
 
+def test_a_symmetrised_model_is_audited_on_one_view(phantoms, tmp_path):
+    """A model whose features are the same in every flip (`model.symmetrize`) is scored on view 0
+    alone, from the one-view features its training cached: its 4 flip views would repeat the same
+    logits at 4 × 8 transforms each. The attack still separates over-fitted members."""
+    from dpmammo.audit.models import load_pool, pool_logits
+    from dpmammo.train import features as fc
+    from dpmammo.train.build import initial_model
+
+    cfg = parse_config(TrainConfig, {
+        "data": {"root": str(phantoms), "train": ["phantom/train"], "val": "phantom/val"},
+        "model": {"name": "scatter", "input_size": 32, "pool": 2, "symmetrize": "dihedral"},
+        "optim": {"name": "sgd", "lr": 0.5, "momentum": 0.9},
+        "train": {"epochs": 100, "batch_size": 8, "select": "last", "augment": "none", "device": "cpu"}}, "t")
+    rec = audit_recipe(cfg, tmp_path / "lira", AuditSettings(method="lira", models=4), progress="off")
+    assert rec.reference_models == 4 and rec.units == 64
+    pool = load_pool(cfg, "patient")
+    logits = pool_logits(cfg, [tmp_path / "lira" / "models" / "target"], pool.records)
+    assert logits.shape == (1, len(pool.records), 1, 2)
+    assert fc.cache_path(initial_model(cfg), pool.records, 1).is_file()  # the training's features, reused
+    assert not fc.cache_path(initial_model(cfg), pool.records, 4).is_file()
+    assert next(a for a in rec.attacks if a.attack == rec.primary).auc.value > 0.6
+
+
 def test_one_run_with_phantom_canaries_sees_a_non_private_model_memorise(phantoms, tmp_path, monkeypatch):
     """One-run with 128 phantom canaries (2 copies of one patch each) added as extra patients with
     random labels: every private patient trains, about half the canaries do; a non-private model

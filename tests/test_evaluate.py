@@ -51,3 +51,31 @@ def test_bootstrap_ci_brackets_auroc_and_narrows_with_n():
 def test_one_class_test_set_is_refused():
     with pytest.raises(DpMammoError, match="one class"):
         binary_metrics(np.ones(5, int), np.linspace(0, 1, 5), val_threshold=0.5)
+
+
+def test_a_head_on_a_fixed_backbone_is_evaluated_from_cached_features_with_the_same_numbers(phantom_root, tmp_path,
+                                                                                             monkeypatch):
+    """`evaluate_run` scores a head-only run (fixed backbone, `train.feature_cache`) from the
+    backbone's cached features of the set: the probabilities predict_proba gives on the images,
+    and a second run sharing the backbone reads them instead of computing them again."""
+    from dpmammo.data.images import load_images, load_labels
+    from dpmammo.data.sets import load_set
+    from dpmammo.evaluate.run import evaluate_run
+    from dpmammo.train import features as fc
+    from dpmammo.train import fit
+    from dpmammo.train.predict import predict_proba
+    from dpmammo.train.saved import load_run_model
+    from sklearn.metrics import roc_auc_score
+    from tests.test_train import phantom_config
+
+    monkeypatch.setenv("DPMAMMO_CACHE", str(tmp_path / "cache"))
+    cfg = phantom_config(phantom_root, model__={"name": "scatter", "input_size": 32, "pool": 2},
+                         optim__={"name": "sgd", "lr": 0.1}, train__epochs=2, train__test_flips=True)
+    fit(cfg, tmp_path / "run", progress=False)
+    result = evaluate_run(tmp_path / "run", ["phantom/test"], n_boot=10)["phantom/test"]
+    records = load_set(phantom_root, "phantom/test")
+    _, model = load_run_model(tmp_path / "run")
+    assert fc.cache_path(model, records, 4).is_file()
+    p = predict_proba(model, load_images(records, 32), flips=True)
+    assert result["auroc"] == pytest.approx(roc_auc_score(load_labels(records).numpy(), p), abs=1e-6)
+    assert 0.5 < result["auroc"] <= 1.0

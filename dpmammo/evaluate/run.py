@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from dpmammo.data.images import load_images, load_labels
+from dpmammo.data.images import N_VIEWS, load_images, load_labels
 from dpmammo.data.sets import data_inputs, load_set, resolve_root, unit_of
 from dpmammo.errors import DpMammoError
 from dpmammo.evaluate.metrics import binary_metrics, check_both_classes, youden_threshold
@@ -15,6 +15,7 @@ from dpmammo.privacy.ledger import short
 from dpmammo.files import check_out
 from dpmammo.runs import EVAL, METRICS, RunDir
 from dpmammo.device import resolve_device
+from dpmammo.train import features as fc
 from dpmammo.train.predict import predict_proba
 from dpmammo.train.saved import load_run_model
 
@@ -48,11 +49,11 @@ def evaluate_run(run_dir: str | Path, on: list[str], *, data_root: str | Path | 
     yv = load_labels(val).numpy()
     check_both_classes(yv, cfg.data.val)
     flips = cfg.train.test_flips  # the run's own way of scoring an image, as on validation in training
-    threshold = youden_threshold(yv, predict_proba(model, load_images(val, model.input_size), flips=flips, device=dev))
+    threshold = youden_threshold(yv, _proba(cfg, model, val, flips, dev))
     results = {}
     for name, records in test_sets.items():
         y = load_labels(records).numpy()
-        p = predict_proba(model, load_images(records, model.input_size), flips=flips, device=dev)
+        p = _proba(cfg, model, records, flips, dev)
         m = binary_metrics(y, p, val_threshold=threshold, n_boot=n_boot)
         m.update(set=name, threshold_from=cfg.data.val, test_flips=flips)
         fpr, tpr, _ = roc_curve(y, p)
@@ -60,6 +61,18 @@ def evaluate_run(run_dir: str | Path, on: list[str], *, data_root: str | Path | 
         run.write_eval(name, m, roc=lambda path: plot_roc(fpr, tpr, m["auroc"], f"{run_title(run)}\non {name}", path))
         results[name] = m
     return results
+
+
+def _proba(cfg, model, records, flips: bool, dev) -> np.ndarray:
+    """P(malignant) of each record as predict_proba gives it; for a head on a fixed backbone with
+    `train.feature_cache`, the head on the backbone's cached features (the same numbers: the runs of
+    a study that share a backbone compute each set's features once)."""
+    images = load_images(records, model.input_size)
+    if cfg.model.freeze_backbone and cfg.train.feature_cache:
+        model.freeze_backbone()  # as in training (load_run_model builds the whole model unfrozen)
+        feats = fc.cached_features(model, records, images, N_VIEWS if flips else 1, device=dev)
+        return fc.head_proba(model, feats, flips=flips, device=dev)
+    return predict_proba(model, images, flips=flips, device=dev)
 
 
 def run_title(run: RunDir) -> str:
