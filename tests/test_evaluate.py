@@ -56,8 +56,8 @@ def test_one_class_test_set_is_refused():
 def test_a_head_on_a_fixed_backbone_is_evaluated_from_cached_features_with_the_same_numbers(phantom_root, tmp_path,
                                                                                              monkeypatch):
     """`evaluate_run` scores a head-only run (fixed backbone, `train.feature_cache`) from the
-    backbone's cached features of the set: the probabilities predict_proba gives on the images,
-    and a second run sharing the backbone reads them instead of computing them again."""
+    backbone's cached features of the set (written to the cache, where a run sharing the backbone
+    finds them), with the probabilities predict_proba gives on the images."""
     from dpmammo.data.images import load_images, load_labels
     from dpmammo.data.sets import load_set
     from dpmammo.evaluate.run import evaluate_run

@@ -31,6 +31,7 @@ from dpmammo.device import resolve_device
 from dpmammo.privacy.config import Unit
 from dpmammo.runs import RunDir
 from dpmammo.train import features as fc
+from dpmammo.train.features import is_head_only
 from dpmammo.train import fit
 from dpmammo.train.build import initial_model
 from dpmammo.train.config import TrainConfig
@@ -59,10 +60,6 @@ def load_pool(cfg: TrainConfig, unit: Unit) -> Pool:
     number: dict[str, int] = {}
     record_unit = np.array([number.setdefault(i, len(number)) for i in ids])
     return Pool(private, list(number), record_unit, load_set(root, cfg.data.val))
-
-
-def is_head_only(cfg: TrainConfig) -> bool:
-    return bool(cfg.model.freeze_backbone and cfg.train.feature_cache)
 
 
 def with_split(cfg: TrainConfig, split: AuditSplit, pool_units: int) -> TrainConfig:

@@ -68,7 +68,7 @@ def _proba(cfg, model, records, flips: bool, dev) -> np.ndarray:
     `train.feature_cache`, the head on the backbone's cached features (the same numbers: the runs of
     a study that share a backbone compute each set's features once)."""
     images = load_images(records, model.input_size)
-    if cfg.model.freeze_backbone and cfg.train.feature_cache:
+    if fc.is_head_only(cfg):
         model.freeze_backbone()  # as in training (load_run_model builds the whole model unfrozen)
         feats = fc.cached_features(model, records, images, N_VIEWS if flips else 1, device=dev)
         return fc.head_proba(model, feats, flips=flips, device=dev)

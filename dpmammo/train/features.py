@@ -33,6 +33,12 @@ from dpmammo.train.predict import malignant_proba
 CACHE_VERSION = 1  # bump when the way features are computed changes
 
 
+def is_head_only(cfg) -> bool:
+    """Whether a run of TrainConfig `cfg` trains a head on a fixed backbone's cached features (and
+    is scored from them): `model.freeze_backbone` with `train.feature_cache`."""
+    return bool(cfg.model.freeze_backbone and cfg.train.feature_cache)
+
+
 def features_dir() -> Path:
     return default_cache_dir() / "features"
 
