@@ -35,7 +35,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("DPMAMMO_CACHE", str(Path(tempfile.mkdtemp(prefix="audit-cache-"))))
     from dpmammo.audit import AuditSettings, audit_recipe
-    from dpmammo.audit.models import FeaturePrimer, load_pool, pool_logits, recipe_model
+    from dpmammo.audit.models import FeaturePrimer, load_pool, pool_logits
+    from dpmammo.train.build import initial_model
     from dpmammo.study import expand, load_study
     from dpmammo.train import fit
 
@@ -49,7 +50,7 @@ def main() -> None:
     if not (out / "pretrain" / "metrics.json").is_file():
         fit(pretrain.config, out / "pretrain", progress=False)
     cfg = finetune.config.model_copy(update={"init_from": (out / "pretrain").resolve()})
-    FeaturePrimer(cfg, recipe_model(cfg))  # the training set's features (every flip view)
+    FeaturePrimer(cfg, initial_model(cfg))  # the training set's features (every flip view)
     pool_logits(cfg, [], load_pool(cfg, "patient").records)  # the pool's 4-view features
     pool_logits(cfg, [], load_pool(cfg, "patient").population)
     print(f"set-up (pretrain {args.pretrain_epochs} epoch(s), feature cache): {time.time() - t0:.1f} s")

@@ -29,6 +29,7 @@ import os
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -64,8 +65,9 @@ def main() -> None:
     import torch
     from sklearn.metrics import roc_auc_score
 
-    from dpmammo.audit.models import FeaturePrimer, is_head_only, pool_logits
-    from dpmammo.models import load_weights
+    from dpmammo.audit.models import FeaturePrimer, pool_logits
+    from dpmammo.train.features import is_head_only
+    from dpmammo.data.images import N_VIEWS
     from dpmammo.models.config import flip_invariant
     from dpmammo.train.build import initial_model
     from dpmammo.config import apply_overrides, parse_config
@@ -110,22 +112,14 @@ def main() -> None:
                 else:
                     if primer is None and is_head_only(cfg):
                         primer = FeaturePrimer(cfg, initial_model(cfg))
-                    primed = primer.prime(cfg.data.audit_split) if primer is not None else None
-                    try:
+                    with primer.primed(cfg.data.audit_split) if primer is not None else nullcontext():
                         fit(cfg, out, progress=False)
-                    finally:
-                        if primed is not None:
-                            primed.unlink(missing_ok=True)
                 val_aurocs.append(json.loads((out / "metrics.json").read_text())["val"]["auroc"])
                 held = set(held_out)
                 idx = [i for i, r in enumerate(records) if r.patient in held]
                 # the held-out fold scored from the same features
-                if primer is not None and primer.n_views >= (4 if flips else 1):
-                    load_weights(primer.model, RunDir(out).weights)
-                    rows = [primer.row[records[i].path] for i in idx]
-                    with torch.no_grad():
-                        logits = torch.stack([primer.model.eval().forward_head(primer.features[rows, v])
-                                              for v in range(4 if flips else 1)], 1).numpy()
+                if primer is not None and primer.n_views >= (N_VIEWS if flips else 1):
+                    logits = primer.head_logits(out, [records[i] for i in idx], N_VIEWS if flips else 1)
                 else:
                     logits = pool_logits(cfg, [out], [records[i] for i in idx])[0]  # (records, views, 2)
                 d = logits[..., 1] - logits[..., 0]

@@ -204,6 +204,23 @@ def test_a_symmetrised_model_is_audited_on_one_view(phantoms, tmp_path):
     assert fc.cache_path(initial_model(cfg), pool.records, 1).is_file()  # the training's features, reused
     assert not fc.cache_path(initial_model(cfg), pool.records, 4).is_file()
     assert next(a for a in rec.attacks if a.attack == rec.primary).auc.value > 0.6
+    # The reference models' features came from one pass over the pool (FeaturePrimer): each model's
+    # subset is written under fit's cache key while it trains and removed after; a head is scored from them
+    # as pool_logits scores it.
+    from dpmammo.audit.models import FeaturePrimer, read_split
+    from dpmammo.train.members import apply_audit_split
+
+    primer = FeaturePrimer(cfg, initial_model(cfg))
+    _, split = read_split(tmp_path / "lira" / "models" / "reference-00")
+    subset = fc.cache_path(primer.model, apply_audit_split(pool.records, split), 1)
+    assert not subset.exists()
+    with primer.primed(split):
+        assert subset.is_file()
+    assert not subset.exists()
+    np.testing.assert_allclose(primer.head_logits(tmp_path / "lira" / "models" / "target", pool.records, 1),
+                               logits[0], atol=1e-5)
+    with pytest.raises(DpMammoError, match="4 views asked of features computed in 1"):
+        primer.head_logits(tmp_path / "lira" / "models" / "target", pool.records, 4)
 
 
 def test_one_run_with_phantom_canaries_sees_a_non_private_model_memorise(phantoms, tmp_path, monkeypatch):

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -87,7 +88,8 @@ def read_split(run: Path) -> tuple[TrainConfig, AuditSplit]:
 
 class FeaturePrimer:
     """Head-only recipes: the training records' features once, each model's subset where `fit`
-    looks for it (removed again once that model is trained)."""
+    looks for it while that model trains (`primed`), and a trained head scored from the same
+    features (`head_logits`)."""
 
     def __init__(self, cfg: TrainConfig, model: Classifier):
         root = resolve_root(cfg.data.root)
@@ -98,15 +100,33 @@ class FeaturePrimer:
         self.features = fc.cached_features(model, self.records, images, self.n_views)
         self.row = {r.path: i for i, r in enumerate(self.records)}
 
-    def prime(self, split: AuditSplit) -> Path | None:
+    @contextmanager
+    def primed(self, split: AuditSplit) -> Iterator[None]:
+        """`split`'s members' features under the cache key `fit` looks up, removed again on exit
+        (unless that entry was there before: then it is left as it was)."""
         subset = apply_audit_split(self.records, split)
         path = fc.cache_path(self.model, subset, self.n_views)
         if path.is_file():
-            return None
+            yield
+            return
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         torch.save(self.features[[self.row[r.path] for r in subset]].clone(), tmp)
         tmp.replace(path)
-        return path
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+
+    @torch.no_grad()
+    def head_logits(self, run: Path, records: list[PatchRecord], n_views: int) -> np.ndarray:
+        """(records, views, 2) logits of `run`'s head on training records, from the primed features;
+        refused for more views than were computed."""
+        if n_views > self.n_views:
+            raise DpMammoError(f"{n_views} views asked of features computed in {self.n_views}")
+        load_weights(self.model, RunDir(run).weights)
+        rows = [self.row[r.path] for r in records]
+        head = self.model.eval().forward_head
+        return torch.stack([head(self.features[rows, v]) for v in range(n_views)], 1).double().numpy()
 
 
 def train_models(cfg: TrainConfig, splits: list[AuditSplit], models_dir: Path, pool_units: int,
@@ -124,12 +144,8 @@ def train_models(cfg: TrainConfig, splits: list[AuditSplit], models_dir: Path, p
                                    "choose another --out")
             report(split.role, "reused", 0.0)
         else:
-            primed = primer.prime(split) if primer is not None else None
-            try:
+            with primer.primed(split) if primer is not None else nullcontext():
                 fit(mcfg, run, progress=False)
-            finally:
-                if primed is not None:
-                    primed.unlink(missing_ok=True)
             report(split.role, "trained", time.time() - t0)
         runs.append(run)
     return runs
