@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.metrics import roc_curve
@@ -18,6 +19,13 @@ from dpmammo.device import resolve_device
 from dpmammo.train import features as fc
 from dpmammo.train.predict import predict_proba
 from dpmammo.train.saved import load_run_model
+
+if TYPE_CHECKING:  # annotations only
+    import torch
+
+    from dpmammo.data.manifest import PatchRecord
+    from dpmammo.models import Classifier
+    from dpmammo.train.config import TrainConfig
 
 
 def evaluate_run(run_dir: str | Path, on: list[str], *, data_root: str | Path | None = None,
@@ -63,7 +71,8 @@ def evaluate_run(run_dir: str | Path, on: list[str], *, data_root: str | Path | 
     return results
 
 
-def _proba(cfg, model, records, flips: bool, dev) -> np.ndarray:
+def _proba(cfg: TrainConfig, model: Classifier, records: list[PatchRecord], flips: bool,
+           dev: torch.device) -> np.ndarray:
     """P(malignant) of each record as predict_proba gives it; for a head on a fixed backbone with
     `train.feature_cache`, the head on the backbone's cached features (the same numbers: the runs of
     a study that share a backbone compute each set's features once)."""
