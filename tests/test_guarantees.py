@@ -301,7 +301,7 @@ def test_provenance_carries_no_exact_private_count(phantom_root, tmp_path):
                          "image_size", "guarantee", "total", "chain", "dpmammo_version"}
     stage_keys = {"stage", "run", "data", "guarantee", "reason", "unit", "epsilon", "delta", "target_epsilon",
                   "mechanism", "noise_multiplier", "sample_rate", "steps", "accountant", "max_grad_norm",
-                  "sensitivity", "unit_count_noise", "note"}
+                  "sensitivity", "unit_count_noise", "releases", "note"}
     assert all(set(s) == stage_keys for s in prov["chain"])
     # phantom/train has 400 patients: no count field, and not the exact rate 16/400.
     text = (tmp_path / "s" / "provenance.json").read_text() + (tmp_path / "gan" / "log.txt").read_text()

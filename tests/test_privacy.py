@@ -16,12 +16,14 @@ def sgd(sigma: float, q: float, steps: int) -> DpSgdEvent:
     return DpSgdEvent(noise_multiplier=sigma, sample_rate=q, steps=steps, max_grad_norm=1.0, unit="patient")
 
 
-def dp_accounting_epsilon(sigma: float, q: float, steps: int, delta: float, count_noise: float | None = None) -> float:
+def dp_accounting_epsilon(sigma: float, q: float, steps: int, delta: float, count_noise: float | None = None,
+                          releases: tuple[float, ...] = ()) -> float:
     """Independent RDP computation (Mironov et al. 2019) with Google's library; `count_noise`: the
-    Gaussian release of the unit count (sensitivity 1) composed before the steps."""
+    Gaussian release of the unit count (sensitivity 1) composed before the steps; `releases`: the
+    noise multipliers of other Gaussian releases composed before them."""
     acc = dp_accounting.rdp.RdpAccountant(orders=RDP_ORDERS)
-    if count_noise is not None:
-        acc.compose(dp_accounting.GaussianDpEvent(count_noise))
+    for noise in ([count_noise] if count_noise is not None else []) + list(releases):
+        acc.compose(dp_accounting.GaussianDpEvent(noise))
     acc.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
     return acc.get_epsilon(delta)
 

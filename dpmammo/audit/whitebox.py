@@ -313,6 +313,10 @@ def audit_gradient_canaries(cfg, out, settings, *, progress: str = "lines"):
     if cfg.data.audit_split is not None:
         raise DpMammoError("the config sets data.audit_split: a gradient-canary audit trains on the whole private "
                            "set plus its canaries; remove it")
+    if cfg.train.centre_features is not None:
+        raise DpMammoError("the config sets train.centre_features: a gradient-canary audit measures the DP-SGD steps "
+                           "alone, not the centre's release before them; remove it, or audit the recipe with --method "
+                           "lira, rmia or one-run")
     t0 = time.time()
     say = (lambda msg: print(f"audit: {msg}", file=sys.stderr, flush=True)) if progress != "off" else (lambda msg: None)
     root = resolve_root(cfg.data.root)

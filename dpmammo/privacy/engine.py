@@ -143,6 +143,7 @@ class DPSetup:
     planned_steps: int
     config: PrivacyConfig
     curve: EpsilonCurve | None = None  # cheap running ε of an RDP stage (a PRV stage asks its accountant)
+    releases: tuple[GaussianRelease, ...] = ()  # the stage's releases before its steps, besides the count
 
     @property
     def sample_rate(self) -> float:
@@ -209,18 +210,18 @@ class DPSetup:
             self.model.enable_hooks()
 
     @property
-    def count_event(self) -> list[GaussianRelease]:
-        """The Gaussian release of the noisy unit count the sample rate was set from; [] when the
-        rate used an exact, public count."""
-        return count_release(self.sampler, self.config)
+    def release_events(self) -> list[GaussianRelease]:
+        """The Gaussian release of the noisy unit count the sample rate was set from ([] when the
+        rate used an exact, public count), then the stage's other releases before its steps."""
+        return [*count_release(self.sampler, self.config), *self.releases]
 
     def events(self) -> list[PrivacyEvent]:
-        """What the stage has spent so far: the count release, then the steps taken."""
-        return [*self.count_event, *self.accountant.events()]
+        """What the stage has spent so far: the count and other releases, then the steps taken."""
+        return [*self.release_events, *self.accountant.events()]
 
     def planned_events(self) -> list[PrivacyEvent]:
         """What the stage spends once it has taken its planned steps (what σ was calibrated for)."""
-        return [*self.count_event, DpSgdEvent(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate,
+        return [*self.release_events, DpSgdEvent(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate,
                                               steps=self.planned_steps, max_grad_norm=self.config.max_grad_norm,
                                               unit=self.config.unit)]
 
@@ -288,7 +289,7 @@ def choose_grad_sample_mode(model: nn.Module) -> str:
 
 def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer, sampler: PoissonUnits, epochs: int,
                  config: PrivacyConfig, criterion: nn.Module | None = None, prior: Sequence[PrivacyEvent] = (),
-                 world_size: int = 1) -> DPSetup:
+                 world_size: int = 1, releases: Sequence[GaussianRelease] = ()) -> DPSetup:
     """Wrap `model` and `optimizer` for DP-SGD at `config.target_epsilon` over `epochs`.
 
     Args:
@@ -310,6 +311,9 @@ def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer, sampler:
         world_size: the number of processes of one training over several (dpmammo.distributed):
             each rank's sampler yields its share of the units, each rank clips its own, and the
             optimizer sums over the ranks and adds the noise once (NoiseOnceAcrossRanks).
+        releases: Gaussian releases the stage made from its private units before its steps (the centre
+            of a head's features, dpmammo.train.centre): part of the stage, so the steps' noise is
+            calibrated to their composition with them whatever `config.target`.
 
     Returns:
         a DPSetup. Its accountant is attached to the optimizer and counts every real step.
@@ -319,7 +323,7 @@ def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer, sampler:
     if getattr(criterion, "reduction", "mean") != "mean":
         raise DpMammoError(f"the DP loss must use reduction='mean' (got {criterion.reduction!r})")
     steps = steps_for(epochs, sampler.sample_rate)
-    count = count_release(sampler, config)
+    count = [*count_release(sampler, config), *releases]
     before = [*(prior if config.target == "total" else ()), *count]
     sigma = calibrate_noise(target_epsilon=config.target_epsilon, delta=config.delta,
                             sample_rate=sampler.sample_rate, steps=steps, accountant=config.accountant, prior=before)
@@ -335,7 +339,7 @@ def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer, sampler:
     curve = EpsilonCurve(sigma, sampler.sample_rate, config.delta, before=count) if config.accountant == "rdp" else None
     return DPSetup(model=gsm, optimizer=dp_opt, criterion=dp_criterion, grad_sample_mode=mode,
                    accountant=accountant, noise_multiplier=sigma, sampler=sampler, planned_steps=steps, config=config,
-                   curve=curve)
+                   curve=curve, releases=tuple(releases))
 
 
 # The optimizers' noise comes from the sampler's secret key (dpmammo.privacy.noise.NoiseAhead):

@@ -5,7 +5,8 @@ Two mechanisms spend budget in dpmammo:
   gradient clipped to C, Gaussian noise of standard deviation σ·C on the sum (Abadi et al., 2016);
 - `GaussianRelease`: one release of a sum whose L2 sensitivity to adding or removing a unit is
   Δ, with Gaussian noise of standard deviation σ·Δ (DP-MERF's mean embedding; the noisy unit count
-  a DP-SGD stage sets its sample rate from, Δ = 1).
+  a DP-SGD stage sets its sample rate from, Δ = 1; the centre of a head's features,
+  dpmammo.train.centre).
 
 σ is a noise multiplier in both: the noise over the sensitivity, so an event's privacy cost
 depends on σ (and q, steps) only. C, Δ and the unit say what the guarantee covers. Frozen and
@@ -54,11 +55,13 @@ class DpSgdEvent:
 
 @dataclass(frozen=True)
 class GaussianRelease:
-    """One Gaussian release of a sum of L2 sensitivity `sensitivity`, noise std noise_multiplier·sensitivity."""
+    """One Gaussian release of a sum of L2 sensitivity `sensitivity`, noise std noise_multiplier·sensitivity.
+    `what` names it for the ledger (the accounting ignores it)."""
 
     noise_multiplier: float
     sensitivity: float
     unit: Unit
+    what: str = ""
 
     def __post_init__(self):
         _check_positive("noise_multiplier", self.noise_multiplier)

@@ -47,6 +47,15 @@ class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ReleaseSpend(_Record):
+    """A Gaussian release a DP-SGD stage made before its steps, besides its unit count (the centre of
+    a head's features, dpmammo.train.centre): noise std noise_multiplier·sensitivity on a sum."""
+
+    what: str
+    noise_multiplier: float
+    sensitivity: float
+
+
 class StageSpend(_Record):
     """One stage's record. guarantee: dp (ε, δ below hold for `unit`), none (see `reason`),
     public (touched no private data). A stage that added noise records its `mechanism`: dp-sgd
@@ -72,14 +81,17 @@ class StageSpend(_Record):
     # σ of the Gaussian release of the private unit count (sensitivity 1) that `sample_rate` was set
     # from; the exact count is never recorded (under add/remove adjacency it is private).
     unit_count_noise: Optional[float] = None
+    releases: list[ReleaseSpend] = []  # dp-sgd: its other releases before its steps, in order
     note: str = ""
 
     def events(self) -> list[PrivacyEvent]:
-        """What a DP stage spent, in order: the release of its noisy unit count (if it made one),
-        then its DP-SGD steps or its Gaussian release; [] for a stage without a guarantee."""
+        """What a DP stage spent, in order: the release of its noisy unit count (if it made one), its
+        other releases, then its DP-SGD steps or its Gaussian release; [] for a stage without a guarantee."""
         if self.guarantee != "dp":
             return []
         count = [] if self.unit_count_noise is None else [GaussianRelease.unit_count(self.unit_count_noise, self.unit)]
+        count += [GaussianRelease(noise_multiplier=r.noise_multiplier, sensitivity=r.sensitivity, unit=self.unit,
+                                  what=r.what) for r in self.releases]
         if self.mechanism == "gaussian-release":
             own = GaussianRelease(noise_multiplier=self.noise_multiplier, sensitivity=self.sensitivity, unit=self.unit)
         else:
@@ -111,6 +123,8 @@ class StageSpend(_Record):
             raise ValueError(f"a {self.mechanism} stage records {', '.join(missing)}")
         if self.mechanism == "gaussian-release" and (self.sample_rate, self.steps, self.max_grad_norm) != (None,) * 3:
             raise ValueError("a gaussian-release stage has no sample_rate, steps or max_grad_norm (it is not DP-SGD)")
+        if self.releases and self.mechanism != "dp-sgd":
+            raise ValueError("only a dp-sgd stage records releases before its steps")
         return self
 
 
@@ -154,6 +168,8 @@ def dp_stage(*, stage: str, run: str, data: list[str], dp, note: str = "", plann
         sample_rate=dp.sample_rate,
         steps=dp.planned_steps if planned else dp.steps_taken, accountant=p.accountant, max_grad_norm=p.max_grad_norm,
         unit_count_noise=dp.sampler.unit_count_noise,
+        releases=[ReleaseSpend(what=r.what, noise_multiplier=r.noise_multiplier, sensitivity=r.sensitivity)
+                  for r in dp.releases],
         note=("seeded noise: anyone who knows train.seed can remove it; for tests only. " if seeded else "") + note)
 
 

@@ -233,6 +233,10 @@ class PoissonUnits:
         self._records_of = torch.split(order, counts.tolist())  # unit → its record indices
         self.max_unit_size = int(counts.max()) if len(units) else 0
 
+    def records_of_units(self) -> list[torch.Tensor]:
+        """The record indices of each unit, in unit order (every rank holds all of them)."""
+        return list(self._records_of)
+
     def next_batch(self) -> Batch:
         u = self.key.uniform("sample", self.draws, self.n_units)
         self.draws += 1

@@ -33,7 +33,7 @@ from dpmammo.errors import DpMammoError
 from dpmammo.privacy.budget import Epsilon, format_epsilon, is_private
 from dpmammo.privacy.config import PrivacyConfig, PrivacySettings
 from dpmammo.study.conditions import CONDITION_ALIASES, PRIOR_CONDITIONS, Condition, STAGES, Stage
-from dpmammo.train.config import ModelConfig, OptimConfig, TrainSettings
+from dpmammo.train.config import FeatureCentreConfig, ModelConfig, OptimConfig, TrainSettings
 from dpmammo.train.pretrain_config import PretrainConfig
 from dpmammo.models.config import CnnSmallConfig
 
@@ -49,6 +49,9 @@ class StageOverride(StrictModel):
     select: Optional[Literal["best-val-auroc", "last"]] = Field(None, description="train.select for this stage")
     test_flips: Optional[bool] = Field(None, description="train.test_flips for this stage")
     augment: Optional[Literal["flips", "none"]] = Field(None, description="train.augment for this stage")
+    centre_features: Optional[FeatureCentreConfig] = Field(
+        None, description="train.centre_features for this stage (a head on cached features): its inputs centred on "
+                          "their DP training mean, e.g. {clip: 40, noise_multiplier: 12}")
     optim: dict[str, Any] = Field(default_factory=dict,
                                   description="keys of the optim block to change, e.g. {momentum: 0.9}; with another "
                                               "optimiser's name, its whole block, e.g. {name: sgd, lr: 0.1, momentum: 0.9}")

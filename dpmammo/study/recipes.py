@@ -166,6 +166,8 @@ def stage_config(study: StudyConfig, stage: str, *, train_sets: list[str], eps: 
             train["test_flips"] = over.test_flips
         if over.augment is not None:
             train["augment"] = over.augment
+        if over.centre_features is not None:
+            train["centre_features"] = over.centre_features.model_dump()
     data = {"root": study.data_root, "train": train_sets, "val": study.val_set}
     return parse_config(TrainConfig, {"data": data, "model": model_block, "optim": optim, "train": train,
                                       "privacy": None if privacy is None else privacy.model_dump()},

@@ -42,6 +42,20 @@ class OptimConfig(StrictModel):
         return self
 
 
+class FeatureCentreConfig(StrictModel):
+    """Centre a head's inputs on the training set's mean feature vector (Tramèr & Boneh 2021 normalise
+    ScatterNet features with DP statistics): the mean over the units of privacy of each unit's mean
+    feature vector (over its patches and views), clipped to `clip` in L2, divided by the stage's noisy
+    unit count. Under DP the clipped sum is one Gaussian release of sensitivity `clip` (noise std
+    noise_multiplier·clip), composed with the stage's steps: their σ is calibrated so that the stage
+    as a whole meets its target ε. Without DP the sum is exact. The head trains on centred features;
+    the released head folds the centre into its bias (post-processing), so it scores raw features."""
+
+    clip: float = Field(gt=0, description="L2 bound on a unit's mean feature vector (the release's sensitivity)")
+    noise_multiplier: float = Field(gt=0, description="under DP: the release's noise std over `clip`; the larger, "
+                                                      "the less of the stage's ε it takes from the steps")
+
+
 class TrainSettings(StrictModel):
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(64, ge=1, description="logical batch; under DP the expected Poisson batch")
@@ -64,6 +78,9 @@ class TrainSettings(StrictModel):
         None, gt=0, lt=1, description="keep an exponential moving average of the weights (post-processing: free under "
                                       "DP); each epoch scores both the weights and their average on validation, and "
                                       "selection may pick either (`last`: the average); absent: no average")
+    centre_features: Optional[FeatureCentreConfig] = Field(
+        None, description="a head on cached features: train it on features centred on their (DP) training mean "
+                          "(FeatureCentreConfig); absent: the features as the backbone gives them")
     select: Literal["best-val-auroc", "last"] = Field(
         "best-val-auroc", description="which epoch's weights to keep; validation data is not DP-accounted")
     test_flips: bool = Field(
@@ -108,6 +125,13 @@ class TrainConfig(StrictModel):
         if flip_invariant(self.model) and (self.train.augment != "none" or self.train.test_flips):
             raise ValueError(f"model.symmetrize: {self.model.symmetrize}: the features are the same in every "
                              "flip; set train.augment: none and train.test_flips: false")
+        return self
+
+    @model_validator(mode="after")
+    def _centre_needs_cached_features(self):
+        if self.train.centre_features is not None and not (self.model.freeze_backbone and self.train.feature_cache):
+            raise ValueError("train.centre_features centres a head's cached inputs: it needs model.freeze_backbone: "
+                             "true and train.feature_cache: true")
         return self
 
     @model_validator(mode="after")

@@ -31,6 +31,7 @@ from dpmammo.models import save_weights
 from dpmammo.models.config import flip_invariant
 from dpmammo.privacy import (DPSetup, StageSpend, check_planned_total, dp_stage, make_private, non_dp_stage,
                              prior_history, weights_stage, write_privacy)
+from dpmammo.privacy.events import GaussianRelease
 from dpmammo.privacy.ledger import synthetic_chain
 from dpmammo.privacy.nonprivate import NonPrivate
 from dpmammo.privacy.sampling import batch_selection, epoch_steps, secret_key
@@ -39,6 +40,7 @@ from dpmammo.progress import StepProgress
 from dpmammo.runs import METRICS, RunDir
 from dpmammo.train import features as fc
 from dpmammo.train.build import initial_model
+from dpmammo.train.centre import WHAT as CENTRE, feature_centre, fold_into_head
 from dpmammo.train.config import TrainConfig, input_paths
 from dpmammo.train.ema import ParameterEMA
 from dpmammo.train.members import apply_audit_split
@@ -154,12 +156,25 @@ def train_run(cfg: TrainConfig, stage: Stage, progress: bool) -> dict:
                               released_rate_units=run.released_rate_units() if stage.resuming else None,
                               views_per_record=cfg.train.augment_multiplicity, key=key,
                               shard=(ranks.rank, ranks.world))
+    # Centred head inputs: the centre is released once (under DP, a Gaussian release of the stage; a resume
+    # reuses the one its checkpoint holds) and the head trains on features minus it (dpmammo.train.centre).
+    centre, releases = None, []
+    if cfg.train.centre_features is not None:
+        centre, release = resumed_centre(cfg, run) if stage.resuming else feature_centre(
+            inputs, sampler, cfg.train.centre_features, cfg.privacy.unit if cfg.privacy is not None else None)
+        releases = [release] if release is not None else []
+        inputs, val_feats = inputs - centre, val_feats - centre
+        how = (f"a Gaussian release, sigma={release.noise_multiplier:g} clip={release.sensitivity:g}" if release
+               else "exact, no DP")
+        say(f"features centred on their training mean ({how}; norm {float(centre.norm()):.3g})")
+
     # DP-SGD or not, the steps ask one object (DPSetup or its non-private counterpart) how to update.
     dp = NonPrivate(criterion, optimizer, ranks)
     if cfg.privacy is not None:
         p = cfg.privacy
         dp = make_private(model=trainable, optimizer=optimizer, sampler=sampler, epochs=epochs, config=p,
-                          criterion=criterion, prior=prior_history(upstream, p), world_size=ranks.world)
+                          criterion=criterion, prior=prior_history(upstream, p), world_size=ranks.world,
+                          releases=releases)
         trainable, optimizer = dp.model, dp.optimizer
         check_planned_total(upstream, dp_stage(stage="classifier", run=run.name, data=cfg.data.train, dp=dp,
                                                planned=True))
@@ -176,7 +191,8 @@ def train_run(cfg: TrainConfig, stage: Stage, progress: bool) -> dict:
     if ema is not None:
         parts["ema"] = ema
     state = stage.begin(parts, dp, gen, best=None, best_auroc=-1.0, best_epoch=None,
-                        data={"train": [r.path for r in train_records], "val": [r.path for r in val_records]})
+                        data={"train": [r.path for r in train_records], "val": [r.path for r in val_records]},
+                        centre=centre.tolist() if centre is not None else None)
 
     steps_per_epoch = epoch_steps(sampler, epochs, dp.planned_steps)
     # Physical chunks bound the memory of a backbone pass. A head on cached features needs none (a
@@ -230,6 +246,8 @@ def train_run(cfg: TrainConfig, stage: Stage, progress: bool) -> dict:
     # Outputs: selected weights, privacy record, metrics (written last: it marks the run finished;
     # the checkpoint is deleted then).
     changing.load_state_dict(state["best"])
+    if centre is not None:
+        fold_into_head(model.head, centre)  # the released head scores raw features
     save_weights(model, run.weights)
     if cfg.privacy is not None:
         own = dp_stage(stage="classifier", run=run.name, data=cfg.data.train, dp=dp)
@@ -247,6 +265,19 @@ def train_run(cfg: TrainConfig, stage: Stage, progress: bool) -> dict:
     }
     return stage.finish(metrics, privacy,
                         f"done: val auroc {state['best_auroc']:.4f} (epoch {state['best_epoch']}); {privacy.describe()}")
+
+
+def resumed_centre(cfg: TrainConfig, run: RunDir) -> tuple[torch.Tensor, GaussianRelease | None]:
+    """The centre an interrupted stage released before its checkpoint, and that release: a resume
+    never releases it again (its fresh secret key would draw other noise: a second release)."""
+    saved = run.read_training_state().get("centre")
+    if saved is None:
+        raise DpMammoError(f"cannot resume {run.path}: its checkpoint holds no feature centre (written before "
+                           "train.centre_features was set?); train into another --out")
+    c, p = cfg.train.centre_features, cfg.privacy
+    release = None if p is None else GaussianRelease(noise_multiplier=c.noise_multiplier, sensitivity=c.clip,
+                                                     unit=p.unit, what=CENTRE)
+    return torch.tensor(saved, dtype=torch.float32), release
 
 
 def selection_note(cfg: TrainConfig) -> str:
