@@ -147,3 +147,25 @@ def test_a_study_sets_it_for_a_stages_dp_runs_only():
     dp_real = plan.runs["real/eps1/seed0"].config.train.centre_features
     assert (dp_real.clip, dp_real.noise_multiplier) == (40, 12)
     assert plan.runs["real/epsinf/seed0"].config.train.centre_features is None  # cnn-small: the whole model trains
+
+
+def test_every_rank_of_a_training_over_several_processes_releases_the_same_centre():
+    """Ranks share the stage's key and hold every unit's features, so each computes the one release
+    (no rank's share of the batches enters it); another key gives other noise."""
+    from dpmammo.privacy.sampling import PoissonUnits
+    from dpmammo.privacy.secret import SecretKey
+    from dpmammo.train.centre import feature_centre
+    from dpmammo.train.config import FeatureCentreConfig
+
+    units = torch.arange(40).repeat_interleave(3)
+    feats = torch.randn(120, 1, 8, generator=torch.Generator().manual_seed(1)) + 4
+    cfg = FeatureCentreConfig(**CENTRE)
+    key = SecretKey.fresh()
+    centres = [feature_centre(feats, PoissonUnits(units, 10, key, rate_units=41.0, shard=(r, 2)), cfg, "patient")[0]
+               for r in range(2)]
+    assert torch.equal(centres[0], centres[1])
+    other, release = feature_centre(feats, PoissonUnits(units, 10, SecretKey.fresh(), rate_units=41.0), cfg, "patient")
+    assert not torch.equal(other, centres[0]) and release.sensitivity == 3.0
+    # noise std σ_c·clip / N̂ per coordinate around the clipped mean sum / N̂
+    exact = clipped_unit_sum(feats, [torch.arange(3 * u, 3 * u + 3) for u in range(40)], 3.0) / 41.0
+    assert (other.double() - exact).abs().max().item() < 6 * 4.0 * 3.0 / 41.0
