@@ -90,6 +90,14 @@ class Ranks:
         torch.distributed.broadcast(buf, src=0)
         return bool(buf.item())
 
+    def share_tensor(self, t: torch.Tensor) -> torch.Tensor:
+        """Rank 0's tensor (same shape and dtype on every rank) on every rank."""
+        if not self.distributed:
+            return t
+        buf = t.to(self._tensor_device()).contiguous()
+        torch.distributed.broadcast(buf, src=0)
+        return buf.to(t.device)
+
     def share_module(self, module: torch.nn.Module) -> None:
         """Rank 0's parameters and buffers on every rank (what Opacus's DPDDP does at construction;
         done here without the wrapper, which would rename the state-dict keys)."""

@@ -57,9 +57,10 @@ def scatter_head_config(root, **over):
                           train__select="last", train__checkpoint_every_s=0, **over)
 
 
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
 def test_a_dp_run_releases_the_centre_once_counts_it_and_releases_a_head_that_scores_raw_features(phantom_root,
-                                                                                                   tmp_path):
-    private = {"target_epsilon": 4.0}  # secret noise: a stage with a guarantee lists its events
+                                                                                                   tmp_path, accountant):
+    private = {"target_epsilon": 4.0, "accountant": accountant}  # secret noise: a guaranteed stage lists its events
     m = fit(scatter_head_config(phantom_root, privacy__=private, train__centre_features=CENTRE), tmp_path / "centred",
             progress=False)
     own = read_privacy(tmp_path / "centred" / "privacy.json").own
@@ -68,15 +69,19 @@ def test_a_dp_run_releases_the_centre_once_counts_it_and_releases_a_head_that_sc
     assert (count.sensitivity, centre.sensitivity, centre.noise_multiplier) == (1.0, 3.0, 4.0)
     # The stage as a whole meets its target: its steps took more noise than they would alone...
     alone = calibrate_noise(target_epsilon=4.0, delta=own.delta, sample_rate=own.sample_rate, steps=own.steps,
-                            accountant="rdp", prior=[count])
+                            accountant=accountant, prior=[count])
     assert own.noise_multiplier == calibrate_noise(target_epsilon=4.0, delta=own.delta, sample_rate=own.sample_rate,
-                                                   steps=own.steps, accountant="rdp", prior=[count, centre])
+                                                   steps=own.steps, accountant=accountant, prior=[count, centre])
     assert own.noise_multiplier > alone * 1.01
+    # the ε logged each epoch includes it too: the last epoch's is the stage's
+    assert m["history"][-1]["epsilon"] == pytest.approx(own.epsilon, rel=2e-3)
     assert 3.95 <= own.epsilon <= 4.0
-    # ...and an independent accountant agrees on the composition of the three.
-    theirs = dp_accounting_epsilon(own.noise_multiplier, own.sample_rate, own.steps, own.delta, count_noise=20.0,
-                                   releases=(4.0,))
-    assert own.epsilon == pytest.approx(theirs, rel=0.01)
+    # ...and an independent accountant agrees on the composition of the three (RDP; PRV is checked
+    # against dp-accounting's PLD accountant in test_privacy.py on the same events).
+    if accountant == "rdp":
+        theirs = dp_accounting_epsilon(own.noise_multiplier, own.sample_rate, own.steps, own.delta, count_noise=20.0,
+                                       releases=(4.0,))
+        assert own.epsilon == pytest.approx(theirs, rel=0.01)
     assert "features centred on their training mean (a Gaussian release, sigma=4 clip=3" in \
         (tmp_path / "centred" / "log.txt").read_text()
     # The released head, on the raw cached features, gives the validation AUROC the run scored on centred ones.
@@ -101,8 +106,8 @@ def test_an_interrupted_run_resumes_with_the_centre_it_released(phantom_root, tm
     a secret), and a resume uses it instead of releasing a second one with its fresh key."""
     cfg = scatter_head_config(phantom_root, privacy__={"target_epsilon": 4.0}, train__centre_features=CENTRE)
     calls = []
-    real = centre_module.feature_centre
-    monkeypatch.setattr("dpmammo.train.loop.feature_centre", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = centre_module.dp_feature_centre
+    monkeypatch.setattr("dpmammo.train.loop.dp_feature_centre", lambda *a, **k: calls.append(1) or real(*a, **k))
     with stopped_after_first_checkpoint(monkeypatch):
         fit(cfg, tmp_path / "run", progress=False)
     saved = np.array(torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["state"]["centre"])
@@ -121,11 +126,24 @@ def test_a_non_private_run_centres_on_the_exact_mean_and_records_no_release(phan
     assert "(exact, no DP;" in (tmp_path / "run" / "log.txt").read_text()
 
 
+def test_a_centre_that_takes_the_whole_target_is_refused_before_any_step(phantom_root, tmp_path):
+    cfg = scatter_head_config(phantom_root, privacy__={"target_epsilon": 1.0},
+                              train__centre_features={"clip": 3.0, "noise_multiplier": 0.5})
+    with pytest.raises(DpMammoError, match=r"feature centre, with its noisy unit count\) already spend .* raise their "
+                                           r"noise multiplier \(train.centre_features.noise_multiplier\)"):
+        fit(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
 def test_centring_needs_a_head_on_cached_features(phantom_root):
     with pytest.raises(DpMammoError, match="centre_features centres a head's cached inputs"):
         phantom_config(phantom_root, train__centre_features=CENTRE)  # cnn-small: the whole model trains
     with pytest.raises(DpMammoError, match="centre_features centres a head's cached inputs"):
         scatter_head_config(phantom_root, train__centre_features=CENTRE, train__feature_cache=False)
+    swin = {"name": "swin_t", "pretrained": False, "freeze_backbone": True}
+    with pytest.raises(DpMammoError, match="folds the centre into a linear head: set model.head: linear"):
+        phantom_config(phantom_root, model__=swin, train__centre_features=CENTRE)  # its default head is an MLP
+    assert phantom_config(phantom_root, model__={**swin, "head": "linear"}, train__centre_features=CENTRE)
 
 
 def test_a_gradient_canary_audit_of_a_centred_recipe_is_refused_before_anything_is_written(phantom_root, tmp_path):
@@ -146,7 +164,7 @@ def test_a_study_sets_it_for_a_stages_dp_runs_only():
         "stages.real.dp.centre_features={clip: 40, noise_multiplier: 12}"]))
     dp_real = plan.runs["real/eps1/seed0"].config.train.centre_features
     assert (dp_real.clip, dp_real.noise_multiplier) == (40, 12)
-    assert plan.runs["real/epsinf/seed0"].config.train.centre_features is None  # cnn-small: the whole model trains
+    assert plan.runs["real/epsinf/seed0"].config.train.centre_features is None  # a `dp` block: DP runs only
 
 
 def test_every_rank_of_a_training_over_several_processes_releases_the_same_centre():
@@ -154,17 +172,18 @@ def test_every_rank_of_a_training_over_several_processes_releases_the_same_centr
     (no rank's share of the batches enters it); another key gives other noise."""
     from dpmammo.privacy.sampling import PoissonUnits
     from dpmammo.privacy.secret import SecretKey
-    from dpmammo.train.centre import feature_centre
+    from dpmammo.train.centre import dp_feature_centre
     from dpmammo.train.config import FeatureCentreConfig
 
     units = torch.arange(40).repeat_interleave(3)
     feats = torch.randn(120, 1, 8, generator=torch.Generator().manual_seed(1)) + 4
     cfg = FeatureCentreConfig(**CENTRE)
     key = SecretKey.fresh()
-    centres = [feature_centre(feats, PoissonUnits(units, 10, key, rate_units=41.0, shard=(r, 2)), cfg, "patient")[0]
+    centres = [dp_feature_centre(feats, PoissonUnits(units, 10, key, rate_units=41.0, shard=(r, 2)), cfg, "patient")[0]
                for r in range(2)]
     assert torch.equal(centres[0], centres[1])
-    other, release = feature_centre(feats, PoissonUnits(units, 10, SecretKey.fresh(), rate_units=41.0), cfg, "patient")
+    other, release = dp_feature_centre(feats, PoissonUnits(units, 10, SecretKey.fresh(), rate_units=41.0), cfg,
+                                       "patient")
     assert not torch.equal(other, centres[0]) and release.sensitivity == 3.0
     # noise std σ_c·clip / N̂ per coordinate around the clipped mean sum / N̂
     exact = clipped_unit_sum(feats, [torch.arange(3 * u, 3 * u + 3) for u in range(40)], 3.0) / 41.0

@@ -190,3 +190,9 @@ def flip_invariant(model: ModelConfig) -> bool:
     """Whether the model's features are the same in every flip of the patch (`scatter` with
     `symmetrize`), so that flip views of a patch only repeat them."""
     return isinstance(model, ScatterConfig) and model.symmetrize != "none"
+
+
+def has_linear_head(model: ModelConfig) -> bool:
+    """Whether the model's head is one linear layer (features → 2 logits): Swin-T's only with
+    `head: linear`, every other model's always."""
+    return not isinstance(model, SwinTConfig) or model.head == "linear"

@@ -178,7 +178,7 @@ class EpsilonCurve:
 
     def __init__(self, noise_multiplier: float, sample_rate: float, delta: float,
                  before: Sequence[PrivacyEvent] = ()):
-        """`before`: events composed ahead of the stage's steps (its noisy unit count)."""
+        """`before`: events composed ahead of the stage's steps (its noisy unit count, its other releases)."""
         self.delta = delta
         self._orders = np.array(RDP_ORDERS)
         self._rdp_one = np.array(rdp_analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier,

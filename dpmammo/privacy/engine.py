@@ -226,7 +226,7 @@ class DPSetup:
                                               unit=self.config.unit)]
 
     def epsilon(self) -> float:
-        """The stage's ε from its accountant and the count release: what privacy.json records."""
+        """The stage's ε from its accountant and its releases before the steps: what privacy.json records."""
         events = self.events()
         if not events:
             return 0.0
@@ -323,8 +323,14 @@ def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer, sampler:
     if getattr(criterion, "reduction", "mean") != "mean":
         raise DpMammoError(f"the DP loss must use reduction='mean' (got {criterion.reduction!r})")
     steps = steps_for(epochs, sampler.sample_rate)
-    count = [*count_release(sampler, config), *releases]
-    before = [*(prior if config.target == "total" else ()), *count]
+    own_releases = [*count_release(sampler, config), *releases]  # the stage's own, before its steps
+    spent = epsilon_of(own_releases, config.delta, config.accountant) if releases else 0.0
+    if spent >= config.target_epsilon:
+        raise DpMammoError(
+            f"the stage's releases before its steps ({', '.join(r.what or 'a release' for r in releases)}, with its "
+            f"noisy unit count) already spend ε={spent:.3g} of its target ε={config.target_epsilon:g}: raise their "
+            "noise multiplier (train.centre_features.noise_multiplier)")
+    before = [*(prior if config.target == "total" else ()), *own_releases]
     sigma = calibrate_noise(target_epsilon=config.target_epsilon, delta=config.delta,
                             sample_rate=sampler.sample_rate, steps=steps, accountant=config.accountant, prior=before)
     prepare_for_dp(model)
@@ -336,7 +342,8 @@ def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer, sampler:
                                                 config.max_grad_norm, sampler.key, world_size > 1)
     accountant = StepAccountant(config.accountant, max_grad_norm=config.max_grad_norm, unit=config.unit)
     dp_opt.attach_step_hook(accountant.optimizer_hook(sampler.sample_rate))
-    curve = EpsilonCurve(sigma, sampler.sample_rate, config.delta, before=count) if config.accountant == "rdp" else None
+    curve = (EpsilonCurve(sigma, sampler.sample_rate, config.delta, before=own_releases) if config.accountant == "rdp"
+             else None)
     return DPSetup(model=gsm, optimizer=dp_opt, criterion=dp_criterion, grad_sample_mode=mode,
                    accountant=accountant, noise_multiplier=sigma, sampler=sampler, planned_steps=steps, config=config,
                    curve=curve, releases=tuple(releases))

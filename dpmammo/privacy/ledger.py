@@ -90,14 +90,14 @@ class StageSpend(_Record):
         if self.guarantee != "dp":
             return []
         count = [] if self.unit_count_noise is None else [GaussianRelease.unit_count(self.unit_count_noise, self.unit)]
-        count += [GaussianRelease(noise_multiplier=r.noise_multiplier, sensitivity=r.sensitivity, unit=self.unit,
+        others = [GaussianRelease(noise_multiplier=r.noise_multiplier, sensitivity=r.sensitivity, unit=self.unit,
                                   what=r.what) for r in self.releases]
         if self.mechanism == "gaussian-release":
             own = GaussianRelease(noise_multiplier=self.noise_multiplier, sensitivity=self.sensitivity, unit=self.unit)
         else:
             own = DpSgdEvent(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=self.steps,
                              max_grad_norm=self.max_grad_norm, unit=self.unit)
-        return [*count, own]
+        return [*count, *others, own]
 
     @model_validator(mode="before")
     @classmethod

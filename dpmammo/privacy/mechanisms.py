@@ -1,4 +1,5 @@
-"""Release mechanisms other than DP-SGD: one Gaussian release of a sum, the one entry point for it.
+"""Release mechanisms other than DP-SGD: one Gaussian release of a sum, the one entry point for it
+(`gaussian_release` calibrates σ to a target; `noisy_sum` adds the noise of a σ already set).
 
 A stage that releases a statistic once (DP-MERF's labelled mean embedding; any later release
 mechanism) calls `gaussian_release` and records the `GaussianRelease` it returns with
@@ -47,7 +48,15 @@ def gaussian_release(values: Callable[[], torch.Tensor], *, sensitivity: float, 
         check_delta(privacy.delta, n_private_units, privacy.unit)
     sigma = calibrate_noise(target_epsilon=privacy.target_epsilon, delta=privacy.delta, sample_rate=1.0, steps=1,
                             accountant=privacy.accountant, prior=prior)
-    release = GaussianRelease(noise_multiplier=sigma, sensitivity=sensitivity, unit=privacy.unit)
-    exact = values()
-    noise, = key.gaussian_noise("release", index, [exact.shape], sigma * sensitivity)
+    return noisy_sum(values(), GaussianRelease(noise_multiplier=sigma, sensitivity=sensitivity, unit=privacy.unit),
+                     key=key, index=index)
+
+
+def noisy_sum(exact: torch.Tensor, release: GaussianRelease, *, key: SecretKey, index: int = 0
+              ) -> tuple[torch.Tensor, GaussianRelease]:
+    """exact + N(0, (σ·Δ)² I) for a release whose σ is already set (by `gaussian_release`'s calibration,
+    or by its stage, which then composes it with its other events: dpmammo.train.centre). `exact`
+    must move by at most Δ = release.sensitivity in L2 when one unit is added or removed.
+    `index`: which release of the stage this is (each draws its own noise from the key)."""
+    noise, = key.gaussian_noise("release", index, [exact.shape], release.noise_multiplier * release.sensitivity)
     return exact + noise.to(device=exact.device, dtype=exact.dtype), release

@@ -64,7 +64,8 @@ def privacy_table(cfg: StudyConfig, study_dir: Path) -> str:
         # A Gaussian release has no sample rate and is one release, not steps of DP-SGD.
         release = own.mechanism == "gaussian-release"
         rows.append([run_id, own.stage, own.guarantee + (f" ({own.reason})" if own.reason else ""), own.unit or "",
-                     _fmt(own.epsilon, ".3f"), _fmt(own.delta, ".0e"), _fmt(own.noise_multiplier, ".3f"),
+                     _fmt(own.epsilon, ".3f"), _fmt(own.delta, ".0e"),
+                     _fmt(own.noise_multiplier, ".3f") + "".join(f"; {r.what} {r.noise_multiplier:g}" for r in own.releases),
                      _fmt(own.sample_rate, ".4f"), "one Gaussian release" if release else _fmt(own.steps),
                      rec.describe()])
     return html_table(head, rows, "privacy")

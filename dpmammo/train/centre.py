@@ -9,10 +9,11 @@ Boneh 2021 normalise ScatterNet features with DP statistics the same way).
 
 The release: each unit of privacy's mean feature vector (over its patches and views), clipped to
 L2 norm `clip`, summed over units, plus Gaussian noise of std `noise_multiplier·clip` from the
-stage's secret key; divided by the stage's noisy unit count, which the stage has released already
-(dpmammo.privacy.sampling), so the division costs nothing. Adding or removing a unit moves the sum
+stage's secret key (dpmammo.privacy.mechanisms.noisy_sum); divided by the unit count the stage's
+sample rate uses (its public units plus the noisy count of its private ones, at least the batch
+size: released already, so the division costs nothing). Adding or removing a unit moves the sum
 by at most `clip`: one Gaussian release of that sensitivity, which `make_private` composes with the
-stage's steps. Without DP: the plain mean over the records.
+stage's steps. Without DP: the plain mean over the records (each record's views averaged).
 
 The head trains on `features − centre`; the weights released fold the centre into the head's bias
 (`fold_into_head`), so the released model scores raw features and nothing downstream changes.
@@ -24,11 +25,19 @@ import torch
 from torch import nn
 
 from dpmammo.errors import DpMammoError
+from dpmammo.privacy.config import Unit
 from dpmammo.privacy.events import GaussianRelease
-from dpmammo.privacy.sampling import PoissonUnits, ShuffledBatches
+from dpmammo.privacy.mechanisms import noisy_sum
+from dpmammo.privacy.sampling import PoissonUnits
 from dpmammo.train.config import FeatureCentreConfig
 
-WHAT = "feature centre"
+CENTRE_RELEASE = "feature centre"  # the release's name in the ledger
+CENTRE_DRAW = 0  # its index among the stage's "release" draws (a training stage makes no other)
+
+
+def centre_release(cfg: FeatureCentreConfig, unit: Unit) -> GaussianRelease:
+    """The privacy event of the centre's release (the same whether drawn now or read from a checkpoint)."""
+    return GaussianRelease(noise_multiplier=cfg.noise_multiplier, sensitivity=cfg.clip, unit=unit, what=CENTRE_RELEASE)
 
 
 def clipped_unit_sum(features: torch.Tensor, units: list[torch.Tensor], clip: float) -> torch.Tensor:
@@ -41,17 +50,18 @@ def clipped_unit_sum(features: torch.Tensor, units: list[torch.Tensor], clip: fl
     return (means * torch.clamp(clip / norms.clamp_min(1e-12), max=1.0)).sum(0)
 
 
-def feature_centre(features: torch.Tensor, sampler: PoissonUnits | ShuffledBatches, cfg: FeatureCentreConfig,
-                   unit: str | None) -> tuple[torch.Tensor, GaussianRelease | None]:
-    """The centre (F,) float32 of `features` (N, views, F) as the module docstring releases it, and
-    the release (None without DP: the exact mean over the records)."""
-    if not isinstance(sampler, PoissonUnits):
-        return features.double().mean((0, 1)).float(), None
-    total = clipped_unit_sum(features, sampler.records_of_units(), cfg.clip)
-    noise, = sampler.key.gaussian_noise("release", 0, [total.shape], cfg.noise_multiplier * cfg.clip)
-    centre = (total + noise) / sampler.rate_units
-    return centre.float(), GaussianRelease(noise_multiplier=cfg.noise_multiplier, sensitivity=cfg.clip,
-                                           unit=unit, what=WHAT)
+def dp_feature_centre(features: torch.Tensor, sampler: PoissonUnits, cfg: FeatureCentreConfig,
+                      unit: Unit) -> tuple[torch.Tensor, GaussianRelease]:
+    """The centre (F,) float32 of `features` (N, views, F) as the module docstring releases it under
+    DP, drawn with the sampler's secret key, and its release."""
+    total, release = noisy_sum(clipped_unit_sum(features, sampler.records_of_units(), cfg.clip),
+                               centre_release(cfg, unit), key=sampler.key, index=CENTRE_DRAW)
+    return (total / sampler.rate_units).float(), release
+
+
+def exact_feature_centre(features: torch.Tensor) -> torch.Tensor:
+    """Without DP: the mean over records of `features` (N, views, F), each record's views averaged."""
+    return features.double().mean((0, 1)).float()
 
 
 @torch.no_grad()

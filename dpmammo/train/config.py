@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from typing_extensions import Annotated
 
 from dpmammo.config import Seed, StrictModel
-from dpmammo.models.config import CnnSmallConfig, flip_invariant
+from dpmammo.models.config import CnnSmallConfig, flip_invariant, has_linear_head
 from dpmammo.models.config import ModelConfig as AnyModelConfig
 from dpmammo.privacy.config import PrivacyConfig
 from dpmammo.train.members import AuditSplit
@@ -44,14 +44,16 @@ class OptimConfig(StrictModel):
 
 class FeatureCentreConfig(StrictModel):
     """Centre a head's inputs on the training set's mean feature vector (Tramèr & Boneh 2021 normalise
-    ScatterNet features with DP statistics): the mean over the units of privacy of each unit's mean
-    feature vector (over its patches and views), clipped to `clip` in L2, divided by the stage's noisy
-    unit count. Under DP the clipped sum is one Gaussian release of sensitivity `clip` (noise std
-    noise_multiplier·clip), composed with the stage's steps: their σ is calibrated so that the stage
-    as a whole meets its target ε. Without DP the sum is exact. The head trains on centred features;
-    the released head folds the centre into its bias (post-processing), so it scores raw features."""
+    ScatterNet features with DP statistics). Under DP: each unit of privacy's mean feature vector (over
+    its patches and views) clipped to `clip` in L2, summed, with Gaussian noise of std
+    noise_multiplier·clip (one release of sensitivity `clip`, composed with the stage's steps: their σ
+    is calibrated so that the stage as a whole meets its target ε), divided by the unit count the
+    sample rate uses (dpmammo.train.centre). Without DP: the plain mean over the records (`clip` and
+    `noise_multiplier` unused). The head trains on centred features; the released head folds the
+    centre into its bias (post-processing), so it scores raw features. A linear head only."""
 
-    clip: float = Field(gt=0, description="L2 bound on a unit's mean feature vector (the release's sensitivity)")
+    clip: float = Field(gt=0, description="under DP: L2 bound on a unit's mean feature vector (the release's "
+                                          "sensitivity)")
     noise_multiplier: float = Field(gt=0, description="under DP: the release's noise std over `clip`; the larger, "
                                                       "the less of the stage's ε it takes from the steps")
 
@@ -129,9 +131,13 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _centre_needs_cached_features(self):
-        if self.train.centre_features is not None and not (self.model.freeze_backbone and self.train.feature_cache):
+        if self.train.centre_features is None:
+            return self
+        if not (self.model.freeze_backbone and self.train.feature_cache):
             raise ValueError("train.centre_features centres a head's cached inputs: it needs model.freeze_backbone: "
                              "true and train.feature_cache: true")
+        if not has_linear_head(self.model):
+            raise ValueError("train.centre_features folds the centre into a linear head: set model.head: linear")
         return self
 
     @model_validator(mode="after")

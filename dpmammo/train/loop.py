@@ -9,7 +9,8 @@ logical batches of units (patients by default), each unit's gradient clipped to
 `max_grad_norm`, Gaussian noise from a secret generator, RDP/PRV accounting.
 
 Released under DP: the weights of the selected epoch (selection uses the validation set), the
-per-epoch validation AUROC and ε. Training losses are computed from private batches without
+per-epoch validation AUROC and ε, and with `train.centre_features` the noisy centre of the head's
+inputs (dpmammo.train.centre; folded into the head, and kept in the checkpoint for a resume). Training losses are computed from private batches without
 noise, so they are not recorded for DP runs (privacy.json's notes say so).
 """
 
@@ -31,7 +32,6 @@ from dpmammo.models import save_weights
 from dpmammo.models.config import flip_invariant
 from dpmammo.privacy import (DPSetup, StageSpend, check_planned_total, dp_stage, make_private, non_dp_stage,
                              prior_history, weights_stage, write_privacy)
-from dpmammo.privacy.events import GaussianRelease
 from dpmammo.privacy.ledger import synthetic_chain
 from dpmammo.privacy.nonprivate import NonPrivate
 from dpmammo.privacy.sampling import batch_selection, epoch_steps, secret_key
@@ -40,7 +40,7 @@ from dpmammo.progress import StepProgress
 from dpmammo.runs import METRICS, RunDir
 from dpmammo.train import features as fc
 from dpmammo.train.build import initial_model
-from dpmammo.train.centre import WHAT as CENTRE, feature_centre, fold_into_head
+from dpmammo.train.centre import centre_release, dp_feature_centre, exact_feature_centre, fold_into_head
 from dpmammo.train.config import TrainConfig, input_paths
 from dpmammo.train.ema import ParameterEMA
 from dpmammo.train.members import apply_audit_split
@@ -160,12 +160,17 @@ def train_run(cfg: TrainConfig, stage: Stage, progress: bool) -> dict:
     # reuses the one its checkpoint holds) and the head trains on features minus it (dpmammo.train.centre).
     centre, releases = None, []
     if cfg.train.centre_features is not None:
-        centre, release = resumed_centre(cfg, run) if stage.resuming else feature_centre(
-            inputs, sampler, cfg.train.centre_features, cfg.privacy.unit if cfg.privacy is not None else None)
-        releases = [release] if release is not None else []
+        c = cfg.train.centre_features
+        if cfg.privacy is None:
+            centre, how = exact_feature_centre(inputs), "exact, no DP"
+        else:
+            if stage.resuming:
+                centre, release = resumed_centre(run), centre_release(c, cfg.privacy.unit)
+            else:
+                centre, release = dp_feature_centre(inputs, sampler, c, cfg.privacy.unit)
+            releases, how = [release], f"a Gaussian release, sigma={c.noise_multiplier:g} clip={c.clip:g}"
+        centre = ranks.share_tensor(centre)  # rank 0's on every rank (each computes it alike: one key, all units)
         inputs, val_feats = inputs - centre, val_feats - centre
-        how = (f"a Gaussian release, sigma={release.noise_multiplier:g} clip={release.sensitivity:g}" if release
-               else "exact, no DP")
         say(f"features centred on their training mean ({how}; norm {float(centre.norm()):.3g})")
 
     # DP-SGD or not, the steps ask one object (DPSetup or its non-private counterpart) how to update.
@@ -267,17 +272,14 @@ def train_run(cfg: TrainConfig, stage: Stage, progress: bool) -> dict:
                         f"done: val auroc {state['best_auroc']:.4f} (epoch {state['best_epoch']}); {privacy.describe()}")
 
 
-def resumed_centre(cfg: TrainConfig, run: RunDir) -> tuple[torch.Tensor, GaussianRelease | None]:
-    """The centre an interrupted stage released before its checkpoint, and that release: a resume
-    never releases it again (its fresh secret key would draw other noise: a second release)."""
+def resumed_centre(run: RunDir) -> torch.Tensor:
+    """The centre an interrupted DP stage released before its checkpoint: a resume never releases it
+    again (its fresh secret key would draw other noise: a second release)."""
     saved = run.read_training_state().get("centre")
     if saved is None:
         raise DpMammoError(f"cannot resume {run.path}: its checkpoint holds no feature centre (written before "
                            "train.centre_features was set?); train into another --out")
-    c, p = cfg.train.centre_features, cfg.privacy
-    release = None if p is None else GaussianRelease(noise_multiplier=c.noise_multiplier, sensitivity=c.clip,
-                                                     unit=p.unit, what=CENTRE)
-    return torch.tensor(saved, dtype=torch.float32), release
+    return torch.tensor(saved, dtype=torch.float32)
 
 
 def selection_note(cfg: TrainConfig) -> str:
