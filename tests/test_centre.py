@@ -123,7 +123,7 @@ def test_a_non_private_run_centres_on_the_exact_mean_and_records_no_release(phan
     fit(scatter_head_config(phantom_root, train__centre_features=CENTRE), tmp_path / "run", progress=False)
     rec = read_privacy(tmp_path / "run" / "privacy.json")
     assert rec.own.releases == [] and rec.total.reason == "non-private"
-    assert "(exact, no DP;" in (tmp_path / "run" / "log.txt").read_text()
+    assert "(exact, no DP)" in (tmp_path / "run" / "log.txt").read_text()
 
 
 def test_a_centre_that_takes_the_whole_target_is_refused_before_any_step(phantom_root, tmp_path):

@@ -171,7 +171,7 @@ def train_run(cfg: TrainConfig, stage: Stage, progress: bool) -> dict:
             releases, how = [release], f"a Gaussian release, sigma={c.noise_multiplier:g} clip={c.clip:g}"
         centre = ranks.share_tensor(centre)  # rank 0's on every rank (each computes it alike: one key, all units)
         inputs, val_feats = inputs - centre, val_feats - centre
-        say(f"features centred on their training mean ({how}; norm {float(centre.norm()):.3g})")
+        say(f"features centred on their training mean ({how})")  # no value of it: a log outlives a killed attempt
 
     # DP-SGD or not, the steps ask one object (DPSetup or its non-private counterpart) how to update.
     dp = NonPrivate(criterion, optimizer, ranks)
