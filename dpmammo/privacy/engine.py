@@ -328,8 +328,8 @@ def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer, sampler:
     if spent >= config.target_epsilon:
         raise DpMammoError(
             f"the stage's releases before its steps ({', '.join(r.what or 'a release' for r in releases)}, with its "
-            f"noisy unit count) already spend ε={spent:.3g} of its target ε={config.target_epsilon:g}: raise their "
-            "noise multiplier (train.centre_features.noise_multiplier)")
+            f"noisy unit count) already spend ε={spent:.3g} of its target ε={config.target_epsilon:g} per "
+            f"{config.unit}: raise their noise multiplier (train.centre_features.noise_multiplier)")
     before = [*(prior if config.target == "total" else ()), *own_releases]
     sigma = calibrate_noise(target_epsilon=config.target_epsilon, delta=config.delta,
                             sample_rate=sampler.sample_rate, steps=steps, accountant=config.accountant, prior=before)

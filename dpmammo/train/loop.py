@@ -10,8 +10,9 @@ logical batches of units (patients by default), each unit's gradient clipped to
 
 Released under DP: the weights of the selected epoch (selection uses the validation set), the
 per-epoch validation AUROC and ε, and with `train.centre_features` the noisy centre of the head's
-inputs (dpmammo.train.centre; folded into the head, and kept in the checkpoint for a resume). Training losses are computed from private batches without
-noise, so they are not recorded for DP runs (privacy.json's notes say so).
+inputs (dpmammo.train.centre; folded into the head, and kept in the checkpoint for a resume).
+Training losses are computed from private batches without noise, so they are not recorded for DP
+runs (privacy.json's notes say so).
 """
 
 from __future__ import annotations
