@@ -175,6 +175,12 @@ RECIPES: dict[str, tuple[dict, bool]] = {
                                            "symmetrize": "dihedral"},
                                  "optim": {"name": "sgd", "lr": 0.001, "momentum": 0.9, "weight_decay": 1e-3},
                                  "train": {"epochs": 30, "batch_size": 64, "augment": "none"}}, False),
+    # Tramèr & Boneh's ScatterNet+CNN: the J = 4 coefficient maps unpooled (417 × 8 × 8) and a small CNN
+    # head on them (ScatterCnnHead), AdamW as their CNN; the 4 flips as views
+    "scatter-128-j4p8-cnn-inf": ({"model": {"name": "scatter", "input_size": 128, "J": 4, "pool": 8, "groups": 139,
+                                            "head": "cnn", "head_width": 64},
+                                  "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01},
+                                  "train": {"epochs": 30, "batch_size": 64}}, False),
     "probe-b512-last": ({"model": {"freeze_backbone": True}, "init_weights": "backbone",
                          "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
                          "train": {"epochs": 10, "batch_size": 512, "select": "last"}}, True),

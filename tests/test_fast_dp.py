@@ -85,21 +85,25 @@ def test_cached_features_train_the_same_head(phantom_root, tmp_path, monkeypatch
         assert own.steps == round(2 / own.sample_rate) and 35 < 10 / own.sample_rate < 45
 
 
-def test_dp_head_on_scatter_features_is_the_same_cached_or_not(phantom_root, tmp_path):
+@pytest.mark.parametrize("head", ["linear", "cnn"])
+def test_dp_head_on_scatter_features_is_the_same_cached_or_not(phantom_root, tmp_path, head):
     """The parameter-free scatter backbone under make_private: uncached, the whole model goes to
-    Opacus (the head alone trains); cached, the head trains on stored features. Same head."""
+    Opacus (the head alone trains); cached, the head trains on stored features. Same head, be it
+    the linear one or the CNN on the coefficient maps."""
+    model = {"name": "scatter", "input_size": 32, "pool": 2, "head": head, "head_width": 8}
     heads = {}
     for cache in (False, True):
-        cfg = TrainConfig.model_validate({**frozen_cnn_config(phantom_root, cache, dp=True).model_dump(),
-                                          "model": {"name": "scatter", "input_size": 32, "pool": 2}})
+        cfg = TrainConfig.model_validate({**frozen_cnn_config(phantom_root, cache, dp=True).model_dump(), "model": model})
         fit(cfg, tmp_path / f"run-{cache}", progress=False)
         heads[cache] = load_file(str(tmp_path / f"run-{cache}" / "model.safetensors"))
-    assert set(heads[True]) == {"head.weight", "head.bias"}
+    assert all(key.startswith("head.") for key in heads[True]) and set(heads[True]) == set(heads[False])
+    assert len(heads[True]) == (2 if head == "linear" else 14)  # 3 convs, 3 GroupNorms, the last linear layer: 2 each
     for key in heads[True]:
         torch.testing.assert_close(heads[True][key], heads[False][key], atol=2e-5, rtol=1e-4, msg=key)
-    torch.manual_seed(3)
-    start = create_model("scatter", input_size=32, pool=2).state_dict()
-    assert (heads[True]["head.weight"] - start["head.weight"]).abs().max() > 1e-3  # the head moved
+    torch.manual_seed(cfg.train.seed)
+    start = create_model(cfg.model).state_dict()
+    last = "head.weight" if head == "linear" else "head.13.weight"
+    assert (heads[True][last] - start[last]).abs().max() > 1e-3  # the head moved
 
 
 def test_test_flips_score_the_mean_logit_over_the_four_flips(phantom_root, tmp_path):
@@ -167,6 +171,13 @@ def tiny_head() -> nn.Module:
     return nn.Sequential(nn.Linear(12, 7), nn.ReLU(), nn.Linear(7, 2))
 
 
+def tiny_scatter_cnn_head() -> nn.Module:
+    """The scatter model's CNN head (ScatterCnnHead) on the flattened maps of 3 channels of side 4."""
+    from dpmammo.models.scatter import ScatterCnnHead
+
+    return ScatterCnnHead(3, 4, 8)
+
+
 def tiny_token_head() -> nn.Module:
     """Linear layers on (B, T, F) token inputs, then a linear classifier on the flattened tokens."""
     return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Flatten(), nn.Linear(15, 2))
@@ -208,7 +219,8 @@ PATIENT_GROUPS = torch.tensor([0, 0, 1, 2, 2])
 
 
 NETWORKS = {"cnn": (tiny_cnn, (5, 1, 32, 32)), "ws-cnn": (tiny_ws_cnn, (5, 1, 32, 32)),
-            "swin": (tiny_swin, (5, 3, 56, 56)), "head": (tiny_head, (5, 12)), "token-head": (tiny_token_head, (5, 3, 6))}
+            "swin": (tiny_swin, (5, 3, 56, 56)), "head": (tiny_head, (5, 12)),
+            "scatter-cnn-head": (tiny_scatter_cnn_head, (5, 48)), "token-head": (tiny_token_head, (5, 3, 6))}
 CASES = [(net, mode) for net in NETWORKS for mode in (*MODES, "bookkeeping")]
 
 
@@ -270,7 +282,8 @@ def assert_one_patient_moves_at_most_c(clipped_sum, clip: float, what: str) -> N
         assert low <= moved <= high * (1 + 1e-4), f"{unit}{what}: one patient moved the clipped sum by {moved:.4f}"
 
 
-@pytest.mark.parametrize("net,mode", [("cnn", m) for m in (*MODES, "bookkeeping")] + [("head", "bookkeeping")])
+@pytest.mark.parametrize("net,mode", [("cnn", m) for m in (*MODES, "bookkeeping")] + [("head", "bookkeeping"),
+                                                                                    ("scatter-cnn-head", "auto")])
 def test_one_patient_moves_the_clipped_sum_by_at_most_c(net, mode):
     """Sensitivity: a patient with 14 patches changes the clipped sum (before noise) by at most C at
     patient level, and by up to 14·C at patch level, where each of its patches is clipped alone."""

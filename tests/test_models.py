@@ -7,6 +7,7 @@ import torch
 
 from dpmammo.errors import DpMammoError
 from dpmammo.models import create_model, list_models, load_weights, save_weights
+from dpmammo.models.config import ScatterConfig, has_linear_head
 
 
 def test_registry_lists_models_and_refuses_unknown_names():
@@ -163,6 +164,19 @@ def test_dihedral_scatter_features_are_the_mean_over_the_8_flips_and_transposes(
     assert list(sym.state_dict()) == ["head.weight", "head.bias"]
 
 
+def test_scatter_cnn_head_reads_each_channel_as_its_map():
+    """The CNN head's first layer sees the K pooled, normalised coefficient maps as the backbone
+    computed them before flattening: channel k at [:, k], its rows and columns in place."""
+    m = create_model("scatter", input_size=32, J=2, pool=8, groups=27, head="cnn", head_width=16).eval()
+    bb = m.backbone
+    x = torch.rand(3, 1, 32, 32)
+    maps = bb.norm(bb.pool(bb.scattering(bb.standardize(x)).flatten(1, 2)))  # the backbone's steps 1–4
+    assert maps.shape == (3, 81, 8, 8)
+    torch.testing.assert_close(m.head[0](m.forward_features(x)), maps)
+    assert m(x).shape == (3, 2) and m.head[-1].weight.abs().max() > 0  # a random start, not a zero one
+    assert not has_linear_head(ScatterConfig(head="cnn")) and has_linear_head(ScatterConfig())
+
+
 def test_scatter_config_refuses_shapes_that_do_not_fit():
     with pytest.raises(DpMammoError, match=r"groups 27 must divide the K = 217 .* one of \[1, 7, 31, 217\]"):
         create_model("scatter", J=3)
@@ -174,6 +188,12 @@ def test_scatter_config_refuses_shapes_that_do_not_fit():
         create_model("scatter", freeze_backbone=False)
     with pytest.raises(DpMammoError, match="less than or equal to 5"):
         create_model("scatter", input_size=128, J=6, pool=2)
+    with pytest.raises(DpMammoError, match="head: cnn reads the coefficient maps, which public_pca projects away"):
+        create_model("scatter", head="cnn", public_pca={"components": 8})
+    with pytest.raises(DpMammoError, match="pool must be even, got 1"):
+        create_model("scatter", head="cnn", pool=1, groups=9)
+    with pytest.raises(DpMammoError, match="head_width must be a multiple of 8"):
+        create_model("scatter", head="cnn", head_width=12)
     with pytest.raises(DpMammoError, match="with_pixels appends pixels that are not symmetrised"):
         create_model("scatter", symmetrize="dihedral", public_pca={"components": 8},
                      with_pixels={"resolution": 16, "components": 8})

@@ -124,6 +124,12 @@ class ScatterConfig(StrictModel):
     with_pixels: Optional[PublicPixelsConfig] = Field(
         None, description="append the patch's downsampled pixels, projected on their own public principal components "
                           "(needs public_pca, whose procedural images fit both bases)")
+    head: Literal["linear", "cnn"] = Field(
+        "linear", description="linear: one layer on the features; cnn: a small CNN on the K coefficient maps of side "
+                              "`pool` (Tramèr & Boneh's ScatterNet+CNN; the maps unpooled when pool is the "
+                              "coefficients' side)")
+    head_width: int = Field(64, ge=8, le=512, description="cnn head: channels of its three conv layers (a multiple of "
+                                                          "8, its GroupNorm groups)")
     weights: Optional[Path] = Field(None, description="whole-model weight file (the head; with public_pca also "
                                                       "the projection), loaded strictly")
     freeze_backbone: Literal[True] = Field(True, description="the backbone has no parameters: only the head trains")
@@ -155,6 +161,14 @@ class ScatterConfig(StrictModel):
             if pca.components > most:
                 raise ValueError(f"public_pca.components {pca.components} exceeds {most}, the most that "
                                  f"{pca.images_per_kind * len(pca.kinds)} images of {full} features can give")
+        if self.head == "cnn":
+            if self.public_pca is not None:
+                raise ValueError("head: cnn reads the coefficient maps, which public_pca projects away: use head: linear "
+                                 "with public_pca, or remove public_pca")
+            if self.pool < 2 or self.pool % 2:
+                raise ValueError(f"head: cnn halves the maps once (max-pool 2): pool must be even, got {self.pool}")
+            if self.head_width % 8:
+                raise ValueError(f"head_width must be a multiple of 8 (its GroupNorm groups), got {self.head_width}")
         if self.with_pixels is not None:
             px = self.with_pixels
             if self.symmetrize != "none":
@@ -193,6 +207,8 @@ def flip_invariant(model: ModelConfig) -> bool:
 
 
 def has_linear_head(model: ModelConfig) -> bool:
-    """Whether the model's head is one linear layer (features → 2 logits): Swin-T's only with
-    `head: linear`, every other model's always."""
-    return not isinstance(model, SwinTConfig) or model.head == "linear"
+    """Whether the model's head is one linear layer (features → 2 logits): Swin-T's and scatter's only
+    with `head: linear`, every other model's always."""
+    if isinstance(model, (SwinTConfig, ScatterConfig)):
+        return model.head == "linear"
+    return True

@@ -120,6 +120,28 @@ class ScatterBackbone(nn.Module):
         return total / 8
 
 
+class ScatterCnnHead(nn.Sequential):
+    """(N, K·pool²) features → (N, 2): the K coefficient maps of side `pool` (the backbone flattens
+    them channel by channel), a 1×1 conv to `width` channels, a 3×3 conv, a 2×2 max-pool, a 3×3
+    conv (each conv followed by GroupNorm in 8 groups and ReLU), a global average and a linear layer.
+
+    Tramèr & Boneh's ScatterNet+CNN: a CNN on the scattering maps instead of a linear model on their
+    pooled values. Without privacy on cbis-ddsm/train's patients it ranks malignancy better than the
+    linear head on J = 4 features (5-fold cross-validation, benchmarks/README.md). Its layers are
+    per-sample (GroupNorm, not BatchNorm), so it trains under DP-SGD too. Default (random) start:
+    a zero start would leave every layer below the last without a gradient in the first step."""
+
+    def __init__(self, channels: int, side: int, width: int):
+        def norm_relu():
+            return [nn.GroupNorm(8, width), nn.ReLU()]
+
+        super().__init__(nn.Unflatten(1, (channels, side, side)),
+                         nn.Conv2d(channels, width, 1), *norm_relu(),
+                         nn.Conv2d(width, width, 3, padding=1), *norm_relu(), nn.MaxPool2d(2),
+                         nn.Conv2d(width, width, 3, padding=1), *norm_relu(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 2))
+
+
 class PublicProjection(nn.Module):
     """(N, D) → (N, k): ((x − mean) · componentsᵀ) · scale, the buffers fitted by `fit_public_basis`."""
 
@@ -225,6 +247,9 @@ def scatter(cfg: ScatterConfig) -> Classifier:
             pixels_projection = public_basis(pixels, cfg.public_pca.model_copy(
                 update={"components": cfg.with_pixels.components}), setting="with_pixels.components")
         backbone = ProjectedScatter(backbone, public_basis(backbone, cfg.public_pca), pixels, pixels_projection)
+    if cfg.head == "cnn":
+        head = ScatterCnnHead(scattering_channels(cfg.J, cfg.L), cfg.pool, cfg.head_width)
+        return Classifier(backbone, head, input_size=cfg.input_size, num_features=cfg.num_features)
     head = nn.Linear(cfg.num_features, 2)
     # Zero start: the head is the whole model, and the few clipped, noisy DP steps of its recipes would
     # first have to undo a random start. With public_pca each of the k coordinates has variance D/k
