@@ -1,4 +1,5 @@
-"""`scatter`: ScatterNet features (a fixed wavelet scattering transform) and a linear head.
+"""`scatter`: ScatterNet features (a fixed wavelet scattering transform) and a linear head, or with
+`head: cnn` a small CNN on the coefficient maps (ScatterCnnHead).
 
 Tramèr & Boneh (ICLR 2021), "Differentially Private Learning Needs Better Features (or Much More
 Data)": handcrafted scattering features (Oyallon & Mallat's ScatterNet, here kymatio's
