@@ -181,7 +181,7 @@ RECIPES: dict[str, tuple[dict, bool]] = {
                                             "head": "cnn", "head_width": 64},
                                   "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01},
                                   "train": {"epochs": 30, "batch_size": 64}}, False),
-    # the same CNN head under DP: narrower (16 channels, ~9k parameters), few large steps, the last epoch
+    # the same CNN head under DP: narrower (16 channels, ~11.5k parameters), few large steps, the last epoch
     "scatter-128-j4p8-cnn16-b512-last": ({"model": {"name": "scatter", "input_size": 128, "J": 4, "pool": 8,
                                                     "groups": 139, "head": "cnn", "head_width": 16},
                                           "optim": {"name": "adamw", "lr": 2e-3},

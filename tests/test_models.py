@@ -174,6 +174,8 @@ def test_scatter_cnn_head_reads_each_channel_as_its_map():
     assert maps.shape == (3, 81, 8, 8)
     torch.testing.assert_close(m.head[0](m.forward_features(x)), maps)
     assert m(x).shape == (3, 2) and m.head[-1].weight.abs().max() > 0  # a random start, not a zero one
+    torch.nn.functional.cross_entropy(m(x), torch.tensor([0, 1, 1])).backward()
+    assert m.head[1].weight.grad.abs().max() > 1e-4  # the first conv learns: no layer's output is constant
     assert not has_linear_head(ScatterConfig(head="cnn")) and has_linear_head(ScatterConfig())
 
 
@@ -190,10 +192,17 @@ def test_scatter_config_refuses_shapes_that_do_not_fit():
         create_model("scatter", input_size=128, J=6, pool=2)
     with pytest.raises(DpMammoError, match="head: cnn reads the coefficient maps, which public_pca projects away"):
         create_model("scatter", head="cnn", public_pca={"components": 8})
-    with pytest.raises(DpMammoError, match="pool must be even, got 1"):
+    with pytest.raises(DpMammoError, match=r"pool must be an even divisor of .* = 16, got 1$"):
         create_model("scatter", head="cnn", pool=1, groups=9)
+    with pytest.raises(DpMammoError, match=r"= 1, got 1; that side is odd: raise input_size or lower J"):
+        create_model("scatter", head="cnn", input_size=32, J=5, pool=1, groups=1)
     with pytest.raises(DpMammoError, match="head_width must be a multiple of 8"):
         create_model("scatter", head="cnn", head_width=12)
+    with pytest.raises(DpMammoError, match="normalise single numbers to zero .head_width 8 in 8 groups on maps of side 1"):
+        create_model("scatter", head="cnn", pool=2, head_width=8)
+    create_model("scatter", head="cnn", pool=2, head_width=16)  # two numbers a group: admitted
+    with pytest.raises(DpMammoError, match="head_width sets the cnn head's channels: remove it, or set head: cnn"):
+        create_model("scatter", head_width=64)
     with pytest.raises(DpMammoError, match="with_pixels appends pixels that are not symmetrised"):
         create_model("scatter", symmetrize="dihedral", public_pca={"components": 8},
                      with_pixels={"resolution": 16, "components": 8})

@@ -190,15 +190,18 @@ def test_utility_preset_runs_the_recipes_chosen_without_a_test_set():
         assert (dp_real.train.augment, dp_real.train.test_flips) == ("none", False)  # invariant features: no views
         assert (dp_real.train.epochs, dp_real.train.batch_size, dp_real.optim.lr) == (10, 512, 0.4)
         # nothing of the ∞ block leaks in: the DP recipe as chosen (features on val, lr by CV), key for key
-        assert dp_real.model.model_dump(include={"input_size", "J", "L", "pool", "groups", "head", "freeze_backbone"}) == {
-            "input_size": 64, "J": 2, "L": 8, "pool": 4, "groups": 27, "head": "linear", "freeze_backbone": True}
+        assert dp_real.model.model_dump(include={"input_size", "J", "L", "pool", "groups", "head", "head_width",
+                                                 "freeze_backbone"}) == {
+            "input_size": 64, "J": 2, "L": 8, "pool": 4, "groups": 27, "head": "linear", "head_width": None,
+            "freeze_backbone": True}
         assert dp_real.optim.model_dump() == {"name": "sgd", "lr": 0.4, "weight_decay": 0.0, "momentum": 0.9,
                                               "label_smoothing": 0.0}
         non_private = plan.runs[f"real/epsinf/seed{seed}"].config
         # the cross-validation's winner: a CNN on the 128 px patch's unpooled ScatterNet maps at 4 scales
         assert non_private.model.model_dump(include={"input_size", "J", "pool", "groups", "public_pca", "head",
                                                      "head_width"}) == {
-            "input_size": 128, "J": 4, "pool": 8, "groups": 139, "public_pca": None, "head": "cnn", "head_width": 64}
+            "input_size": 128, "J": 4, "pool": 8, "groups": 139, "public_pca": None, "head": "cnn", "head_width": None}
+        assert non_private.model.cnn_width == 64
         assert non_private.optim.model_dump() == {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01, "momentum": None,
                                                   "label_smoothing": 0.0}
         assert (non_private.train.epochs, non_private.train.batch_size, non_private.train.select) == (

@@ -128,8 +128,8 @@ class ScatterConfig(StrictModel):
         "linear", description="linear: one layer on the features; cnn: a small CNN on the K coefficient maps of side "
                               "`pool` (Tramèr & Boneh's ScatterNet+CNN; the maps unpooled when pool is the "
                               "coefficients' side)")
-    head_width: int = Field(64, ge=8, le=512, description="cnn head: channels of its three conv layers (a multiple of "
-                                                          "8, its GroupNorm groups)")
+    head_width: Optional[int] = Field(None, ge=8, le=512, description="cnn head: channels of its three conv layers (a "
+                                                                      "multiple of 8, its GroupNorm groups); absent: 64")
     weights: Optional[Path] = Field(None, description="whole-model weight file (the head; with public_pca also "
                                                       "the projection), loaded strictly")
     freeze_backbone: Literal[True] = Field(True, description="the backbone has no parameters: only the head trains")
@@ -139,6 +139,11 @@ class ScatterConfig(StrictModel):
         if self.public_pca is not None:
             return self.public_pca.components + (self.with_pixels.components if self.with_pixels is not None else 0)
         return scattering_channels(self.J, self.L) * self.pool ** 2
+
+    @property
+    def cnn_width(self) -> int:
+        """The cnn head's channels: `head_width`, 64 when absent."""
+        return 64 if self.head_width is None else self.head_width
 
     @model_validator(mode="after")
     def _shapes_fit(self):
@@ -161,14 +166,23 @@ class ScatterConfig(StrictModel):
             if pca.components > most:
                 raise ValueError(f"public_pca.components {pca.components} exceeds {most}, the most that "
                                  f"{pca.images_per_kind * len(pca.kinds)} images of {full} features can give")
+        if self.head == "linear" and self.head_width is not None:
+            raise ValueError("head_width sets the cnn head's channels: remove it, or set head: cnn")
         if self.head == "cnn":
             if self.public_pca is not None:
                 raise ValueError("head: cnn reads the coefficient maps, which public_pca projects away: use head: linear "
                                  "with public_pca, or remove public_pca")
             if self.pool < 2 or self.pool % 2:
-                raise ValueError(f"head: cnn halves the maps once (max-pool 2): pool must be even, got {self.pool}")
-            if self.head_width % 8:
-                raise ValueError(f"head_width must be a multiple of 8 (its GroupNorm groups), got {self.head_width}")
+                raise ValueError(f"head: cnn halves the maps once (max-pool 2): pool must be an even divisor of the "
+                                 f"coefficients' side input_size / 2^J = {side}, got {self.pool}"
+                                 + ("; that side is odd: raise input_size or lower J" if side % 2 else ""))
+            width = self.cnn_width
+            if width % 8:
+                raise ValueError(f"head_width must be a multiple of 8 (its GroupNorm groups), got {width}")
+            if (width // 8) * (self.pool // 2) ** 2 < 2:
+                raise ValueError(f"the cnn head's last GroupNorm would normalise single numbers to zero (head_width "
+                                 f"{width} in 8 groups on maps of side {self.pool // 2} after its max-pool): use a larger "
+                                 "pool or head_width")
         if self.with_pixels is not None:
             px = self.with_pixels
             if self.symmetrize != "none":

@@ -249,7 +249,7 @@ def scatter(cfg: ScatterConfig) -> Classifier:
                 update={"components": cfg.with_pixels.components}), setting="with_pixels.components")
         backbone = ProjectedScatter(backbone, public_basis(backbone, cfg.public_pca), pixels, pixels_projection)
     if cfg.head == "cnn":
-        head = ScatterCnnHead(scattering_channels(cfg.J, cfg.L), cfg.pool, cfg.head_width)
+        head = ScatterCnnHead(scattering_channels(cfg.J, cfg.L), cfg.pool, cfg.cnn_width)
         return Classifier(backbone, head, input_size=cfg.input_size, num_features=cfg.num_features)
     head = nn.Linear(cfg.num_features, 2)
     # Zero start: the head is the whole model, and the few clipped, noisy DP steps of its recipes would
