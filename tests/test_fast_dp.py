@@ -90,7 +90,9 @@ def test_dp_head_on_scatter_features_is_the_same_cached_or_not(phantom_root, tmp
     """The parameter-free scatter backbone under make_private: uncached, the whole model goes to
     Opacus (the head alone trains); cached, the head trains on stored features. Same head, be it
     the linear one or the CNN on the coefficient maps."""
-    model = {"name": "scatter", "input_size": 32, "pool": 2} | ({"pool": 4, "head": "cnn", "head_width": 8} if head == "cnn" else {})
+    # the CNN on maps of side 4 (2 after its max-pool), so that its GroupNorms see more than one number a group
+    model = ({"name": "scatter", "input_size": 32, "pool": 2} if head == "linear" else
+             {"name": "scatter", "input_size": 32, "pool": 4, "head": "cnn", "head_width": 8})
     heads = {}
     for cache in (False, True):
         cfg = TrainConfig.model_validate({**frozen_cnn_config(phantom_root, cache, dp=True).model_dump(), "model": model})
